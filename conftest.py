@@ -1,0 +1,52 @@
+"""Root pytest configuration: options, markers, hypothesis profiles, skip/strict policy.
+
+- ``--kernel PATH``: boot PATH in a QEMU guest and run the in-guest suite there
+  (see :mod:`kapi_selftests.host`); without it, guest tests run on this kernel.
+- ``--require-kapi`` (or ``KAPI_STRICT=1``): a missing kapi tracepoint or spec
+  fails instead of skipping, so a misconfigured kernel cannot pass as all-skipped.
+- Hypothesis profiles ``ci`` (derandomised, bounded), ``dev`` and ``fuzz`` (long);
+  choose with ``--hypothesis-profile`` or ``KAPI_HYPOTHESIS_PROFILE``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+
+settings.register_profile(
+    "ci", derandomize=True, max_examples=60, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "dev", max_examples=200, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "fuzz", max_examples=20_000, deadline=None, print_blob=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+    suppress_health_check=list(HealthCheck),
+)
+settings.load_profile(os.environ.get("KAPI_HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kapi-selftests")
+    group.addoption("--kernel", metavar="PATH", default=None,
+                    help="boot this kernel (bzImage, build dir, PVH vmlinux) in QEMU and run "
+                         "the in-guest suite there")
+    group.addoption("--modules", metavar="DIR", default=None,
+                    help="modules directory of a modular (distribution) kernel")
+    group.addoption("--require-kapi", action="store_true",
+                    default=os.environ.get("KAPI_STRICT") == "1",
+                    help="fail instead of skip when the kapi tracepoints or specs are missing")
+
+
+def require(config: pytest.Config, reason: str | None) -> None:
+    """Skip (or, with --require-kapi, fail) when a probe returned a reason."""
+    if reason is None:
+        return
+    if config.getoption("--require-kapi"):
+        pytest.fail(f"required: {reason}", pytrace=False)
+    pytest.skip(reason)
