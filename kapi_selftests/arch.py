@@ -41,10 +41,10 @@ class SyscallABI:
 SYSCALLS: dict[str, SyscallABI] = {
     s.name: s
     for s in (
-        SyscallABI("read", 0, (("unsigned int", "fd"), ("char __user *", "buf"), ("size_t", "count"))),
-        SyscallABI(
-            "write", 1, (("unsigned int", "fd"), ("const char __user *", "buf"), ("size_t", "count"))
-        ),
+        SyscallABI("read", 0,
+                   (("unsigned int", "fd"), ("char __user *", "buf"), ("size_t", "count"))),
+        SyscallABI("write", 1,
+                   (("unsigned int", "fd"), ("const char __user *", "buf"), ("size_t", "count"))),
         SyscallABI(
             "open", 2, (("const char __user *", "filename"), ("int", "flags"), ("umode_t", "mode"))
         ),

@@ -1,0 +1,176 @@
+"""Harness-owned user memory for syscall arguments: every mapping is ours and released.
+
+An :class:`Arena` hands out addresses with a known shape: page-aligned buffers,
+buffers that end at a ``PROT_NONE`` guard page, read-only pages, addresses that
+are certainly unmapped, NULL, kernel-half addresses, strings that run into a
+guard page without a NUL, and paths of an exact length. It must not touch
+memory it did not map; closing the arena unmaps everything it mapped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+from dataclasses import dataclass
+from types import TracebackType
+
+from kapi_selftests.arch import KERNEL_HALF, PAGE_SIZE, PATH_MAX
+
+__all__ = ["Arena", "Region", "PAGE_SIZE", "PATH_MAX", "page_round_up"]
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mprotect.restype = ctypes.c_int
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+_MAP_FAILED = ctypes.c_void_p(-1).value
+PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
+
+
+def page_round_up(n: int) -> int:
+    return (n + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A mapping the arena owns: ``[addr, addr + length)``, with its protection."""
+
+    addr: int
+    length: int
+    prot: int
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.length
+
+
+class Arena:
+    """Owner of every user mapping the harness passes to syscalls.
+
+    Use as a context manager; :meth:`close` unmaps all regions. Addresses are
+    plain ints, ready to go in a register.
+    """
+
+    def __init__(self) -> None:
+        self._regions: list[Region] = []
+        self._closed = False
+
+    def __enter__(self) -> Arena:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for r in self._regions:
+            _libc.munmap(r.addr, r.length)
+        self._regions.clear()
+        self._closed = True
+
+    @property
+    def regions(self) -> tuple[Region, ...]:
+        return tuple(self._regions)
+
+    def _map(self, length: int, prot: int) -> int:
+        if self._closed:
+            raise RuntimeError("arena is closed")
+        length = page_round_up(max(length, 1))
+        addr = _libc.mmap(None, length, prot, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        if addr is None or addr == _MAP_FAILED:
+            raise MemoryError(f"mmap of {length} bytes failed, errno {ctypes.get_errno()}")
+        self._regions.append(Region(addr, length, prot))
+        return int(addr)
+
+    def _protect(self, addr: int, length: int, prot: int) -> None:
+        if _libc.mprotect(addr, length, prot) != 0:
+            raise OSError(ctypes.get_errno(), f"mprotect({addr:#x}, {length}) failed")
+
+    # -- buffers -------------------------------------------------------------------------
+
+    def buffer(self, size: int, fill: bytes = b"") -> int:
+        """A page-aligned read-write buffer of at least ``size`` bytes, optionally pre-filled."""
+        addr = self._map(size, PROT_READ | PROT_WRITE)
+        if fill:
+            ctypes.memmove(addr, fill, len(fill))
+        return addr
+
+    def guard_tail(self, size: int, fill: bytes = b"") -> int:
+        """A read-write buffer whose last byte is the last byte before a ``PROT_NONE`` page.
+
+        ``size`` bytes are usable; byte ``size`` faults.
+        """
+        data_len = page_round_up(max(size, 1))
+        base = self._map(data_len + PAGE_SIZE, PROT_READ | PROT_WRITE)
+        self._protect(base + data_len, PAGE_SIZE, PROT_NONE)
+        addr = base + data_len - size
+        if fill:
+            ctypes.memmove(addr, fill[:size], min(len(fill), size))
+        return addr
+
+    def readonly(self, size: int, fill: bytes = b"") -> int:
+        """A page-aligned read-only buffer (the kernel faults writing to it)."""
+        addr = self._map(size, PROT_READ | PROT_WRITE)
+        if fill:
+            ctypes.memmove(addr, fill, len(fill))
+        self._protect(addr, page_round_up(max(size, 1)), PROT_READ)
+        return addr
+
+    def unmapped(self) -> int:
+        """A user address that is certainly not mapped: a page we mapped and unmapped.
+
+        The page stays reserved as ``PROT_NONE`` so nothing else lands there; any
+        access faults exactly like an unmapped page (``EFAULT``).
+        """
+        addr = self._map(PAGE_SIZE, PROT_NONE)
+        return addr
+
+    @staticmethod
+    def null() -> int:
+        return 0
+
+    @staticmethod
+    def kernel_address() -> int:
+        """An address in the kernel half: access_ok() refuses it."""
+        return KERNEL_HALF + 0x1000
+
+    def unterminated(self, text: bytes) -> int:
+        """A string with no NUL that runs straight into a guard page."""
+        if b"\0" in text:
+            raise ValueError("unterminated() text must not contain NUL")
+        return self.guard_tail(len(text), fill=text)
+
+    def cstring(self, text: bytes | str) -> int:
+        """A NUL-terminated string in its own mapping."""
+        data = text.encode() if isinstance(text, str) else text
+        return self.buffer(len(data) + 1, fill=data + b"\0")
+
+    def path_of_len(self, length: int, base: str = "/tmp") -> int:
+        """A NUL-terminated path of exactly ``length`` bytes (strlen), ending at a guard page.
+
+        Made of ``base`` followed by ``/x`` components under PATH_MAX - 1 (so only the
+        total length matters); the NUL is the last byte before the guard page.
+        """
+        if length < len(base) + 2:
+            raise ValueError(f"length {length} too short for base {base!r}")
+        body = base.encode()
+        while len(body) < length:
+            room = length - len(body)
+            comp = min(room - 1, 200)
+            body += b"/" + b"x" * comp if comp > 0 else b"/"
+        body = body[:length]
+        assert len(body) == length
+        return self.guard_tail(length + 1, fill=body + b"\0")
+
+    def read(self, addr: int, n: int) -> bytes:
+        """Read ``n`` bytes of our own memory (for side-effect checks)."""
+        return ctypes.string_at(addr, n)
+
+    def write(self, addr: int, data: bytes) -> None:
+        ctypes.memmove(addr, data, len(data))
+
