@@ -38,7 +38,9 @@ class SyscallRecord:
     :param ret: the raw return in the kernel's form: the result, or ``-errno``
     :param errno: the errno userspace saw (0 on success)
     :param tid: thread id of the caller
-    :param t_ns: ``CLOCK_MONOTONIC`` just before the call (orders calls of a thread)
+    :param t_ns: ``CLOCK_MONOTONIC`` just before the call
+    :param t_end_ns: ``CLOCK_MONOTONIC`` just after it: the call's events lie in between
+        (the trace instance runs on the ``mono`` clock)
     """
 
     nr: int
@@ -47,6 +49,7 @@ class SyscallRecord:
     errno: int
     tid: int
     t_ns: int = 0
+    t_end_ns: int = 0
 
     @property
     def name(self) -> str:
@@ -84,9 +87,10 @@ def invoke(nr: int, *args: int) -> SyscallRecord:
     t_ns = time.monotonic_ns()
     ctypes.set_errno(0)
     ret = _syscall(nr, *regs)
+    t_end_ns = time.monotonic_ns()
     err = ctypes.get_errno() if ret == -1 else 0
-    return SyscallRecord(nr=nr, args=regs, ret=-err if err else ret, errno=err,  # type: ignore[arg-type]
-                         tid=tid, t_ns=t_ns)
+    return SyscallRecord(nr=nr, args=regs, ret=-err if err else ret,  # type: ignore[arg-type]
+                         errno=err, tid=tid, t_ns=t_ns, t_end_ns=t_end_ns)
 
 
 def _ptr(buf: int | bytes | ctypes.Array[ctypes.c_char] | None) -> int:

@@ -1,0 +1,139 @@
+"""File descriptors of every kind the harness can make, inside its own scratch directory.
+
+Setup code, not the code under test: it uses Python's ``os`` calls (``openat``,
+``pipe2``, ``socketpair``...), never the raw spec'd syscalls, and only outside
+capture windows. Every fd it opens it closes; every file it creates lies under
+the scratch directory.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["FdKind", "FdPool", "INVALID_FDS"]
+
+#: Register values for fds that are never valid: -1, INT_MAX, INT_MAX+1, 2^32-1, huge.
+INVALID_FDS = (-1 & 0xFFFFFFFF, 2**31 - 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1)
+
+
+class FdKind(enum.Enum):
+    REGULAR = "regular"  # read-write regular file with content
+    REGULAR_RDONLY = "regular_rdonly"
+    REGULAR_WRONLY = "regular_wronly"
+    DIRECTORY = "directory"
+    PIPE_READ = "pipe_read"
+    PIPE_WRITE = "pipe_write"
+    SOCKET = "socket"  # one end of a unix socketpair
+    DEV_NULL = "dev_null"
+    DEV_ZERO = "dev_zero"
+    DEV_FULL = "dev_full"
+    EVENTFD = "eventfd"
+    O_PATH = "o_path"
+    CLOSED = "closed"  # a number that was an fd a moment ago
+
+
+class FdPool:
+    """Makes fds by kind in a private scratch directory; closes them all on exit.
+
+    :param scratch: directory for files (a private temporary one when None)
+    """
+
+    CONTENT = b"kapi-selftests\n" * 64
+
+    def __init__(self, scratch: Path | None = None) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if scratch is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="kapi-scratch-")
+            scratch = Path(self._tmp.name)
+        self.scratch = scratch
+        self._open: set[int] = set()
+        self._keep: list[socket.socket] = []
+        self._n = 0
+
+    def __enter__(self) -> FdPool:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd in sorted(self._open):
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # already closed by the syscall under test
+        self._open.clear()
+        for s in self._keep:
+            s.close()
+        self._keep.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def new_path(self, stem: str = "f") -> Path:
+        self._n += 1
+        return self.scratch / f"{stem}{self._n}"
+
+    def _track(self, fd: int) -> int:
+        self._open.add(fd)
+        return fd
+
+    def forget(self, fd: int) -> None:
+        """The syscall under test closed ``fd``: stop tracking it."""
+        self._open.discard(fd)
+
+    def make(self, kind: FdKind) -> int:
+        """A fresh fd of ``kind`` (for CLOSED: a number that is not open right now)."""
+        if kind in (FdKind.REGULAR, FdKind.REGULAR_RDONLY, FdKind.REGULAR_WRONLY):
+            path = self.new_path()
+            path.write_bytes(self.CONTENT)
+            mode = {FdKind.REGULAR: os.O_RDWR, FdKind.REGULAR_RDONLY: os.O_RDONLY,
+                    FdKind.REGULAR_WRONLY: os.O_WRONLY}[kind]
+            return self._track(os.open(path, mode | os.O_CLOEXEC))
+        if kind is FdKind.DIRECTORY:
+            return self._track(os.open(self.scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        if kind in (FdKind.PIPE_READ, FdKind.PIPE_WRITE):
+            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            self._track(r)
+            self._track(w)
+            if kind is FdKind.PIPE_READ:
+                os.write(w, b"pipe data")
+                return r
+            return w
+        if kind is FdKind.SOCKET:
+            a, b = socket.socketpair()
+            self._keep += [a, b]
+            b.send(b"socket data")
+            return self._track(os.dup(a.fileno()))
+        if kind in (FdKind.DEV_NULL, FdKind.DEV_ZERO, FdKind.DEV_FULL):
+            dev = {FdKind.DEV_NULL: "/dev/null", FdKind.DEV_ZERO: "/dev/zero",
+                   FdKind.DEV_FULL: "/dev/full"}[kind]
+            return self._track(os.open(dev, os.O_RDWR | os.O_CLOEXEC))
+        if kind is FdKind.EVENTFD:
+            return self._track(os.eventfd(1, os.EFD_CLOEXEC | os.EFD_NONBLOCK))
+        if kind is FdKind.O_PATH:
+            path = self.new_path()
+            path.write_bytes(self.CONTENT)
+            return self._track(os.open(path, os.O_PATH | os.O_CLOEXEC))
+        if kind is FdKind.CLOSED:
+            fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            os.close(fd)
+            return fd
+        raise ValueError(f"unknown fd kind {kind!r}")
+
+    def is_open(self, fd: int) -> bool:
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False
+        return True
+
+    def fd_table(self) -> frozenset[int]:
+        """The fds open in this process now (for side-effect checks)."""
+        return frozenset(int(n) for n in os.listdir("/proc/self/fd"))
