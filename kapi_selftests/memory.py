@@ -58,6 +58,7 @@ class Arena:
 
     def __init__(self) -> None:
         self._regions: list[Region] = []
+        self._prot: dict[int, int] = {}  # page address -> protection, for every page we own
         self._closed = False
 
     def __enter__(self) -> Arena:
@@ -71,6 +72,7 @@ class Arena:
         for r in self._regions:
             _libc.munmap(r.addr, r.length)
         self._regions.clear()
+        self._prot.clear()
         self._closed = True
 
     @property
@@ -85,11 +87,15 @@ class Arena:
         if addr is None or addr == _MAP_FAILED:
             raise MemoryError(f"mmap of {length} bytes failed, errno {ctypes.get_errno()}")
         self._regions.append(Region(addr, length, prot))
+        for page in range(addr, addr + length, PAGE_SIZE):
+            self._prot[page] = prot
         return int(addr)
 
     def _protect(self, addr: int, length: int, prot: int) -> None:
         if _libc.mprotect(addr, length, prot) != 0:
             raise OSError(ctypes.get_errno(), f"mprotect({addr:#x}, {length}) failed")
+        for page in range(addr, addr + length, PAGE_SIZE):
+            self._prot[page] = prot
 
     # -- buffers -------------------------------------------------------------------------
 
@@ -166,6 +172,39 @@ class Arena:
         body = body[:length]
         assert len(body) == length
         return self.guard_tail(length + 1, fill=body + b"\0")
+
+    # -- what the kernel will find at an address (the oracle's view of user memory) ---------
+
+    def accessible(self, addr: int, n: int, *, write: bool = False) -> bool:
+        """Whether the kernel can read (or write) all of ``[addr, addr+n)`` without a fault.
+
+        Only memory of this arena is known; any other address counts as inaccessible,
+        so callers must pass arena addresses, NULL or kernel-half addresses only.
+        """
+        if n <= 0:
+            return True
+        need = PROT_WRITE if write else PROT_READ
+        first = addr - addr % PAGE_SIZE
+        for page in range(first, addr + n, PAGE_SIZE):
+            if not self._prot.get(page, PROT_NONE) & need:
+                return False
+        return True
+
+    def strnlen(self, addr: int, maxlen: int) -> int | None:
+        """Length of the NUL-terminated string at ``addr``, like ``strnlen_user`` sees it.
+
+        :return: the length without the NUL when a NUL comes within ``maxlen`` bytes;
+            ``maxlen`` when none does but ``maxlen`` bytes are readable;
+            None when reading faults first
+        """
+        for i in range(maxlen):
+            a = addr + i
+            if a % PAGE_SIZE == 0 or i == 0:
+                if not self.accessible(a, 1):
+                    return None
+            if ctypes.string_at(a, 1) == b"\0":
+                return i
+        return maxlen
 
     def read(self, addr: int, n: int) -> bytes:
         """Read ``n`` bytes of our own memory (for side-effect checks)."""

@@ -1,0 +1,218 @@
+"""Turn call plans into register values, and check afterwards that a call left no trace.
+
+Every fd, file and mapping a plan needs is made here, fresh for each call, inside
+the harness's scratch directory (:class:`~kapi_selftests.fds.FdPool`) and arena
+(:class:`~kapi_selftests.memory.Arena`). Nothing outside them is ever named:
+paths are under the scratch directory, madvise addresses are arena mappings.
+
+Side effects (check 5 of the suite: a rejected call must change nothing) are
+measured with calls that have no KAPI spec (``pread64``, ``lseek``, ``ioctl``,
+``fstat``), so the measuring itself is not traced as a spec'd call.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+import struct
+import termios
+from dataclasses import dataclass, field
+
+from kapi_selftests.arch import PATH_MAX
+from kapi_selftests.fds import FdPool
+from kapi_selftests.memory import Arena
+from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
+
+__all__ = ["Materialized", "Materializer", "Snapshot", "snapshot", "side_effects"]
+
+_CANARY = bytes(range(251)) * 17  # distinctive bytes; prime length so it never lines up
+
+
+@dataclass(frozen=True, slots=True)
+class Materialized:
+    """A plan made concrete: its registers and what each register points at."""
+
+    plan: CallPlan
+    regs: tuple[int, ...]
+    fds: dict[int, int] = field(default_factory=dict)  # arg index -> fd
+    bufs: dict[int, tuple[int, int]] = field(default_factory=dict)  # arg index -> (addr, size)
+    paths: dict[int, bytes] = field(default_factory=dict)  # arg index -> path string
+
+    def describe(self) -> str:
+        return f"{self.plan.describe()} -> {self.plan.name}({', '.join(hex(r) for r in self.regs)})"
+
+
+class Materializer:
+    """Makes the memory, fds and files a plan names, owned by ``arena`` and ``pool``."""
+
+    def __init__(self, arena: Arena, pool: FdPool) -> None:
+        self.arena = arena
+        self.pool = pool
+        self._existing: bytes | None = None
+
+    def __call__(self, plan: CallPlan) -> Materialized:
+        m = Materialized(plan, ())
+        regs = tuple(self._one(i, a, m) for i, a in enumerate(plan.args))
+        return Materialized(plan, regs, m.fds, m.bufs, m.paths)
+
+    def _one(self, i: int, a: ArgPlan, m: Materialized) -> int:
+        if isinstance(a, Lit):
+            return a.value & 0xFFFFFFFFFFFFFFFF
+        if isinstance(a, Fd):
+            fd = self.pool.make(a.kind)
+            m.fds[i] = fd
+            return fd
+        if isinstance(a, Buf):
+            addr = self._buf(a)
+            m.bufs[i] = (addr, a.size)
+            return addr
+        addr, text = self._path(a)
+        if text is not None:
+            m.paths[i] = text
+        return addr
+
+    def _buf(self, b: Buf) -> int:
+        ar, size = self.arena, b.size
+        fill = (_CANARY * (size // len(_CANARY) + 1))[:size] if 0 < size <= 1 << 20 else b""
+        if b.kind is BufKind.MAPPED:
+            return ar.buffer(size, fill)
+        if b.kind is BufKind.GUARD_TAIL:
+            return ar.guard_tail(size, fill)
+        if b.kind is BufKind.SHORT:
+            return ar.guard_tail(max(size - 1, 0), fill[: max(size - 1, 0)])
+        if b.kind is BufKind.UNALIGNED:
+            return ar.buffer(size + 1, b"\0" + fill) + 1
+        if b.kind is BufKind.READONLY:
+            return ar.readonly(size, fill)
+        if b.kind is BufKind.UNMAPPED:
+            return ar.unmapped()
+        if b.kind is BufKind.NULL:
+            return 0
+        return ar.kernel_address()
+
+    def _path(self, p: Path) -> tuple[int, bytes | None]:
+        ar, pool, k = self.arena, self.pool, p.kind
+        scratch = str(pool.scratch).encode()
+        if k is PathKind.NULL:
+            return 0, None
+        if k is PathKind.KERNEL:
+            return ar.kernel_address(), None
+        if k is PathKind.UNMAPPED:
+            return ar.unmapped(), None
+        if k is PathKind.UNTERMINATED:
+            return ar.unterminated(scratch + b"/unterminated"), None
+        if k in (PathKind.LEN_PATH_MAX_1, PathKind.LEN_PATH_MAX, PathKind.LEN_PATH_MAX_P1):
+            n = {PathKind.LEN_PATH_MAX_1: PATH_MAX - 1, PathKind.LEN_PATH_MAX: PATH_MAX,
+                 PathKind.LEN_PATH_MAX_P1: PATH_MAX + 1}[k]
+            addr = ar.path_of_len(n, base=str(pool.scratch))
+            return addr, ar.read(addr, n)
+        if k is PathKind.EXISTING:
+            path = pool.new_path()
+            path.write_bytes(FdPool.CONTENT)
+            text = bytes(path)
+        elif k is PathKind.NEW:
+            text = bytes(pool.new_path("new"))
+        elif k is PathKind.MISSING:
+            text = bytes(pool.new_path("nodir")) + b"/file"
+        elif k is PathKind.DIRECTORY:
+            text = scratch
+        elif k is PathKind.EMPTY:
+            text = b""
+        elif k is PathKind.COMPONENT_TOO_LONG:
+            text = scratch + b"/" + b"n" * 256
+        elif k is PathKind.SYMLINK_LOOP:
+            link = pool.new_path("loop")
+            if not os.path.lexists(link):
+                os.symlink(link.name, link)  # points at itself: ELOOP
+            text = bytes(link)
+        else:  # DEV_NULL
+            text = b"/dev/null"
+        return ar.cstring(text), text
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a call could change, read before it ran."""
+
+    fd_table: frozenset[int]
+    bufs: dict[int, bytes]
+    files: dict[int, bytes | None]  # arg index -> content of the file an fd or path names
+    offsets: dict[int, int]
+    pending: dict[int, int]  # arg index -> bytes readable from a pipe/socket fd
+
+
+def _content(path: bytes) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b""
+        return os.pread(fd, 1 << 20, 0)
+    finally:
+        os.close(fd)
+
+
+def _fd_content(fd: int) -> bytes | None:
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return os.pread(fd, 1 << 20, 0)
+    except OSError:
+        return None
+
+
+def _pending(fd: int) -> int | None:
+    try:
+        buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return None
+    return int(struct.unpack("i", buf)[0])
+
+
+def snapshot(m: Materialized, pool: FdPool, arena: Arena) -> Snapshot:
+    """Read everything the call could change, before it runs (outside the capture window)."""
+    bufs = {i: arena.read(a, min(s, 1 << 16)) for i, (a, s) in m.bufs.items()
+            if s > 0 and arena.accessible(a, min(s, 1 << 16))}
+    files: dict[int, bytes | None] = {i: _content(p) for i, p in m.paths.items() if p}
+    offsets: dict[int, int] = {}
+    pending: dict[int, int] = {}
+    for i, fd in m.fds.items():
+        files[i] = _fd_content(fd)
+        try:
+            offsets[i] = os.lseek(fd, 0, os.SEEK_CUR)
+        except OSError:
+            pass
+        n = _pending(fd)
+        if n is not None:
+            pending[i] = n
+    return Snapshot(pool.fd_table(), bufs, files, offsets, pending)
+
+
+def side_effects(m: Materialized, before: Snapshot, pool: FdPool, arena: Arena) -> list[str]:
+    """What changed since ``before``: one line per change, empty when nothing did."""
+    after = snapshot(m, pool, arena)
+    out: list[str] = []
+    if after.fd_table != before.fd_table:
+        added = sorted(after.fd_table - before.fd_table)
+        gone = sorted(before.fd_table - after.fd_table)
+        out.append(f"fd table changed: opened {added}, closed {gone}")
+    for i, data in before.bufs.items():
+        if after.bufs.get(i) != data:
+            out.append(f"arg{i}: buffer contents changed")
+    for i, content in before.files.items():
+        if after.files.get(i) != content:
+            what = "created" if content is None else "changed"
+            out.append(f"arg{i}: file {what}")
+    for i, off in before.offsets.items():
+        if after.offsets.get(i) != off:
+            out.append(f"arg{i}: file offset moved {off} -> {after.offsets.get(i)}")
+    for i, n in before.pending.items():
+        if after.pending.get(i) != n:
+            out.append(f"arg{i}: readable bytes {n} -> {after.pending.get(i)}")
+    return out
+

@@ -1,0 +1,121 @@
+"""Call plans: a syscall and its arguments described abstractly, before any memory exists. Pure.
+
+Hypothesis generates plans (``strategies``), the guest turns them into
+register values (``materialize``), reproducers print them. A plan is plain,
+frozen and comparable, so it shrinks, deduplicates and round-trips through
+JSON.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from kapi_selftests.arch import NR
+from kapi_selftests.fds import FdKind
+
+__all__ = ["BufKind", "PathKind", "Lit", "Fd", "Buf", "Path", "ArgPlan", "CallPlan",
+           "plan_to_json", "plan_from_json"]
+
+
+class BufKind(enum.Enum):
+    MAPPED = "mapped"  # read-write, page aligned, at least the size asked
+    GUARD_TAIL = "guard_tail"  # read-write, exactly `size` bytes before a PROT_NONE page
+    SHORT = "short"  # like GUARD_TAIL but one byte shorter than `size`: the last byte faults
+    UNALIGNED = "unaligned"  # read-write, starts at page + 1
+    READONLY = "readonly"  # mapped PROT_READ
+    UNMAPPED = "unmapped"  # reserved PROT_NONE page
+    NULL = "null"
+    KERNEL = "kernel"  # kernel-half address
+
+
+class PathKind(enum.Enum):
+    EXISTING = "existing"  # a regular file in the scratch dir
+    NEW = "new"  # a name in the scratch dir that does not exist yet
+    MISSING = "missing"  # in a directory that does not exist
+    DIRECTORY = "directory"  # the scratch dir itself
+    EMPTY = "empty"  # ""
+    LEN_PATH_MAX_1 = "len_4095"  # strlen PATH_MAX-1 (fits with its NUL)
+    LEN_PATH_MAX = "len_4096"  # strlen PATH_MAX: ENAMETOOLONG
+    LEN_PATH_MAX_P1 = "len_4097"
+    COMPONENT_TOO_LONG = "component_256"  # one component of NAME_MAX+1 bytes
+    UNTERMINATED = "unterminated"  # no NUL before a guard page
+    SYMLINK_LOOP = "symlink_loop"
+    DEV_NULL = "dev_null"
+    UNMAPPED = "unmapped"
+    NULL = "null"
+    KERNEL = "kernel"
+
+
+@dataclass(frozen=True, slots=True)
+class Lit:
+    """A literal register value (any 64-bit pattern; negative means two's complement)."""
+
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fd:
+    kind: FdKind
+
+
+@dataclass(frozen=True, slots=True)
+class Buf:
+    kind: BufKind
+    size: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    kind: PathKind
+
+
+ArgPlan = Lit | Fd | Buf | Path
+
+
+@dataclass(frozen=True, slots=True)
+class CallPlan:
+    """One syscall to issue: its name and one plan per register in order."""
+
+    name: str
+    args: tuple[ArgPlan, ...]
+
+    @property
+    def nr(self) -> int:
+        return NR[self.name]
+
+    def describe(self) -> str:
+        def one(a: ArgPlan) -> str:
+            if isinstance(a, Lit):
+                return hex(a.value) if abs(a.value) > 9 else str(a.value)
+            if isinstance(a, Fd):
+                return f"fd:{a.kind.value}"
+            if isinstance(a, Buf):
+                return f"buf:{a.kind.value}[{a.size}]"
+            return f"path:{a.kind.value}"
+        return f"{self.name}({', '.join(one(a) for a in self.args)})"
+
+
+def plan_to_json(p: CallPlan) -> dict[str, Any]:
+    def one(a: ArgPlan) -> dict[str, Any]:
+        if isinstance(a, Lit):
+            return {"lit": a.value}
+        if isinstance(a, Fd):
+            return {"fd": a.kind.value}
+        if isinstance(a, Buf):
+            return {"buf": a.kind.value, "size": a.size}
+        return {"path": a.kind.value}
+    return {"name": p.name, "args": [one(a) for a in p.args]}
+
+
+def plan_from_json(d: dict[str, Any]) -> CallPlan:
+    def one(a: dict[str, Any]) -> ArgPlan:
+        if "lit" in a:
+            return Lit(int(a["lit"]))
+        if "fd" in a:
+            return Fd(FdKind(a["fd"]))
+        if "buf" in a:
+            return Buf(BufKind(a["buf"]), int(a["size"]))
+        return Path(PathKind(a["path"]))
+    return CallPlan(str(d["name"]), tuple(one(a) for a in d["args"]))
