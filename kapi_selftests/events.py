@@ -101,6 +101,8 @@ class FieldFormat:
     def is_string(self) -> bool:
         """Character data: a ``__data_loc char[]`` or a fixed ``char name[N]``."""
         base = self.ctype.replace("__data_loc", "").replace("__rel_loc", "").strip()
+        if "*" in base:  # ``char * buf`` of the syscall events is a pointer value
+            return False
         return base.startswith("char") or base.startswith("const char[")
 
 
