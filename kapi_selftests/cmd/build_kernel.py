@@ -1,0 +1,107 @@
+"""``kapi-selftests build-kernel``: apply a series, configure and build a guest kernel.
+
+Argument handling only; the work is :func:`kapi_selftests.host.build.build_kernel`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from kapi_selftests.errors import KSFT_PASS, UsageError
+from kapi_selftests.host.build import build_kernel, plan_commands
+
+log = logging.getLogger(__name__)
+
+# vm/kapi.config of this checkout (the package sits next to vm/).
+DEFAULT_FRAGMENT = Path(__file__).resolve().parents[2] / "vm" / "kapi.config"
+
+
+class PathArgumentError(UsageError, argparse.ArgumentTypeError):
+    """A bad path flag: a :class:`UsageError` (exit 2) that argparse reports itself
+    ("argument --src: ...") when raised from a ``type=`` callable during parsing.
+    """
+
+
+def _source_tree(value: str) -> Path:
+    path = Path(value)
+    if not path.is_dir():
+        raise PathArgumentError(f"{value}: not a directory")
+    if not (path / "Makefile").is_file() or not (path / "Kconfig").is_file():
+        raise PathArgumentError(f"{value}: not a kernel source tree (no Makefile or Kconfig)")
+    return path
+
+
+def _mbox(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise PathArgumentError(f"{value}: no such file")
+    if not os.access(path, os.R_OK):
+        raise PathArgumentError(f"{value}: not readable")
+    return path
+
+
+def _fragment(value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise PathArgumentError(f"{value}: no such file")
+    return path
+
+
+def _out_dir(value: str) -> Path:
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise PathArgumentError(f"{value}: exists and is not a directory")
+    return path
+
+
+def _jobs(value: str) -> int:
+    try:
+        jobs = int(value)
+    except ValueError:
+        raise PathArgumentError(f"{value}: not a number") from None
+    if jobs < 1:
+        raise PathArgumentError(f"{value}: must be at least 1")
+    return jobs
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``build-kernel``."""
+    p.add_argument("--src", metavar="TREE", type=_source_tree, required=True,
+                   help="kernel source tree (git repository or extracted tarball; a tarball "
+                        "is made a git repository when a series is applied)")
+    p.add_argument("--series", metavar="MBOX", type=_mbox, action="append", default=[],
+                   help="patch mbox to apply with git am, in order (repeatable)")
+    p.add_argument("--out", metavar="DIR", type=_out_dir, required=True,
+                   help="build directory (make O=DIR); the image is DIR/arch/x86/boot/bzImage")
+    p.add_argument("--config", metavar="FRAGMENT", type=_fragment, default=None,
+                   help=f"Kconfig fragment merged on top of defconfig (default {DEFAULT_FRAGMENT})")
+    p.add_argument("-j", "--jobs", type=_jobs, default=os.cpu_count() or 1,
+                   help="parallel make jobs (default: all cores)")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="resume after fixing a patch that did not apply (git am --continue)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the commands that would run, run nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build (or find cached) the kernel; print the image path on stdout."""
+    fragment: Path = args.config if args.config is not None else DEFAULT_FRAGMENT
+    if not fragment.is_file():
+        raise UsageError(f"--config: default fragment {fragment} not found",
+                         hint="pass --config FRAGMENT")
+    if args.dry_run:
+        for argv in plan_commands(args.src, args.out, series=args.series, fragment=fragment,
+                                  jobs=args.jobs, resume=args.resume):
+            print(shlex.join(argv))
+        return KSFT_PASS
+    result = build_kernel(args.src, args.out, series=args.series, fragment=fragment,
+                          jobs=args.jobs, resume=args.resume)
+    log.info("%s: %s in %.0f s", result.image,
+                "cached" if result.cached else "built", result.elapsed_s)
+    sys.stdout.write(f"{result.image}\n")
+    return KSFT_PASS
