@@ -28,7 +28,8 @@ from kapi_selftests.host.build import (
 
 # --- config survival ---------------------------------------------------------
 
-KCONFIG = """\
+KCONFIG = (
+"""\
 config DEBUG_KERNEL
 	bool "Kernel debugging"
 
@@ -38,8 +39,9 @@ config DEBUG_FS
 config KAPI_SPEC
 	bool "Kernel API Specification Framework"
 	help
-	  config-like words in help text are not entries.
-
+"""
+    "\t  config-like words in help text are not entries.\n"
+"""
 config KAPI_RUNTIME_CHECKS
 	bool "Runtime checking of API specifications"
 	depends on KAPI_SPEC
@@ -52,6 +54,7 @@ menuconfig KAPI_SPEC_DEBUGFS
 config RUST
 	bool "Rust support"
 """
+)
 
 FRAGMENT = """\
 # KAPI
