@@ -69,3 +69,40 @@ def find_syscall(name_or_nr: str | int) -> SyscallABI | None:
     if isinstance(name_or_nr, int):
         return next((s for s in SYSCALLS.values() if s.nr == name_or_nr), None)
     return SYSCALLS.get(name_or_nr.removeprefix("sys_"))
+
+
+# -- argument values the strategies draw from (x86-64 uapi) -----------------------------
+
+#: ``O_*`` open flags, one bit each (x86-64 asm-generic/fcntl.h).
+O_FLAGS: dict[str, int] = {
+    "O_WRONLY": 0o1, "O_RDWR": 0o2, "O_CREAT": 0o100, "O_EXCL": 0o200, "O_NOCTTY": 0o400,
+    "O_TRUNC": 0o1000, "O_APPEND": 0o2000, "O_NONBLOCK": 0o4000, "O_DSYNC": 0o10000,
+    "FASYNC": 0o20000, "O_DIRECT": 0o40000, "O_LARGEFILE": 0o100000,
+    "O_DIRECTORY": 0o200000, "O_NOFOLLOW": 0o400000, "O_NOATIME": 0o1000000,
+    "O_CLOEXEC": 0o2000000, "__O_SYNC": 0o4000000, "O_PATH": 0o10000000,
+    "__O_TMPFILE": 0o20000000,
+}
+O_TMPFILE = O_FLAGS["__O_TMPFILE"] | O_FLAGS["O_DIRECTORY"]
+
+#: ``MADV_*`` advice values (uapi asm-generic/mman-common.h).
+MADV: dict[str, int] = {
+    "MADV_NORMAL": 0, "MADV_RANDOM": 1, "MADV_SEQUENTIAL": 2, "MADV_WILLNEED": 3,
+    "MADV_DONTNEED": 4, "MADV_FREE": 8, "MADV_REMOVE": 9, "MADV_DONTFORK": 10,
+    "MADV_DOFORK": 11, "MADV_MERGEABLE": 12, "MADV_UNMERGEABLE": 13, "MADV_HUGEPAGE": 14,
+    "MADV_NOHUGEPAGE": 15, "MADV_DONTDUMP": 16, "MADV_DODUMP": 17, "MADV_WIPEONFORK": 18,
+    "MADV_KEEPONFORK": 19, "MADV_COLD": 20, "MADV_PAGEOUT": 21, "MADV_POPULATE_READ": 22,
+    "MADV_POPULATE_WRITE": 23, "MADV_DONTNEED_LOCKED": 24, "MADV_COLLAPSE": 25,
+    "MADV_HWPOISON": 100, "MADV_SOFT_OFFLINE": 101, "MADV_GUARD_INSTALL": 102,
+    "MADV_GUARD_REMOVE": 103,
+}
+#: Advice the harness never issues where the kernel would act on it: poisoning or
+#: offlining pages hurts the machine, guard regions make the harness's own reads fault.
+MADV_UNSAFE = frozenset({100, 101, 102})
+#: Advice that only changes hints, harmless on any range (used with lengths that run
+#: past the harness's own mappings).
+MADV_HINTS = frozenset({0, 1, 2, 3, 16, 17})
+
+INT_MAX = 2**31 - 1
+SSIZE_MAX = 2**63 - 1
+#: The kernel's cap on one read/write: INT_MAX rounded down to a page.
+MAX_RW_COUNT = INT_MAX & ~(PAGE_SIZE - 1)

@@ -9,6 +9,7 @@ the scratch directory.
 from __future__ import annotations
 
 import enum
+import fcntl
 import os
 import socket
 import tempfile
@@ -108,6 +109,7 @@ class FdPool:
             return w
         if kind is FdKind.SOCKET:
             a, b = socket.socketpair()
+            a.setblocking(False)  # shared with the dup: a large write must not block
             self._keep += [a, b]
             b.send(b"socket data")
             return self._track(os.dup(a.fileno()))
@@ -122,8 +124,12 @@ class FdPool:
             path.write_bytes(self.CONTENT)
             return self._track(os.open(path, os.O_PATH | os.O_CLOEXEC))
         if kind is FdKind.CLOSED:
-            fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            # A high number the lowest-free allocation of later fds will not reuse.
+            tmp = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            fd = fcntl.fcntl(tmp, fcntl.F_DUPFD_CLOEXEC, 512 + self._n % 256)
+            self._n += 1
             os.close(fd)
+            os.close(tmp)
             return fd
         raise ValueError(f"unknown fd kind {kind!r}")
 

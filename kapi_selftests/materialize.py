@@ -62,7 +62,7 @@ class Materializer:
         if isinstance(a, Fd):
             fd = self.pool.make(a.kind)
             m.fds[i] = fd
-            return fd
+            return (fd + (a.high << 32)) & 0xFFFFFFFFFFFFFFFF
         if isinstance(a, Buf):
             addr = self._buf(a)
             m.bufs[i] = (addr, a.size)

@@ -100,8 +100,14 @@ class Arena:
     # -- buffers -------------------------------------------------------------------------
 
     def buffer(self, size: int, fill: bytes = b"") -> int:
-        """A page-aligned read-write buffer of at least ``size`` bytes, optionally pre-filled."""
-        addr = self._map(size, PROT_READ | PROT_WRITE)
+        """A page-aligned read-write buffer of at least ``size`` bytes, optionally pre-filled.
+
+        A ``PROT_NONE`` page follows it, so a kernel that runs past the end faults
+        instead of scribbling over the interpreter's memory.
+        """
+        length = page_round_up(max(size, 1))
+        addr = self._map(length + PAGE_SIZE, PROT_READ | PROT_WRITE)
+        self._protect(addr + length, PAGE_SIZE, PROT_NONE)
         if fill:
             ctypes.memmove(addr, fill, len(fill))
         return addr
@@ -121,9 +127,7 @@ class Arena:
 
     def readonly(self, size: int, fill: bytes = b"") -> int:
         """A page-aligned read-only buffer (the kernel faults writing to it)."""
-        addr = self._map(size, PROT_READ | PROT_WRITE)
-        if fill:
-            ctypes.memmove(addr, fill, len(fill))
+        addr = self.buffer(size, fill)
         self._protect(addr, page_round_up(max(size, 1)), PROT_READ)
         return addr
 

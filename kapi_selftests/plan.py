@@ -57,7 +57,10 @@ class Lit:
 
 @dataclass(frozen=True, slots=True)
 class Fd:
+    """An fd of ``kind``; ``high`` goes in bits 32-63 of the register (``2^32 + fd``)."""
+
     kind: FdKind
+    high: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +93,7 @@ class CallPlan:
             if isinstance(a, Lit):
                 return hex(a.value) if abs(a.value) > 9 else str(a.value)
             if isinstance(a, Fd):
-                return f"fd:{a.kind.value}"
+                return f"fd:{a.kind.value}" + (f"+{a.high:#x}<<32" if a.high else "")
             if isinstance(a, Buf):
                 return f"buf:{a.kind.value}[{a.size}]"
             return f"path:{a.kind.value}"
@@ -102,7 +105,7 @@ def plan_to_json(p: CallPlan) -> dict[str, Any]:
         if isinstance(a, Lit):
             return {"lit": a.value}
         if isinstance(a, Fd):
-            return {"fd": a.kind.value}
+            return {"fd": a.kind.value, "high": a.high}
         if isinstance(a, Buf):
             return {"buf": a.kind.value, "size": a.size}
         return {"path": a.kind.value}
@@ -114,7 +117,7 @@ def plan_from_json(d: dict[str, Any]) -> CallPlan:
         if "lit" in a:
             return Lit(int(a["lit"]))
         if "fd" in a:
-            return Fd(FdKind(a["fd"]))
+            return Fd(FdKind(a["fd"]), int(a.get("high", 0)))
         if "buf" in a:
             return Buf(BufKind(a["buf"]), int(a["size"]))
         return Path(PathKind(a["path"]))
