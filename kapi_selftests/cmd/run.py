@@ -1,0 +1,287 @@
+"""``kapi-selftests run``: the in-guest suite, in a QEMU guest (``--kernel``) or here (``--local``).
+
+``--kernel PATH`` boots PATH (see :mod:`kapi_selftests.host.kernel` for what PATH
+may be), runs ``run --local`` in the guest and prints the host's KTAP report;
+``--local`` runs pytest in-process on ``tests/guest`` against the running kernel
+(what the guest itself runs). Exit codes: 0 all passed, 1 a test failed or the
+kernel oopsed/warned/panicked/hung, 2 usage error, 4 nothing could run or be judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kapi_selftests.errors import MissingFeature, UsageError
+from kapi_selftests.host.initramfs import FIRST_TEST_MARKER
+from kapi_selftests.report import Outcome, TestResult, exit_code, format_ktap
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TESTS = Path(__file__).resolve().parents[2] / "tests" / "guest"
+
+
+def _existing_path(s: str) -> Path:
+    p = Path(s)
+    if not p.exists():
+        raise argparse.ArgumentTypeError(f"no such file or directory: {s}")
+    return p
+
+
+def _existing_dir(s: str) -> Path:
+    p = _existing_path(s)
+    if not p.is_dir():
+        raise argparse.ArgumentTypeError(f"not a directory: {s}")
+    return p
+
+
+def _positive(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {s}")
+    return v
+
+
+def _shard(s: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in s.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {s!r}: expected I/N") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {s}: need 0 <= I < N")
+    return i, n
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--kernel", type=_existing_path, metavar="PATH",
+                       help="boot this kernel in QEMU: bzImage, build dir, PVH vmlinux, or a "
+                            "directory where a kernel package was extracted")
+    where.add_argument("--local", action="store_true",
+                       help="run the in-guest suite on the running kernel (needs root)")
+    p.add_argument("--modules", type=_existing_dir, metavar="DIR",
+                   help="modules of a modular kernel (default: found next to the kernel or in "
+                        "/lib/modules/<release>)")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML here")
+    p.add_argument("--ktap", type=Path, metavar="FILE", help="also write the KTAP report here")
+    p.add_argument("--save-trace", type=Path, metavar="DIR",
+                   help="keep the captured traces here (KAPI_SAVE_TRACE for the tests)")
+    p.add_argument("--require-kapi", action="store_true",
+                   default=os.environ.get("KAPI_STRICT") == "1",
+                   help="fail instead of skip when the kernel has no kapi tracepoints")
+    vm = p.add_argument_group("guest (with --kernel)")
+    vm.add_argument("--memory-mb", type=_positive, help="guest RAM (default 2048, KAPI_MEMORY_MB)")
+    vm.add_argument("--cpus", type=_positive, help="vCPUs (default 1, KAPI_CPUS)")
+    vm.add_argument("--timeout-s", type=_positive,
+                    help="kill the guest after this long (default 900, KAPI_TIMEOUT_S)")
+    vm.add_argument("--progress-timeout-s", type=_positive,
+                    help="kill the guest after this long without console output (default 300)")
+    vm.add_argument("--append", default="", metavar="CMDLINE",
+                    help="extra kernel command line")
+    vm.add_argument("--guests", type=_positive, default=1, metavar="N",
+                    help="boot N guests at once, each running a shard of the suite")
+    vm.add_argument("--runner", choices=("qemu", "vng"), default="qemu",
+                    help="boot with QEMU directly (default) or with virtme-ng (needs udev)")
+    vm.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                    help="auto probes KVM and falls back to TCG")
+    vm.add_argument("--work-dir", type=Path, metavar="DIR",
+                    help="scratch directory for the guests' output (default: a temp dir, "
+                         "removed when everything passed)")
+    vm.add_argument("--console", action="store_true", help="echo the guest console on stderr")
+    vm.add_argument("--dry-run", action="store_true",
+                    help="print the QEMU command and exit")
+    loc = p.add_argument_group("local (with --local; what the guest runs)")
+    loc.add_argument("--tests", type=Path, default=DEFAULT_TESTS, help=argparse.SUPPRESS)
+    loc.add_argument("--progress", type=Path, help=argparse.SUPPRESS)
+    loc.add_argument("--shard", type=_shard, help="run only shard I of N (I/N)")
+    loc.add_argument("--jobs", type=_positive, help="pytest-xdist workers")
+    loc.add_argument("-k", dest="keyword", help="pytest -k expression")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.local:
+        return run_local(args)
+    return run_kernel(args)
+
+
+# --- on the host: boot a guest ---------------------------------------------------------
+
+def _guest_config(args: argparse.Namespace, kernel_image: Path) -> Any:
+    from kapi_selftests.host import qemu
+
+    opts: dict[str, Any] = qemu.config_from_env()
+    for key in ("memory_mb", "cpus", "timeout_s", "progress_timeout_s"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    try:
+        append = tuple(shlex.split(args.append))
+    except ValueError as e:
+        raise UsageError(f"--append {args.append!r}: {e}") from e
+    return qemu.GuestConfig(kernel=kernel_image, append=append, accel=qemu.Accel(args.accel),
+                            **opts)
+
+
+def run_kernel(args: argparse.Namespace) -> int:
+    from kapi_selftests.host import kernel, runner
+
+    kimg = kernel.find_kernel(args.kernel, args.modules)
+    cfg = _guest_config(args, kimg.image)
+    if args.dry_run:
+        out = args.work_dir or Path(tempfile.mkdtemp(prefix="kapi-dry-"))
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = dataclasses.replace(cfg, out_dir=out)
+        spec = runner.guest_command(require_kapi=args.require_kapi)
+        _cfg, argv = runner.prepare(kimg, cfg, spec, runner=args.runner)
+        print(shlex.join(argv))
+        return 0
+    req = runner.SuiteRequest(kernel=kimg, config=cfg, guests=args.guests,
+                              require_kapi=args.require_kapi, save_trace=args.save_trace,
+                              runner=args.runner, work_dir=args.work_dir)
+    results, runs = runner.run_guests(req, echo=sys.stderr if args.console else None)
+    header = [f"kernel: {kimg.image}" + (f" ({kimg.release})" if kimg.release else "")]
+    for i, r in enumerate(runs):
+        t = r.timings
+        header.append(f"guest{i}: boot-to-init {t.init_s} s, boot-to-first-test "
+                      f"{t.first_test_s} s, total {t.total_s} s, console {r.console}")
+    return _report(results, args, header)
+
+
+def _report(results: list[TestResult], args: argparse.Namespace, header: list[str]) -> int:
+    text = format_ktap(results, header=header)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if args.ktap:
+        args.ktap.write_text(text)
+    if args.junit and not args.local:
+        from kapi_selftests.host.runner import write_junit
+        write_junit(results, args.junit)
+    return exit_code(results)
+
+
+# --- in the guest (or as root here): run pytest in-process -----------------------------
+
+
+class _Collector:
+    """pytest plugin: one TestResult per test, the first-test marker, the progress log."""
+
+    def __init__(self, progress: Path | None, shard: tuple[int, int] | None) -> None:
+        self.results: list[TestResult] = []
+        self._progress = progress.open("a") if progress else None
+        self._shard = shard
+        self._started = False
+        self._by_id: dict[str, TestResult] = {}
+
+    def pytest_collection_modifyitems(self, config: Any, items: list[Any]) -> None:
+        if self._shard is None:
+            return
+        i, n = self._shard
+        keep = [it for k, it in enumerate(items) if k % n == i]
+        config.hook.pytest_deselected(items=[it for it in items if it not in keep])
+        items[:] = keep
+
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        if not self._started:
+            self._started = True
+            print(FIRST_TEST_MARKER, file=sys.__stderr__, flush=True)
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        r = _result_of(report)
+        if r is None:
+            return
+        prev = self._by_id.get(report.nodeid)
+        if prev is not None:
+            if r.outcome is Outcome.PASS:
+                return
+            if prev.outcome is not Outcome.PASS:  # keep the first failure
+                return
+            r = TestResult(name=r.name, outcome=Outcome.ERROR if report.when == "teardown"
+                           else r.outcome, reason=r.reason, diagnostics=r.diagnostics)
+            self.results[self.results.index(prev)] = r
+        else:
+            self.results.append(r)
+        self._by_id[report.nodeid] = r
+        self._write_progress(r)
+
+    def _write_progress(self, r: TestResult) -> None:
+        if self._progress is None:
+            return
+        self._progress.write(json.dumps({"name": r.name, "outcome": r.outcome.value,
+                                         "reason": r.reason,
+                                         "diagnostics": list(r.diagnostics)}) + "\n")
+        self._progress.flush()
+        with contextlib.suppress(OSError):
+            os.fsync(self._progress.fileno())
+
+
+def _result_of(report: Any) -> TestResult | None:
+    name = report.nodeid
+    if report.passed:
+        if hasattr(report, "wasxfail"):
+            return TestResult(name=name, outcome=Outcome.FAIL,
+                              reason=f"XPASS strict: {report.wasxfail}")
+        return TestResult(name=name, outcome=Outcome.PASS) if report.when == "call" else None
+    if report.skipped:
+        if hasattr(report, "wasxfail"):
+            return TestResult(name=name, outcome=Outcome.SKIP, reason=f"xfail: {report.wasxfail}")
+        lr = report.longrepr
+        reason = lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
+        return TestResult(name=name, outcome=Outcome.SKIP,
+                          reason=str(reason).removeprefix("Skipped: "))
+    text = str(report.longreprtext or "")
+    crash = getattr(report.longrepr, "reprcrash", None)
+    msg = crash.message if crash is not None else (text.strip().splitlines() or ["failed"])[-1]
+    outcome = Outcome.FAIL if report.when == "call" else Outcome.ERROR
+    return TestResult(name=name, outcome=outcome, reason=msg.splitlines()[0] if msg else "",
+                      diagnostics=tuple(text.splitlines()[-40:]))
+
+
+def run_local(args: argparse.Namespace) -> int:
+    tests: Path = args.tests
+    if not tests.is_dir():
+        raise MissingFeature(f"in-guest tests not found at {tests}",
+                             hint="run from a source checkout of kapi-selftests "
+                                  "(tests/guest next to the kapi_selftests package)")
+    import pytest
+
+    if args.save_trace is not None:
+        args.save_trace.mkdir(parents=True, exist_ok=True)
+        os.environ["KAPI_SAVE_TRACE"] = str(args.save_trace)
+    pargs = [str(tests), "-p", "no:cacheprovider", "-q", "-rs"]
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        pargs += ["-p", "_hypothesis_pytestplugin"]
+        if args.jobs:
+            pargs += ["-p", "xdist.plugin"]
+    if args.jobs:
+        pargs += ["-n", str(args.jobs)]
+    if args.junit:
+        pargs += [f"--junitxml={args.junit}", "-o", "junit_family=xunit1"]
+    if args.require_kapi:
+        pargs.append("--require-kapi")
+    if args.keyword:
+        pargs += ["-k", args.keyword]
+    collector = _Collector(args.progress, args.shard)
+    log.info("pytest %s", shlex.join(pargs))
+    # stdout carries only the KTAP report: pytest's own terminal output goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        rc = pytest.main(pargs, plugins=[collector])
+    results = list(collector.results)
+    if not results:
+        results.append(TestResult(name="guest-suite", outcome=Outcome.ERROR,
+                                  reason=f"pytest ran no test (exit {int(rc)})"))
+    elif int(rc) in (2, 3, 4):  # interrupted, internal error, usage error
+        results.append(TestResult(name="guest-suite", outcome=Outcome.ERROR,
+                                  reason=f"pytest exited {int(rc)}"))
+    uname = os.uname()
+    return _report(results, args, [f"local kernel: {uname.release} {uname.version}"])
