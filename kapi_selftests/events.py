@@ -645,15 +645,18 @@ def _walk_cpu(data: bytes, cpu: int, hp: HeaderPage, base: int, offs: list[int],
                 tss_append(ts)
                 lens_append(tl * 4)
                 i += 1 + tl
+            elif tl == RINGBUF_TYPE_PADDING:
+                if (w >> 5) == 0 or i + 1 >= end:
+                    break  # null event (or no room left): nothing more on this page
+                n = words[i + 1]  # array[0]: length of the discarded event - 4
+                ts += w >> 5  # discarded event: keep its delta (as kbuffer-parse.c)
+                i += 1 + max((n + 3) // 4, 1)
+            elif i + 2 > end:
+                raise DecodeError(f"{where}: page {page_no}: record type {tl} at offset "
+                                  f"{i * 4 - pstart} runs past the commit: corrupt page")
             elif tl == RINGBUF_TYPE_TIME_EXTEND:
                 ts += (words[i + 1] << TS_SHIFT) | (w >> 5)
                 i += 2
-            elif tl == RINGBUF_TYPE_PADDING:
-                if (w >> 5) == 0:
-                    break  # null event: nothing more on this page
-                n = words[i + 1] if i + 1 < end else 0
-                ts += w >> 5  # discarded event: keep its delta (as kbuffer-parse.c)
-                i += 1 + max((n + 3) // 4, 1)
             else:  # RINGBUF_TYPE_TIME_STAMP: absolute, low 59 bits only
                 abs_ts = (words[i + 1] << TS_SHIFT) | (w >> 5)
                 msb = ts >> _TS_MSB_SHIFT << _TS_MSB_SHIFT

@@ -1,0 +1,268 @@
+"""Enter/exit pairs per thread, and what does not pair: violations, edge halves, unjudged.
+
+Pure: takes a decoded :class:`~kapi_selftests.events.Capture`, never reads files or
+tracefs, and judges nothing about arguments or return values (that is the oracle's job).
+
+Each thread's syscall events are walked in time stamp order across CPUs (a thread
+can migrate in the middle of a syscall). A half pair is classified, in this order:
+
+1. *unjudged* when events lost from the buffer could lie between it and its
+   neighbour on the same thread (:meth:`~kapi_selftests.events.LossInfo.explains`):
+   loss explains it, so it is never reported as a kernel violation;
+2. an *edge half* when it sits at the thread's edge of the capture: an exit that is
+   the thread's first event (its enter happened before tracing started, e.g. the
+   ``write(2)`` that enabled the events) or an enter that is the thread's last
+   event (the call was still running when tracing stopped, e.g. the disabling write);
+3. otherwise a *violation*: the thread went on after the half, so the missing
+   half cannot be outside the capture.
+
+kapi events (``kapi:kapi_syscall_enter/exit``) and the generic syscall events
+(``syscalls:sys_enter_<name>``/``sys_exit_<name>``) are paired separately, so a
+capture holding both pairs each family on its own; both name calls ``sys_<name>``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kapi_selftests.events import Capture, LossInfo, TraceEvent
+
+__all__ = [
+    "ViolationKind",
+    "Pair",
+    "Violation",
+    "PairingResult",
+    "pair",
+    "syscall_of",
+    "NO_RETURN",
+]
+
+#: Syscalls whose enter has no exit event (the task is gone).
+NO_RETURN = frozenset({"sys_exit", "sys_exit_group"})
+
+
+class ViolationKind(enum.Enum):
+    MISSING_EXIT = "missing_exit"  # enter, then the thread entered another syscall
+    ORPHAN_EXIT = "orphan_exit"  # exit with no enter before it on the thread
+    NAME_MISMATCH = "name_mismatch"  # exit of another syscall than the open enter
+    DOUBLE_ENTER = "double_enter"  # the same syscall entered twice in a row
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """A matched enter/exit pair of one thread.
+
+    :param tid: the thread
+    :param name: spec name (``sys_open``)
+    :param enter: the enter event
+    :param exit: the exit event
+    :param spans_loss: events were lost between enter and exit, so the two may
+        belong to different calls; do not judge arguments against the return value
+    """
+
+    tid: int
+    name: str
+    enter: TraceEvent
+    exit: TraceEvent
+    spans_loss: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A half pair (or mismatched pair) and its evidence.
+
+    :param kind: what is wrong
+    :param tid: the thread
+    :param name: spec name of the call concerned (``sys_open``)
+    :param ts_ns: time stamp of the event at fault
+    :param evidence: the events involved, oldest first
+    :param explanation: one line saying why it is (or is not) a kernel violation
+    """
+
+    kind: ViolationKind
+    tid: int
+    name: str
+    ts_ns: int
+    evidence: tuple[TraceEvent, ...]
+    explanation: str
+
+
+@dataclass(frozen=True, slots=True)
+class PairingResult:
+    """Everything :func:`pair` found.
+
+    :param pairs: matched pairs, in enter time stamp order
+    :param violations: half pairs that neither loss nor the capture's edges explain
+    :param edge_halves: halves at a thread's edge of the capture (not violations)
+    :param unjudged: halves that lost events may explain (not violations)
+    :param lost_events: events the buffer lost, ``None`` when the capture cannot tell
+    :param names: every syscall name seen, sorted
+    """
+
+    pairs: tuple[Pair, ...]
+    violations: tuple[Violation, ...]
+    edge_halves: tuple[Violation, ...]
+    unjudged: tuple[Violation, ...]
+    lost_events: int | None
+    names: tuple[str, ...] = ()
+
+
+_ENTER, _EXIT = True, False
+
+
+def syscall_of(ev: TraceEvent) -> tuple[str, bool, str] | None:
+    """``(family, is_enter, spec name)`` of a syscall event, or ``None`` for other events.
+
+    ``family`` is ``"kapi"`` or ``"syscalls"``; the name is ``sys_<name>`` for both.
+    """
+    n = ev.name
+    if n == "kapi_syscall_enter" or n == "kapi_syscall_exit":
+        name = ev.fields.get("name")
+        if not isinstance(name, str) or not name:
+            return None
+        return "kapi", n == "kapi_syscall_enter", name
+    if n.startswith("sys_enter_"):
+        return "syscalls", _ENTER, "sys_" + n[len("sys_enter_"):]
+    if n.startswith("sys_exit_"):
+        return "syscalls", _EXIT, "sys_" + n[len("sys_exit_"):]
+    return None
+
+
+_Item = tuple[TraceEvent, bool, str]
+
+
+def _fix_ties(seq: list[_Item]) -> None:
+    # Text traces have µs time stamps: an exit and the next enter of a thread that
+    # migrated can tie across CPUs and sort either way. Swap such a tie when the
+    # other order is the one that pairs.
+    open_name: str | None = None
+    k = 0
+    while k < len(seq):
+        ev, is_enter, name = seq[k]
+        if k + 1 < len(seq):
+            nxt = seq[k + 1]
+            if nxt[0].ts_ns == ev.ts_ns and nxt[0].cpu != ev.cpu and nxt[1] != is_enter:
+                if (open_name is None and not is_enter) or \
+                        (open_name is not None and is_enter and nxt[2] == open_name):
+                    seq[k], seq[k + 1] = nxt, seq[k]
+                    ev, is_enter, name = seq[k]
+        if is_enter:
+            open_name = name
+        elif open_name is not None:
+            open_name = None
+        k += 1
+
+
+def _fmt_ts(ts_ns: int) -> str:
+    # As the text trace prints it: seconds with µs, rounded (ns2usecs()).
+    us = (ts_ns + 500) // 1000
+    return f"{us // 1_000_000}.{us % 1_000_000:06d}"
+
+
+def _loss_reason(loss: LossInfo, lo: int | None, hi: int | None) -> str:
+    for g in loss.gaps:
+        if g.overlaps(lo, hi):
+            where = f"cpu{g.cpu}" if g.cpu is not None else "a CPU"
+            when = (f"before {_fmt_ts(g.end_ns)}" if g.start_ns is None and g.end_ns is not None
+                    else f"after {_fmt_ts(g.start_ns)}" if g.end_ns is None and
+                    g.start_ns is not None
+                    else f"between {_fmt_ts(g.start_ns)} and {_fmt_ts(g.end_ns)}"
+                    if g.start_ns is not None and g.end_ns is not None else "at any time")
+            count = f"{g.count} " if g.count is not None else ""
+            return f"{count}events lost on {where} {when} may hold the other half"
+    return "events were lost"
+
+
+def pair(capture: Capture) -> PairingResult:
+    """Pair each thread's syscall enter and exit events.
+
+    :param capture: decoded events (sorted by time stamp) and loss information
+    :return: pairs, violations, edge halves and unjudged halves
+    """
+    seqs: dict[tuple[int, str], list[_Item]] = {}
+    names: set[str] = set()
+    for ev in capture.events:
+        sc = syscall_of(ev)
+        if sc is None:
+            continue
+        family, is_enter, name = sc
+        names.add(name)
+        seqs.setdefault((ev.tid, family), []).append((ev, is_enter, name))
+
+    loss = capture.loss
+    pairs: list[Pair] = []
+    violations: list[Violation] = []
+    edges: list[Violation] = []
+    unjudged: list[Violation] = []
+
+    def judge(kind: ViolationKind, tid: int, name: str, at: TraceEvent,
+              evidence: Iterable[TraceEvent], lo: int | None, hi: int | None, edge: bool,
+              what: str) -> None:
+        ev_t = tuple(evidence)
+        if loss.gaps and loss.explains(lo, hi):
+            unjudged.append(Violation(kind, tid, name, at.ts_ns, ev_t,
+                                      f"{what}: {_loss_reason(loss, lo, hi)}"))
+        elif edge:
+            edges.append(Violation(kind, tid, name, at.ts_ns, ev_t,
+                                   f"{what}: at the thread's edge of the capture"))
+        else:
+            violations.append(Violation(kind, tid, name, at.ts_ns, ev_t, what))
+
+    for (tid, _family), seq in seqs.items():
+        _fix_ties(seq)
+        open_ev: TraceEvent | None = None
+        open_name = ""
+        prev: TraceEvent | None = None
+        for ev, is_enter, name in seq:
+            if is_enter:
+                if open_ev is not None and open_name not in NO_RETURN:
+                    if open_name == name:
+                        judge(ViolationKind.DOUBLE_ENTER, tid, name, ev, (open_ev, ev),
+                              open_ev.ts_ns, ev.ts_ns, False,
+                              f"{name} entered at {_fmt_ts(open_ev.ts_ns)} and again at "
+                              f"{_fmt_ts(ev.ts_ns)} with no exit between")
+                    else:
+                        judge(ViolationKind.MISSING_EXIT, tid, open_name, open_ev, (open_ev, ev),
+                              open_ev.ts_ns, ev.ts_ns, False,
+                              f"{open_name} entered at {_fmt_ts(open_ev.ts_ns)} has no exit "
+                              f"before the thread entered {name} at {_fmt_ts(ev.ts_ns)}")
+                open_ev, open_name = ev, name
+            elif open_ev is None:
+                judge(ViolationKind.ORPHAN_EXIT, tid, name, ev,
+                      (prev, ev) if prev is not None else (ev,),
+                      prev.ts_ns if prev is not None else None, ev.ts_ns, prev is None,
+                      f"{name} exit at {_fmt_ts(ev.ts_ns)} has no enter"
+                      + (f" after the thread's event at {_fmt_ts(prev.ts_ns)}"
+                         if prev is not None else ""))
+            elif open_name != name:
+                judge(ViolationKind.NAME_MISMATCH, tid, open_name, ev, (open_ev, ev),
+                      open_ev.ts_ns, ev.ts_ns, False,
+                      f"{open_name} entered at {_fmt_ts(open_ev.ts_ns)} but the next exit "
+                      f"is {name} at {_fmt_ts(ev.ts_ns)}")
+                open_ev = None
+            else:
+                spans = bool(loss.gaps) and loss.explains(open_ev.ts_ns, ev.ts_ns)
+                pairs.append(Pair(tid, name, open_ev, ev, spans))
+                open_ev = None
+            prev = ev
+        if open_ev is not None and open_name not in NO_RETURN:
+            judge(ViolationKind.MISSING_EXIT, tid, open_name, open_ev, (open_ev,),
+                  open_ev.ts_ns, None, True,
+                  f"{open_name} entered at {_fmt_ts(open_ev.ts_ns)} has no exit "
+                  f"(the thread's last event)")
+
+    pairs.sort(key=lambda p: (p.enter.ts_ns, p.tid))
+
+    def order(v: Violation) -> tuple[int, int]:
+        return v.ts_ns, v.tid
+
+    return PairingResult(
+        pairs=tuple(pairs),
+        violations=tuple(sorted(violations, key=order)),
+        edge_halves=tuple(sorted(edges, key=order)),
+        unjudged=tuple(sorted(unjudged, key=order)),
+        lost_events=loss.lost_events,
+        names=tuple(sorted(names)),
+    )
