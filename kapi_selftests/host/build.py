@@ -160,6 +160,7 @@ class KconfigIndex:
 
 
 _KCONFIG_ENTRY_RE = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$")
+_KCONFIG_HELP_RE = re.compile(r"^\s*(?:help|---help---)\s*$")
 _KCONFIG_DEPENDS_RE = re.compile(r"^\s*depends\s+on\s+(.+?)\s*(?:#.*)?$")
 # Keywords that end the attribute block of a config entry.
 _KCONFIG_BLOCK_END_RE = re.compile(
@@ -176,8 +177,22 @@ def scan_kconfig(texts: Iterable[str]) -> KconfigIndex:
     depends: dict[str, list[str]] = {}
     for text in texts:
         current: str | None = None
+        help_indent: int | None = -1    # -1: not in help text; None: help, indent unknown
         for line in text.splitlines():
-            if m := _KCONFIG_ENTRY_RE.match(line):
+            if help_indent != -1:
+                # Help text runs while lines stay at least as indented as its first line.
+                if not line.strip():
+                    continue
+                indent = len(line.expandtabs(8)) - len(line.expandtabs(8).lstrip())
+                if help_indent is None:
+                    help_indent = indent
+                    continue
+                if indent >= help_indent:
+                    continue
+                help_indent = -1
+            if _KCONFIG_HELP_RE.match(line):
+                help_indent = None
+            elif m := _KCONFIG_ENTRY_RE.match(line):
                 current = m.group(1)
                 symbols.add(current)
                 depends.setdefault(current, [])
@@ -664,6 +679,7 @@ def build_kernel(src: Path, out: Path, *, series: Sequence[Path] = (), fragment:
     out.mkdir(parents=True, exist_ok=True)
     check = _configure(src, out, fragment)
     build_log = out / BUILD_LOG
+    log.info("build output goes to %s", build_log)
     proc = _run(_build_command(src, out, jobs), cwd=src, check=False, log_file=build_log)
     if proc.returncode != 0 or not image.is_file():
         line = first_error(build_log.read_text(errors="replace"))

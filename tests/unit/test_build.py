@@ -40,7 +40,9 @@ config KAPI_SPEC
 	bool "Kernel API Specification Framework"
 	help
 """
-    "\t  config-like words in help text are not entries.\n"
+    "\t  Help text is not an entry even when a line reads\n"
+    "\t  config HELP_TEXT_WORD\n"
+    "\t  depends on NOTHING\n"
 """
 config KAPI_RUNTIME_CHECKS
 	bool "Runtime checking of API specifications"
