@@ -672,6 +672,109 @@ def _walk_cpu(data: bytes, cpu: int, hp: HeaderPage, base: int, offs: list[int],
     return stored_lost
 
 
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    # Result of walking pages: one row per data record, page-major order.
+    page: npt.NDArray[np.int64]  # global page index of each record
+    offset: npt.NDArray[np.int64]  # byte offset of the record's data in the blob
+    ts_ns: npt.NDArray[np.int64]
+    length: npt.NDArray[np.int32]
+    missed: npt.NDArray[np.int64]  # per page: -1 no flag, -2 flag without count, else count
+
+
+def _walk_vectorized(blob: bytes, hp: HeaderPage, page_where: Sequence[tuple[str, int]]) -> _Walk:
+    # Records are variable-length, so one page cannot be walked in parallel; but all
+    # pages can: step k decodes the k-th record of every page at once (numpy gathers
+    # over the page cursors), so the Python loop runs ~records-per-page times.
+    psize = hp.page_size
+    npages = len(blob) // psize
+    words = np.frombuffer(blob, dtype="<u4")
+    nwords = words.shape[0]
+    pstart = np.arange(npages, dtype=np.int64) * psize
+    page_ts = np.frombuffer(blob, dtype="<u8")[(pstart + hp.ts_offset) // 8].astype(np.int64) \
+        if hp.ts_offset % 8 == 0 else np.array(
+            [struct.unpack_from("<Q", blob, int(o) + hp.ts_offset)[0] for o in pstart],
+            dtype=np.int64)
+    if hp.commit_size == 8:
+        commit = words[(pstart + hp.commit_offset) // 4].astype(np.int64) | (
+            words[(pstart + hp.commit_offset) // 4 + 1].astype(np.int64) << 32)
+    else:
+        commit = words[(pstart + hp.commit_offset) // 4].astype(np.int64)
+    length = commit & COMMIT_MASK
+    max_len = psize - hp.data_offset
+    bad = np.flatnonzero(length > max_len)
+    if bad.size:
+        f, pno = page_where[int(bad[0])]
+        raise DecodeError(f"{f}: page {pno} (offset {pno * psize}): commit "
+                          f"{int(length[bad[0]])} exceeds the page's {max_len} data bytes: "
+                          f"corrupt page")
+    missed = np.full(npages, -1, dtype=np.int64)
+    flagged = (commit & RB_MISSED_EVENTS) != 0
+    if flagged.any():
+        missed[flagged] = -2
+        stored = flagged & ((commit & RB_MISSED_STORED) != 0) & \
+            (length + hp.commit_size <= max_len)
+        for p in np.flatnonzero(stored).tolist():
+            at = p * psize + hp.data_offset + int(length[p])
+            missed[p] = struct.unpack_from("<Q" if hp.commit_size == 8 else "<I", blob, at)[0]
+
+    live = np.flatnonzero(length > 0)
+    cur = pstart[live] // 4 + hp.data_offset // 4
+    end = cur + (length[live] + 3) // 4
+    ts = page_ts[live]
+    out_page: list[npt.NDArray[np.int64]] = []
+    out_off: list[npt.NDArray[np.int64]] = []
+    out_ts: list[npt.NDArray[np.int64]] = []
+    out_len: list[npt.NDArray[np.int64]] = []
+    while live.size:
+        w = words[cur].astype(np.int64)
+        nxt = words[np.minimum(cur + 1, nwords - 1)].astype(np.int64)
+        tl = w & 31
+        delta = w >> 5
+        big = tl == 0
+        small = (tl > 0) & (tl <= RINGBUF_TYPE_DATA_TYPE_LEN_MAX)
+        pad = tl == RINGBUF_TYPE_PADDING
+        ext = tl == RINGBUF_TYPE_TIME_EXTEND
+        absts = tl == RINGBUF_TYPE_TIME_STAMP
+        data = big | small
+        step = np.where(big, 1 + (nxt + 3) // 4,
+                        np.where(small, 1 + tl,
+                                 np.where(pad, 1 + np.maximum((nxt + 3) // 4, 1), 2)))
+        # A null padding record (delta 0), or one with no room for its length, ends the page.
+        stop = pad & ((delta == 0) | (cur + 1 >= end))
+        broken = ~stop & ((cur + step > end) | (big & (nxt < 4)))
+        if broken.any():
+            k = int(np.flatnonzero(broken)[0])
+            p = int(live[k])
+            f, pno = page_where[p]
+            raise DecodeError(f"{f}: page {pno}: record (type {int(tl[k])}) at offset "
+                              f"{int(cur[k]) * 4 - p * psize} runs past the commit "
+                              f"({int(length[p])} bytes): corrupt page")
+        ts = ts + np.where(ext, (nxt << TS_SHIFT) | delta, np.where(stop, 0, delta))
+        if absts.any():
+            a = (nxt << TS_SHIFT) | delta
+            msb = (ts >> _TS_MSB_SHIFT) << _TS_MSB_SHIFT
+            a = a | msb
+            a = np.where((a < ts) & (msb != 0), a + (1 << _TS_MSB_SHIFT), a)
+            ts = np.where(absts, a, ts)
+        if data.any():
+            out_page.append(live[data])
+            out_off.append(np.where(big, cur + 2, cur + 1)[data] * 4)
+            out_ts.append(ts[data])
+            out_len.append(np.where(big, nxt - 4, tl * 4)[data])
+        cur = cur + step
+        keep = ~stop & (cur < end)
+        live, cur, end, ts = live[keep], cur[keep], end[keep], ts[keep]
+    if out_page:
+        page_a = np.concatenate(out_page)
+        order = np.argsort(page_a, kind="stable")  # step-major -> page-major
+        return _Walk(page_a[order], np.concatenate(out_off)[order],
+                     np.concatenate(out_ts)[order],
+                     np.concatenate(out_len)[order].astype(np.int32), missed)
+    z = np.zeros(0, dtype=np.int64)
+    return _Walk(z, z, z, np.zeros(0, dtype=np.int32), missed)
+
+
 def decode_columns(raw: RawCapture, *, where: str = "capture") -> tuple[EventColumns, LossInfo]:
     """Decode every page of ``raw`` into columns sorted by time stamp.
 
@@ -683,37 +786,40 @@ def decode_columns(raw: RawCapture, *, where: str = "capture") -> tuple[EventCol
     for name, text in raw.formats.items():
         fmt = parse_format(text, where=f"{where}/{name}.format")
         formats[fmt.id] = fmt
-    blob_parts: list[bytes] = []
-    offs: list[int] = []
-    tss: list[int] = []
-    lens: list[int] = []
-    cpu_counts: list[tuple[int, int]] = []
-    gaps: list[LossGap] = []
-    base = 0
-    for cpu in sorted(raw.pages):
+    cpus = sorted(raw.pages)
+    page_where: list[tuple[str, int]] = []
+    page_cpu_l: list[int] = []
+    for cpu in cpus:
         data = raw.pages[cpu]
-        before = len(tss)
-        cpu_gaps: list[LossGap] = []
-        _walk_cpu(data, cpu, hp, base, offs, tss, lens, cpu_gaps, f"{where}/cpu{cpu}.raw")
-        cpu_counts.append((cpu, len(tss) - before))
-        first = tss[before] if len(tss) > before else None
-        last = tss[-1] if len(tss) > before else None
-        # A missed-events flag on the CPU's first page: loss before the capture window.
-        cpu_gaps = [LossGap(g.cpu, None, g.end_ns if g.end_ns is not None else first, g.count)
-                    if g.start_ns is None else g for g in cpu_gaps]
+        if len(data) % hp.page_size:
+            raise DecodeError(f"{where}/cpu{cpu}.raw: {len(data)} bytes is not a whole number "
+                              f"of {hp.page_size}-byte pages", hint="was the file truncated?")
+        k = len(data) // hp.page_size
+        page_where.extend((f"{where}/cpu{cpu}.raw", j) for j in range(k))
+        page_cpu_l.extend([cpu] * k)
+    blob = b"".join(raw.pages[c] for c in cpus)
+    page_cpu = np.array(page_cpu_l, dtype=np.int32)
+    walk = _walk_vectorized(blob, hp, page_where)
+    n = int(walk.ts_ns.shape[0])
+    ts_arr, off_arr, len_arr = walk.ts_ns, walk.offset, walk.length
+    cpu_arr = page_cpu[walk.page] if n else np.zeros(0, np.int32)
+
+    gaps: list[LossGap] = []
+    for cpu in cpus:
+        idx = np.flatnonzero(cpu_arr == cpu)
+        first = int(ts_arr[idx[0]]) if idx.size else None
+        last = int(ts_arr[idx[-1]]) if idx.size else None
         stat_gaps = _stats_gaps(raw.stats.get(cpu), cpu, first, last)
         spans = {(g.start_ns, g.end_ns) for g in stat_gaps}
         gaps.extend(stat_gaps)
-        gaps.extend(g for g in cpu_gaps if (g.start_ns, g.end_ns) not in spans)
-        blob_parts.append(data)
-        base += len(data)
-    blob = b"".join(blob_parts)
-    n = len(tss)
-    ts_arr = np.array(tss, dtype=np.int64) if n else np.zeros(0, np.int64)
-    off_arr = np.array(offs, dtype=np.int64) if n else np.zeros(0, np.int64)
-    len_arr = np.array(lens, dtype=np.int32) if n else np.zeros(0, np.int32)
-    cpu_arr = np.repeat(np.array([c for c, _ in cpu_counts], dtype=np.int32),
-                        [k for _, k in cpu_counts]) if n else np.zeros(0, np.int32)
+        for p in np.flatnonzero((walk.missed != -1) & (page_cpu == cpu)).tolist():
+            # Events were lost between the previous page read and this one.
+            i = int(np.searchsorted(walk.page, p, side="left"))
+            end_ns = int(ts_arr[i]) if i < n and cpu_arr[i] == cpu else None
+            start_ns = int(ts_arr[i - 1]) if i > 0 and cpu_arr[i - 1] == cpu else None
+            count = int(walk.missed[p]) if walk.missed[p] >= 0 else None
+            if (start_ns, end_ns) not in spans:
+                gaps.append(LossGap(cpu, start_ns, end_ns, count))
     # Every record starts 4-byte aligned: gather common_type and common_pid as words.
     u32 = np.frombuffer(blob, dtype="<u4") if len(blob) >= 4 else np.zeros(0, "<u4")
     w0 = off_arr // 4
