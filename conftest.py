@@ -42,11 +42,3 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     default=os.environ.get("KAPI_STRICT") == "1",
                     help="fail instead of skip when the kapi tracepoints or specs are missing")
 
-
-def require(config: pytest.Config, reason: str | None) -> None:
-    """Skip (or, with --require-kapi, fail) when a probe returned a reason."""
-    if reason is None:
-        return
-    if config.getoption("--require-kapi"):
-        pytest.fail(f"required: {reason}", pytrace=False)
-    pytest.skip(reason)

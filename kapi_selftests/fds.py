@@ -52,7 +52,7 @@ class FdPool:
             self._tmp = tempfile.TemporaryDirectory(prefix="kapi-scratch-")
             scratch = Path(self._tmp.name)
         self.scratch = scratch
-        self._open: set[int] = set()
+        self._open: dict[int, tuple[int, int]] = {}  # fd -> (st_dev, st_ino) at creation
         self._keep: list[socket.socket] = []
         self._n = 0
 
@@ -63,16 +63,26 @@ class FdPool:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def close(self) -> None:
-        for fd in sorted(self._open):
+    def release(self) -> None:
+        """Close every fd made so far (the scratch directory stays).
+
+        An fd the syscall under test closed may have been reused since: only a
+        number that still names the file it was made for is closed.
+        """
+        for fd, ident in sorted(self._open.items()):
             try:
-                os.close(fd)
+                st = os.fstat(fd)
             except OSError:
-                pass  # already closed by the syscall under test
+                continue  # closed by the syscall under test
+            if (st.st_dev, st.st_ino) == ident:
+                os.close(fd)
         self._open.clear()
         for s in self._keep:
             s.close()
         self._keep.clear()
+
+    def close(self) -> None:
+        self.release()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -82,12 +92,9 @@ class FdPool:
         return self.scratch / f"{stem}{self._n}"
 
     def _track(self, fd: int) -> int:
-        self._open.add(fd)
+        st = os.fstat(fd)
+        self._open[fd] = (st.st_dev, st.st_ino)
         return fd
-
-    def forget(self, fd: int) -> None:
-        """The syscall under test closed ``fd``: stop tracking it."""
-        self._open.discard(fd)
 
     def make(self, kind: FdKind) -> int:
         """A fresh fd of ``kind`` (for CLOSED: a number that is not open right now)."""

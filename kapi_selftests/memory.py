@@ -68,11 +68,15 @@ class Arena:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Unmap everything mapped so far; the arena stays usable."""
         for r in self._regions:
             _libc.munmap(r.addr, r.length)
         self._regions.clear()
         self._prot.clear()
+
+    def close(self) -> None:
+        self.release()
         self._closed = True
 
     @property
@@ -209,6 +213,17 @@ class Arena:
             if ctypes.string_at(a, 1) == b"\0":
                 return i
         return maxlen
+
+    def strnlen_user(self, addr: int, count: int) -> int | None:
+        """``strnlen_user(addr, count)`` with the kernel's result convention (the
+        oracle's :class:`~kapi_selftests.oracle.MemoryView`): length including the NUL,
+        ``count + 1`` when ``count`` bytes hold no NUL, 0 when a fault comes first."""
+        if count <= 0:
+            return 0
+        n = self.strnlen(addr, count)
+        if n is None:
+            return 0
+        return n + 1 if n < count else count + 1
 
     def read(self, addr: int, n: int) -> bytes:
         """Read ``n`` bytes of our own memory (for side-effect checks)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require
+from kapi_selftests.testing import require
 
 pytestmark = [pytest.mark.guest, pytest.mark.root]
 

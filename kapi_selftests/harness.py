@@ -1,0 +1,149 @@
+"""The guest-side pipeline in one object: plans -> memory -> batch -> capture -> checks.
+
+:class:`Harness` owns the arena, the fd pool and the trace instance, and runs a
+batch of :class:`~kapi_selftests.plan.CallPlan` end to end: materialise,
+snapshot what a predicted rejection must not change, issue all calls in one
+capture window, measure side effects, decode, judge. The suite, the fuzzer
+and ``run --local`` all go through it. Resources of a batch are released after
+it, so a long campaign does not run out of fds or mappings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from kapi_selftests.checks import CallCheck, check_calls
+from kapi_selftests.events import Capture, decode, write_capture_dir
+from kapi_selftests.executor import Batch, EventSource, Executor
+from kapi_selftests.fds import FdPool
+from kapi_selftests.materialize import Materialized, Materializer, side_effects, snapshot
+from kapi_selftests.memory import Arena
+from kapi_selftests.oracle import predict
+from kapi_selftests.plan import CallPlan
+from kapi_selftests.spec import Spec, builtin_specs, load_debugfs, missing_kapi_specs
+from kapi_selftests.syscalls import SyscallRecord
+
+__all__ = ["BatchResult", "Harness", "load_specs"]
+
+log = logging.getLogger(__name__)
+
+
+def load_specs() -> tuple[dict[str, Spec], str]:
+    """The specs of the running kernel from debugfs, else the built-in v4 model.
+
+    :return: the specs and a line saying where they came from
+    """
+    reason = missing_kapi_specs()
+    if reason is None:
+        try:
+            specs = load_debugfs()
+            if specs:
+                return specs, "specs from /sys/kernel/debug/kapi"
+        except Exception as e:  # a malformed dump must not stop the suite: say so, fall back
+            log.warning("debugfs specs unreadable (%s); using the built-in model", e)
+            reason = str(e)
+    return builtin_specs(), f"built-in v4 spec model ({reason})"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """A batch run end to end."""
+
+    plans: tuple[CallPlan, ...]
+    materialized: tuple[Materialized, ...]
+    batch: Batch
+    capture: Capture
+    checks: tuple[CallCheck, ...]
+
+    @property
+    def failures(self) -> list[CallCheck]:
+        return [c for c in self.checks if not c.ok]
+
+
+class Harness:
+    """Runs call plans end to end on the running kernel (needs root and tracefs).
+
+    :param source: event source (probed when None)
+    :param specs: spec model (debugfs or built-in when None)
+    :param strict: spec drift fails
+    :param save_trace: directory to save every batch's raw capture in (``batch-N/``)
+    """
+
+    def __init__(self, source: EventSource | None = None, *,
+                 specs: Mapping[str, Spec] | None = None, strict: bool = False,
+                 save_trace: Path | None = None, buffer_kb: int = 8192) -> None:
+        self.specs = dict(specs) if specs is not None else load_specs()[0]
+        self.strict = strict
+        self.save_trace = save_trace
+        self.arena = Arena()
+        self.pool = FdPool()
+        self.materialize = Materializer(self.arena, self.pool)
+        self.executor = Executor(source, buffer_kb=buffer_kb)
+        self.source = self.executor.source
+        self._batches = 0
+
+    def __enter__(self) -> Harness:
+        self.executor.__enter__()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.executor.__exit__(t, v, tb)
+        finally:
+            self.pool.close()
+            self.arena.close()
+
+    def run(self, plans: Sequence[CallPlan]) -> BatchResult:
+        """Issue ``plans`` in one capture window and judge every call."""
+        mats = tuple(self.materialize(p) for p in plans)
+        snaps = {}
+        if self.source is EventSource.KAPI:
+            for i, m in enumerate(mats):
+                spec = self.specs.get(f"sys_{m.plan.name}")
+                if spec is not None and predict(spec, m.regs, self.arena).rejected:
+                    snaps[i] = snapshot(m, self.pool, self.arena)
+        batch = self.executor.run([(m.plan.nr, m.regs) for m in mats])
+        effects = [side_effects(mats[i], snaps[i], self.pool, self.arena) if i in snaps else []
+                   for i in range(len(mats))]
+        result = self._judge(tuple(plans), mats, batch, effects)
+        self._release(batch.records)
+        return result
+
+    def run_fn(self, fn: Callable[[], Sequence[SyscallRecord]]) -> tuple[Batch, Capture,
+                                                                          list[CallCheck]]:
+        """Run ``fn`` (which issues calls itself: threads, signals) in one capture window."""
+        batch = self.executor.run_fn(fn)
+        capture = self._decode(batch)
+        checks = check_calls(batch.records, capture, batch.source, self.specs,
+                             memory=self.arena, strict=self.strict)
+        return batch, capture, checks
+
+    def _decode(self, batch: Batch) -> Capture:
+        self._batches += 1
+        if self.save_trace is not None:
+            write_capture_dir(batch.raw, self.save_trace / f"batch-{self._batches}")
+        return decode(batch.raw)
+
+    def _judge(self, plans: tuple[CallPlan, ...], mats: tuple[Materialized, ...], batch: Batch,
+               effects: Sequence[Sequence[str]]) -> BatchResult:
+        capture = self._decode(batch)
+        checks = check_calls(batch.records, capture, batch.source, self.specs,
+                             memory=self.arena, side_effects=effects, strict=self.strict)
+        return BatchResult(plans, mats, batch, capture, tuple(checks))
+
+    def _release(self, records: Sequence[SyscallRecord]) -> None:
+        # fds that successful open() calls returned belong to no one else: close them.
+        for r in records:
+            if r.name == "open" and r.ret >= 0:
+                try:
+                    os.close(r.ret)
+                except OSError:
+                    pass
+        self.pool.release()
+        self.arena.release()

@@ -1,0 +1,64 @@
+"""Fixtures of the in-guest suite: the harness on the running kernel, and skip policy.
+
+Guest tests need root and tracefs (the VM, or root on a real machine). Tests
+that need the kapi tracepoints use ``kapi_harness``: on a stock kernel they skip
+with the reason, or fail with ``--require-kapi``; ``generic_harness`` runs the
+same calls against the generic syscall events on any kernel with
+CONFIG_FTRACE_SYSCALLS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from kapi_selftests.testing import require
+from kapi_selftests.executor import SPEC_SYSCALLS, EventSource
+from kapi_selftests.harness import Harness
+from kapi_selftests.tracefs import (
+    find_tracefs,
+    missing_kapi_events,
+    missing_syscall_events,
+    missing_tracefs,
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/guest" in str(item.path):
+            item.add_marker(pytest.mark.guest)
+            item.add_marker(pytest.mark.root)
+
+
+@pytest.fixture(scope="session")
+def tracefs_root() -> object:
+    root = find_tracefs()
+    reason = missing_tracefs(root)
+    if reason:
+        pytest.skip(reason)
+    return root
+
+
+@pytest.fixture(scope="module")
+def generic_harness(tracefs_root: object) -> Iterator[Harness]:
+    reason = missing_syscall_events(find_tracefs(), SPEC_SYSCALLS)
+    if reason:
+        pytest.skip(reason)
+    with Harness(EventSource.SYSCALLS) as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def kapi_harness(request: pytest.FixtureRequest, tracefs_root: object) -> Iterator[Harness]:
+    require(request.config, missing_kapi_events(find_tracefs()))
+    with Harness(EventSource.KAPI, strict=False) as h:
+        yield h
+
+
+@pytest.fixture(params=[EventSource.KAPI, EventSource.SYSCALLS], ids=["kapi", "generic"])
+def any_harness(request: pytest.FixtureRequest) -> Harness:
+    """Each test twice: against the kapi events and against the generic syscall events."""
+    name = "kapi_harness" if request.param is EventSource.KAPI else "generic_harness"
+    h: Harness = request.getfixturevalue(name)
+    return h
