@@ -204,16 +204,18 @@ def _make_series(tmp_path: Path) -> tuple[Path, list[Path]]:
     """Two patches made on a history repo; returns a history-less tree that patch 2
     conflicts with (as a Debian tarball does) and the two mbox files."""
     lines = [f"line {i}" for i in range(1, 21)]
+    # a.txt and b.txt differ, or git am -3 could take one for a rename of the other.
+    blines = [f"b line {i}" for i in range(1, 21)]
     hist = tmp_path / "hist"
     hist.mkdir()
     _git(hist, "init", "-q", "-b", "main")
     (hist / "a.txt").write_text("\n".join(lines) + "\n")
-    (hist / "b.txt").write_text("\n".join(lines) + "\n")
+    (hist / "b.txt").write_text("\n".join(blines) + "\n")
     _git(hist, "add", "-A")
     _git(hist, "commit", "-q", "-m", "base")
     (hist / "a.txt").write_text("\n".join(lines[:5] + ["added by one"] + lines[5:]) + "\n")
     _git(hist, "commit", "-q", "-am", "one: touch a")
-    (hist / "b.txt").write_text("\n".join(lines[:10] + ["added by two"] + lines[10:]) + "\n")
+    (hist / "b.txt").write_text("\n".join(blines[:10] + ["added by two"] + blines[10:]) + "\n")
     _git(hist, "commit", "-q", "-am", "two: touch b")
     pdir = tmp_path / "patches"
     _git(hist, "format-patch", "-q", "-2", "--subject-prefix=PATCH v4", "-o", str(pdir))
@@ -224,7 +226,7 @@ def _make_series(tmp_path: Path) -> tuple[Path, list[Path]]:
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "a.txt").write_text("\n".join(lines) + "\n")
-    changed = lines[:9] + ["line 10 (distro)"] + lines[10:]
+    changed = blines[:9] + ["b line 10 (distro)"] + blines[10:]
     (tree / "b.txt").write_text("\n".join(changed) + "\n")
     _git(tree, "init", "-q", "-b", "main")
     _git(tree, "add", "-A")
@@ -267,8 +269,8 @@ def test_apply_series_stops_at_conflict_and_continues(tmp_path: Path) -> None:
         apply_series(tree, patches, resume=True)
 
     # The person fixes the hunk by hand, removes the .rej, but forgets git add.
-    text = (tree / "b.txt").read_text().replace("line 10 (distro)\n",
-                                                "line 10 (distro)\nadded by two\n")
+    text = (tree / "b.txt").read_text().replace("b line 10 (distro)\n",
+                                                "b line 10 (distro)\nadded by two\n")
     (tree / "b.txt").write_text(text)
     (tree / "b.txt.rej").unlink()
     with pytest.raises(BuildError, match="not staged"):
@@ -427,3 +429,44 @@ def test_cli_built_then_cached(tmp_path: Path, capsys: pytest.CaptureFixture[str
     image = str((tmp_path / "o" / "arch/x86/boot/bzImage").resolve())
     assert capsys.readouterr().out.splitlines() == [image, image]
     assert (tmp_path / "o" / "builds").read_text() == "built\n"
+
+
+def test_build_kernel_tarball_tree_with_series(tmp_path: Path) -> None:
+    """A tree that is no git repository yet (Debian tarball): git init after dropping the
+    `/*` .gitignore block, apply the series, build; the second call is cached."""
+    _, mboxes = _make_series(tmp_path)
+    src = _fake_tree(tmp_path)
+    lines = [f"line {i}" for i in range(1, 21)]
+    (src / "a.txt").write_text("\n".join(lines) + "\n")
+    (src / ".gitignore").write_text("*.o\n\n#\n# Debian packaging\n#\n/*\n!/debian/\n")
+    frag, out = tmp_path / "frag.config", tmp_path / "out"
+    frag.write_text("CONFIG_DEBUG_FS=y\n")
+    first = build_kernel(src, out, series=mboxes[:1], fragment=frag, jobs=1)
+    assert not first.cached and first.applied == ("one: touch a",)
+    assert (src / ".gitignore").read_text() == "*.o\n"
+    assert _subjects(src) == ["one: touch a", f"import {src.name} (tarball)"]
+    # The import commit holds the whole tree (nothing ignored by a `/*` rule).
+    assert "Makefile" in _git(src, "ls-files").split()
+    again = build_kernel(src, out, series=mboxes[:1], fragment=frag, jobs=1)
+    assert again.cached and again.applied == () and again.key == first.key
+    # Same tree and fragment with a different series: a different key (and git am).
+    with pytest.raises(BuildError, match="patch 2/2 'two: touch b'.*b.txt: No such file"):
+        build_kernel(src, out, series=mboxes, fragment=frag, jobs=1)
+
+
+def test_apply_series_three_way_conflict_on_history_tree(tmp_path: Path) -> None:
+    """Where the tree has history, git am -3 merges: a real conflict is reported by file
+    and left as conflict markers."""
+    _, mboxes = _make_series(tmp_path)
+    hist = tmp_path / "hist"
+    _git(hist, "reset", "-q", "--hard", "HEAD~2")
+    text = (hist / "b.txt").read_text().replace("b line 11\n", "b line 11 (changed)\n")
+    (hist / "b.txt").write_text(text)
+    _git(hist, "commit", "-q", "-am", "local change")
+    _git(hist, "config", "user.name", "t")
+    _git(hist, "config", "user.email", "t@t")
+    with pytest.raises(BuildError, match=r"patch 2/2 'two: touch b'.*b\.txt: conflict markers"):
+        apply_series(hist, read_series(mboxes))
+    assert "<<<<<<<" in (hist / "b.txt").read_text()
+    assert not list(hist.glob("*.rej"))
+    assert _subjects(hist)[0] == "one: touch a"
