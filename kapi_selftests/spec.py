@@ -216,6 +216,8 @@ class ParamSpec:
         """One line: ``range [0, 2147483647]``, ``mask 0xfff``, ``buffer sized by count``."""
         c = self.constraint
         if c is ConstraintType.RANGE:
+            if self.max_value < 0:
+                return f"range [{self.min_value}, {self.max_value}] (max < 0: only min checked)"
             return f"range [{self.min_value}, {self.max_value}]"
         if c is ConstraintType.MASK:
             return f"mask 0x{self.valid_mask:x}"

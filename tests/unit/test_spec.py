@@ -241,3 +241,31 @@ def test_spec_to_dict_is_json_ready() -> None:
 
     d = builtin_specs()["sys_read"].to_dict()
     assert json.loads(json.dumps(d))["params"][1]["size_param"] == 2
+
+
+def test_cli_specs_builtin_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from kapi_selftests.cli import main
+
+    assert main(["specs", "--builtin", "sys_read"]) == 0
+    out = capsys.readouterr().out
+    assert "sys_read (nr 0" in out and "buffer sized by param 2" in out
+    assert "only min checked" in out
+
+
+def test_cli_specs_debugfs_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from kapi_selftests.cli import main
+
+    assert main(["specs", "--debugfs", str(stage(tmp_path)), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["name"] for d in data] == list(NAMES)
+
+
+def test_cli_specs_missing_debugfs_skips(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from kapi_selftests.cli import main
+
+    assert main(["specs", "--debugfs", str(tmp_path)]) == 4
+    assert "--builtin" in capsys.readouterr().err
+    assert main(["specs", "--builtin", "sys_nope"]) == 2
