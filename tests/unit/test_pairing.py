@@ -1,0 +1,181 @@
+"""pairing: enter/exit pairs per thread, violations, edge halves, loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kapi_selftests.events import Capture, LossGap, LossInfo, TraceEvent, load_capture
+from kapi_selftests.pairing import ViolationKind, pair
+
+REF = Path(__file__).resolve().parents[3] / "shared" / "kapi-reference"
+if not REF.is_dir():
+    REF = Path("/work/shared/kapi-reference")
+needs_ref = pytest.mark.skipif(not REF.is_dir(),
+                               reason=f"reference captures not found at {REF}")
+
+
+def enter(ts: int, name: str, tid: int = 10, cpu: int = 0) -> TraceEvent:
+    return TraceEvent(ts, cpu, tid, "kapi_syscall_enter", {"name": name, "params": ""})
+
+
+def exit_(ts: int, name: str, tid: int = 10, cpu: int = 0, ret: int = 0) -> TraceEvent:
+    return TraceEvent(ts, cpu, tid, "kapi_syscall_exit",
+                      {"name": name, "ret": ret, "spec_match": 1})
+
+
+def cap(*events: TraceEvent, loss: LossInfo | None = None) -> Capture:
+    return Capture(events=sorted(events, key=lambda e: e.ts_ns), loss=loss or LossInfo(0))
+
+
+def kinds(vs: tuple[object, ...]) -> list[str]:
+    return [v.kind.value for v in vs]  # type: ignore[attr-defined]
+
+
+def test_pair_simple_pairs() -> None:
+    r = pair(cap(enter(1, "sys_open"), exit_(2, "sys_open"),
+                 enter(3, "sys_close"), exit_(4, "sys_close")))
+    assert [(p.name, p.enter.ts_ns, p.exit.ts_ns) for p in r.pairs] == [
+        ("sys_open", 1, 2), ("sys_close", 3, 4)]
+    assert not r.violations and not r.edge_halves and not r.unjudged
+    assert r.names == ("sys_close", "sys_open")
+
+
+def test_pair_thread_migrates_mid_syscall() -> None:
+    r = pair(cap(enter(1, "sys_read", cpu=0), exit_(5, "sys_read", cpu=1),
+                 enter(2, "sys_write", tid=11, cpu=1), exit_(3, "sys_write", tid=11, cpu=0)))
+    assert len(r.pairs) == 2 and not r.violations
+
+
+def test_pair_interleaved_threads() -> None:
+    r = pair(cap(enter(1, "sys_read", tid=1), enter(2, "sys_read", tid=2),
+                 exit_(3, "sys_read", tid=1), exit_(4, "sys_read", tid=2)))
+    assert {(p.tid, p.enter.ts_ns, p.exit.ts_ns) for p in r.pairs} == {(1, 1, 3), (2, 2, 4)}
+
+
+def test_pair_toggle_halves_are_edge_halves() -> None:
+    # The exit of the write that enabled the events, the enter of the one that disabled them.
+    r = pair(cap(exit_(1, "sys_write", ret=2), enter(2, "sys_close"), exit_(3, "sys_close"),
+                 enter(4, "sys_write")))
+    assert not r.violations
+    assert kinds(r.edge_halves) == ["orphan_exit", "missing_exit"]
+    assert len(r.pairs) == 1
+
+
+def test_pair_missing_exit_in_middle_is_violation() -> None:
+    r = pair(cap(enter(1, "sys_open"), exit_(2, "sys_open"), enter(3, "sys_read"),
+                 enter(4, "sys_close"), exit_(5, "sys_close")))
+    (v,) = r.violations
+    assert (v.kind, v.name, v.ts_ns, v.tid) == (ViolationKind.MISSING_EXIT, "sys_read", 3, 10)
+    assert [e.ts_ns for e in v.evidence] == [3, 4]
+    assert not r.edge_halves
+
+
+def test_pair_double_enter() -> None:
+    r = pair(cap(enter(1, "sys_read"), enter(2, "sys_read"), exit_(3, "sys_read")))
+    (v,) = r.violations
+    assert v.kind is ViolationKind.DOUBLE_ENTER and v.ts_ns == 2
+    assert len(r.pairs) == 1
+
+
+def test_pair_orphan_exit_in_middle_is_violation() -> None:
+    r = pair(cap(enter(1, "sys_open"), exit_(2, "sys_open"), exit_(3, "sys_close")))
+    (v,) = r.violations
+    assert v.kind is ViolationKind.ORPHAN_EXIT and v.name == "sys_close" and v.ts_ns == 3
+
+
+def test_pair_name_mismatch() -> None:
+    r = pair(cap(enter(1, "sys_open"), exit_(2, "sys_close")))
+    (v,) = r.violations
+    assert v.kind is ViolationKind.NAME_MISMATCH and v.name == "sys_open"
+    assert "sys_close" in v.explanation and not r.pairs
+
+
+def test_pair_loss_explains_half_never_missing_exit() -> None:
+    # cpu1 overwrote its oldest events: anything before its first survivor may be gone.
+    loss = LossInfo(lost_events=7, gaps=(LossGap(1, None, 50, 7),))
+    r = pair(cap(exit_(10, "sys_close"), enter(20, "sys_write"),
+                 enter(60, "sys_open", cpu=1), exit_(61, "sys_open", cpu=1), loss=loss))
+    assert not r.violations and not r.edge_halves
+    assert kinds(r.unjudged) == ["orphan_exit", "missing_exit"]
+    assert "7 events lost on cpu1" in r.unjudged[1].explanation
+    assert r.lost_events == 7 and len(r.pairs) == 1 and not r.pairs[0].spans_loss
+
+
+def test_pair_violation_outside_loss_window_is_still_violation() -> None:
+    loss = LossInfo(lost_events=3, gaps=(LossGap(0, None, 5, 3),))
+    r = pair(cap(enter(10, "sys_read"), exit_(11, "sys_read"), enter(20, "sys_read"),
+                 enter(30, "sys_read"), exit_(31, "sys_read"), loss=loss))
+    assert kinds(r.violations) == ["double_enter"]
+
+
+def test_pair_spanning_loss_is_flagged() -> None:
+    loss = LossInfo(lost_events=3, gaps=(LossGap(1, 100, 200, 3),))
+    r = pair(cap(enter(90, "sys_read"), exit_(300, "sys_read"), loss=loss))
+    assert len(r.pairs) == 1 and r.pairs[0].spans_loss
+
+
+def test_pair_generic_syscall_events_normalised() -> None:
+    evs = (TraceEvent(1, 0, 5, "sys_enter_openat", {"__syscall_nr": 257}),
+           TraceEvent(2, 0, 5, "sys_exit_openat", {"__syscall_nr": 257, "ret": 3}))
+    r = pair(cap(*evs))
+    assert [p.name for p in r.pairs] == ["sys_openat"]
+
+
+def test_pair_kapi_and_generic_families_pair_separately() -> None:
+    evs = (TraceEvent(1, 0, 5, "sys_enter_read", {}), enter(2, "sys_read", tid=5),
+           exit_(3, "sys_read", tid=5), TraceEvent(4, 0, 5, "sys_exit_read", {"ret": 0}))
+    r = pair(cap(*evs))
+    assert len(r.pairs) == 2 and not r.violations
+
+
+def test_pair_exit_group_has_no_exit() -> None:
+    evs = (TraceEvent(1, 0, 5, "sys_enter_exit_group", {}),
+           TraceEvent(2, 0, 6, "sys_enter_read", {}), TraceEvent(3, 0, 6, "sys_exit_read", {}))
+    r = pair(cap(*evs))
+    assert not r.violations and not r.edge_halves and len(r.pairs) == 1
+
+
+def test_pair_text_tie_across_cpus_is_reordered() -> None:
+    # µs time stamps: the exit on cpu1 and the next enter on cpu0 share a time stamp
+    # and sort enter-first; the pairing must not call that a double enter.
+    evs = [enter(1, "sys_read", cpu=1), enter(5, "sys_close", cpu=0), exit_(5, "sys_read", cpu=1),
+           exit_(6, "sys_close", cpu=0)]
+    r = pair(Capture(events=evs, loss=LossInfo(0)))
+    assert not r.violations and len(r.pairs) == 2
+
+
+def test_pair_ignores_other_events() -> None:
+    r = pair(cap(TraceEvent(1, 0, 1, "sched_switch", {"text": "x"}), enter(2, "sys_read"),
+                 exit_(3, "sys_read")))
+    assert len(r.pairs) == 1 and r.names == ("sys_read",)
+
+
+@needs_ref
+@pytest.mark.parametrize("path,pairs", [
+    ("boot-evidence/trace-phase2-isolated.txt", 18), ("raw/small", 55),
+    ("raw/threads", 14483), ("boundary", 70)])
+def test_pair_reference_all_match(path: str, pairs: int) -> None:
+    r = pair(load_capture(REF / path))
+    assert len(r.pairs) == pairs
+    assert not r.violations and not r.edge_halves and not r.unjudged
+
+
+@needs_ref
+@pytest.mark.parametrize("path", ["boot-evidence/trace-phase1-global.txt",
+                                  "boot-evidence/trace-phase3-busybox.txt"])
+def test_pair_reference_toggle_halves(path: str) -> None:
+    r = pair(load_capture(REF / path))
+    assert not r.violations
+    assert kinds(r.edge_halves) == ["orphan_exit", "missing_exit"]
+    assert all(v.name == "sys_write" and v.tid == 1 for v in r.edge_halves)
+
+
+@needs_ref
+@pytest.mark.parametrize("path", ["raw/overrun", "raw/overrun/trace.txt"])
+def test_pair_reference_overrun_unjudged(path: str) -> None:
+    r = pair(load_capture(REF / path))
+    assert not r.violations and not r.edge_halves
+    assert kinds(r.unjudged) == ["orphan_exit", "missing_exit"]
+    assert r.lost_events == 14356
