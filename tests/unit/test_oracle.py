@@ -578,3 +578,64 @@ def test_judge_undetermined_notes_and_no_false_alarm() -> None:
                                             -22, 0))
     assert v.findings == ()
     assert v.notes and "0x5000" in v.notes[0]
+
+
+# ---------------------------------------------------------------- upstream C selftest cases
+
+def _regs_and_memory(call: object) -> tuple[tuple[int, ...], MemoryFacts]:
+    from kapi_selftests.upstream_cases import ArgKind, CaseCall, FdKind
+
+    assert isinstance(call, CaseCall)
+    regs: list[int] = []
+    strings: list[UserString] = []
+    for n, a in enumerate(call.args):
+        addr = 0x10000000 + n * 0x100000
+        if a.kind is ArgKind.VALUE:
+            assert isinstance(a.value, int)
+            regs.append(a.value & (2**64 - 1))
+        elif a.kind is ArgKind.FD:
+            regs.append(0 if a.value is FdKind.STDIN_DUPED else 5)
+        elif a.kind is ArgKind.PATH:
+            assert isinstance(a.value, str)
+            strings.append(UserString(addr, len(a.value)))
+            regs.append(addr)
+        elif a.kind is ArgKind.LONG_PATH:
+            assert isinstance(a.value, int)
+            strings.append(UserString(addr, a.value))
+            regs.append(addr)
+        elif a.kind in (ArgKind.BUFFER, ArgKind.BYTES):
+            regs.append(addr)
+        elif a.kind is ArgKind.ADDRESS:
+            assert isinstance(a.value, int)
+            regs.append(a.value)
+        else:
+            regs.append(0)
+    return tuple(regs), MemoryFacts(tuple(strings))
+
+
+def test_upstream_cases_are_29_and_numbered() -> None:
+    from kapi_selftests.upstream_cases import UPSTREAM_CASES
+
+    assert [c.number for c in UPSTREAM_CASES] == list(range(1, 30))
+    assert len({c.name for c in UPSTREAM_CASES}) == 29
+
+
+def test_upstream_cases_agree_with_the_oracle() -> None:
+    from kapi_selftests.upstream_cases import UPSTREAM_CASES, RetKind
+
+    for case in UPSTREAM_CASES:
+        for call in case.calls:
+            spec = SPECS["sys_" + call.syscall]
+            regs, mem = _regs_and_memory(call)
+            pred = predict(spec, regs, mem)
+            assert pred.undetermined is None, case.name
+            got = pred.rejection.param if pred.rejection else None
+            assert got == call.expect.rejected, case.name
+            if got is None:
+                ret = 3 if call.expect.kind is not RetKind.EXACT else (
+                    -call.expect.errno if call.expect.errno else call.expect.ret)
+                assert expected_spec_match(spec, ret) == call.expect.spec_match, case.name
+                if call.expect.errno:
+                    assert -call.expect.errno in spec.error_codes, case.name
+            else:
+                assert not call.expect.spec_match and call.expect.errno == 22
