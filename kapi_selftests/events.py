@@ -594,7 +594,7 @@ def _walk_cpu(data: bytes, cpu: int, hp: HeaderPage, base: int, offs: list[int],
     psize = hp.page_size
     if len(data) % psize:
         raise DecodeError(f"{where}: {len(data)} bytes is not a whole number of "
-                          f"{psize}-byte pages", hint="was the file truncated?")
+                          f"{psize}-byte pages (truncated?)")
     words = memoryview(data).cast("I") if data else memoryview(b"").cast("I")
     commit_fmt = "<q" if hp.commit_size == 8 else "<i"
     d_words = hp.data_offset // 4
@@ -793,7 +793,7 @@ def decode_columns(raw: RawCapture, *, where: str = "capture") -> tuple[EventCol
         data = raw.pages[cpu]
         if len(data) % hp.page_size:
             raise DecodeError(f"{where}/cpu{cpu}.raw: {len(data)} bytes is not a whole number "
-                              f"of {hp.page_size}-byte pages", hint="was the file truncated?")
+                              f"of {hp.page_size}-byte pages (truncated?)")
         k = len(data) // hp.page_size
         page_where.extend((f"{where}/cpu{cpu}.raw", j) for j in range(k))
         page_cpu_l.extend([cpu] * k)
@@ -838,8 +838,8 @@ def decode_columns(raw: RawCapture, *, where: str = "capture") -> tuple[EventCol
             raise DecodeError(
                 f"{where}/cpu{cpu_k}.raw: unknown event id {int(type_arr[k])} at ts "
                 f"{int(ts_arr[k])} ns (known: "
-                f"{', '.join(f'{i}={f.name}' for i, f in sorted(formats.items())) or 'none'})",
-                hint="copy the event's format file into the capture as <event>.format")
+                f"{', '.join(f'{i}={f.name}' for i, f in sorted(formats.items())) or 'none'}; "
+                f"add its format file as <event>.format)")
         order = np.argsort(ts_arr, kind="stable")
         ts_arr, cpu_arr, tid_arr = ts_arr[order], cpu_arr[order], tid_arr[order]
         type_arr, off_arr, len_arr = type_arr[order], off_arr[order], len_arr[order]
@@ -974,9 +974,9 @@ def parse_text_trace(text: str, *, where: str = "trace") -> Capture:
             continue
         m = _LINE_RE.match(line)
         if not m:
-            if "\0" in line or not line.isprintable():
-                raise DecodeError(f"{where}:{lineno}: not a text trace (binary data)",
-                                  hint="a raw capture is a directory with cpuN.raw files")
+            if any(ch < " " and ch != "\t" for ch in line):
+                raise DecodeError(f"{where}:{lineno}: not a text trace (binary data; a raw "
+                                  f"capture is a directory of cpuN.raw files)")
             raise DecodeError(f"{where}:{lineno}: not a trace line: {line[:80]!r}")
         frac = m.group("frac") or ""
         ts_ns = int(m.group("sec")) * 1_000_000_000 + (int(frac.ljust(9, "0")[:9]) if frac
@@ -1041,6 +1041,6 @@ def load_capture(path: Path | str) -> Capture:
     try:
         text = data.decode()
     except UnicodeDecodeError:
-        raise DecodeError(f"{p}: not a text trace (not UTF-8 text)",
-                          hint="a raw capture is a directory with cpuN.raw files") from None
+        raise DecodeError(f"{p}: not a text trace (not UTF-8 text; a raw capture is a "
+                          f"directory of cpuN.raw files)") from None
     return parse_text_trace(text, where=str(p))
