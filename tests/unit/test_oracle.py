@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kapi_selftests.oracle import (
     USER_PTR_MAX,
@@ -639,3 +641,44 @@ def test_upstream_cases_agree_with_the_oracle() -> None:
                     assert -call.expect.errno in spec.error_codes, case.name
             else:
                 assert not call.expect.spec_match and call.expect.errno == 22
+
+
+# ---------------------------------------------------------------- properties
+
+_REG = st.sampled_from((0, 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**63,
+                        2**64 - 1, USER_PTR_MAX, 0xFFFF888000000000)) | st.integers(0, 2**64 - 1)
+
+
+class _AnyMemory:
+    """Every address holds a short string."""
+
+    def strnlen_user(self, addr: int, count: int) -> int | None:
+        return min(5, count + 1)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+@given(regs=st.tuples(_REG, _REG, _REG))
+def test_predict_params_string_encodes_args(name: str, regs: tuple[int, int, int]) -> None:
+    spec = SPECS[name]
+    p = predict(spec, regs, _AnyMemory())
+    assert p.undetermined is None
+    assert p.nargs == len(spec.params)
+    assert p.args[p.nargs:] == (0,) * (6 - p.nargs)
+    for i, item in enumerate(p.params.split(", ")):
+        key, val = item.split("=")
+        assert key == spec.params[i].name
+        assert int(val, 0) & (2**64 - 1) == p.args[i]
+
+
+def test_memory_facts_strnlen_semantics() -> None:
+    m = MemoryFacts((UserString(0x1000, 3), UserString(0x2000, None, readable=10),
+                     UserString(0x3000, None)), ((0x5000, 0x6000),))
+    assert m.strnlen_user(0x1000, 100) == 4
+    assert m.strnlen_user(0x1000, 3) == 4  # no NUL within 3 bytes: count + 1
+    assert m.strnlen_user(0x2000, 100) == 0  # faults first
+    assert m.strnlen_user(0x2000, 5) == 6
+    assert m.strnlen_user(0x3000, 4097) == 4098
+    assert m.strnlen_user(0x5800, 10) == 0
+    assert m.strnlen_user(0x7000, 10) is None
+    assert m.strnlen_user(0xFFFF888000000000, 10) == 0
+    assert m.strnlen_user(0x1000, 0) == 0
