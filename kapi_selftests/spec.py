@@ -495,6 +495,12 @@ _TEXT_CONSTRAINTS = {
 }
 
 
+_HEADER_RE = re.compile(
+    r"^(Parameters|Return value|Errors|Locks|Additional constraints|Signal handling|"
+    r"Side effects|State transitions|Capabilities|Examples|Notes)(?: \((\d+)\))?:$")
+_SECTIONS = {"Parameters": "params", "Return value": "return", "Errors": "errors"}
+
+
 def _int(text: str, what: str) -> int:
     try:
         return int(text.strip(), 0)
@@ -522,21 +528,22 @@ def parse_text_dump(text: str, *, origin: str = "<text dump>") -> Spec:
     section = ""
     cur: dict[str, Any] | None = None
     in_constraints = False
+    nparams: int | None = None
     for ln in lines:
+        # Only the headers kapi_spec_show() prints switch sections: prose values
+        # (descriptions with newlines) may contain unindented lines.
+        hm = _HEADER_RE.match(ln)
+        if hm:
+            section = _SECTIONS.get(hm.group(1), "")
+            if section == "params":
+                nparams = int(hm.group(2))
+            continue
         if not ln.startswith(" "):
-            if re.match(r"^Parameters \(\d+\):", ln):
-                section = "params"
-            elif ln.startswith("Return value:"):
-                section = "return"
-            elif re.match(r"^Errors \(\d+\):", ln):
-                section = "errors"
-            elif ln.strip():
-                section = ""
             continue
         if section == "params":
             m = re.match(r"^  \[(\d+)\] (.*):$", ln)
             if m:
-                cur = {"name": m.group(2), "flags": ParamFlag.NONE,
+                cur = {"index": int(m.group(1)), "name": m.group(2), "flags": ParamFlag.NONE,
                        "constraint": ConstraintType.NONE}
                 params.append(cur)
                 in_constraints = False
@@ -619,6 +626,9 @@ def parse_text_dump(text: str, *, origin: str = "<text dump>") -> Spec:
                 cm = re.match(r"^    condition: (.*)$", ln)
                 if cm and errors:
                     errors[-1] = replace(errors[-1], condition=cm.group(1).strip())
+    if nparams is not None and [p["index"] for p in params] != list(range(nparams)):
+        raise SpecError(f"{origin}: {name}: 'Parameters ({nparams})' but parameters "
+                        f"{[p['index'] for p in params]} were found")
     if "check" not in ret:
         # No success line: NO_RETURN (the dump prints nothing for it).
         ret.setdefault("check", ReturnCheck.NO_RETURN)

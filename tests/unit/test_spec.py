@@ -269,3 +269,20 @@ def test_cli_specs_missing_debugfs_skips(tmp_path: Path,
     assert main(["specs", "--debugfs", str(tmp_path)]) == 4
     assert "--builtin" in capsys.readouterr().err
     assert main(["specs", "--builtin", "sys_nope"]) == 2
+
+
+def test_text_dump_survives_multiline_prose() -> None:
+    text = (REF / "specs_sys_read.txt").read_text()
+    text = text.replace("    description: [prose elided]\n",
+                        "    description: first line\nsecond line at column 0\n"
+                        "  [9] looks: like a parameter but is prose\n", 1)
+    text = text.replace("Examples:\n[prose elided]",
+                        "Examples:\n  EFOO (-1): not an error entry\n  [0] x:", 1)
+    assert parse_text_dump(text) == parse_text_dump((REF / "specs_sys_read.txt").read_text())
+
+
+def test_text_dump_parameter_count_checked() -> None:
+    text = (REF / "specs_sys_read.txt").read_text().replace("Parameters (3):",
+                                                             "Parameters (4):")
+    with pytest.raises(SpecError, match="Parameters"):
+        parse_text_dump(text)
