@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -579,13 +580,13 @@ def _render_event(e: EventLike) -> str:
 
 
 def _int(v: object) -> int:
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, int):
-        return v
+    # Decoders may hand out bools, numpy integers or strings of digits.
     if isinstance(v, str):
         return int(v, 0)
-    raise TypeError(f"not an integer field: {v!r}")
+    try:
+        return operator.index(v)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"not an integer field: {v!r}") from None
 
 
 @dataclass(slots=True)
