@@ -70,6 +70,7 @@ RESTART_CODES: Mapping[int, str] = {
 }
 #: Restart codes userspace sees as EINTR when a handler ran without SA_RESTART.
 _EINTR_RESTARTS = frozenset((-512, -514, -516))
+_RESTARTBLOCK = -516
 
 ENTER = "kapi_syscall_enter"
 EXIT = "kapi_syscall_exit"
@@ -638,6 +639,8 @@ def _args_of(e: EventLike) -> tuple[int, ...] | None:
 def _userspace_consistent(trace_ret: int, user_ret: int) -> bool:
     if trace_ret == user_ret:
         return True
+    if trace_ret == _RESTARTBLOCK:
+        return True  # restarted through restart_syscall(2): another syscall, no kapi pair
     return trace_ret in _EINTR_RESTARTS and user_ret == -EINTR
 
 
@@ -738,6 +741,9 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
         return Verdict(pred, tuple(findings), tuple(notes), strict)
 
     # Accepted (or undetermined): the handler ran; check the return side.
+    if trace_ret == _RESTARTBLOCK and user_ret != -EINTR:
+        notes.append("exit -ERESTART_RESTARTBLOCK: the call went on in restart_syscall(2), "
+                     "whose result userspace saw; not compared")
     if not _userspace_consistent(trace_ret, user_ret):
         findings.append(Finding(FindingKind.RET_MISMATCH,
                                 f"exit ret {_describe_ret(trace_ret)} but userspace saw "

@@ -682,3 +682,16 @@ def test_memory_facts_strnlen_semantics() -> None:
     assert m.strnlen_user(0x7000, 10) is None
     assert m.strnlen_user(0xFFFF888000000000, 10) == 0
     assert m.strnlen_user(0x1000, 0) == 0
+
+
+def test_judge_restart_block_continues_elsewhere() -> None:
+    rec = _rec(3, (5,), 0)
+    v = judge(SPECS["sys_close"], rec, _pair("sys_close", "fd=5", -516, 1))
+    assert v.findings == () or [f.kind for f in v.findings] == [FindingKind.SPEC_DRIFT]
+    assert any("restart_syscall" in n for n in v.notes)
+    rec = _rec(3, (5,), -513)
+    v = judge(SPECS["sys_close"], rec, _pair("sys_close", "fd=5", -513, 1))
+    assert FindingKind.RET_MISMATCH not in [f.kind for f in v.findings]
+    rec = _rec(3, (5,), 0)
+    v = judge(SPECS["sys_close"], rec, _pair("sys_close", "fd=5", -513, 1))
+    assert [f.kind for f in v.findings][0] is FindingKind.RET_MISMATCH
