@@ -292,6 +292,7 @@ class Spec:
     :param nargs: the ``SYSCALL_DEFINE`` arity (what the wrapper passes as ``param_count``)
     :param source: where this spec came from
     :param unknowns: what the source could not show, one line each
+    :param filled: facts the source could not show, filled from elsewhere, one line each
     """
 
     name: str
@@ -302,6 +303,7 @@ class Spec:
     nargs: int | None = None
     source: SpecSource = SpecSource.BUILTIN
     unknowns: tuple[str, ...] = field(default=())
+    filled: tuple[str, ...] = field(default=())
 
     @property
     def syscall_nargs(self) -> int:
@@ -353,6 +355,7 @@ class Spec:
             },
             "errors": [{"code": e.code, "name": e.name} for e in self.errors],
             "unknowns": list(self.unknowns),
+            "filled": list(self.filled),
         }
 
 
@@ -809,6 +812,7 @@ def apply_hints(spec: Spec, hints: Mapping[str, SourceHint], *, why: str = "sour
     """Fill unknown facts of ``spec`` from ``hints`` (parameter name -> hint)."""
     params = []
     unknowns = list(spec.unknowns)
+    filled = list(spec.filled)
     for p in spec.params:
         h = hints.get(p.name)
         if h is None:
@@ -817,12 +821,14 @@ def apply_hints(spec: Spec, hints: Mapping[str, SourceHint], *, why: str = "sour
         if not p.size_param_known:
             p = replace(p, size_param=h.size_param, size_param_known=True)
             unknowns = [u for u in unknowns if not u.startswith(f"{p.name}: which parameter")]
+            filled.append(f"{p.name}: sized by parameter {h.size_param} (from {why})")
             log.debug("%s.%s: size parameter %s from %s", spec.name, p.name, h.size_param, why)
         if p.enum_values is None and h.enum_values is not None:
             p = replace(p, enum_values=h.enum_values)
             unknowns = [u for u in unknowns if not u.startswith(f"{p.name}: enum values")]
+            filled.append(f"{p.name}: enum values {h.enum_values} (from {why})")
         params.append(p)
-    return replace(spec, params=tuple(params), unknowns=tuple(unknowns))
+    return replace(spec, params=tuple(params), unknowns=tuple(unknowns), filled=tuple(filled))
 
 
 _DEFINE_RE = re.compile(r"SYSCALL_DEFINE\d\(\s*(\w+)")

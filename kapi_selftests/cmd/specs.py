@@ -51,6 +51,8 @@ def _format(spec: Spec) -> str:
     lines.append(f"  return: {spec.ret.describe()}")
     errs = ", ".join(e.name for e in spec.errors) or "none listed"
     lines.append(f"  errors: {errs}")
+    for f in spec.filled:
+        lines.append(f"  filled: {f}")
     for u in spec.unknowns:
         lines.append(f"  unknown: {u}")
     return "\n".join(lines)

@@ -87,8 +87,11 @@ def test_debugfs_gets_buffer_size_from_builtin_model(tmp_path: Path) -> None:
     specs = load_debugfs(stage(tmp_path))
     assert specs["sys_read"].param("buf").size_param == 2
     assert specs["sys_write"].unknowns == ()
-    assert specs == {n: replace(s, errors=specs[n].errors, source=SpecSource.DEBUGFS)
+    assert specs == {n: replace(s, errors=specs[n].errors, source=SpecSource.DEBUGFS,
+                                filled=specs[n].filled)
                      for n, s in builtin_specs().items()}
+    assert specs["sys_read"].filled == (
+        "buf: sized by parameter 2 (from built-in model of the v4 spec)",)
 
 
 def test_debugfs_text_only(tmp_path: Path) -> None:
