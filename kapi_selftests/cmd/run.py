@@ -18,10 +18,11 @@ import os
 import shlex
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kapi_selftests.errors import MissingFeature, UsageError
+from kapi_selftests.errors import KapiError, MissingFeature, UsageError
 from kapi_selftests.host.initramfs import FIRST_TEST_MARKER
 from kapi_selftests.report import Outcome, TestResult, exit_code, format_ktap
 
@@ -96,13 +97,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="boot with QEMU directly (default) or with virtme-ng (needs udev)")
     vm.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
                     help="auto probes KVM and falls back to TCG")
+    vm.add_argument("--no-pvh", dest="pvh", action="store_false",
+                    help="boot the bzImage as is, not its inner vmlinux via PVH (the "
+                         "default when the kernel has a PVH note: skips decompression)")
     vm.add_argument("--work-dir", type=Path, metavar="DIR",
                     help="scratch directory for the guests' output (default: a temp dir, "
                          "removed when everything passed)")
     vm.add_argument("--console", action="store_true", help="echo the guest console on stderr")
     vm.add_argument("--dry-run", action="store_true",
                     help="print the QEMU command and exit")
-    loc = p.add_argument_group("local (with --local; what the guest runs)")
+    loc = p.add_argument_group("suite selection (--local; with --kernel, passed to the guest)")
     loc.add_argument("--tests", type=Path, default=DEFAULT_TESTS, help=argparse.SUPPRESS)
     loc.add_argument("--progress", type=Path, help=argparse.SUPPRESS)
     loc.add_argument("--shard", type=_shard, help="run only shard I of N (I/N)")
@@ -114,6 +118,25 @@ def run(args: argparse.Namespace) -> int:
     if args.local:
         return run_local(args)
     return run_kernel(args)
+
+
+def guest_main(argv: Sequence[str]) -> int:
+    """``run --local`` for the guest, without :mod:`kapi_selftests.cli`.
+
+    The CLI imports every subcommand module to build its parser (numpy among
+    them); under TCG over 9p that costs seconds before the first test, so the
+    guest enters here. Errors map to exit codes as in ``cli.main``.
+    """
+    p = argparse.ArgumentParser(prog="kapi-selftests run")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(name)s: %(levelname)s: %(message)s")
+    try:
+        return run(args)
+    except KapiError as e:
+        print(f"kapi-selftests: error: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 # --- on the host: boot a guest ---------------------------------------------------------
@@ -130,7 +153,7 @@ def _guest_config(args: argparse.Namespace, kernel_image: Path) -> Any:
     except ValueError as e:
         raise UsageError(f"--append {args.append!r}: {e}") from e
     return qemu.GuestConfig(kernel=kernel_image, append=append, accel=qemu.Accel(args.accel),
-                            **opts)
+                            pvh=args.pvh, **opts)
 
 
 def run_kernel(args: argparse.Namespace) -> int:
@@ -142,13 +165,14 @@ def run_kernel(args: argparse.Namespace) -> int:
         out = args.work_dir or Path(tempfile.mkdtemp(prefix="kapi-dry-"))
         out.mkdir(parents=True, exist_ok=True)
         cfg = dataclasses.replace(cfg, out_dir=out)
-        spec = runner.guest_command(require_kapi=args.require_kapi)
+        spec = runner.guest_command(require_kapi=args.require_kapi, keyword=args.keyword)
         _cfg, argv = runner.prepare(kimg, cfg, spec, runner=args.runner)
         print(shlex.join(argv))
         return 0
     req = runner.SuiteRequest(kernel=kimg, config=cfg, guests=args.guests,
                               require_kapi=args.require_kapi, save_trace=args.save_trace,
-                              runner=args.runner, work_dir=args.work_dir)
+                              runner=args.runner, work_dir=args.work_dir,
+                              keyword=args.keyword)
     results, runs = runner.run_guests(req, echo=sys.stderr if args.console else None)
     header = [f"kernel: {kimg.image}" + (f" ({kimg.release})" if kimg.release else "")]
     for i, r in enumerate(runs):

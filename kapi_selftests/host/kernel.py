@@ -17,9 +17,12 @@ Accepted ``--kernel`` paths:
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import lzma
+import os
 import struct
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,8 @@ __all__ = [
     "resolve_modules",
     "read_modinfo",
     "GUEST_OPTIONS",
+    "pvh_vmlinux",
+    "guest_modules",
 ]
 
 log = logging.getLogger(__name__)
@@ -274,6 +279,55 @@ def find_kernel(path: Path | str, modules: Path | str | None = None) -> KernelIm
     return KernelImage(image=p.resolve(), kind=kind, release=release,
                        config=config.resolve() if config else None,
                        modules_dir=mods.resolve() if mods else None)
+
+
+_PAYLOAD_OFF = 0x248  # u32 payload_offset, u32 payload_length (boot protocol >= 2.08)
+_SETUP_SECTS_OFF = 0x1F1
+
+
+def _decompress_payload(data: bytes) -> bytes | None:
+    if data[:6] == b"\xfd7zXZ\x00":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
+    if data[:2] == b"\x1f\x8b":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
+    if data[:3] == b"\x5d\x00\x00":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(data)
+    return None  # zstd, lz4, lzo, bzip2: not in the standard library
+
+
+def pvh_vmlinux(image: Path, cache_dir: Path) -> Path | None:
+    """The ELF vmlinux inside a bzImage, when it has a PVH entry note; cached.
+
+    QEMU boots such an ELF directly (PVH), skipping the bzImage's own
+    decompression, which under TCG costs several seconds of every boot. Returns
+    None when the payload's compression is not supported here or the kernel has
+    no PVH note (then boot the bzImage).
+    """
+    data = image.read_bytes()
+    key = hashlib.sha256(data).hexdigest()[:24]
+    dest = cache_dir / f"vmlinux-{key}"
+    if dest.is_file():
+        return dest
+    setup_sects = data[_SETUP_SECTS_OFF] or 4
+    off, length = struct.unpack_from("<II", data, _PAYLOAD_OFF)
+    start = (setup_sects + 1) * 512 + off
+    try:
+        elf = _decompress_payload(data[start:start + length])
+    except (lzma.LZMAError, zlib.error) as e:
+        log.info("cannot decompress %s (%s): booting the bzImage", image, e)
+        return None
+    if not elf or elf[:4] != b"\x7fELF":
+        return None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(elf)
+    if not _elf_has_pvh_note(tmp):
+        tmp.unlink()
+        log.info("%s has no PVH note (CONFIG_PVH=n): booting the bzImage", image)
+        return None
+    tmp.replace(dest)
+    log.info("extracted the PVH vmlinux of %s to %s", image, dest)
+    return dest
 
 
 def read_kconfig(path: Path) -> dict[str, str]:

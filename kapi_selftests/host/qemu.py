@@ -77,6 +77,8 @@ class GuestConfig:
     :param accel: kvm, tcg or auto (probe kvm, fall back to tcg)
     :param arch: key of :data:`ARCHES`
     :param root: host directory shared read-only as the guest's root
+    :param extra_qemu: more QEMU arguments, appended as given
+    :param pvh: boot the ELF inside a bzImage directly (PVH): saves its decompression
     """
 
     kernel: Path
@@ -92,6 +94,7 @@ class GuestConfig:
     arch: str = "x86_64"
     root: Path = Path("/")
     extra_qemu: tuple[str, ...] = field(default=())
+    pvh: bool = True  # boot a bzImage's inner vmlinux via PVH when it has the note
 
     def __post_init__(self) -> None:
         if self.memory_mb < 128:

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -41,8 +42,11 @@ __all__ = ["BootTimings", "GuestRun", "GuestSpec", "guest_command", "guest_env",
 log = logging.getLogger(__name__)
 
 PROJECT = Path(__file__).resolve().parents[2]
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kapi-selftests"
 GUEST_TESTS = PROJECT / "tests" / "guest"
 _PASSTHROUGH_ENV = ("KAPI_STRICT", "KAPI_HYPOTHESIS_PROFILE", "KAPI_SEED")
+_GUEST_ENTRY = ("import sys; from kapi_selftests.cmd.run import guest_main; "
+                "sys.exit(guest_main(sys.argv[1:]))")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +92,14 @@ class GuestRun:
 
 def guest_command(*, python: str = sys.executable, require_kapi: bool = False,
                   shard: tuple[int, int] | None = None, xdist: int = 0,
-                  save_trace: bool = False, tests: Path = GUEST_TESTS) -> GuestSpec:
+                  save_trace: bool = False, tests: Path = GUEST_TESTS,
+                  keyword: str | None = None) -> GuestSpec:
     """The in-guest runner: ``kapi-selftests run --local`` writing to the output share."""
     out = initramfs.GUEST_OUT
-    argv = [python, "-m", "kapi_selftests", "run", "--local", "--tests", str(tests),
+    # -S: no site module (.pth hooks cost seconds under TCG); guest_env puts the
+    # project and site-packages on PYTHONPATH instead. guest_main skips cli.py's
+    # import of every subcommand.
+    argv = [python, "-S", "-c", _GUEST_ENTRY, "--local", "--tests", str(tests),
             "--junit", f"{out}/junit.xml", "--ktap", f"{out}/ktap.txt",
             "--progress", f"{out}/progress.jsonl"]
     if require_kapi:
@@ -102,6 +110,8 @@ def guest_command(*, python: str = sys.executable, require_kapi: bool = False,
         argv += ["--jobs", str(xdist)]
     if save_trace:
         argv += ["--save-trace", f"{out}/trace"]
+    if keyword:
+        argv += ["-k", keyword]
     return GuestSpec(argv=tuple(argv), env=guest_env(python))
 
 
@@ -112,11 +122,21 @@ def guest_env(python: str = sys.executable, environ: dict[str, str] | None = Non
     path = ":".join(dict.fromkeys([str(Path(python).parent), "/usr/local/sbin", "/usr/local/bin",
                                    "/usr/sbin", "/usr/bin", "/sbin", "/bin"]))
     env = [("PATH", path), ("HOME", "/tmp"), ("TERM", "dumb"), ("LANG", "C.UTF-8"),
-           ("PYTHONPATH", str(PROJECT)), ("PYTHONDONTWRITEBYTECODE", "1"),
+           ("PYTHONPATH", ":".join(_python_path())), ("PYTHONDONTWRITEBYTECODE", "1"),
            ("PYTHONUNBUFFERED", "1"), ("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1"),
            ("KAPI_IN_GUEST", "1")]
     env += [(k, e[k]) for k in _PASSTHROUGH_ENV if k in e]
     return tuple(env)
+
+
+def _python_path() -> list[str]:
+    # what site would add for this interpreter, so the guest can run with -S
+    paths = [str(PROJECT)]
+    for key in ("purelib", "platlib"):
+        p = sysconfig.get_paths()[key]
+        if p not in paths:
+            paths.append(p)
+    return paths
 
 
 def prepare(kimg: kernel.KernelImage, cfg: qemu.GuestConfig, spec: GuestSpec, *,
@@ -137,6 +157,10 @@ def prepare(kimg: kernel.KernelImage, cfg: qemu.GuestConfig, spec: GuestSpec, *,
         return cfg, qemu.vng_argv(cfg, cmd, vng=vng, project=PROJECT)
     qemu_bin = qemu.find_qemu(cfg.arch)
     mods = kernel.guest_modules(kimg)
+    if cfg.pvh and kimg.kind is kernel.ImageKind.BZIMAGE:
+        vmlinux = kernel.pvh_vmlinux(kimg.image, CACHE_DIR)
+        if vmlinux is not None:
+            cfg = replace(cfg, kernel=vmlinux)
     init = initramfs.GuestInit(argv=spec.argv, env=spec.env)
     initrd = initramfs.write_initramfs(cfg.out_dir / "initramfs.cpio", init, mods.paths)
     cfg = replace(cfg, initrd=initrd)
@@ -350,6 +374,7 @@ class SuiteRequest:
     runner: str = "qemu"
     keep: bool = False
     work_dir: Path | None = None
+    keyword: str | None = None
 
 
 def run_guests(req: SuiteRequest, *, echo: IO[str] | None = None,
@@ -378,7 +403,8 @@ def run_guests(req: SuiteRequest, *, echo: IO[str] | None = None,
         xdist = cfg.cpus if accel is qemu.Accel.KVM and cfg.cpus > 1 else 0
         spec = (spec_for(i, n) if spec_for else
                 guest_command(require_kapi=req.require_kapi, shard=(i, n) if n > 1 else None,
-                              xdist=xdist, save_trace=req.save_trace is not None))
+                              xdist=xdist, save_trace=req.save_trace is not None,
+                              keyword=req.keyword))
         cfg, argv = prepare(req.kernel, cfg, spec, runner=req.runner)
         return boot(cfg, argv, echo=echo if n == 1 else None)
 
