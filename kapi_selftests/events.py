@@ -14,6 +14,8 @@ access, from those columns.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import re
 import struct
@@ -489,7 +491,7 @@ def _field_decoder(fmt: EventFormat) -> _FieldDecoder:
                 plan.append(("<" + (code.lower() if f.signed else code), f.name, f))
     structs = {kind: struct.Struct(kind) for kind, _, _ in plan if kind.startswith("<")}
 
-    def decode_fields(blob: bytes, off: int, length: int) -> dict[str, FieldValue]:
+    def slow(blob: bytes, off: int, length: int) -> dict[str, FieldValue]:
         out: dict[str, FieldValue] = {}
         end = off + length
         for kind, name, f in plan:
@@ -514,7 +516,83 @@ def _field_decoder(fmt: EventFormat) -> _FieldDecoder:
                 out[name] = vals if f.array_len is not None else int(vals[0])
         return out
 
-    return decode_fields
+    return _fast_decoder(fmt, plan, slow) or slow
+
+
+_K_INT, _K_ARR, _K_LOC, _K_STR, _K_BYTES = range(5)
+
+
+def _fast_decoder(fmt: EventFormat, plan: list[tuple[str, str, FieldFormat]],
+                  slow: _FieldDecoder) -> _FieldDecoder | None:
+    # One struct.unpack_from for the whole fixed part of a record, then assemble the
+    # dict; falls back to the per-field decoder for short records. None when fields
+    # overlap (then the per-field decoder is the only one that is right).
+    parts = ["<"]
+    steps: list[tuple[int, str, int, int, bool]] = []  # kind, name, index, count, rel
+    pos = 0
+    idx = 0
+    slow_by_name = {name: kind for kind, name, _ in plan}
+    for f in sorted((f for f in fmt.fields if not f.common), key=lambda f: f.offset):
+        if f.offset < pos:
+            return None
+        if f.offset > pos:
+            parts.append(f"{f.offset - pos}x")
+        kind = slow_by_name[f.name]
+        if kind == "loc":
+            if f.size != 4:
+                return None
+            parts.append("I")
+            steps.append((_K_LOC if f.is_string else _K_BYTES, f.name, idx,
+                          f.offset + f.size if f.rel_loc else 0, True))
+            idx += 1
+        elif kind in ("str", "bytes"):
+            parts.append(f"{f.size}s")
+            steps.append((_K_STR if kind == "str" else _K_BYTES, f.name, idx, 0, False))
+            idx += 1
+        elif f.array_len is not None:
+            parts.append(kind[1:])
+            steps.append((_K_ARR, f.name, idx, f.array_len, False))
+            idx += f.array_len
+        else:
+            parts.append(kind[1:])
+            steps.append((_K_INT, f.name, idx, 1, False))
+            idx += 1
+        pos = f.offset + f.size
+    st = struct.Struct("".join(parts))
+    need = st.size
+    unpack_from = st.unpack_from
+    cache: dict[bytes, str] = {}
+
+    def fast(blob: bytes, off: int, length: int) -> dict[str, FieldValue]:
+        if length < need:
+            return slow(blob, off, length)
+        vals = unpack_from(blob, off)
+        out: dict[str, FieldValue] = {}
+        for kind, name, i, n, is_loc in steps:
+            if kind == _K_INT:
+                out[name] = vals[i]
+            elif kind == _K_ARR:
+                out[name] = vals[i:i + n]
+            elif is_loc:
+                loc = vals[i]
+                start = off + (loc & 0xFFFF) + n
+                raw = blob[start:min(start + (loc >> 16), off + length)]
+                if kind == _K_LOC:
+                    text = cache.get(raw)
+                    if text is None:
+                        text = raw.split(b"\0", 1)[0].decode(errors="replace")
+                        if len(cache) < 4096:
+                            cache[raw] = text
+                    out[name] = text
+                else:
+                    out[name] = bytes(raw)
+            elif kind == _K_STR:
+                out[name] = vals[i].split(b"\0", 1)[0].decode(errors="replace")
+            else:
+                out[name] = vals[i]
+        return out
+
+    return fast
 
 
 class _LazyEvents(Sequence[TraceEvent]):
@@ -894,42 +972,56 @@ def decode(raw: RawCapture, *, where: str = "capture") -> Capture:
 # --------------------------------------------------------------------------- text
 
 _LINE_RE = re.compile(
-    r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
-    r"(?:(?P<flags>\S{4,5})\s+)?(?P<sec>\d+)(?:\.(?P<frac>\d+))?:\s+(?P<rest>.*?)\s*$"
+    r"^[ \t]*(?P<comm>.*?)-(?P<pid>\d+)[ \t]+(?:\([ \t]*[\d-]+\)[ \t]+)?\[(?P<cpu>\d+)\][ \t]+"
+    r"(?:(?P<flags>\S{4,5})[ \t]+)?(?P<sec>\d+)(?:\.(?P<frac>\d+))?:[ \t]+(?P<rest>.*?)[ \t]*$"
 )
-_EVENT_RE = re.compile(r"^(?P<event>\w+):\s?(?P<payload>.*)$")
-_KAPI_ENTER_RE = re.compile(r"^(?P<name>\w+)\((?P<params>.*)\)$")
-_KAPI_EXIT_RE = re.compile(r"^(?P<name>\w+) = (?P<ret>-?\d+)(?: spec_match=(?P<m>\d+))?$")
+# One pass over the whole text: every line matches exactly one alternative (an event
+# line; a comment or blank line; anything else, which is checked separately), so
+# re.findall does the line splitting and matching in C.
+_TEXT_RE = re.compile(
+    r"^(?:[ \t]*.*?-(\d+)[ \t]+(?:\([ \t]*[\d-]+\)[ \t]+)?\[(\d+)\][ \t]+(?:\S{4,5}[ \t]+)?"
+    r"(\d+)(?:\.(\d+))?:[ \t]+(.*)|#.*|[ \t]*|(.+))$",
+    re.M,
+)
 _SYS_ENTER_RE = re.compile(r"^sys_(?P<name>\w+)\((?P<params>.*)\)$")
 _SYS_EXIT_RE = re.compile(r"^sys_(?P<name>\w+) -> (?P<ret>-?(?:0x)?[0-9a-fA-F]+)$")
 _HEADER_RE = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)\s+#P:(\d+)")
 _LOST_RE = re.compile(r"^\s*CPU:(?P<cpu>\d+) \[LOST (?:(?P<n>\d+) )?EVENTS\]\s*$")
 _PARAM_RE = re.compile(r"(\w+): (?:0x)?([0-9a-fA-F]+)")
+_FRAC_SCALE = tuple(10 ** (9 - k) for k in range(10))
+_TRAILING_SPACE = frozenset(" \t\r")
 
 
-def _text_fields(event: str, payload: str) -> tuple[str, dict[str, FieldValue]] | None:
+def _text_fields(rest: str) -> tuple[str, dict[str, FieldValue]] | None:
+    # The part after the time stamp: "event: payload", or a generic syscall event,
+    # which prints without an "event:" label (print_syscall_enter/exit()).
+    event, sep, payload = rest.partition(": ")
+    if not sep or "(" in event or " " in event:
+        if rest.endswith(":"):
+            return rest[:-1], {"text": ""}
+        return _generic_syscall(rest)
     if event == "kapi_syscall_enter":
-        m = _KAPI_ENTER_RE.match(payload)
-        if not m:
+        name, paren, params = payload.partition("(")
+        if not paren or not params.endswith(")"):
             return None
-        return event, {"name": m.group("name"), "params": m.group("params")}
+        return event, {"name": name, "params": params[:-1]}
     if event == "kapi_syscall_exit":
-        m = _KAPI_EXIT_RE.match(payload)
-        if not m:
+        name, eq, tail = payload.partition(" = ")
+        ret_s, sm, match = tail.partition(" spec_match=")
+        try:
+            f: dict[str, FieldValue] = {"name": name, "ret": int(ret_s)}
+            if sm:
+                f["spec_match"] = int(match)
+        except ValueError:
             return None
-        f: dict[str, FieldValue] = {"name": m.group("name"), "ret": int(m.group("ret"))}
-        if m.group("m") is not None:
-            f["spec_match"] = int(m.group("m"))
-        return event, f
+        return (event, f) if eq else None
     return event, {"text": payload}
 
 
 def _generic_syscall(rest: str) -> tuple[str, dict[str, FieldValue]] | None:
-    # Syscall trace events print without an "event:" label (print_syscall_enter/exit).
     m = _SYS_EXIT_RE.match(rest)
     if m:
-        r = m.group("ret")
-        ret = int(r, 16) if r.lstrip("-").startswith("0x") else int(r, 16)
+        ret = int(m.group("ret"), 16)
         if ret >= 1 << 63:
             ret -= 1 << 64
         return f"sys_exit_{m.group('name')}", {"ret": ret}
@@ -942,82 +1034,141 @@ def _generic_syscall(rest: str) -> tuple[str, dict[str, FieldValue]] | None:
     return None
 
 
+def _bad_line(text: str, where: str, rest: str | None = None) -> DecodeError:
+    # Slow path, errors only: find the offending line's number.
+    for lineno, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#") or _LOST_RE.match(line):
+            continue
+        m = _LINE_RE.match(line)
+        if m is None:
+            if any(ch < " " and ch != "\t" for ch in line):
+                return DecodeError(f"{where}:{lineno}: not a text trace (binary data; a raw "
+                                   f"capture is a directory of cpuN.raw files)")
+            return DecodeError(f"{where}:{lineno}: not a trace line: {line[:80]!r}")
+        if rest is not None and m.group("rest") == rest:
+            return DecodeError(f"{where}:{lineno}: cannot parse event {rest[:80]!r}")
+    return DecodeError(f"{where}: cannot parse the trace")
+
+
 def parse_text_trace(text: str, *, where: str = "trace") -> Capture:
     """Parse the text ``trace`` file (what ``/sys/kernel/tracing/trace`` prints).
 
     kapi events get fields ``name``/``params`` (enter) and ``name``/``ret``/``spec_match``
     (exit); generic syscall events become ``sys_enter_<name>`` (``params`` and each
     argument) and ``sys_exit_<name>`` (``ret``); any other event keeps its text.
+    Loss comes from the header's entries-written minus entries-in-buffer and from
+    ``CPU:N [LOST M EVENTS]`` lines.
 
     :param where: file name used in error messages
     :raises DecodeError: a line that is neither a header, a comment nor an event
     """
+    with _gc_paused():
+        return _parse_text_trace(text, where)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Building ~1M small objects triggers the cyclic GC over and over (each pass
+    # scanning everything built so far); none of them forms a cycle.
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _parse_text_trace(text: str, where: str) -> Capture:
     events: list[TraceEvent] = []
+    append = events.append
     lost: int | None = None
     ncpus: int | None = None
-    lost_marks: list[tuple[int, int | None]] = []  # (cpu, count) before the next event
+    h = _HEADER_RE.search(text)
+    if h:
+        lost = int(h.group(2)) - int(h.group(1))
+        ncpus = int(h.group(3))
     gaps: list[LossGap] = []
-    last_on_cpu: dict[int, int] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if line.startswith("#"):
-            h = _HEADER_RE.search(line)
-            if h:
-                lost = int(h.group(2)) - int(h.group(1))
-                ncpus = int(h.group(3))
-            continue
-        lm = _LOST_RE.match(line)
-        if lm:
+    lost_marks: list[tuple[int, int | None]] = []  # (cpu, count) before its next event
+    scale = _FRAC_SCALE
+    kapi_enter, kapi_exit = "kapi_syscall_enter", "kapi_syscall_exit"
+    for pid, cpu_s, sec, frac, rest, bad in _TEXT_RE.findall(text):
+        if not pid:
+            if not bad:
+                continue  # comment or blank line
+            lm = _LOST_RE.match(bad)
+            if lm is None:
+                raise _bad_line(text, where)
             lost_marks.append((int(lm.group("cpu")),
                                int(lm.group("n")) if lm.group("n") else None))
             continue
-        m = _LINE_RE.match(line)
-        if not m:
-            if any(ch < " " and ch != "\t" for ch in line):
-                raise DecodeError(f"{where}:{lineno}: not a text trace (binary data; a raw "
-                                  f"capture is a directory of cpuN.raw files)")
-            raise DecodeError(f"{where}:{lineno}: not a trace line: {line[:80]!r}")
-        frac = m.group("frac") or ""
-        ts_ns = int(m.group("sec")) * 1_000_000_000 + (int(frac.ljust(9, "0")[:9]) if frac
-                                                        else 0)
-        rest = m.group("rest")
-        parsed: tuple[str, dict[str, FieldValue]] | None
-        em = _EVENT_RE.match(rest)
-        if em:
-            parsed = _text_fields(em.group("event"), em.group("payload"))
+        if rest[-1:] in _TRAILING_SPACE:
+            rest = rest.rstrip()
+        ts_ns = int(sec) * 1_000_000_000
+        if frac:
+            ts_ns += int(frac[:9]) * scale[min(len(frac), 9)]
+        cpu = int(cpu_s)
+        # Inline fast path for the kapi events; everything else via _text_fields.
+        event, sep, payload = rest.partition(": ")
+        fields: dict[str, FieldValue]
+        if event == kapi_enter and payload.endswith(")"):
+            name, paren, params = payload.partition("(")
+            if not paren:
+                raise _bad_line(text, where, rest)
+            fields = {"name": name, "params": params[:-1]}
+        elif event == kapi_exit and " spec_match=" in payload:
+            name, eq, tail = payload.partition(" = ")
+            ret_s, _, match = tail.partition(" spec_match=")
+            try:
+                fields = {"name": name, "ret": int(ret_s), "spec_match": int(match)}
+            except ValueError:
+                raise _bad_line(text, where, rest) from None
         else:
-            parsed = _generic_syscall(rest)
-        if parsed is None:
-            raise DecodeError(f"{where}:{lineno}: cannot parse event {rest[:80]!r}")
-        cpu = int(m.group("cpu"))
-        ev = TraceEvent(ts_ns, cpu, int(m.group("pid")), parsed[0], parsed[1])
+            parsed = _text_fields(rest)
+            if parsed is None:
+                raise _bad_line(text, where, rest)
+            event, fields = parsed
         if lost_marks:
             # "CPU:N [LOST M EVENTS]" precedes the first event read after the loss on N.
             still: list[tuple[int, int | None]] = []
             for c, count in lost_marks:
                 if c == cpu:
-                    gaps.append(LossGap(c, last_on_cpu.get(c), ts_ns, count))
+                    gaps.append(LossGap(c, _last_on_cpu(events, c), ts_ns, count))
                 else:
                     still.append((c, count))
             lost_marks = still
-        last_on_cpu[cpu] = ts_ns
-        events.append(ev)
+        append(TraceEvent(ts_ns, cpu, int(pid), event, fields))
     for c, count in lost_marks:  # loss reported after the CPU's last event
-        gaps.append(LossGap(c, last_on_cpu.get(c), None, count))
-    events.sort(key=lambda e: e.ts_ns)
+        gaps.append(LossGap(c, _last_on_cpu(events, c), None, count))
+    events.sort(key=_ts_key)
     cpus = tuple(range(ncpus)) if ncpus else tuple(sorted({e.cpu for e in events}))
     if lost:
         # Overwrite mode: each CPU lost its oldest events, before its first survivor.
         firsts: dict[int, int] = {}
         for e in events:
-            firsts.setdefault(e.cpu, e.ts_ns)
+            if e.cpu not in firsts:
+                firsts[e.cpu] = e.ts_ns
+                if len(firsts) == len(cpus):
+                    break
         for c in cpus:
             gaps.append(LossGap(c, None, firsts.get(c), None))
     if gaps and not lost:
         lost = sum(g.count or 0 for g in gaps) or None
     return Capture(events=events, loss=LossInfo(lost_events=lost, gaps=tuple(gaps)),
                    source=where, cpus=cpus)
+
+
+def _last_on_cpu(events: list[TraceEvent], cpu: int) -> int | None:
+    # Rare (loss markers only): the time stamp of the CPU's latest event so far.
+    for e in reversed(events):
+        if e.cpu == cpu:
+            return e.ts_ns
+    return None
+
+
+def _ts_key(e: TraceEvent) -> int:
+    return e.ts_ns
 
 
 # --------------------------------------------------------------------------- loading
