@@ -50,6 +50,7 @@ __all__ = [
     "decode_columns",
     "parse_text_trace",
     "load_capture",
+    "gc_paused",
 ]
 
 log = logging.getLogger(__name__)
@@ -1063,14 +1064,17 @@ def parse_text_trace(text: str, *, where: str = "trace") -> Capture:
     :param where: file name used in error messages
     :raises DecodeError: a line that is neither a header, a comment nor an event
     """
-    with _gc_paused():
+    with gc_paused():
         return _parse_text_trace(text, where)
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Building ~1M small objects triggers the cyclic GC over and over (each pass
-    # scanning everything built so far); none of them forms a cycle.
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many small acyclic objects.
+
+    Building ~1M events or pairs otherwise triggers the collector over and over, each
+    pass scanning everything built so far; none of these objects forms a cycle.
+    """
     was = gc.isenabled()
     gc.disable()
     try:
@@ -1093,7 +1097,7 @@ def _parse_text_trace(text: str, where: str) -> Capture:
     lost_marks: list[tuple[int, int | None]] = []  # (cpu, count) before its next event
     scale = _FRAC_SCALE
     kapi_enter, kapi_exit = "kapi_syscall_enter", "kapi_syscall_exit"
-    for pid, cpu_s, sec, frac, rest, bad in _TEXT_RE.findall(text):
+    for pid, cpu_s, sec, frac, rest, bad in _iter_lines(text):
         if not pid:
             if not bad:
                 continue  # comment or blank line
@@ -1157,6 +1161,17 @@ def _parse_text_trace(text: str, where: str) -> Capture:
         lost = sum(g.count or 0 for g in gaps) or None
     return Capture(events=events, loss=LossInfo(lost_events=lost, gaps=tuple(gaps)),
                    source=where, cpus=cpus)
+
+
+def _iter_lines(text: str, chunk: int = 1 << 20) -> Iterator[tuple[str, ...]]:
+    # findall over ~1 MB pieces cut at line ends: the tuples of one piece at a time,
+    # not of the whole file, are alive at once.
+    start, n = 0, len(text)
+    while start < n:
+        end = text.find("\n", min(start + chunk, n))
+        end = n if end < 0 else end + 1
+        yield from _TEXT_RE.findall(text, start, end)
+        start = end
 
 
 def _last_on_cpu(events: list[TraceEvent], cpu: int) -> int | None:

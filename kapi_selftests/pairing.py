@@ -27,7 +27,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kapi_selftests.events import Capture, LossInfo, TraceEvent
+from kapi_selftests.events import Capture, LossInfo, TraceEvent, gc_paused
 
 __all__ = [
     "ViolationKind",
@@ -181,6 +181,11 @@ def pair(capture: Capture) -> PairingResult:
     :param capture: decoded events (sorted by time stamp) and loss information
     :return: pairs, violations, edge halves and unjudged halves
     """
+    with gc_paused():
+        return _pair(capture)
+
+
+def _pair(capture: Capture) -> PairingResult:
     seqs: dict[tuple[int, str], list[_Item]] = {}
     names: set[str] = set()
     for ev in capture.events:
