@@ -15,6 +15,9 @@ import os
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 
+# --kernel on the host: boot the guest and report each in-guest test here
+pytest_plugins = ["kapi_selftests.host.pytest_plugin"]
+
 settings.register_profile(
     "ci", derandomize=True, max_examples=60, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
