@@ -144,16 +144,16 @@ def guest_main(argv: Sequence[str]) -> int:
 def _guest_config(args: argparse.Namespace, kernel_image: Path) -> Any:
     from kapi_selftests.host import qemu
 
-    opts: dict[str, Any] = qemu.config_from_env()
-    for key in ("memory_mb", "cpus", "timeout_s", "progress_timeout_s"):
-        if getattr(args, key) is not None:
-            opts[key] = getattr(args, key)
     try:
         append = tuple(shlex.split(args.append))
     except ValueError as e:
         raise UsageError(f"--append {args.append!r}: {e}") from e
-    return qemu.GuestConfig(kernel=kernel_image, append=append, accel=qemu.Accel(args.accel),
-                            pvh=args.pvh, **opts)
+    cfg = qemu.config_from_env(qemu.GuestConfig(kernel=kernel_image))
+    flags = {key: getattr(args, key) for key in ("memory_mb", "cpus", "timeout_s",
+                                                  "progress_timeout_s")
+             if getattr(args, key) is not None}
+    return dataclasses.replace(cfg, append=append, accel=qemu.Accel(args.accel),
+                               pvh=args.pvh, **flags)
 
 
 def run_kernel(args: argparse.Namespace) -> int:

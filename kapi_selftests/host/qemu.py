@@ -16,8 +16,10 @@ import shlex
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from kapi_selftests.errors import MissingFeature, UsageError
 
@@ -107,10 +109,13 @@ class GuestConfig:
             raise UsageError(f"arch {self.arch!r} not supported (have: {', '.join(ARCHES)})")
 
 
-def config_from_env(env: dict[str, str] | None = None) -> dict[str, int]:
-    """Defaults from ``KAPI_MEMORY_MB``, ``KAPI_CPUS``, ``KAPI_TIMEOUT_S`` (CLI flags win)."""
+def config_from_env(cfg: GuestConfig, env: Mapping[str, str] | None = None) -> GuestConfig:
+    """``cfg`` with ``KAPI_MEMORY_MB``, ``KAPI_CPUS``, ``KAPI_TIMEOUT_S`` applied.
+
+    Precedence: built-in defaults < these variables < CLI flags (applied after).
+    """
     e = os.environ if env is None else env
-    out: dict[str, int] = {}
+    out: dict[str, Any] = {}
     for var, key in (("KAPI_MEMORY_MB", "memory_mb"), ("KAPI_CPUS", "cpus"),
                      ("KAPI_TIMEOUT_S", "timeout_s")):
         if e.get(var):
@@ -118,7 +123,7 @@ def config_from_env(env: dict[str, str] | None = None) -> dict[str, int]:
                 out[key] = int(e[var])
             except ValueError as exc:
                 raise UsageError(f"{var}={e[var]!r}: not an integer") from exc
-    return out
+    return replace(cfg, **out)
 
 
 def find_qemu(arch: str = "x86_64") -> str:
