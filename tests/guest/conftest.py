@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from kapi_selftests.testing import require
 from kapi_selftests.executor import SPEC_SYSCALLS, EventSource
 from kapi_selftests.harness import Harness
+from kapi_selftests.testing import require
 from kapi_selftests.tracefs import (
     find_tracefs,
     missing_kapi_events,
