@@ -9,12 +9,21 @@ can migrate in the middle of a syscall). A half pair is classified, in this orde
 1. *unjudged* when events lost from the buffer could lie between it and its
    neighbour on the same thread (:meth:`~kapi_selftests.events.LossInfo.explains`):
    loss explains it, so it is never reported as a kernel violation;
-2. an *edge half* when it sits at the thread's edge of the capture: an exit that is
-   the thread's first event (its enter happened before tracing started, e.g. the
-   ``write(2)`` that enabled the events) or an enter that is the thread's last
-   event (the call was still running when tracing stopped, e.g. the disabling write);
-3. otherwise a *violation*: the thread went on after the half, so the missing
-   half cannot be outside the capture.
+2. an *edge half* when it sits at the capture's edge: an exit that is the first
+   event of its thread *and* the first syscall event of its CPU (its enter ran
+   before tracing started: the ``write(2)`` that enabled the events), or an enter
+   that is the last event of its thread *and* the last syscall event of its CPU
+   (still running when tracing stopped: the ``write(2)`` that disabled them);
+3. otherwise a *violation*. Being a thread's first or last event is not enough: a
+   thread whose last event is an enter while its CPU went on tracing other calls
+   lost that exit in the middle of the capture. (The price: a thread that blocked
+   in a syscall across the start or the end of the capture, while its CPU ran
+   other traced syscalls, is reported too; the trace cannot tell the two apart.)
+
+Kinds: ``missing_exit`` (an enter with no exit, not at the edge), ``orphan_exit``
+(an exit with no enter before it), ``name_mismatch`` (the exit of another syscall
+than the one entered), ``double_enter`` (two enters in a row on one thread: the
+first has no exit).
 
 kapi events (``kapi:kapi_syscall_enter/exit``) and the generic syscall events
 (``syscalls:sys_enter_<name>``/``sys_exit_<name>``) are paired separately, so a
@@ -44,10 +53,10 @@ NO_RETURN = frozenset({"sys_exit", "sys_exit_group"})
 
 
 class ViolationKind(enum.Enum):
-    MISSING_EXIT = "missing_exit"  # enter, then the thread entered another syscall
+    MISSING_EXIT = "missing_exit"  # enter with no exit, not at the capture's edge
     ORPHAN_EXIT = "orphan_exit"  # exit with no enter before it on the thread
     NAME_MISMATCH = "name_mismatch"  # exit of another syscall than the open enter
-    DOUBLE_ENTER = "double_enter"  # the same syscall entered twice in a row
+    DOUBLE_ENTER = "double_enter"  # two enters in a row on one thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +197,8 @@ def pair(capture: Capture) -> PairingResult:
 def _pair(capture: Capture) -> PairingResult:
     seqs: dict[tuple[int, str], list[_Item]] = {}
     names: set[str] = set()
+    first_on: dict[int, int] = {}
+    last_on: dict[int, int] = {}
     for ev in capture.events:
         sc = syscall_of(ev)
         if sc is None:
@@ -195,6 +206,9 @@ def _pair(capture: Capture) -> PairingResult:
         family, is_enter, name = sc
         names.add(name)
         seqs.setdefault((ev.tid, family), []).append((ev, is_enter, name))
+        # The first and last syscall event of each CPU: where the capture's edges are.
+        first_on.setdefault(ev.cpu, ev.ts_ns)
+        last_on[ev.cpu] = ev.ts_ns
 
     loss = capture.loss
     pairs: list[Pair] = []
@@ -211,7 +225,7 @@ def _pair(capture: Capture) -> PairingResult:
                                       f"{what}: {_loss_reason(loss, lo, hi)}"))
         elif edge:
             edges.append(Violation(kind, tid, name, at.ts_ns, ev_t,
-                                   f"{what}: at the thread's edge of the capture"))
+                                   f"{what}: at the capture's edge (cpu{at.cpu})"))
         else:
             violations.append(Violation(kind, tid, name, at.ts_ns, ev_t, what))
 
@@ -223,24 +237,22 @@ def _pair(capture: Capture) -> PairingResult:
         for ev, is_enter, name in seq:
             if is_enter:
                 if open_ev is not None and open_name not in NO_RETURN:
-                    if open_name == name:
-                        judge(ViolationKind.DOUBLE_ENTER, tid, name, ev, (open_ev, ev),
-                              open_ev.ts_ns, ev.ts_ns, False,
-                              f"{name} entered at {_fmt_ts(open_ev.ts_ns)} and again at "
-                              f"{_fmt_ts(ev.ts_ns)} with no exit between")
-                    else:
-                        judge(ViolationKind.MISSING_EXIT, tid, open_name, open_ev, (open_ev, ev),
-                              open_ev.ts_ns, ev.ts_ns, False,
-                              f"{open_name} entered at {_fmt_ts(open_ev.ts_ns)} has no exit "
-                              f"before the thread entered {name} at {_fmt_ts(ev.ts_ns)}")
+                    judge(ViolationKind.DOUBLE_ENTER, tid, open_name, open_ev, (open_ev, ev),
+                          open_ev.ts_ns, ev.ts_ns, False,
+                          f"{open_name} entered at {_fmt_ts(open_ev.ts_ns)}, then {name} "
+                          f"entered at {_fmt_ts(ev.ts_ns)} with no exit between")
                 open_ev, open_name = ev, name
             elif open_ev is None:
+                leading = prev is None and ev.ts_ns <= first_on[ev.cpu]
                 judge(ViolationKind.ORPHAN_EXIT, tid, name, ev,
                       (prev, ev) if prev is not None else (ev,),
-                      prev.ts_ns if prev is not None else None, ev.ts_ns, prev is None,
+                      prev.ts_ns if prev is not None else None, ev.ts_ns, leading,
                       f"{name} exit at {_fmt_ts(ev.ts_ns)} has no enter"
                       + (f" after the thread's event at {_fmt_ts(prev.ts_ns)}"
-                         if prev is not None else ""))
+                         if prev is not None else
+                         "" if leading else
+                         f" (the thread's first event, but cpu{ev.cpu} traced syscalls "
+                         f"before it)"))
             elif open_name != name:
                 judge(ViolationKind.NAME_MISMATCH, tid, open_name, ev, (open_ev, ev),
                       open_ev.ts_ns, ev.ts_ns, False,
@@ -253,10 +265,13 @@ def _pair(capture: Capture) -> PairingResult:
                 open_ev = None
             prev = ev
         if open_ev is not None and open_name not in NO_RETURN:
+            trailing = open_ev.ts_ns >= last_on[open_ev.cpu]
             judge(ViolationKind.MISSING_EXIT, tid, open_name, open_ev, (open_ev,),
-                  open_ev.ts_ns, None, True,
-                  f"{open_name} entered at {_fmt_ts(open_ev.ts_ns)} has no exit "
-                  f"(the thread's last event)")
+                  open_ev.ts_ns, None, trailing,
+                  f"{open_name} entered at {_fmt_ts(open_ev.ts_ns)} has no exit"
+                  + ("" if trailing else
+                     f" (the thread's last event, but cpu{open_ev.cpu} traced syscalls "
+                     f"after it)"))
 
     pairs.sort(key=lambda p: (p.enter.ts_ns, p.tid))
 

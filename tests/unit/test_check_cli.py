@@ -107,7 +107,15 @@ def test_check_missing_exit_in_middle_fails(capsys: pytest.CaptureFixture[str]) 
     (v,) = obj["violations"]
     assert (v["kind"], v["tid"], v["name"], v["ts"]) == ("missing_exit", 124, "sys_read",
                                                          3_999_400_000)
-    assert obj["pairs"] == 3
+    assert obj["pairs"] == 3 and obj["edge_halves"] == []
+
+
+def test_check_double_enter_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    code, obj = check_json(DATA / "trace-double-enter.txt", capsys)
+    assert code == 1
+    (v,) = obj["violations"]
+    assert (v["kind"], v["tid"], v["name"]) == ("double_enter", 124, "sys_read")
+    assert [e["fields"]["name"] for e in v["evidence"]] == ["sys_read", "sys_close"]
 
 
 def test_check_orphan_exit_in_middle_fails(capsys: pytest.CaptureFixture[str]) -> None:
@@ -125,7 +133,7 @@ def test_check_name_mismatch_fails_ktap(capsys: pytest.CaptureFixture[str]) -> N
 def test_check_lost_marker_unjudged(capsys: pytest.CaptureFixture[str]) -> None:
     code, obj = check_json(DATA / "trace-lost-marker.txt", capsys)
     assert code == 4 and obj["violations"] == [] and obj["lost_events"] == 5
-    assert [v["kind"] for v in obj["unjudged"]] == ["missing_exit"]
+    assert [v["kind"] for v in obj["unjudged"]] == ["double_enter"]
 
 
 def test_check_generic_syscalls_pass(capsys: pytest.CaptureFixture[str]) -> None:

@@ -63,20 +63,44 @@ def test_pair_toggle_halves_are_edge_halves() -> None:
     assert len(r.pairs) == 1
 
 
-def test_pair_missing_exit_in_middle_is_violation() -> None:
+def test_pair_two_enters_in_a_row_is_double_enter() -> None:
     r = pair(cap(enter(1, "sys_open"), exit_(2, "sys_open"), enter(3, "sys_read"),
                  enter(4, "sys_close"), exit_(5, "sys_close")))
     (v,) = r.violations
-    assert (v.kind, v.name, v.ts_ns, v.tid) == (ViolationKind.MISSING_EXIT, "sys_read", 3, 10)
+    assert (v.kind, v.name, v.ts_ns, v.tid) == (ViolationKind.DOUBLE_ENTER, "sys_read", 3, 10)
     assert [e.ts_ns for e in v.evidence] == [3, 4]
     assert not r.edge_halves
 
 
-def test_pair_double_enter() -> None:
+def test_pair_double_enter_same_syscall() -> None:
     r = pair(cap(enter(1, "sys_read"), enter(2, "sys_read"), exit_(3, "sys_read")))
     (v,) = r.violations
-    assert v.kind is ViolationKind.DOUBLE_ENTER and v.ts_ns == 2
+    assert v.kind is ViolationKind.DOUBLE_ENTER and v.ts_ns == 1
     assert len(r.pairs) == 1
+
+
+def test_pair_missing_exit_in_middle_is_violation() -> None:
+    # Thread 10's last event is an enter, but its CPU traced other calls afterwards:
+    # not the capture's edge.
+    r = pair(cap(enter(1, "sys_open"), exit_(2, "sys_open"), enter(3, "sys_read"),
+                 enter(4, "sys_close", tid=11), exit_(5, "sys_close", tid=11)))
+    (v,) = r.violations
+    assert (v.kind, v.name, v.ts_ns, v.tid) == (ViolationKind.MISSING_EXIT, "sys_read", 3, 10)
+    assert not r.edge_halves
+
+
+def test_pair_missing_exit_at_end_of_its_cpu_is_edge() -> None:
+    # The disabling write on cpu0; cpu1 goes on a little longer (tracing stops there later).
+    r = pair(cap(enter(1, "sys_open"), exit_(2, "sys_open"), enter(3, "sys_write"),
+                 enter(4, "sys_close", tid=11, cpu=1), exit_(5, "sys_close", tid=11, cpu=1)))
+    assert not r.violations and kinds(r.edge_halves) == ["missing_exit"]
+
+
+def test_pair_orphan_exit_first_of_thread_mid_capture_is_violation() -> None:
+    r = pair(cap(enter(1, "sys_open", tid=11), exit_(2, "sys_open", tid=11),
+                 exit_(3, "sys_read"), enter(4, "sys_close"), exit_(5, "sys_close")))
+    (v,) = r.violations
+    assert v.kind is ViolationKind.ORPHAN_EXIT and v.tid == 10 and v.ts_ns == 3
 
 
 def test_pair_orphan_exit_in_middle_is_violation() -> None:
@@ -98,7 +122,7 @@ def test_pair_loss_explains_half_never_missing_exit() -> None:
     r = pair(cap(exit_(10, "sys_close"), enter(20, "sys_write"),
                  enter(60, "sys_open", cpu=1), exit_(61, "sys_open", cpu=1), loss=loss))
     assert not r.violations and not r.edge_halves
-    assert kinds(r.unjudged) == ["orphan_exit", "missing_exit"]
+    assert kinds(r.unjudged) == ["orphan_exit", "double_enter"]
     assert "7 events lost on cpu1" in r.unjudged[1].explanation
     assert r.lost_events == 7 and len(r.pairs) == 1 and not r.pairs[0].spans_loss
 
@@ -177,5 +201,5 @@ def test_pair_reference_toggle_halves(path: str) -> None:
 def test_pair_reference_overrun_unjudged(path: str) -> None:
     r = pair(load_capture(REF / path))
     assert not r.violations and not r.edge_halves
-    assert kinds(r.unjudged) == ["orphan_exit", "missing_exit"]
+    assert kinds(r.unjudged) == ["orphan_exit", "double_enter"]
     assert r.lost_events == 14356

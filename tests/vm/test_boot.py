@@ -1,0 +1,88 @@
+"""Real boots from the host: the stock kernel runs a guest test, a crash and a hang are caught.
+
+The kernel comes from ``--kernel``, else ``KAPI_KERNEL``, else ``.cache/kernels/stock``
+(``vm/get-stock-kernel`` fetches it); without one, or without QEMU, these skip
+with the reason. Each test boots one TCG guest (10-30 s).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kapi_selftests.errors import KSFT_FAIL, MissingFeature
+from kapi_selftests.host import initramfs, kernel, qemu, runner
+from kapi_selftests.host.console import SplatKind
+from kapi_selftests.report import Outcome, exit_code
+
+pytestmark = [pytest.mark.vm]
+
+_STOCK = Path(__file__).resolve().parents[2] / ".cache" / "kernels" / "stock"
+
+
+@pytest.fixture(scope="module")
+def vm_kernel(request: pytest.FixtureRequest) -> kernel.KernelImage:
+    path = request.config.getoption("--kernel") or os.environ.get("KAPI_KERNEL")
+    if not path:
+        if not _STOCK.exists():
+            pytest.skip("no kernel to boot: pass --kernel, set KAPI_KERNEL, or run "
+                        "vm/get-stock-kernel")
+        path = str(_STOCK)
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
+    try:
+        initramfs.find_busybox()
+    except MissingFeature as e:
+        pytest.skip(str(e))
+    return kernel.find_kernel(path, request.config.getoption("--modules"))
+
+
+def _run(k: kernel.KernelImage, tmp_path: Path, argv: tuple[str, ...] | None = None,
+         **cfg: int) -> tuple[list, runner.GuestRun]:  # type: ignore[type-arg]
+    config = qemu.GuestConfig(kernel=k.image, timeout_s=cfg.pop("timeout_s", 240), **cfg)
+    req = runner.SuiteRequest(kernel=k, config=config, work_dir=tmp_path, keyword="smoke")
+    spec = None if argv is None else runner.GuestSpec(argv=argv, env=runner.guest_env())
+    results, runs = runner.run_guests(req, spec_for=(lambda i, n: spec) if spec else None)
+    return results, runs[0]
+
+
+def test_boot_stock_kernel_runs_guest_test(vm_kernel: kernel.KernelImage, tmp_path: Path) -> None:
+    results, run = _run(vm_kernel, tmp_path)
+    by_name = {r.name: r for r in results}
+    smoke = by_name.get("tests/guest/test_smoke.py::test_smoke_tracefs_mounted")
+    assert smoke is not None, f"guest test missing; results: {results}; console: {run.console}"
+    assert smoke.outcome is Outcome.PASS, smoke
+    assert run.status == 0
+    assert not run.splats
+    assert run.timings.init_s is not None and run.timings.first_test_s is not None
+    kapi = by_name["tests/guest/test_smoke.py::test_smoke_kapi_events_present"]
+    if kapi.outcome is Outcome.SKIP:
+        assert kapi.reason.startswith("kernel has no kapi tracepoints")
+
+
+def test_boot_sysrq_crash_is_reported_with_excerpt(vm_kernel: kernel.KernelImage,
+                                                   tmp_path: Path) -> None:
+    results, run = _run(vm_kernel, tmp_path,
+                        ("/bin/sh", "-c", "echo c > /proc/sysrq-trigger; sleep 60"))
+    assert run.status is None  # the guest died before it could write one
+    crash = [r for r in results if r.name == "kernel-console"]
+    assert crash, f"no crash result; console: {run.console}"
+    assert any(s.kind in (SplatKind.PANIC, SplatKind.OOPS, SplatKind.BUG) for s in run.splats)
+    text = "\n".join(d for r in crash for d in r.diagnostics)
+    assert "sysrq" in text.lower()
+    assert all(r.outcome is Outcome.FAIL for r in crash)
+    assert exit_code(results) == KSFT_FAIL
+
+
+def test_boot_hung_guest_is_killed_by_timeout(vm_kernel: kernel.KernelImage,
+                                              tmp_path: Path) -> None:
+    results, run = _run(vm_kernel, tmp_path, ("/bin/sh", "-c", "sleep 600"),
+                        progress_timeout_s=8)
+    assert run.killed is not None and "no progress" in run.killed
+    assert run.timings.total_s < 120
+    hang = [r for r in results if r.name == "guest-watchdog"]
+    assert hang and hang[0].outcome is Outcome.FAIL
+    assert exit_code(results) == KSFT_FAIL
