@@ -151,6 +151,19 @@ def _readv_all(path: Path, nonblock: bool = False, chunk: int = 1 << 16) -> byte
     return b"".join(parts)
 
 
+def _ensure_std_fds() -> None:
+    # With fd 0, 1 or 2 closed (CI without stdin), our own fds would take those
+    # numbers, and a test that closes "stdin" would close the tracing_on fd.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open("/dev/null", os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 class TraceInstance:
     """A private tracefs instance, configured and removed by this object.
 
@@ -188,6 +201,7 @@ class TraceInstance:
         self.remove()
 
     def create(self) -> None:
+        _ensure_std_fds()
         try:
             self.path.mkdir()
         except OSError as e:
