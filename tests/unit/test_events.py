@@ -7,6 +7,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kapi_selftests import events as E
 from kapi_selftests.errors import DecodeError, UsageError
@@ -391,3 +393,40 @@ def test_read_capture_dir_needs_header_page(tmp_path: Path) -> None:
     (tmp_path / "cpu0.raw").write_bytes(b"")
     with pytest.raises(DecodeError, match="no header_page"):
         E.read_capture_dir(tmp_path)
+
+
+# --------------------------------------------------------------------------- garbage in
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=0, max_size=600), st.integers(0, 4200), st.sampled_from([0, 1 << 31,
+                                                                                 3 << 30]))
+def test_decode_garbage_page_is_decode_error_or_events(body: bytes, commit: int,
+                                                       flags: int) -> None:
+    # Any page: either events or one DecodeError, never another exception.
+    data = struct.pack("<QQ", 1000, commit | flags) + body
+    data += b"\0" * (4096 - len(data))
+    try:
+        cap = E.decode(raw_capture({0: data}))
+        for ev in cap.events:
+            assert ev.cpu == 0
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from([
+    "  a-1 [000] ..... 1.000001: kapi_syscall_enter: sys_close(fd=1)",
+    "  a-1 [000] ..... 1.000002: kapi_syscall_exit: sys_close = 0 spec_match=1",
+    "  a-1 [000] ..... 1.000002: kapi_syscall_exit: sys_close = x spec_match=1",
+    "  a-1 [001] ..... 1.000003: kapi_syscall_enter: sys_close(",
+    "  a-1 [001] ..... 1.000004: sys_read -> 0x3",
+    "  a-1 [001] ..... 1.000004: sys_read(fd: 3",
+    "CPU:1 [LOST 3 EVENTS]", "# comment", "", "garbage", "\x00\x01",
+    "  a-1 [000] ..... 1.000005: sched_switch: prev=a",
+]), max_size=12))
+def test_parse_text_garbage_is_decode_error_or_events(lines: list[str]) -> None:
+    try:
+        E.parse_text_trace("\n".join(lines))
+    except DecodeError:
+        pass
