@@ -6,10 +6,13 @@ binary sub-buffer pages as read from ``per_cpu/cpuN/trace_pipe_raw`` and the tex
 ``trace`` file. It knows nothing about enter/exit pairs (that is
 :mod:`kapi_selftests.pairing`) and never touches a live tracefs.
 
-The binary decoder is columnar: one pass in Python walks the variable-length records
-of each page (record offsets and timestamps only); numpy then gathers the common
-fields of every record at once. :class:`TraceEvent` objects are built lazily, on
-access, from those columns.
+The binary decoder is columnar. Records are variable-length, so a page cannot be
+walked with vector operations, but all pages can at once: step *k* decodes the
+*k*-th record of every page with numpy gathers (record offsets, time stamps and
+lengths only); numpy then gathers ``common_type``/``common_pid`` of every record and
+merges the CPUs by time stamp. :class:`TraceEvent` objects (with their fields) are
+built lazily, on access, from those columns. ``_walk_cpu`` is the plain per-record
+walk, kept as the reference the tests compare the vectorised walk against.
 """
 
 from __future__ import annotations
@@ -667,9 +670,10 @@ class Capture:
 
 def _walk_cpu(data: bytes, cpu: int, hp: HeaderPage, base: int, offs: list[int],
               tss: list[int], lens: list[int], gaps: list[LossGap], where: str) -> int:
-    """Walk every page of one CPU; append record data offsets (into the blob, which
-    holds ``data`` at ``base``), time stamps and lengths. Return events lost inside
-    the data (page flags with a stored count)."""
+    # Reference walk, one record per iteration (kbuffer-parse.c semantics); the decoder
+    # uses _walk_vectorized, tests and bench/ compare the two. Appends record data
+    # offsets (into a blob holding ``data`` at ``base``), time stamps and lengths;
+    # returns the events lost inside the data (page flags with a stored count).
     psize = hp.page_size
     if len(data) % psize:
         raise DecodeError(f"{where}: {len(data)} bytes is not a whole number of "
