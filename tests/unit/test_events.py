@@ -430,3 +430,30 @@ def test_parse_text_garbage_is_decode_error_or_events(lines: list[str]) -> None:
         E.parse_text_trace("\n".join(lines))
     except DecodeError:
         pass
+
+
+_RECORD = st.one_of(
+    st.builds(lambda d, r: rec_data(d, exit_payload(1, "sys_read", r)),
+              st.integers(0, (1 << 27) - 1), st.integers(-(2**63), 2**63 - 1)),
+    st.builds(lambda d, n: rec_data(d, enter_payload(2, "sys_write", (n,), "p" * (n % 90))),
+              st.integers(0, 1000), st.integers(0, 2**64 - 1)),
+    st.builds(rec_extend, st.integers(1 << 27, (1 << 59) - 1)),
+    st.builds(lambda d, n: rec_padding(d, 8 + 4 * n), st.integers(1, 100), st.integers(0, 20)),
+)
+
+
+@settings(max_examples=150)
+@given(st.lists(st.lists(_RECORD, max_size=25), min_size=1, max_size=4),
+       st.integers(0, 2**40))
+def test_vectorised_walk_equals_reference_on_random_pages(pages: list[list[bytes]],
+                                                          ts0: int) -> None:
+    data = b"".join(page(ts0 + 10**9 * k, recs) for k, recs in enumerate(pages)
+                    if len(b"".join(recs)) <= 4080)
+    hp = E.parse_header_page(HEADER_PAGE)
+    offs: list[int] = []
+    tss: list[int] = []
+    lens: list[int] = []
+    E._walk_cpu(data, 0, hp, 0, offs, tss, lens, [], "x")
+    walk = E._walk_vectorized(data, hp, [("x", i) for i in range(len(data) // 4096)])
+    assert walk.offset.tolist() == offs and walk.ts_ns.tolist() == tss
+    assert walk.length.tolist() == lens
