@@ -1,0 +1,114 @@
+"""Splat detection on recorded consoles (tests/data/console-*.txt) and console capture."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+
+from kapi_selftests.host.console import (
+    EXCERPT_MAX_LINES,
+    ConsoleCapture,
+    SplatKind,
+    find_splats,
+    read_console,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def test_console_sysrq_panic_is_one_panic_with_its_trace() -> None:
+    splats = find_splats(read_console(DATA / "console-sysrq-panic-6.1-tcg.txt"))
+    assert [s.kind for s in splats] == [SplatKind.PANIC]
+    sp = splats[0]
+    assert "sysrq triggered crash" in sp.summary
+    assert any("sysrq_handle_crash" in ln for ln in sp.excerpt)
+    assert sp.excerpt[0].endswith("Kernel panic - not syncing: sysrq triggered crash")
+
+
+def test_console_clean_suite_run_has_no_splat() -> None:
+    assert find_splats(read_console(DATA / "console-clean-suite-6.1-tcg.txt")) == []
+
+
+def test_console_hung_guest_has_no_splat() -> None:
+    # a hang shows nothing on the console: the no-progress timeout catches it
+    assert find_splats(read_console(DATA / "console-hung-sleep-killed-6.1-tcg.txt")) == []
+
+
+# One-line heads of the kernel's own report formats (the kernel prints these exactly).
+@pytest.mark.parametrize(("line", "kind"), [
+    ("[   12.3] WARNING: CPU: 0 PID: 1 at kernel/foo.c:12 foo+0x1/0x2", SplatKind.WARNING),
+    ("[    1.0] BUG: kernel NULL pointer dereference, address: 0000000000000000",
+     SplatKind.BUG),
+    ("[    1.0] kernel BUG at mm/slub.c:100!", SplatKind.BUG),
+    ("[    1.0] Oops: 0002 [#1] PREEMPT SMP NOPTI", SplatKind.OOPS),
+    ("[    1.0] general protection fault, probably for non-canonical address", SplatKind.OOPS),
+    ("[    1.0] BUG: KASAN: slab-out-of-bounds in foo+0x1/0x2", SplatKind.KASAN),
+    ("[    1.0] UBSAN: array-index-out-of-bounds in lib/foo.c:3:4", SplatKind.UBSAN),
+    ("[   30.0] rcu: INFO: rcu_preempt self-detected stall on CPU", SplatKind.RCU_STALL),
+    ("[  242.0] INFO: task sh:107 blocked for more than 120 seconds.", SplatKind.HUNG_TASK),
+    ("[   30.0] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]", SplatKind.BUG),
+    ("[    1.0] Kernel panic - not syncing: Fatal exception", SplatKind.PANIC),
+])
+def test_console_each_report_kind_is_found(line: str, kind: SplatKind) -> None:
+    assert [s.kind for s in find_splats(["boot", line, "after"])] == [kind]
+
+
+def test_console_cut_here_takes_the_kind_of_the_next_line() -> None:
+    lines = ["[ 1.0] ------------[ cut here ]------------",
+             "[ 1.0] WARNING: CPU: 0 PID: 1 at kernel/foo.c:12 foo+0x1/0x2",
+             "[ 1.0] Call Trace:", "[ 1.0] ---[ end trace 0000000000000000 ]---",
+             "kapi-selftests: first test starting"]
+    (sp,) = find_splats(lines)
+    assert sp.kind is SplatKind.WARNING
+    assert sp.line_no == 1
+    assert len(sp.excerpt) == 4
+    assert sp.summary.startswith("kernel WARNING: WARNING: CPU: 0")
+
+
+def test_console_oops_then_panic_are_two_splats() -> None:
+    lines = ["[1.0] BUG: kernel NULL pointer dereference", "[1.0] Oops: 0002 [#1]",
+             "[1.0] Call Trace:", "[1.0] Kernel panic - not syncing: Fatal exception"]
+    assert [s.kind for s in find_splats(lines)] == [SplatKind.BUG, SplatKind.PANIC]
+
+
+def test_console_test_output_mentioning_bug_midline_is_not_a_splat() -> None:
+    assert find_splats(["assert msg == 'BUG: x'", "E   WARNING: CPU: is fine here"]) == []
+
+
+def test_console_excerpt_is_capped() -> None:
+    lines = ["[1.0] BUG: unable to handle page fault"] + ["[1.0]  frame"] * 500
+    (sp,) = find_splats(lines)
+    assert len(sp.excerpt) == EXCERPT_MAX_LINES
+
+
+def test_console_capture_writes_file_and_marks(tmp_path: Path) -> None:
+    stream = io.BytesIO(b"boot\r\nkapi: init\nmore\npartial")
+    cap = ConsoleCapture(stream, tmp_path / "c.log", markers=("kapi: init",)).start()
+    cap.join(5)
+    assert (tmp_path / "c.log").read_bytes() == b"boot\r\nkapi: init\nmore\npartial"
+    assert "kapi: init" in cap.marks
+    assert cap.last_output >= cap.started
+    assert read_console(tmp_path / "c.log") == ["boot", "kapi: init", "more", "partial"]
+
+
+def test_console_capture_flushes_before_the_stream_ends(tmp_path: Path) -> None:
+    import os
+    r, w = os.pipe()
+    with os.fdopen(r, "rb") as rf:
+        cap = ConsoleCapture(rf, tmp_path / "c.log").start()
+        os.write(w, b"first line\n")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (tmp_path / "c.log").exists():
+            time.sleep(0.01)
+        while time.monotonic() < deadline and (tmp_path / "c.log").read_bytes() == b"":
+            time.sleep(0.01)
+        assert (tmp_path / "c.log").read_bytes() == b"first line\n"
+        os.close(w)
+        cap.join(5)
+
+
+def test_console_missing_log_reads_empty(tmp_path: Path) -> None:
+    assert read_console(tmp_path / "none.log") == []
