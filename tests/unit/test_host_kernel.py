@@ -1,4 +1,4 @@
-"""Kernel detection on small crafted files: bzImage, PVH vmlinux, build and package dirs, modules."""
+"""Kernel detection on crafted files: bzImage, PVH vmlinux, build and package dirs, modules."""
 
 from __future__ import annotations
 
