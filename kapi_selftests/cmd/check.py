@@ -99,8 +99,8 @@ def _loss_result(c: _Checked) -> TestResult:
     if not r.lost_events and not c.cannot_judge:
         return TestResult("loss", Outcome.PASS)
     lost = f"{r.lost_events} events lost" if r.lost_events else "events lost"
-    reason = (f"{lost}; {len(r.unjudged)} halves and {c.unjudged_pairs} pairs "
-              f"cannot be judged")
+    halves = _count(len(r.unjudged), "half pair", "half pairs")
+    reason = f"{lost}; {halves} and {_count(c.unjudged_pairs, 'pair')} cannot be judged"
     return TestResult("loss", Outcome.SKIP, reason=reason,
                       diagnostics=tuple(v.explanation for v in r.unjudged))
 
@@ -111,14 +111,14 @@ def _capture_results(c: _Checked) -> list[TestResult]:
     for name in r.names:
         n_pairs = sum(1 for p in r.pairs if p.name == name)
         bad = [v for v in r.violations if v.name == name]
-        diags = [f"{n_pairs} pairs"]
+        diags = [_count(n_pairs, "pair")]
         diags += [f"edge half: {v.kind.value} tid {v.tid}: {v.explanation}"
                   for v in r.edge_halves if v.name == name]
         diags += [f"unjudged: {v.kind.value} tid {v.tid}: {v.explanation}"
                   for v in r.unjudged if v.name == name]
         diags += [f"violation: {v.kind.value} tid {v.tid}: {v.explanation}" for v in bad]
         if bad:
-            out.append(TestResult(name, Outcome.FAIL, reason=f"{len(bad)} violations",
+            out.append(TestResult(name, Outcome.FAIL, reason=_count(len(bad), "violation"),
                                   diagnostics=tuple(diags)))
         else:
             out.append(TestResult(name, Outcome.PASS, diagnostics=tuple(diags)))
@@ -129,8 +129,14 @@ def _capture_results(c: _Checked) -> list[TestResult]:
 def _summary(c: _Checked) -> str:
     r = c.result
     lost = "unknown" if r.lost_events is None else str(r.lost_events)
-    return (f"{c.label}: {len(r.pairs)} pairs, {len(r.violations)} violations, "
-            f"{len(r.edge_halves)} edge halves, {len(r.unjudged)} unjudged, lost events {lost}")
+    return (f"{c.label}: {_count(len(r.pairs), 'pair')}, "
+            f"{_count(len(r.violations), 'violation')}, "
+            f"{_count(len(r.edge_halves), 'edge half', 'edge halves')}, "
+            f"{len(r.unjudged)} unjudged, lost events {lost}")
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _ktap(checked: Sequence[_Checked]) -> str:
