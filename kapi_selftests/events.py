@@ -1152,15 +1152,17 @@ def _parse_text_trace(text: str, where: str) -> Capture:
     events.sort(key=_ts_key)
     cpus = tuple(range(ncpus)) if ncpus else tuple(sorted({e.cpu for e in events}))
     if lost:
-        # Overwrite mode: each CPU lost its oldest events, before its first survivor.
+        # Overwrite mode: a CPU that lost events lost its oldest ones, before its first
+        # survivor (which CPU is unknown). One with no events left lost none: an
+        # overwritten buffer always keeps its newest events.
         firsts: dict[int, int] = {}
         for e in events:
             if e.cpu not in firsts:
                 firsts[e.cpu] = e.ts_ns
                 if len(firsts) == len(cpus):
                     break
-        for c in cpus:
-            gaps.append(LossGap(c, None, firsts.get(c), None))
+        for c in sorted(firsts):
+            gaps.append(LossGap(c, None, firsts[c], None))
     if gaps and not lost:
         lost = sum(g.count or 0 for g in gaps) or None
     return Capture(events=events, loss=LossInfo(lost_events=lost, gaps=tuple(gaps)),
