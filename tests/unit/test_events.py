@@ -457,3 +457,11 @@ def test_vectorised_walk_equals_reference_on_random_pages(pages: list[list[bytes
     walk = E._walk_vectorized(data, hp, [("x", i) for i in range(len(data) // 4096)])
     assert walk.offset.tolist() == offs and walk.ts_ns.tolist() == tss
     assert walk.length.tolist() == lens
+
+
+def test_text_trace_loss_gaps_only_on_cpus_with_events() -> None:
+    cap = E.parse_text_trace(
+        "# entries-in-buffer/entries-written: 1/9   #P:2\n"
+        "  a-1 [000] ..... 1.000002: kapi_syscall_exit: sys_close = 0 spec_match=1\n")
+    assert cap.loss.lost_events == 8
+    assert cap.loss.gaps == (E.LossGap(0, None, 1_000_002_000, None),)
