@@ -47,7 +47,7 @@ KNOWN_VALUES: dict[tuple[str, str], tuple[int, ...]] = {
 _VALID_FD_KINDS = tuple(k for k in FdKind if k is not FdKind.CLOSED)
 #: fd register values that are never open: -1 as int and as u64, INT_MAX, INT_MAX+1,
 #: 2^32-1, huge. Small numbers (0, 1, 2, 3...) are never drawn: they are the harness's own.
-FD_EDGES = (U64, 0xFFFFFFFF, arch.INT_MAX, arch.INT_MAX + 1, 1 << 63, (1 << 32) - 2)
+FD_EDGES = (U64, 0xFFFFFFFF, arch.INT_MAX, arch.INT_MAX + 1, 1 << 63 | 0xFFFFFFFF, (1 << 32) - 2)
 
 
 def fds() -> st.SearchStrategy[ArgPlan]:
