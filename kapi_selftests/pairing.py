@@ -46,10 +46,14 @@ __all__ = [
     "pair",
     "syscall_of",
     "NO_RETURN",
+    "CHILD_RETURNS",
 ]
 
 #: Syscalls whose enter has no exit event (the task is gone).
 NO_RETURN = frozenset({"sys_exit", "sys_exit_group"})
+#: Syscalls a new thread or process returns from without having entered them: its
+#: first event is their exit (ret 0), the enter is its parent's.
+CHILD_RETURNS = frozenset({"sys_clone", "sys_clone3", "sys_fork", "sys_vfork"})
 
 
 class ViolationKind(enum.Enum):
@@ -242,6 +246,8 @@ def _pair(capture: Capture) -> PairingResult:
                           f"{open_name} entered at {_fmt_ts(open_ev.ts_ns)}, then {name} "
                           f"entered at {_fmt_ts(ev.ts_ns)} with no exit between")
                 open_ev, open_name = ev, name
+            elif open_ev is None and prev is None and name in CHILD_RETURNS:
+                pass  # a new task's first event: the return from its parent's fork/clone
             elif open_ev is None:
                 leading = prev is None and ev.ts_ns <= first_on[ev.cpu]
                 judge(ViolationKind.ORPHAN_EXIT, tid, name, ev,

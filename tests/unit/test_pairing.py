@@ -161,6 +161,15 @@ def test_pair_exit_group_has_no_exit() -> None:
     assert not r.violations and not r.edge_halves and len(r.pairs) == 1
 
 
+def test_pair_child_returns_from_clone_without_enter() -> None:
+    evs = (TraceEvent(1, 0, 5, "sys_enter_clone", {}), TraceEvent(2, 0, 5, "sys_exit_clone",
+                                                                    {"ret": 6}),
+           TraceEvent(3, 1, 6, "sys_exit_clone", {"ret": 0}),
+           TraceEvent(4, 1, 6, "sys_enter_read", {}), TraceEvent(5, 1, 6, "sys_exit_read", {}))
+    r = pair(cap(*evs))
+    assert not r.violations and not r.edge_halves and len(r.pairs) == 2
+
+
 def test_pair_text_tie_across_cpus_is_reordered() -> None:
     # µs time stamps: the exit on cpu1 and the next enter on cpu0 share a time stamp
     # and sort enter-first; the pairing must not call that a double enter.
