@@ -1,0 +1,349 @@
+"""Runner and `run` CLI: results, exit codes and timeouts, with QEMU faked at the process
+boundary (subprocess.Popen) and consoles taken from real boots in tests/data."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from host_elf import bzimage
+
+from kapi_selftests import cli
+from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KSFT_SKIP, LostGuest
+from kapi_selftests.host import initramfs, kernel, qemu, runner
+from kapi_selftests.host.console import Splat, SplatKind
+from kapi_selftests.report import Outcome, exit_code
+from kapi_selftests.report import TestResult as Result
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+CLEAN = (DATA / "console-clean-suite-6.1-tcg.txt").read_bytes()
+SYSRQ = (DATA / "console-sysrq-panic-6.1-tcg.txt").read_bytes()
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
+<testcase classname="tests.guest.test_smoke" name="test_ok" file="tests/guest/test_smoke.py"
+ time="0.1"/>
+<testcase classname="tests.guest.test_smoke.TestX" name="test_bad[a]"
+ file="tests/guest/test_smoke.py" time="0.1"><failure message="assert 1 == 2">E assert 1 == 2
+tests/guest/test_smoke.py:9: AssertionError</failure></testcase>
+<testcase classname="tests.guest.test_calls" name="test_kapi" file="tests/guest/test_calls.py">
+<skipped type="pytest.skip" message="kernel has no kapi tracepoints (build with X)">skip
+</skipped></testcase>
+</testsuite></testsuites>"""
+
+
+# --- JUnit and results ----------------------------------------------------------------
+
+def test_runner_parse_junit_names_and_messages(tmp_path: Path) -> None:
+    p = tmp_path / "junit.xml"
+    p.write_text(JUNIT)
+    ok, bad, skip = runner.parse_junit(p)
+    assert ok == Result(name="tests/guest/test_smoke.py::test_ok", outcome=Outcome.PASS)
+    assert bad.name == "tests/guest/test_smoke.py::TestX::test_bad[a]"
+    assert bad.outcome is Outcome.FAIL and bad.reason == "assert 1 == 2"
+    assert "AssertionError" in "\n".join(bad.diagnostics)
+    assert skip.outcome is Outcome.SKIP
+    assert skip.reason == "kernel has no kapi tracepoints (build with X)"
+
+
+def test_runner_truncated_junit_is_lost_guest(tmp_path: Path) -> None:
+    p = tmp_path / "junit.xml"
+    p.write_text(JUNIT[:200])
+    with pytest.raises(LostGuest, match="malformed JUnit"):
+        runner.parse_junit(p)
+
+
+def test_runner_progress_log_keeps_results_of_a_dead_guest(tmp_path: Path) -> None:
+    (tmp_path / "progress.jsonl").write_text(
+        '{"name": "t1", "outcome": "ok", "reason": "", "diagnostics": []}\n'
+        '{"name": "t2", "outcome": "ok", "reason": "", "diagnostics": []}\n'
+        '{"name": "t2", "outcome": "not ok", "reason": "teardown", "diagnostics": []}\n'
+        '{"name": "t3", "outc')
+    res = runner.collect_results(tmp_path)
+    assert [(r.name, r.outcome) for r in res] == [("t1", Outcome.PASS), ("t2", Outcome.FAIL)]
+
+
+def test_runner_write_junit_round_trips(tmp_path: Path) -> None:
+    results = [Result("tests/guest/a.py::t1", Outcome.PASS),
+               Result("tests/guest/a.py::t2", Outcome.FAIL, "boom", ("line1", "line2")),
+               Result("kernel-console", Outcome.FAIL, "kernel panic: x")]
+    runner.write_junit(results, tmp_path / "j.xml")
+    back = runner.parse_junit(tmp_path / "j.xml")
+    assert [(r.outcome, r.reason) for r in back] == [(r.outcome, r.reason) for r in results]
+
+
+def _run(**kw: Any) -> runner.GuestRun:
+    base: dict[str, Any] = dict(status=0, results=(), splats=(), killed=None,
+                                console=Path("/c.log"), out_dir=Path("/o"),
+                                timings=runner.BootTimings(1.0, 2.0, 3.0, 4.0), returncode=0)
+    base.update(kw)
+    return runner.GuestRun(**base)
+
+
+def test_runner_host_results_splat_fails_the_run() -> None:
+    sp = Splat(SplatKind.PANIC, 5, ("[1.0] Kernel panic - not syncing: sysrq triggered crash",))
+    res = runner.host_results(_run(status=None, splats=(sp,)))
+    (r,) = res
+    assert r.name == "kernel-console" and r.outcome is Outcome.FAIL
+    assert "sysrq triggered crash" in r.reason
+    assert exit_code(res) == KSFT_FAIL
+
+
+def test_runner_host_results_hang_after_start_is_a_failure() -> None:
+    kept = Result("t1", Outcome.PASS)
+    res = runner.host_results(_run(status=None, results=(kept,), killed="no progress"))
+    assert res[0] == kept  # results already written are kept
+    assert res[1].name == "guest-watchdog" and res[1].outcome is Outcome.FAIL
+    assert exit_code(res) == KSFT_FAIL
+
+
+def test_runner_host_results_never_booted_is_lost_guest() -> None:
+    with pytest.raises(LostGuest, match="never reached the initramfs") as ei:
+        runner.host_results(_run(status=None, timings=runner.BootTimings(total_s=9.0),
+                                 killed="timeout"))
+    assert ei.value.exit_code == KSFT_SKIP
+
+
+def test_runner_host_results_status_without_results_is_error() -> None:
+    res = runner.host_results(_run(status=2))
+    assert res[0].outcome is Outcome.ERROR and "exited 2" in res[0].reason
+    assert exit_code(res) == KSFT_SKIP
+
+
+def test_runner_guest_command_is_lean_and_writes_to_the_share() -> None:
+    spec = runner.guest_command(python="/py/bin/python3", require_kapi=True, shard=(1, 3))
+    assert spec.argv[:2] == ("/py/bin/python3", "-S")
+    assert "--require-kapi" in spec.argv
+    assert f"{initramfs.GUEST_OUT}/junit.xml" in spec.argv
+    assert spec.argv[spec.argv.index("--shard") + 1] == "1/3"
+    env = dict(spec.env)
+    assert env["PYTHONPATH"].split(":")[0] == str(runner.PROJECT)
+    assert env["PATH"].startswith("/py/bin:")
+
+
+# --- boot() and run_guests() with QEMU faked at Popen -------------------------------------
+
+class FakeQemu:
+    """Stands in for the QEMU process: writes what a guest would into the output share."""
+
+    def __init__(self, argv: list[str], console: bytes, files: dict[str, str],
+                 hang: bool = False) -> None:
+        self.argv = argv
+        out = next(a.split("path=")[1].split(",")[0] for a in argv
+                   if "mount_tag=kapiout" in a)
+        for name, text in files.items():
+            (Path(out) / name).write_text(text)
+        self.returncode: int | None = None
+        if hang:
+            r, self._w = os.pipe()
+            os.write(self._w, console)
+            self.stdout: Any = os.fdopen(r, "rb")
+        else:
+            self._w = -1
+            self.stdout = io.BytesIO(console)
+            self.returncode = 0
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def kill(self) -> None:
+        self.returncode = -9
+        if self._w >= 0:
+            os.close(self._w)
+            self._w = -1
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return self.returncode
+
+
+def _fake(monkeypatch: pytest.MonkeyPatch, console: bytes, files: dict[str, str],
+          hang: bool = False) -> list[FakeQemu]:
+    made: list[FakeQemu] = []
+
+    def popen(argv: list[str], **kw: Any) -> FakeQemu:
+        if "-S" in argv:  # the KVM probe: it aborts, as on these machines
+            p = FakeQemu(argv + ["mount_tag=kapiout,path=/tmp"], b"", {})
+            p.stderr = io.StringIO("error: failed to set MSR 0x10a to 0x69\n")
+            p.returncode = 134
+            return p
+        made.append(FakeQemu(argv, console, files, hang))
+        return made[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.setattr(qemu, "find_qemu", lambda arch="x86_64": "/usr/bin/qemu-system-x86_64")
+    qemu.probe_accel.cache_clear()
+    return made
+
+
+@pytest.fixture
+def kernel_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "build"
+    (d / "arch/x86/boot").mkdir(parents=True)
+    (d / "arch/x86/boot/bzImage").write_bytes(bzimage())
+    (d / ".config").write_text("".join(f"{o}=y\n" for o, _m, _w in kernel.GUEST_OPTIONS))
+    bb = tmp_path / "busybox"
+    bb.write_bytes(b"\x7fELF")
+    monkeypatch.setattr(initramfs, "find_busybox", lambda: bb)
+    monkeypatch.setattr(os, "access", lambda p, m: True)
+    return d
+
+
+def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = cli.main(args)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_run_kernel_all_pass_exits_0(kernel_dir: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str],
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    junit = JUNIT.replace('<failure message="assert 1 == 2">', "<x>").replace(
+        "AssertionError</failure>", "</x>")
+    made = _fake(monkeypatch, CLEAN, {"status": "0\n", "junit.xml": junit})
+    rc, out, err = _main(["run", "--kernel", str(kernel_dir), "--junit", str(tmp_path / "j.xml"),
+                          "--work-dir", str(tmp_path / "w")], capsys)
+    assert rc == KSFT_PASS, out + err
+    assert out.startswith("KTAP version 1\n")
+    assert "ok 1 tests/guest/test_smoke.py::test_ok" in out
+    assert "# SKIP kernel has no kapi tracepoints" in out
+    assert (tmp_path / "j.xml").is_file()
+    assert any("KVM unusable" in r.getMessage() and "using TCG" in r.getMessage()
+               for r in caplog.records)
+    argv = made[0].argv
+    assert "tcg,thread=single" in argv
+
+
+def test_run_kernel_guest_failure_exits_1(kernel_dir: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    _fake(monkeypatch, CLEAN, {"status": "1\n", "junit.xml": JUNIT})
+    rc, out, _ = _main(["run", "--kernel", str(kernel_dir), "--work-dir", str(tmp_path)], capsys)
+    assert rc == KSFT_FAIL
+    assert "not ok 2 tests/guest/test_smoke.py::TestX::test_bad[a] # assert 1 == 2" in out
+
+
+def test_run_kernel_crash_console_exits_1_with_excerpt(kernel_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    _fake(monkeypatch, SYSRQ, {})
+    rc, out, _ = _main(["run", "--kernel", str(kernel_dir), "--work-dir", str(tmp_path)], capsys)
+    assert rc == KSFT_FAIL
+    assert "not ok 1 kernel-console # kernel panic: Kernel panic - not syncing: sysrq" in out
+    assert "sysrq_handle_crash" in out  # the excerpt, as KTAP diagnostics
+
+
+def test_run_kernel_no_status_is_lost_guest_exit_4(kernel_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _fake(monkeypatch, b"SeaBIOS\n", {})
+    rc, out, err = _main(["run", "--kernel", str(kernel_dir), "--work-dir", str(tmp_path)],
+                         capsys)
+    assert rc == KSFT_SKIP
+    assert out == ""
+    assert "guest returned no status" in err and "never reached the initramfs" in err
+
+
+def test_run_kernel_hung_guest_is_killed(kernel_dir: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    console = f"{initramfs.INIT_MARKER}\n{initramfs.START_MARKER}\n".encode()
+    made = _fake(monkeypatch, console, {}, hang=True)
+    rc, out, _ = _main(["run", "--kernel", str(kernel_dir), "--work-dir", str(tmp_path),
+                        "--progress-timeout-s", "1"], capsys)
+    assert rc == KSFT_FAIL
+    assert made[0].returncode == -9
+    assert "guest-watchdog # guest hung: guest made no progress" in out
+
+
+def test_run_kernel_dry_run_prints_the_command(kernel_dir: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    made = _fake(monkeypatch, b"", {})
+    rc, out, _ = _main(["run", "--kernel", str(kernel_dir), "--dry-run", "--accel", "tcg",
+                        "--memory-mb", "512", "--append", "foo=1 'b c'",
+                        "--work-dir", str(tmp_path)], capsys)
+    assert rc == 0 and not made
+    assert out.startswith("/usr/bin/qemu-system-x86_64 -M pc -accel tcg,thread=single")
+    assert "-m 512" in out and "foo=1 'b c'" not in out and "foo=1 b c" in out
+    assert (tmp_path / "initramfs.cpio").is_file()
+
+
+@pytest.mark.parametrize("args", [["run"], ["run", "--kernel", "/no/such/kernel"],
+                                  ["run", "--local", "--kernel", "/"],
+                                  ["run", "--local", "--cpus", "0"]])
+def test_run_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as ei:
+        cli.main(args)
+    assert ei.value.code == 2
+
+
+def test_run_not_a_kernel_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "README"
+    f.write_text("x" * 4096)
+    rc, _, err = _main(["run", "--kernel", str(f)], capsys)
+    assert rc == 2 and "not a kernel image" in err
+
+
+def test_run_qemu_missing_exits_4(kernel_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(qemu.shutil, "which", lambda n: None)
+    rc, _, err = _main(["run", "--kernel", str(kernel_dir), "--accel", "tcg"], capsys)
+    assert rc == KSFT_SKIP and "QEMU is not installed" in err
+
+
+# --- run --local ----------------------------------------------------------------------
+
+def _suite(tmp_path: Path, body: str) -> Path:
+    d = tmp_path / "guest"
+    d.mkdir()
+    # a module name of its own: the in-process pytest runs share sys.modules
+    mod = "test_" + "".join(c if c.isalnum() else "_" for c in tmp_path.name)
+    (d / f"{mod}.py").write_text("import pytest\n" + body)
+    return d
+
+
+@pytest.mark.parametrize(("body", "rc"), [
+    ("def test_a():\n    pass\n", KSFT_PASS),
+    ("def test_a():\n    assert 1 == 2\n", KSFT_FAIL),
+    ("def test_a():\n    pytest.skip('kernel has no kapi tracepoints')\n", KSFT_SKIP),
+])
+def test_run_local_exit_codes(tmp_path: Path, body: str, rc: int,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    tests = _suite(tmp_path, body)
+    code, out, _ = _main(["run", "--local", "--tests", str(tests), "--junit",
+                          str(tmp_path / "j.xml"), "--ktap", str(tmp_path / "k.txt"),
+                          "--progress", str(tmp_path / "p.jsonl")], capsys)
+    assert code == rc
+    assert out.startswith("KTAP version 1\n")  # stdout carries only the report
+    assert (tmp_path / "k.txt").read_text() == out
+    assert (tmp_path / "j.xml").is_file() and (tmp_path / "p.jsonl").is_file()
+
+
+def test_run_local_failure_message_in_ktap(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    tests = _suite(tmp_path, "def test_a():\n    assert 1 == 2, 'values differ'\n")
+    _code, out, _ = _main(["run", "--local", "--tests", str(tests)], capsys)
+    assert "not ok 1 " in out and "values differ" in out
+
+
+def test_run_local_missing_tests_dir_says_so(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _main(["run", "--local", "--tests", str(tmp_path / "nope")], capsys)
+    assert rc == KSFT_SKIP and "in-guest tests not found" in err
+
+
+def test_run_local_shard_splits_the_suite(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    tests = _suite(tmp_path, "".join(f"def test_{i}():\n    pass\n" for i in range(5)))
+    outs: list[str] = []
+    for i in range(2):
+        _code, out, _ = _main(["run", "--local", "--tests", str(tests), "--shard", f"{i}/2"],
+                              capsys)
+        outs.append(out)
+    assert "1..3" in outs[0] and "1..2" in outs[1]
+
