@@ -27,7 +27,10 @@ first has no exit).
 
 kapi events (``kapi:kapi_syscall_enter/exit``) and the generic syscall events
 (``syscalls:sys_enter_<name>``/``sys_exit_<name>``) are paired separately, so a
-capture holding both pairs each family on its own; both name calls ``sys_<name>``.
+capture holding both pairs each family on its own (edges too); both name calls
+``sys_<name>``. An enter of exit/exit_group has no exit (:data:`NO_RETURN`), and a
+new task's first event may be the exit of its parent's fork/clone
+(:data:`CHILD_RETURNS`): neither is reported.
 """
 
 from __future__ import annotations
@@ -201,8 +204,9 @@ def pair(capture: Capture) -> PairingResult:
 def _pair(capture: Capture) -> PairingResult:
     seqs: dict[tuple[int, str], list[_Item]] = {}
     names: set[str] = set()
-    first_on: dict[int, int] = {}
-    last_on: dict[int, int] = {}
+    # The first and last syscall event of each (family, CPU): the capture's edges.
+    first_on: dict[tuple[str, int], int] = {}
+    last_on: dict[tuple[str, int], int] = {}
     for ev in capture.events:
         sc = syscall_of(ev)
         if sc is None:
@@ -210,9 +214,8 @@ def _pair(capture: Capture) -> PairingResult:
         family, is_enter, name = sc
         names.add(name)
         seqs.setdefault((ev.tid, family), []).append((ev, is_enter, name))
-        # The first and last syscall event of each CPU: where the capture's edges are.
-        first_on.setdefault(ev.cpu, ev.ts_ns)
-        last_on[ev.cpu] = ev.ts_ns
+        first_on.setdefault((family, ev.cpu), ev.ts_ns)
+        last_on[(family, ev.cpu)] = ev.ts_ns
 
     loss = capture.loss
     pairs: list[Pair] = []
@@ -233,7 +236,7 @@ def _pair(capture: Capture) -> PairingResult:
         else:
             violations.append(Violation(kind, tid, name, at.ts_ns, ev_t, what))
 
-    for (tid, _family), seq in seqs.items():
+    for (tid, family), seq in seqs.items():
         _fix_ties(seq)
         open_ev: TraceEvent | None = None
         open_name = ""
@@ -249,7 +252,7 @@ def _pair(capture: Capture) -> PairingResult:
             elif open_ev is None and prev is None and name in CHILD_RETURNS:
                 pass  # a new task's first event: the return from its parent's fork/clone
             elif open_ev is None:
-                leading = prev is None and ev.ts_ns <= first_on[ev.cpu]
+                leading = prev is None and ev.ts_ns <= first_on[(family, ev.cpu)]
                 judge(ViolationKind.ORPHAN_EXIT, tid, name, ev,
                       (prev, ev) if prev is not None else (ev,),
                       prev.ts_ns if prev is not None else None, ev.ts_ns, leading,
@@ -271,7 +274,7 @@ def _pair(capture: Capture) -> PairingResult:
                 open_ev = None
             prev = ev
         if open_ev is not None and open_name not in NO_RETURN:
-            trailing = open_ev.ts_ns >= last_on[open_ev.cpu]
+            trailing = open_ev.ts_ns >= last_on[(family, open_ev.cpu)]
             judge(ViolationKind.MISSING_EXIT, tid, open_name, open_ev, (open_ev,),
                   open_ev.ts_ns, None, trailing,
                   f"{open_name} entered at {_fmt_ts(open_ev.ts_ns)} has no exit"

@@ -154,6 +154,16 @@ def test_pair_kapi_and_generic_families_pair_separately() -> None:
     assert len(r.pairs) == 2 and not r.violations
 
 
+def test_pair_mixed_families_toggle_halves_are_edges() -> None:
+    # Both families enabled by one write: its kapi exit comes before its generic exit.
+    evs = (exit_(1, "sys_write"), TraceEvent(2, 0, 10, "sys_exit_write", {"ret": 2}),
+           TraceEvent(3, 0, 10, "sys_enter_close", {}), enter(4, "sys_close"),
+           exit_(5, "sys_close"), TraceEvent(6, 0, 10, "sys_exit_close", {"ret": 0}),
+           TraceEvent(7, 0, 10, "sys_enter_write", {}), enter(8, "sys_write"))
+    r = pair(cap(*evs))
+    assert not r.violations and len(r.edge_halves) == 4 and len(r.pairs) == 2
+
+
 def test_pair_exit_group_has_no_exit() -> None:
     evs = (TraceEvent(1, 0, 5, "sys_enter_exit_group", {}),
            TraceEvent(2, 0, 6, "sys_enter_read", {}), TraceEvent(3, 0, 6, "sys_exit_read", {}))
