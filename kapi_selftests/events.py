@@ -439,7 +439,7 @@ class TraceEvent:
     fields: Mapping[str, FieldValue] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # numpy arrays: compare by identity
 class EventColumns:
     """Decoded records as columns (the fast path), in time stamp order.
 
