@@ -45,3 +45,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     default=os.environ.get("KAPI_STRICT") == "1",
                     help="fail instead of skip when the kapi tracepoints or specs are missing")
 
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A seed for every run, so that every failure can print the line that replays it.
+    if getattr(config.option, "hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = int.from_bytes(os.urandom(4), "little")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and call.when == "call":
+        seed = item.config.option.hypothesis_seed
+        profile = os.environ.get("KAPI_HYPOTHESIS_PROFILE", "ci")
+        rep.sections.append((
+            "replay",
+            f"seed {seed}: KAPI_HYPOTHESIS_PROFILE={profile} python -m pytest "
+            f"'{item.nodeid}' --hypothesis-seed={seed}",
+        ))
