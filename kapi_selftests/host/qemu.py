@@ -81,6 +81,8 @@ class GuestConfig:
     :param root: host directory shared read-only as the guest's root
     :param extra_qemu: more QEMU arguments, appended as given
     :param pvh: boot the ELF inside a bzImage directly (PVH): saves its decompression
+    :param project: the project directory, shared read-only at its own path (the root
+        share alone does not show it when it lives under a guest tmpfs such as /tmp)
     """
 
     kernel: Path
@@ -97,6 +99,7 @@ class GuestConfig:
     root: Path = Path("/")
     extra_qemu: tuple[str, ...] = field(default=())
     pvh: bool = True  # boot a bzImage's inner vmlinux via PVH when it has the note
+    project: Path | None = None  # shared read-only at the same path (tag kapiproj)
 
     def __post_init__(self) -> None:
         if self.memory_mb < 128:
@@ -206,7 +209,11 @@ def qemu_argv(cfg: GuestConfig, qemu: str, accel: Accel) -> list[str]:
                         "readonly=on,multidevs=remap",
              "-virtfs", f"local,path={cfg.out_dir},mount_tag=kapiout,security_model=none,"
                         "multidevs=remap",
-             *a.extra, *cfg.extra_qemu]
+             ]
+    if cfg.project is not None:
+        argv += ["-virtfs", f"local,path={cfg.project},mount_tag=kapiproj,security_model=none,"
+                            "readonly=on,multidevs=remap"]
+    argv += [*a.extra, *cfg.extra_qemu]
     return argv
 
 

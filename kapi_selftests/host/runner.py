@@ -161,7 +161,9 @@ def prepare(kimg: kernel.KernelImage, cfg: qemu.GuestConfig, spec: GuestSpec, *,
         vmlinux = kernel.pvh_vmlinux(kimg.image, CACHE_DIR)
         if vmlinux is not None:
             cfg = replace(cfg, kernel=vmlinux)
-    init = initramfs.GuestInit(argv=spec.argv, env=spec.env)
+    if cfg.project is None:
+        cfg = replace(cfg, project=PROJECT)
+    init = initramfs.GuestInit(argv=spec.argv, env=spec.env, project=str(cfg.project))
     initrd = initramfs.write_initramfs(cfg.out_dir / "initramfs.cpio", init, mods.paths)
     cfg = replace(cfg, initrd=initrd)
     accel = qemu.choose_accel(cfg, qemu_bin)
