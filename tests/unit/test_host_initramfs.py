@@ -85,3 +85,10 @@ def test_initramfs_no_static_busybox_is_missing_feature(monkeypatch: pytest.Monk
     monkeypatch.setattr(initramfs, "_is_static_elf", lambda p: False)
     with pytest.raises(MissingFeature, match="busybox"):
         initramfs.find_busybox()
+
+
+def test_initramfs_init_mounts_the_project_at_its_own_path() -> None:
+    text = render_init(GuestInit(argv=("true",), project="/tmp/a clone"), 0)
+    assert "kapiproj $R'/tmp/a clone'" in text
+    # after the tmpfs on /tmp, which would hide a project under /tmp
+    assert text.index("kapiproj") > text.index("mount -t tmpfs -o mode=1777 tmpfs $R/$d")

@@ -144,3 +144,10 @@ def test_qemu_missing_binary_is_missing_feature(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(qemu.shutil, "which", lambda n: None)
     with pytest.raises(MissingFeature, match="QEMU is not installed"):
         qemu.find_qemu()
+
+
+def test_qemu_argv_shares_the_project_read_only_when_given() -> None:
+    shares = _opt(qemu.qemu_argv(_cfg(project=Path("/tmp/clone")), "q", Accel.TCG), "-virtfs")
+    assert len(shares) == 3
+    assert shares[2].startswith("local,path=/tmp/clone,mount_tag=kapiproj,")
+    assert "readonly=on" in shares[2]
