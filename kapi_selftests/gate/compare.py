@@ -31,7 +31,7 @@ from kapi_selftests.gate.record import CallRecord, KernelRun, plan_key
 from kapi_selftests.gate.specdiff import SpecChange, diff_specs
 from kapi_selftests.oracle import MemoryFacts, Prediction, UserString, predict
 from kapi_selftests.report import Outcome, TestResult
-from kapi_selftests.spec import Spec
+from kapi_selftests.spec import ReturnCheck, Spec
 
 __all__ = ["GateStatus", "DiffKind", "DiffClass", "Difference", "Cost", "GateVerdict",
            "compare", "unjudged", "memory_for_plan"]
@@ -203,6 +203,8 @@ def _outcome(r: TestResult | None) -> str:
 _PATH_LEN: Mapping[str, int] = {"empty": 0, "len_4095": 4095, "len_4096": 4096,
                                 "len_4097": 4097}
 _ORDINARY_PATH_LEN = 64
+# Syscalls whose success value is a new fd (when the base kernel has no spec to say so).
+_FD_RETURNING = frozenset({"open", "openat", "creat", "dup", "socket", "eventfd2"})
 
 
 def memory_for_plan(plan: Mapping[str, Any], regs: Sequence[int]) -> MemoryFacts:
@@ -246,7 +248,7 @@ def _seen(c: CallRecord) -> str:
 
 def _classify_call(base: KernelRun, patched: KernelRun, b: CallRecord, p: CallRecord
                    ) -> Difference | None:
-    ret_diff = (b.ret, b.errno) != (p.ret, p.errno)
+    ret_diff = (b.ret, b.errno) != (p.ret, p.errno) and not _both_new_fds(base, b, p)
     sm_diff = (b.spec_match is not None and p.spec_match is not None
                and b.spec_match != p.spec_match)
     if not ret_diff and not sm_diff:
@@ -286,6 +288,15 @@ def _classify_call(base: KernelRun, patched: KernelRun, b: CallRecord, p: CallRe
         why += " (the oracle could not decide acceptance)"
     return Difference(DiffKind.CALL, DiffClass.REGRESSION, subject, _seen(b), _seen(p),
                       why, evidence)
+
+
+def _both_new_fds(base: KernelRun, b: CallRecord, p: CallRecord) -> bool:
+    # Two successful calls that return a new fd: the number depends on which fds the
+    # calls before it left open, not on this call.
+    if b.errno or p.errno or b.ret < 0 or p.ret < 0:
+        return False
+    spec = (base.specs or {}).get(f"sys_{b.name}")
+    return b.name in _FD_RETURNING or (spec is not None and spec.ret.check is ReturnCheck.FD)
 
 
 def _rejection(pred: Prediction | None) -> str:
