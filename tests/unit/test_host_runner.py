@@ -347,3 +347,20 @@ def test_run_local_shard_splits_the_suite(tmp_path: Path,
         outs.append(out)
     assert "1..3" in outs[0] and "1..2" in outs[1]
 
+
+
+def test_run_kernel_guests_each_get_a_scratch_dir_and_a_shard(kernel_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]
+                                                              ) -> None:
+    made = _fake(monkeypatch, CLEAN, {"status": "0\n", "junit.xml": JUNIT.replace(
+        '<failure message="assert 1 == 2">', "<x>").replace("AssertionError</failure>", "</x>")})
+    rc, out, _ = _main(["run", "--kernel", str(kernel_dir), "--guests", "2",
+                        "--work-dir", str(tmp_path / "w")], capsys)
+    assert rc == KSFT_PASS
+    assert len(made) == 2
+    outs = {next(a for a in m.argv if "mount_tag=kapiout" in a) for m in made}
+    assert len(outs) == 2  # one scratch directory each
+    inits = [(tmp_path / "w" / f"guest{i}" / "initramfs.cpio").read_bytes() for i in range(2)]
+    assert b"--shard 0/2" in inits[0] and b"--shard 1/2" in inits[1]
+    assert "1..6" in out  # both guests' results merged
