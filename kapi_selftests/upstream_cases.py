@@ -162,7 +162,7 @@ UPSTREAM_CASES: tuple[UpstreamCase, ...] = (
     UpstreamCase(7, "open with NULL path returns EINVAL",
                  (CaseCall("open", (Arg(ArgKind.NULL), _v(O_RDONLY), _v(0)),
                            _err(_EINVAL, rejected="filename", accepts=("EINVAL", "EFAULT"))),),
-                 note="upstream also accepts EFAULT ('kernel may catch this first'); with "
+                 note="upstream also accepts EFAULT (in case the kernel faults first); with "
                       "runtime checks the validator always runs first: EINVAL"),
     UpstreamCase(8, "open with flag bit 30 (0x40000000) returns EINVAL",
                  (CaseCall("open", (_path("/dev/null"), _v(0x40000000), _v(0)),
