@@ -1,0 +1,212 @@
+"""Campaign results on disk: read shard directories, merge them, write the report. Pure
+(file I/O only; runs on the host or in the guest).
+
+A *shard directory* is what one :class:`~kapi_selftests.fuzz.Campaign` writes
+(``state.json``, ``findings.jsonl``, ``coverage.json``, ``calls.jsonl``,
+``crashes.jsonl``, ``repro/``). A *campaign directory* holds shard
+directories named ``shard-<N>`` (``fuzz --kernel``), or is itself a shard
+(``fuzz --local``). :func:`merge_into` folds any number of either into one
+directory: findings deduplicated (counts added, earliest first example,
+smallest example), coverage added up, crashes and call records concatenated,
+then ``report.md`` and ``summary.json`` written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kapi_selftests.coverage import Coverage
+from kapi_selftests.findings import (
+    CRASHES_FILE,
+    FINDINGS_FILE,
+    CrashRecord,
+    FindingStore,
+    append_jsonl,
+    read_jsonl,
+)
+from kapi_selftests.spec import Spec
+
+__all__ = ["CampaignData", "find_shards", "load_dirs", "merge_into", "render_markdown",
+           "summary", "write_outputs"]
+
+CALLS_FILE = "calls.jsonl"
+STATE_FILE = "state.json"
+COVERAGE_FILE = "coverage.json"
+
+
+@dataclass
+class CampaignData:
+    """Everything a report needs, folded from one or more shard directories."""
+
+    store: FindingStore
+    coverage: Coverage
+    crashes: list[CrashRecord] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
+    shard_dirs: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def calls(self) -> int:
+        return sum(int(s.get("calls", 0)) for s in self.states)
+
+    @property
+    def elapsed_s(self) -> float:
+        # shards run in parallel: the campaign took as long as its longest shard
+        return max((float(s.get("elapsed_s", 0.0)) for s in self.states), default=0.0)
+
+    @property
+    def calls_per_s(self) -> float:
+        return sum(float(s.get("calls_per_s", 0.0)) for s in self.states)
+
+
+def _is_store(d: Path) -> bool:
+    return any((d / f).is_file() for f in (STATE_FILE, FINDINGS_FILE, COVERAGE_FILE))
+
+
+def find_shards(dirs: Iterable[Path]) -> list[Path]:
+    """The shard directories in ``dirs`` (a campaign dir's ``shard-*``, or the dir itself)."""
+    out: list[Path] = []
+    for d in dirs:
+        subs = sorted((p for p in d.glob("shard-*") if p.is_dir() and _is_store(p)),
+                      key=lambda p: (len(p.name), p.name))
+        if subs:
+            out += subs
+        elif _is_store(d):
+            out.append(d)
+    return out
+
+
+def load_dirs(dirs: Sequence[Path], specs: Mapping[str, Spec]) -> CampaignData:
+    """Fold every shard under ``dirs`` into one :class:`CampaignData`."""
+    data = CampaignData(FindingStore(None), Coverage(specs))
+    seen_crashes: set[tuple[int, int, int, str]] = set()
+    for d in find_shards(dirs):
+        data.shard_dirs.append(d)
+        data.store.merge(FindingStore.load(d / FINDINGS_FILE))
+        if (d / COVERAGE_FILE).is_file():
+            data.coverage.load_json(json.loads((d / COVERAGE_FILE).read_text()))
+        if (d / STATE_FILE).is_file():
+            st = json.loads((d / STATE_FILE).read_text())
+            st["dir"] = str(d)
+            data.states.append(st)
+        for row in read_jsonl(d / CRASHES_FILE):
+            c = CrashRecord.from_json(row)
+            k = (c.shard, c.batch, int(row.get("seed", 0)), c.summary)
+            if k not in seen_crashes:
+                seen_crashes.add(k)
+                data.crashes.append(c)
+    data.store.path = None
+    return data
+
+
+def merge_into(dirs: Sequence[Path], into: Path, specs: Mapping[str, Spec], *,
+               title: str = "kapi-selftests fuzz campaign",
+               header: Sequence[str] = ()) -> CampaignData:
+    """Merge the shards under ``dirs`` into ``into`` and write its report files."""
+    into.mkdir(parents=True, exist_ok=True)
+    data = load_dirs(dirs, specs)
+    shards_here = [d for d in data.shard_dirs if d.resolve() != into.resolve()]
+    if len(shards_here) != len(data.shard_dirs):
+        raise ValueError(f"{into} is itself one of the shards being merged")
+    (into / FINDINGS_FILE).unlink(missing_ok=True)
+    append_jsonl(into / FINDINGS_FILE, data.store.dump_rows())
+    (into / COVERAGE_FILE).write_text(json.dumps(data.coverage.to_json(), indent=1))
+    (into / CRASHES_FILE).unlink(missing_ok=True)
+    append_jsonl(into / CRASHES_FILE, [c.to_json() for c in data.crashes])
+    # Call records: concatenated in shard order (a shard's own order is kept).
+    with (into / CALLS_FILE).open("w") as out:
+        for d in data.shard_dirs:
+            src = d / CALLS_FILE
+            if src.is_file():
+                with src.open() as f:
+                    shutil.copyfileobj(f, out)
+    write_outputs(into, data, title=title, header=header)
+    return data
+
+
+def summary(data: CampaignData, *, header: Sequence[str] = ()) -> dict[str, Any]:
+    """The campaign as one JSON object (``--json`` output and ``summary.json``)."""
+    return {
+        "header": list(header),
+        "calls": data.calls, "elapsed_s": round(data.elapsed_s, 3),
+        "calls_per_s": round(data.calls_per_s, 1),
+        "shards": [{k: v for k, v in s.items()} for s in data.states],
+        "coverage": data.coverage.figure().to_json(),
+        "findings": [
+            {"key": r.key.to_json(), "count": r.count, "first_seen": r.first_seen,
+             "message": r.first.message, "reproducers": list(r.reproducers),
+             "replay": (f"kapi-selftests replay {r.reproducers[0]}" if r.reproducers else None),
+             "seed": next((int(s.get("seed", 0)) for s in data.states
+                           if int(s.get("shard", -1)) == r.first.shard), None),
+             "shard": r.first.shard, "batch": r.first.batch}
+            for r in sorted(data.store.records.values(), key=lambda r: r.key)],
+        "crashes": [{"summary": c.summary, "shard": c.shard, "batch": c.batch, "when": c.when,
+                     "console": c.console, "reproducer": c.reproducer,
+                     "last_plans": len(c.last_plans)} for c in data.crashes],
+        "notes": list(data.notes),
+    }
+
+
+def render_markdown(data: CampaignData, *, title: str = "kapi-selftests fuzz campaign",
+                    header: Sequence[str] = ()) -> str:
+    fig = data.coverage.figure()
+    lines = [f"# {title}", ""]
+    lines += [f"- {h}" for h in header]
+    lines += [f"- calls: {data.calls} in {data.elapsed_s:.1f} s "
+              f"({data.calls_per_s:.1f} calls/s over {len(data.states)} shard(s))",
+              f"- spec coverage: {fig.describe()}",
+              f"- findings: {len(data.store.records)} distinct, "
+              f"{sum(r.count for r in data.store.records.values())} occurrences",
+              f"- kernel crashes: {len(data.crashes)}"]
+    for s in data.states:
+        lines.append(f"- shard {s.get('shard')}: seed {s.get('seed')}, {s.get('calls')} calls, "
+                     f"{s.get('batches')} batches, skipped batches "
+                     f"{s.get('skipped_batches') or 'none'} ({s.get('dir', '')})")
+    lines += [f"- note: {n}" for n in data.notes]
+    lines += ["", "## Findings", ""]
+    if not data.store.records:
+        lines += ["None: every call agreed with the oracle.", ""]
+    for r in sorted(data.store.records.values(), key=lambda r: (-r.count, r.key)):
+        lines += [f"### {r.key.describe()}", "",
+                  f"- count: {r.count}; first seen {r.first_seen} "
+                  f"(shard {r.first.shard}, batch {r.first.batch}, call {r.first.index})",
+                  f"- explanation: {r.first.message}",
+                  f"- smallest example: `{r.smallest.plan.describe()}`"]
+        if r.minimized:
+            lines.append("- minimised reproducer: " +
+                         "; ".join(f"`{p.describe()}`" for p in r.minimized))
+        if r.reproducers:
+            lines.append("- reproducers: " + ", ".join(f"`{p}`" for p in r.reproducers))
+            lines.append(f"- replay: `kapi-selftests replay {r.reproducers[0]}`")
+        lines += ["", "```", *r.first.evidence, "```", ""]
+    lines += ["## Kernel crashes", ""]
+    if not data.crashes:
+        lines += ["None.", ""]
+    for c in data.crashes:
+        lines += [f"### shard {c.shard}, batch {c.batch}: {c.summary}", "",
+                  f"- when: {c.when}; console: `{c.console}`; "
+                  f"last batch: {len(c.last_plans)} calls"
+                  + (f"; reproducer `{c.reproducer}`" if c.reproducer else ""),
+                  "", "```", *c.excerpt[:60], "```", ""]
+    lines += ["## Spec coverage", "",
+              "Valid side: calls where the parameter passed validation; invalid side: calls "
+              "the oracle predicted are rejected because of it. Errors: listed codes userspace "
+              "saw.", ""]
+    lines += data.coverage.table()
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, data: CampaignData, *, title: str = "kapi-selftests fuzz campaign",
+                  header: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``summary.json`` into ``out``."""
+    md = out / "report.md"
+    md.write_text(render_markdown(data, title=title, header=header))
+    js = out / "summary.json"
+    js.write_text(json.dumps(summary(data, header=header), indent=1) + "\n")
+    return md, js
+

@@ -1,0 +1,452 @@
+"""``kapi-selftests fuzz``: a coverage-steered fuzzing campaign, here (``--local``) or in
+QEMU guests (``--kernel``).
+
+``--local`` runs one shard on the running kernel as root (inside a scratch
+directory and on fds and mappings the harness owns). ``--kernel PATH`` boots
+``--guests N`` guests, each running ``fuzz --local`` on its own shard (seed
+stream) with the output share as its shard directory ``<out>/shard-<i>``; a
+guest that oopses, warns, panics or hangs is recorded (console excerpt, the
+batch it was issuing) and booted again, and the campaign goes on. Ctrl-C stops
+cleanly (a guest is asked to stop through a ``stop`` file in its share); a rerun
+with the same ``--out`` resumes. Exit codes: 0 no finding, 1 findings or
+kernel crashes, 2 usage, 4 cannot run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KapiError, LostGuest
+
+if TYPE_CHECKING:
+    from kapi_selftests.plan import CallPlan
+
+log = logging.getLogger(__name__)
+
+_GUEST_ENTRY = ("import sys; from kapi_selftests.cmd.fuzz import guest_main; "
+                "sys.exit(guest_main(sys.argv[1:]))")
+STOP_FILE = "stop"
+_DEFAULT_CALLS = 2000
+
+
+def parse_duration(s: str) -> float:
+    """``8h``, ``90m``, ``1h30m``, ``45s`` or plain seconds -> seconds."""
+    s = s.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    m = re.fullmatch(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", s)
+    if not s or m is None or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"--duration {s!r}: expected e.g. 8h, 30m, 1h30m, 90s")
+    d, h, mi, se = (int(g or 0) for g in m.groups())
+    return float(((d * 24 + h) * 60 + mi) * 60 + se)
+
+
+def _positive(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {s}")
+    return v
+
+
+def _nonneg(s: str) -> int:
+    try:
+        v = int(s, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {s}")
+    return v
+
+
+def _existing_path(s: str) -> Path:
+    p = Path(s)
+    if not p.exists():
+        raise argparse.ArgumentTypeError(f"no such file or directory: {s}")
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--local", action="store_true",
+                       help="fuzz the running kernel (root; scratch dir and own fds/mappings only)")
+    where.add_argument("--kernel", type=_existing_path, metavar="PATH",
+                       help="boot this kernel in QEMU guests and fuzz there")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--duration", type=parse_duration, metavar="TIME",
+                        help="stop after this long (8h, 30m, 90s), resumed runs included")
+    budget.add_argument("--calls", type=_positive, metavar="N",
+                        help=f"stop after N calls in all (default {_DEFAULT_CALLS} when no "
+                             "--duration)")
+    p.add_argument("--guests", type=_positive, default=1, metavar="N",
+                   help="guests in parallel with --kernel, one shard (seed stream) each")
+    p.add_argument("--seed", type=_nonneg, default=int(os.environ.get("KAPI_SEED", "0")),
+                   help="campaign seed (default KAPI_SEED or 0): same seed, same calls")
+    p.add_argument("--shard", type=_nonneg, default=0, metavar="I",
+                   help="first shard number (guest i runs shard I+i); give CI jobs "
+                        "disjoint shards or seeds")
+    p.add_argument("--corpus", type=_existing_path, metavar="DIR",
+                   help="run these saved plans (repro.json files, searched recursively) "
+                        "before generating")
+    p.add_argument("--out", type=Path, default=Path("kapi-fuzz"), metavar="DIR",
+                   help="campaign directory (default ./kapi-fuzz); a rerun resumes it")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--batch-size", type=_positive, default=200, metavar="N",
+                   help="calls per capture window (default 200)")
+    p.add_argument("--no-minimize", dest="minimize", action="store_false",
+                   help="save findings unshrunk")
+    p.add_argument("--strict", action="store_true", help="spec drift is a finding")
+    vm = p.add_argument_group("guests (with --kernel)")
+    vm.add_argument("--modules", type=_existing_path, metavar="DIR",
+                    help="modules of a modular kernel")
+    vm.add_argument("--memory-mb", type=_positive, help="guest RAM (default 2048)")
+    vm.add_argument("--progress-timeout-s", type=_positive, default=180,
+                    help="a guest silent this long is hung: killed, recorded, restarted")
+    vm.add_argument("--max-restarts", type=_nonneg, default=20,
+                    help="give a shard up after this many crashed guests (default 20)")
+    vm.add_argument("--console", action="store_true", help="echo guest consoles on stderr")
+    p.add_argument("--guest-out", type=Path, help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.calls is None and args.duration is None:
+        args.calls = _DEFAULT_CALLS
+    if args.local:
+        return run_local(args)
+    return run_kernel(args)
+
+
+def guest_main(argv: Sequence[str]) -> int:
+    """``fuzz --local`` in a guest, without importing every subcommand (see cmd.run)."""
+    p = argparse.ArgumentParser(prog="kapi-selftests fuzz")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(name)s: %(levelname)s: %(message)s")
+    try:
+        return run(args)
+    except KapiError as e:
+        print(f"kapi-selftests: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return KSFT_FAIL
+
+
+# --- progress ---------------------------------------------------------------------------
+
+class _Ticker:
+    """One live line on a tty (rewritten), else a plain line every ``every_s`` seconds."""
+
+    def __init__(self, stream: TextIO = sys.stderr, every_s: float = 10.0) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every_s = every_s
+        self._last = 0.0
+
+    def show(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text)
+            self.stream.flush()
+        elif force or now - self._last >= self.every_s:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        else:
+            return
+        self._last = now
+
+    def end(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _progress_text(elapsed_s: float, calls: int, findings: dict[str, int], coverage: str,
+                   alive: str = "") -> str:
+    rate = calls / elapsed_s if elapsed_s > 0 else 0.0
+    fk = ", ".join(f"{k} {n}" for k, n in sorted(findings.items())) or "none"
+    return (f"fuzz: {elapsed_s:7.0f} s  {calls} calls  {rate:.0f}/s  findings: {fk}  "
+            f"coverage {coverage}" + (f"  guests {alive}" if alive else ""))
+
+
+# --- local (and in each guest) ----------------------------------------------------------
+
+def _corpus_plans(d: Path | None) -> list[list[CallPlan]]:
+    from kapi_selftests import repro
+
+    if d is None:
+        return []
+    out = []
+    for f in sorted(d.rglob("repro.json")) if d.is_dir() else [d]:
+        out.append(list(repro.load(f).plans))
+    return out
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from kapi_selftests import campaign_report, fuzz
+    from kapi_selftests.errors import MissingFeature
+    from kapi_selftests.harness import Harness
+    from kapi_selftests.tracefs import find_tracefs, missing_tracefs
+
+    if os.geteuid() != 0:
+        raise MissingFeature("fuzz --local needs root (tracefs, set_event_pid)",
+                             hint="run as root, or use --kernel PATH to fuzz in a guest")
+    reason = missing_tracefs(find_tracefs())
+    if reason:
+        raise MissingFeature(reason)
+    out: Path = args.guest_out or args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STOP_FILE).unlink(missing_ok=True)
+    ticker = _Ticker(every_s=1.0 if sys.stderr.isatty() else 10.0)
+    stop_file = out / STOP_FILE
+    with Harness() as h:
+        cfg = fuzz.CampaignConfig(out=out, seed=args.seed, shard=args.shard, calls=args.calls,
+                                  duration_s=args.duration, batch_size=args.batch_size,
+                                  minimize=args.minimize, strict=args.strict)
+        h.strict = args.strict
+
+        def show(p: fuzz.Progress) -> None:
+            ticker.show(_progress_text(p.elapsed_s, p.calls, dict(p.findings),
+                                       p.coverage.describe()))
+
+        camp = fuzz.Campaign(cfg, h, on_progress=show)
+        if camp.state.batches == 0:
+            for plans in _corpus_plans(args.corpus):
+                camp.run_corpus(plans)
+        try:
+            camp.run(stop=stop_file.exists)
+        finally:
+            ticker.end()
+        source = h.source.value
+    header = [f"kernel: {os.uname().release} (local)", f"events: {source}",
+              f"seed {args.seed}, shard {args.shard}"]
+    if args.guest_out is not None:
+        return _status(camp.store.records, [])
+    data = campaign_report.load_dirs([out], h.specs)
+    md, js = campaign_report.write_outputs(out, data, header=header)
+    _print_summary(args, data, header, md)
+    return _status(data.store.records, data.crashes)
+
+
+def _status(findings: Any, crashes: Sequence[Any]) -> int:
+    return KSFT_FAIL if findings or crashes else KSFT_PASS
+
+
+def _print_summary(args: argparse.Namespace, data: Any, header: Sequence[str], md: Path) -> None:
+    from kapi_selftests import campaign_report
+
+    if args.json:
+        print(json.dumps(campaign_report.summary(data, header=header), indent=1))
+        return
+    fig = data.coverage.figure()
+    lines = [*header, f"calls: {data.calls} in {data.elapsed_s:.1f} s "
+             f"({data.calls_per_s:.1f}/s)", f"spec coverage: {fig.describe()}",
+             f"findings: {len(data.store.records)} distinct, crashes: {len(data.crashes)}"]
+    for r in sorted(data.store.records.values(), key=lambda r: r.key):
+        lines.append(f"  {r.key.describe()} x{r.count}: {r.first.message}")
+        if r.reproducers:
+            lines.append(f"    replay: kapi-selftests replay {r.reproducers[0]}")
+    for c in data.crashes:
+        lines.append(f"  crash (shard {c.shard}, batch {c.batch}): {c.summary}")
+    lines.append(f"report: {md}")
+    print("\n".join(lines))
+
+
+# --- --kernel: guests -------------------------------------------------------------------
+
+def _guest_argv(args: argparse.Namespace, shard: int, guests: int) -> list[str]:
+    from kapi_selftests.host.initramfs import GUEST_OUT
+
+    argv = [sys.executable, "-S", "-c", _GUEST_ENTRY, "--local", "--guest-out", GUEST_OUT,
+            "--seed", str(args.seed), "--shard", str(shard),
+            "--batch-size", str(args.batch_size)]
+    if args.calls is not None:
+        per = args.calls // guests + (1 if shard - args.shard < args.calls % guests else 0)
+        argv += ["--calls", str(max(per, 1))]
+    if args.duration is not None:
+        argv += ["--duration", str(args.duration)]
+    if not args.minimize:
+        argv.append("--no-minimize")
+    if args.strict:
+        argv.append("--strict")
+    return argv
+
+
+def _record_guest_crash(shard_dir: Path, shard: int, run: Any) -> str | None:
+    """Append a crash record for a guest that splatted or hung; return its summary."""
+    from kapi_selftests.findings import CRASHES_FILE, CrashRecord, append_jsonl
+    from kapi_selftests.fuzz import INFLIGHT_FILE, now_iso
+    from kapi_selftests.plan import plan_from_json
+
+    if not run.splats and not run.killed:
+        return None
+    summary = run.splats[0].summary if run.splats else f"guest hung: {run.killed}"
+    excerpt: tuple[str, ...] = run.splats[0].excerpt if run.splats else ()
+    if not excerpt:
+        with contextlib.suppress(OSError):
+            excerpt = tuple(run.console.read_text(errors="replace").splitlines()[-40:])
+    batch = -1
+    plans: tuple[CallPlan, ...] = ()
+    infl = shard_dir / INFLIGHT_FILE
+    if infl.is_file():
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            d = json.loads(infl.read_text())
+            batch = int(d["batch"])
+            plans = tuple(plan_from_json(p) for p in d["plans"])
+    saved = shard_dir / "crash-console"
+    saved.mkdir(exist_ok=True)
+    console_copy = saved / f"batch-{batch}-{int(time.time())}.log"
+    with contextlib.suppress(OSError):
+        console_copy.write_bytes(run.console.read_bytes())
+    repro = ""
+    if plans:
+        rdir = shard_dir / "repro" / f"crash_shard{shard}_batch{batch}"
+        rdir.mkdir(parents=True, exist_ok=True)
+        from kapi_selftests.plan import plan_to_json
+        (rdir / "repro.json").write_text(json.dumps({
+            "format": 1, "key": {"kind": "kernel crash", "syscall": plans[-1].name,
+                                 "where": summary[:80]},
+            "plans": [plan_to_json(p) for p in plans], "message": summary,
+            "seed": 0, "shard": shard, "batch": batch, "source": "kapi", "crash": True},
+            indent=1) + "\n")
+        repro = str(rdir / "repro.json")
+    rec = CrashRecord(summary=summary, excerpt=tuple(excerpt), last_plans=plans, shard=shard,
+                      batch=batch, when=now_iso(), console=str(console_copy), reproducer=repro)
+    append_jsonl(shard_dir / CRASHES_FILE, [rec.to_json()])
+    return summary
+
+
+def run_kernel(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from kapi_selftests import campaign_report
+    from kapi_selftests.host import kernel, qemu, runner
+    from kapi_selftests.spec import builtin_specs
+
+    kimg = kernel.find_kernel(args.kernel, args.modules)
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = qemu.config_from_env(qemu.GuestConfig(kernel=kimg.image))
+    timeout_s = int(args.duration + 600) if args.duration is not None else 24 * 3600
+    cfg = dataclasses.replace(cfg, timeout_s=timeout_s, cpus=1,
+                              progress_timeout_s=args.progress_timeout_s,
+                              **({"memory_mb": args.memory_mb} if args.memory_mb else {}))
+    accel = cfg.accel
+    if accel is qemu.Accel.AUTO:
+        accel = qemu.choose_accel(cfg, qemu.find_qemu(cfg.arch))
+    cfg = dataclasses.replace(cfg, accel=accel)
+    n = args.guests
+    shards = [args.shard + i for i in range(n)]
+    stop = threading.Event()
+    alive = [0]
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def one(shard: int) -> None:
+        sdir = out / f"shard-{shard}"
+        sdir.mkdir(parents=True, exist_ok=True)
+        (sdir / STOP_FILE).unlink(missing_ok=True)
+        restarts = 0
+        while not stop.is_set():
+            for stale in ("status", "console.log"):
+                (sdir / stale).unlink(missing_ok=True)
+            gcfg = dataclasses.replace(cfg, out_dir=sdir)
+            spec = runner.GuestSpec(argv=tuple(_guest_argv(args, shard, n)),
+                                    env=runner.guest_env())
+            try:
+                gcfg, argv = runner.prepare(kimg, gcfg, spec)
+                with lock:
+                    alive[0] += 1
+                try:
+                    run = runner.boot(gcfg, argv, echo=sys.stderr if args.console else None)
+                finally:
+                    with lock:
+                        alive[0] -= 1
+            except KapiError as e:
+                errors.append(f"shard {shard}: {e}")
+                return
+            crash = _record_guest_crash(sdir, shard, run)
+            if crash is None:
+                if run.status is None:
+                    errors.append(f"shard {shard}: guest returned no status "
+                                  f"(console {run.console})")
+                elif run.status not in (0, 1):
+                    errors.append(f"shard {shard}: guest exited {run.status} "
+                                  f"(console {run.console})")
+                return  # done: budget spent, stopped, or failed to run
+            log.warning("shard %d: kernel crash: %s; restarting the guest", shard, crash)
+            restarts += 1
+            if restarts > args.max_restarts:
+                errors.append(f"shard {shard}: gave up after {restarts} crashed guests")
+                return
+
+    threads = [threading.Thread(target=one, args=(s,), daemon=True) for s in shards]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    ticker = _Ticker(every_s=1.0 if sys.stderr.isatty() else 30.0)
+    specs = builtin_specs()
+    interrupted = False
+    try:
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.5)
+            ticker.show(_live(out, shards, specs, time.monotonic() - t0, alive[0], n))
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+        for s in shards:
+            with contextlib.suppress(OSError):
+                (out / f"shard-{s}" / STOP_FILE).write_text("stop\n")
+        print("\nfuzz: stopping the guests after their current batch (Ctrl-C again to kill)",
+              file=sys.stderr)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for t in threads:
+                t.join()
+    finally:
+        ticker.end()
+    header = [f"kernel: {kimg.image}" + (f" ({kimg.release})" if kimg.release else ""),
+              f"guests: {n} ({accel.value})", f"seed {args.seed}, shards {shards}"]
+    data = campaign_report.merge_into([out], out, specs, header=header)
+    data.notes += errors
+    md, _ = campaign_report.write_outputs(out, data, header=header)
+    _print_summary(args, data, header, md)
+    if errors and not data.states:
+        raise LostGuest("; ".join(errors), hint=f"console logs are under {out}/shard-*")
+    if interrupted:
+        return KSFT_FAIL
+    return _status(data.store.records, data.crashes)
+
+
+def _live(out: Path, shards: Sequence[int], specs: Any, elapsed_s: float, alive: int,
+          n: int) -> str:
+    calls, findings = 0, dict[str, int]()
+    cov_hit = cov_total = 0
+    for s in shards:
+        st = out / f"shard-{s}" / "state.json"
+        try:
+            d = json.loads(st.read_text())
+        except (OSError, ValueError):
+            continue
+        calls += int(d.get("calls", 0))
+        for k, v in dict(d.get("findings", {})).items():
+            findings[k] = findings.get(k, 0) + int(v)
+        f = d.get("coverage", {})
+        cov_hit = max(cov_hit, int(f.get("sides_hit", 0)) + int(f.get("errors_hit", 0)))
+        cov_total = max(cov_total, int(f.get("sides_total", 0)) + int(f.get("errors_total", 0)))
+    cov = f"{100 * cov_hit / cov_total:.1f}% (best shard)" if cov_total else "-"
+    return _progress_text(elapsed_s, calls, findings, cov, f"{alive}/{n}")

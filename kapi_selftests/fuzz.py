@@ -1,0 +1,431 @@
+"""The guest-side fuzzing campaign: generate, run, judge, count, shrink, save. Needs a live kernel.
+
+One :class:`Campaign` is one shard: batches of plans from
+:class:`~kapi_selftests.generate.PlanGenerator` (deterministic from
+``(seed, shard, batch)``), each run in one capture window by
+:meth:`Harness.run <kapi_selftests.harness.Harness.run>`, every call classified
+by the oracle (:func:`~kapi_selftests.oracle.predict`, at materialisation time,
+so the memory facts are live) for the coverage map, every failing check turned
+into a deduplicated finding, every new finding shrunk on the live kernel
+(:mod:`kapi_selftests.minimize`) and saved as reproducers
+(:mod:`kapi_selftests.repro`).
+
+Files in the shard directory (see ``docs/fuzz.md``): ``inflight.json`` (the
+batch being issued, written and synced *before* it runs: what a crashed guest
+was doing), ``calls.jsonl``, ``findings.jsonl``, ``coverage.json``,
+``state.json`` (the commit point of a batch), ``repro/``. A rerun on the same
+directory resumes after the last committed batch; a batch that was in flight
+when the process died (a kernel crash) is skipped and recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kapi_selftests.checks import CallCheck
+from kapi_selftests.coverage import Coverage, CoverageFigure
+from kapi_selftests.findings import (
+    CRASHES_FILE,
+    FINDINGS_FILE,
+    CrashRecord,
+    Example,
+    FindingKey,
+    FindingStore,
+    append_jsonl,
+    read_jsonl,
+)
+from kapi_selftests.generate import PlanGenerator
+from kapi_selftests.materialize import Materialized, Materializer
+from kapi_selftests.oracle import ENTER, EXIT, Prediction, predict
+from kapi_selftests.plan import CallPlan, plan_from_json, plan_to_json
+from kapi_selftests.spec import Spec
+
+if TYPE_CHECKING:
+    from kapi_selftests.harness import Harness
+
+__all__ = ["CampaignConfig", "Progress", "Campaign", "finding_keys", "call_row",
+           "write_json_atomic", "now_iso", "CALLS_FILE", "STATE_FILE", "COVERAGE_FILE",
+           "INFLIGHT_FILE", "REPRO_DIR"]
+
+log = logging.getLogger(__name__)
+
+CALLS_FILE = "calls.jsonl"
+STATE_FILE = "state.json"
+COVERAGE_FILE = "coverage.json"
+INFLIGHT_FILE = "inflight.json"
+REPRO_DIR = "repro"
+#: calls.jsonl format version (bump on any incompatible change; docs/fuzz.md)
+CALLS_FORMAT = 1
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        try:
+            os.fsync(f.fileno())
+        except OSError:
+            pass
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignConfig:
+    """One shard of a campaign.
+
+    :param out: the shard directory
+    :param seed: campaign seed
+    :param shard: shard number (its random stream)
+    :param calls: stop after this many calls in total (None: no limit)
+    :param duration_s: stop after this many seconds in total, resumed runs included
+    :param batch_size: calls per capture window
+    :param minimize: shrink each new finding on the live kernel
+    :param minimize_budget: most runs spent shrinking one finding
+    :param strict: spec drift counts as a finding
+    :param replay_line: how to replay a reproducer (printed in reports)
+    """
+
+    out: Path
+    seed: int = 0
+    shard: int = 0
+    calls: int | None = None
+    duration_s: float | None = None
+    batch_size: int = 200
+    minimize: bool = True
+    minimize_budget: int = 80
+    strict: bool = False
+    steer_rate: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a shard stands (also what ``state.json`` holds)."""
+
+    seed: int
+    shard: int
+    batches: int
+    calls: int
+    elapsed_s: float
+    findings: Mapping[str, int]
+    coverage: CoverageFigure
+    skipped_batches: tuple[int, ...] = ()
+    done: bool = False
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seed": self.seed, "shard": self.shard, "batches": self.batches,
+                "calls": self.calls, "elapsed_s": round(self.elapsed_s, 3),
+                "calls_per_s": round(self.calls_per_s, 1), "findings": dict(self.findings),
+                "coverage": self.coverage.to_json(), "skipped_batches": list(self.skipped_batches),
+                "done": self.done}
+
+
+def finding_keys(check: CallCheck, prediction: Prediction | None) -> list[FindingKey]:
+    """The dedupe keys of a call's failing findings: (kind, syscall, where).
+
+    ``where`` is ``param:check`` of the oracle's predicted rejection, ``accepted``, or
+    ``undetermined``.
+    """
+    pred = check.prediction or prediction
+    if pred is None:
+        where = "unpredicted"
+    elif pred.rejection is not None:
+        r = pred.rejection
+        where = f"{r.param or 'nargs'}:{r.check.value}"
+    elif pred.undetermined is not None:
+        where = "undetermined"
+    else:
+        where = "accepted"
+    return list(dict.fromkeys(FindingKey(f.kind.value, check.record.name, where)
+                              for f in check.failures))
+
+
+def call_row(seed: int, shard: int, batch: int, index: int, n: int, plan: CallPlan,
+             check: CallCheck) -> dict[str, Any]:
+    """One ``calls.jsonl`` row (format ``CALLS_FORMAT``; see docs/fuzz.md)."""
+    rec = check.record
+    exits = [e for e in check.events if e.name == EXIT or e.name.startswith("sys_exit_")]
+    enters = [e for e in check.events if e.name == ENTER or e.name.startswith("sys_enter_")]
+    spec_match: int | None = None
+    if exits and exits[-1].name == EXIT and "spec_match" in exits[-1].fields:
+        v = exits[-1].fields["spec_match"]
+        spec_match = int(v) if isinstance(v, int) else None
+    return {"v": CALLS_FORMAT, "seed": seed, "shard": shard, "batch": batch, "index": index,
+            "n": n, "plan": plan_to_json(plan), "regs": list(rec.args), "ret": rec.ret,
+            "errno": rec.errno, "spec_match": spec_match,
+            "pairs": min(len(enters), len(exits)),
+            "findings": sorted({f.kind.value for f in check.failures})}
+
+
+class _PredictingMaterializer(Materializer):
+    """Materialises like the harness does, and predicts each call while its memory is live."""
+
+    def __init__(self, inner: Materializer, specs: Mapping[str, Spec]) -> None:
+        super().__init__(inner.arena, inner.pool)
+        self.specs = specs
+        self.predictions: list[Prediction | None] = []
+
+    def __call__(self, plan: CallPlan) -> Materialized:
+        m = super().__call__(plan)
+        spec = self.specs.get(f"sys_{plan.name}")
+        self.predictions.append(predict(spec, m.regs, self.arena) if spec is not None else None)
+        return m
+
+
+@dataclass
+class _State:
+    batches: int = 0  # next batch number
+    calls: int = 0
+    elapsed_s: float = 0.0
+    skipped: list[int] = field(default_factory=list)
+
+
+class Campaign:
+    """One shard of a fuzzing campaign over ``harness`` (entered by the caller).
+
+    :param cfg: what to run and where to write
+    :param harness: the live harness (root, tracefs)
+    :param on_progress: called after every batch
+    """
+
+    def __init__(self, cfg: CampaignConfig, harness: Harness,
+                 on_progress: Callable[[Progress], None] | None = None) -> None:
+        self.cfg = cfg
+        self.h = harness
+        self.specs = harness.specs
+        self.on_progress = on_progress
+        self.out = cfg.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.gen = PlanGenerator(self.specs, cfg.seed, cfg.shard, steer_rate=cfg.steer_rate)
+        self.coverage = Coverage(self.specs)
+        self.store = FindingStore.load(self.out / FINDINGS_FILE)
+        self.state = _State()
+        self._pm = _PredictingMaterializer(harness.materialize, self.specs)
+        harness.materialize = self._pm
+        self._resume()
+
+    # --- persistence --------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        st = self.out / STATE_FILE
+        if st.is_file():
+            d = json.loads(st.read_text())
+            if int(d.get("seed", self.cfg.seed)) != self.cfg.seed or \
+                    int(d.get("shard", self.cfg.shard)) != self.cfg.shard:
+                from kapi_selftests.errors import UsageError
+                raise UsageError(f"{self.out}: holds seed {d.get('seed')} shard "
+                                 f"{d.get('shard')}, not seed {self.cfg.seed} shard "
+                                 f"{self.cfg.shard}", hint="use another --out, or the same --seed")
+            self.state = _State(int(d["batches"]), int(d["calls"]), float(d["elapsed_s"]),
+                                [int(b) for b in d.get("skipped_batches", ())])
+        cov = self.out / COVERAGE_FILE
+        if cov.is_file():
+            self.coverage.load_json(json.loads(cov.read_text()))
+        inflight = self.out / INFLIGHT_FILE
+        if inflight.is_file():
+            try:
+                d = json.loads(inflight.read_text())
+            except ValueError:
+                d = {}
+            b = int(d.get("batch", -1))
+            if b == self.state.batches:
+                # Started, never committed, and not stopped cleanly: the kernel died under it.
+                log.warning("shard %d: batch %d was in flight when the last run died; "
+                            "skipping it", self.cfg.shard, b)
+                self._record_crash(d, "the run died while this batch was in flight")
+                self.state.skipped.append(b)
+                self.state.batches += 1
+            inflight.unlink()
+
+    def _record_crash(self, inflight: Mapping[str, Any], summary: str) -> None:
+        crashes = read_jsonl(self.out / CRASHES_FILE)
+        b = int(inflight.get("batch", -1))
+        if any(int(c.get("batch", -2)) == b and int(c.get("shard", -1)) == self.cfg.shard
+               for c in crashes):
+            return  # the host already recorded it, with the console excerpt
+        plans = tuple(plan_from_json(p) for p in inflight.get("plans", ()))
+        rec = CrashRecord(summary=summary, excerpt=(), last_plans=plans, shard=self.cfg.shard,
+                          batch=b, when=now_iso())
+        append_jsonl(self.out / CRASHES_FILE, [rec.to_json()])
+
+    def progress(self, done: bool = False) -> Progress:
+        return Progress(self.cfg.seed, self.cfg.shard, self.state.batches, self.state.calls,
+                        self.state.elapsed_s, self.store.by_kind(), self.coverage.figure(),
+                        tuple(self.state.skipped), done)
+
+    def _commit(self) -> None:
+        write_json_atomic(self.out / COVERAGE_FILE, self.coverage.to_json())
+        write_json_atomic(self.out / STATE_FILE, self.progress().to_json())
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def _remaining(self) -> int | None:
+        if self.cfg.calls is None:
+            return None
+        return max(self.cfg.calls - self.state.calls, 0)
+
+    def run(self, stop: Callable[[], bool] = lambda: False) -> Progress:
+        """Run batches until the call or time budget is spent or ``stop()`` is true.
+
+        A ``KeyboardInterrupt`` between or inside batches stops cleanly: the batch in
+        flight is dropped (not committed, not counted as a crash), everything before it
+        is on disk.
+        """
+        t_start = time.monotonic()
+        base = self.state.elapsed_s
+        try:
+            while not stop():
+                left = self._remaining()
+                if left == 0:
+                    break
+                if self.cfg.duration_s is not None and \
+                        base + time.monotonic() - t_start >= self.cfg.duration_s:
+                    break
+                n = self.cfg.batch_size if left is None else min(left, self.cfg.batch_size)
+                self.run_batch(n)
+                self.state.elapsed_s = base + time.monotonic() - t_start
+                self._commit()
+                if self.on_progress is not None:
+                    self.on_progress(self.progress())
+        except KeyboardInterrupt:
+            log.warning("interrupted: stopping after batch %d", self.state.batches)
+            (self.out / INFLIGHT_FILE).unlink(missing_ok=True)
+            self.state.elapsed_s = base + time.monotonic() - t_start
+            self._commit()
+            raise
+        self.state.elapsed_s = base + time.monotonic() - t_start
+        self._commit()
+        return self.progress(done=True)
+
+    def run_batch(self, n: int) -> list[CallCheck]:
+        """Generate, issue and judge one batch; count and save what it found."""
+        b = self.state.batches
+        plans = self.gen.batch(b, n, self.coverage.missing())
+        write_json_atomic(self.out / INFLIGHT_FILE, {
+            "seed": self.cfg.seed, "shard": self.cfg.shard, "batch": b,
+            "plans": [plan_to_json(p) for p in plans]})
+        checks = self._run_judge(b, plans)
+        (self.out / INFLIGHT_FILE).unlink(missing_ok=True)
+        self.state.batches += 1
+        self.state.calls += len(plans)
+        return checks
+
+    def run_corpus(self, plans: Sequence[CallPlan]) -> list[CallCheck]:
+        """Run saved plans (a corpus entry) as batch -1: judged, counted, not numbered."""
+        return self._run_judge(-1, list(plans))
+
+    def _run_judge(self, b: int, plans: list[CallPlan]) -> list[CallCheck]:
+        self._pm.predictions = []
+        result = self.h.run(plans)
+        preds = self._pm.predictions
+        rows: list[dict[str, Any]] = []
+        found: list[tuple[FindingKey, Example]] = []
+        for i, (plan, check) in enumerate(zip(plans, result.checks, strict=True)):
+            pred = check.prediction or (preds[i] if i < len(preds) else None)
+            self.coverage.add(f"sys_{plan.name}", pred, check.record.errno)
+            rows.append(call_row(self.cfg.seed, self.cfg.shard, b, i, self.state.calls + i,
+                                 plan, check))
+            for k in finding_keys(check, pred):
+                msg = next((f.message for f in check.failures if f.kind.value == k.kind), "")
+                found.append((k, Example(plan=plan, context=tuple(plans[:i]),
+                                         regs=check.record.args, ret=check.record.ret,
+                                         message=msg, evidence=tuple(check.explain().splitlines()),
+                                         shard=self.cfg.shard, batch=b, index=i)))
+        append_jsonl(self.out / CALLS_FILE, rows)
+        new = self.store.add(found, now_iso())
+        for k in new:
+            self._save_reproducer(k)
+        return list(result.checks)
+
+    # --- shrinking and reproducers ------------------------------------------------------
+
+    def still_fails(self, key: FindingKey, plans: Sequence[CallPlan]) -> bool:
+        """Run ``plans`` in one window: does the last call still give ``key``?"""
+        if not plans:
+            return False
+        self._pm.predictions = []
+        result = self.h.run(list(plans))
+        last = result.checks[-1]
+        pred = self._pm.predictions[-1] if self._pm.predictions else None
+        return key in finding_keys(last, pred)
+
+    def _save_reproducer(self, key: FindingKey) -> None:
+        from kapi_selftests import minimize, repro
+
+        rec = self.store.records[key]
+        ex = rec.first
+        plans: list[CallPlan] = [*ex.context, ex.plan]
+        if self.cfg.minimize:
+            try:
+                plans = minimize.minimize(ex.context, ex.plan,
+                                          lambda ps: self.still_fails(key, ps),
+                                          budget=self.cfg.minimize_budget)
+            except Exception as e:  # shrinking is best effort: keep the unshrunk batch
+                log.warning("could not shrink %s: %s", key.describe(), e)
+        self._pm.predictions = []
+        pred = None
+        try:
+            self.h.run(plans[-1:])
+            pred = self._pm.predictions[-1] if self._pm.predictions else None
+        except Exception as e:
+            log.warning("could not re-run %s: %s", key.describe(), e)
+        spec = self.specs.get(f"sys_{plans[-1].name}")
+        r = repro.Reproducer(key=key, plans=tuple(plans), message=ex.message,
+                             evidence=ex.evidence, seed=self.cfg.seed, shard=self.cfg.shard,
+                             batch=ex.batch, source=self.h.source.value,
+                             rejected=None if pred is None else pred.rejected,
+                             spec=spec)
+        paths = repro.save(r, self.out / REPRO_DIR)
+        self.store.set_reproducer(key, [str(p) for p in paths], plans)
+        log.warning("new finding %s; reproducer %s (replay: kapi-selftests replay %s)",
+                    key.describe(), paths[0].parent, paths[0])
+
+
+def load_shard(out: Path, specs: Mapping[str, Spec]) -> tuple[FindingStore, Coverage,
+                                                              dict[str, Any]]:
+    """A shard directory's findings, coverage and state (for reports and merges)."""
+    store = FindingStore.load(out / FINDINGS_FILE)
+    store.path = None
+    cov = Coverage(specs)
+    if (out / COVERAGE_FILE).is_file():
+        cov.load_json(json.loads((out / COVERAGE_FILE).read_text()))
+    state: dict[str, Any] = {}
+    if (out / STATE_FILE).is_file():
+        state = json.loads((out / STATE_FILE).read_text())
+    return store, cov, state
+
+
+def replay_plans(plans: Sequence[CallPlan], key: FindingKey,
+                 source: Any = None, *, specs: Mapping[str, Spec] | None = None
+                 ) -> tuple[bool, str]:
+    """Run ``plans`` once on the running kernel: does the last call still give ``key``?
+
+    :param source: the :class:`~kapi_selftests.executor.EventSource` (probed when None)
+    :return: whether it still fails, and the last call's explanation
+    """
+    from kapi_selftests.harness import Harness
+
+    with Harness(source, specs=specs) as h:
+        pm = _PredictingMaterializer(h.materialize, h.specs)
+        h.materialize = pm
+        result = h.run(list(plans))
+        last = result.checks[-1]
+        pred = pm.predictions[-1] if pm.predictions else None
+        return key in finding_keys(last, pred), last.explain()

@@ -1,0 +1,203 @@
+"""Seeded, deterministic generation of call plans for fuzzing campaigns. Pure.
+
+Hypothesis strategies are built to shrink failing tests, not to stream
+millions of values from a seed: ``strategy.example()`` is not reproducible and
+running one hypothesis test per call costs far more than the call. So the
+campaign draws plans here, from a :class:`random.Random` keyed by
+``(seed, shard, batch)``, walking the same tables the strategies in
+:mod:`kapi_selftests.strategies` use (``FD_EDGES``, the size edges, mask bits,
+range edges, ``KNOWN_VALUES``) and applying the same safety rules
+(``strategies._make_safe``: madvise only inside harness mappings). Batch ``k``
+of shard ``s`` of seed ``S`` is the same list of plans on every machine and
+every kernel, given the same specs and the same coverage steering input.
+
+Each parameter has a *valid* pool (values its validator check accepts) and
+an *invalid* pool (values it rejects); these are only a bias, the oracle
+classifies every call afterwards. Steering: part of each batch is aimed at
+the coverage goals still missing (:class:`~kapi_selftests.coverage.Target`):
+an invalid-side goal draws that parameter from its invalid pool and the others
+from their valid pools; a valid-side goal draws every parameter valid.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+from kapi_selftests import arch
+from kapi_selftests.coverage import Side, Target
+from kapi_selftests.fds import FdKind
+from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
+from kapi_selftests.spec import ConstraintType, ParamSpec, ParamType, Spec
+from kapi_selftests.strategies import FD_EDGES, KNOWN_VALUES, MAX_MAPPING, _make_safe
+
+__all__ = ["PlanGenerator", "SIZE_EDGES", "batch_seed"]
+
+U64 = (1 << 64) - 1
+SIZE_EDGES = (0, 1, arch.PAGE_SIZE, arch.PAGE_SIZE + 1, arch.MAX_RW_COUNT,
+              arch.MAX_RW_COUNT + 1, 1 << 32, (1 << 32) + 1)
+_HUGE_SIZES = (arch.SSIZE_MAX, 1 << 63, U64)
+_VALID_FDS = tuple(k for k in FdKind if k is not FdKind.CLOSED)
+_VALID_PATHS = (PathKind.EXISTING, PathKind.NEW, PathKind.MISSING, PathKind.DIRECTORY,
+                PathKind.EMPTY, PathKind.LEN_PATH_MAX_1, PathKind.COMPONENT_TOO_LONG,
+                PathKind.SYMLINK_LOOP, PathKind.DEV_NULL)
+_INVALID_PATHS = (PathKind.NULL, PathKind.KERNEL, PathKind.UNMAPPED, PathKind.UNTERMINATED,
+                  PathKind.LEN_PATH_MAX, PathKind.LEN_PATH_MAX_P1)
+_VALID_BUFS = (BufKind.MAPPED, BufKind.GUARD_TAIL, BufKind.SHORT, BufKind.UNALIGNED,
+               BufKind.READONLY, BufKind.UNMAPPED)
+_INVALID_BUFS = (BufKind.NULL, BufKind.KERNEL)
+_ALIGNED_BUFS = (BufKind.MAPPED, BufKind.READONLY, BufKind.UNMAPPED, BufKind.NULL)
+_UNALIGNED_BUFS = (BufKind.UNALIGNED, BufKind.SHORT)
+
+
+def batch_seed(seed: int, shard: int, batch: int) -> str:
+    """The string a batch's :class:`random.Random` is seeded with (stable across Pythons)."""
+    return f"kapi-fuzz:{seed}:{shard}:{batch}"
+
+
+def _bits(mask: int, width: int = 64) -> list[int]:
+    return [1 << b for b in range(width) if mask >> b & 1]
+
+
+def _is_address(p: ParamSpec) -> bool:
+    return p.constraint in (ConstraintType.PAGE_ALIGNED, ConstraintType.ALIGNMENT) or \
+        p.type in (ParamType.PTR, ParamType.USER_PTR)
+
+
+def _width(p: ParamSpec) -> int:
+    return 32 if p.ctype.strip() in ("int", "unsigned int", "umode_t", "u32") else 64
+
+
+class PlanGenerator:
+    """Draws batches of plans for ``specs`` (those with an x86-64 number) from a seed.
+
+    :param specs: the spec model
+    :param seed: campaign seed
+    :param shard: shard number (disjoint random streams per shard)
+    :param invalid_rate: chance an unsteered parameter comes from its invalid pool
+    :param steer_rate: share of calls aimed at missing coverage goals
+    """
+
+    def __init__(self, specs: Mapping[str, Spec], seed: int, shard: int = 0, *,
+                 invalid_rate: float = 0.3, steer_rate: float = 0.5) -> None:
+        self.specs = {n: s for n, s in sorted(specs.items())
+                      if arch.find_syscall(n) is not None and s.params}
+        self.seed = seed
+        self.shard = shard
+        self.invalid_rate = invalid_rate
+        self.steer_rate = steer_rate
+
+    def batch(self, index: int, n: int, missing: Sequence[Target] = ()) -> list[CallPlan]:
+        """Batch ``index``: ``n`` plans, part of them aimed at the ``missing`` goals."""
+        rng = random.Random(batch_seed(self.seed, self.shard, index))
+        goals = [t for t in missing if t.spec in self.specs]
+        names = list(self.specs)
+        out: list[CallPlan] = []
+        for _ in range(n):
+            if goals and rng.random() < self.steer_rate:
+                t = rng.choice(goals)
+                out.append(self.plan(rng, self.specs[t.spec], t))
+            else:
+                out.append(self.plan(rng, self.specs[rng.choice(names)]))
+        return out
+
+    def plan(self, rng: random.Random, spec: Spec, target: Target | None = None) -> CallPlan:
+        """One plan for ``spec``; aimed at ``target`` when given."""
+        abi = arch.find_syscall(spec.name)
+        assert abi is not None
+
+        def mode(p: ParamSpec) -> bool | None:
+            # True: valid pool, False: invalid pool, None: either (random mix)
+            if target is None:
+                return None
+            if target.side is Side.INVALID and target.param == p.name:
+                return False
+            return True
+
+        scalars: dict[int, int] = {}
+        for i, p in enumerate(spec.params):
+            if p.type in (ParamType.FD, ParamType.PATH) or _is_address(p) or \
+                    p.constraint is ConstraintType.USER_PATH:
+                continue
+            scalars[i] = self._scalar(rng, spec, p, self._valid(rng, mode(p)))
+        args: list[ArgPlan] = []
+        for i, p in enumerate(spec.params):
+            valid = self._valid(rng, mode(p))
+            if p.type is ParamType.FD:
+                args.append(self._fd(rng, valid))
+            elif p.type is ParamType.PATH or p.constraint is ConstraintType.USER_PATH:
+                args.append(Path(rng.choice(_VALID_PATHS if valid else _INVALID_PATHS)))
+            elif _is_address(p):
+                j = p.size_param if p.size_param is not None else i + 1
+                size = min(scalars.get(j, arch.PAGE_SIZE), MAX_MAPPING, 1 << 20)
+                args.append(Buf(self._buf_kind(rng, p, valid), size))
+            else:
+                args.append(Lit(scalars[i]))
+        return _make_safe(spec, CallPlan(abi.name, tuple(args)))
+
+    def _valid(self, rng: random.Random, forced: bool | None) -> bool:
+        if forced is not None:
+            return forced
+        return rng.random() >= self.invalid_rate
+
+    @staticmethod
+    def _fd(rng: random.Random, valid: bool) -> ArgPlan:
+        if not valid:
+            return Lit(rng.choice(FD_EDGES))
+        r = rng.random()
+        if r < 0.1:
+            return Fd(FdKind.CLOSED)  # passes validation; EBADF from the handler
+        if r < 0.2:  # bits 32-63 set: the unsigned int cast drops them
+            return Fd(rng.choice(_VALID_FDS), rng.choice((1, 0x7FFFFFFF, 0xFFFFFFFF)))
+        return Fd(rng.choice(_VALID_FDS))
+
+    @staticmethod
+    def _buf_kind(rng: random.Random, p: ParamSpec, valid: bool) -> BufKind:
+        if p.constraint in (ConstraintType.PAGE_ALIGNED, ConstraintType.ALIGNMENT):
+            return rng.choice(_ALIGNED_BUFS if valid else _UNALIGNED_BUFS)
+        return rng.choice(_VALID_BUFS if valid else _INVALID_BUFS)
+
+    @staticmethod
+    def _scalar(rng: random.Random, spec: Spec, p: ParamSpec, valid: bool) -> int:
+        c = p.constraint
+        width = _width(p)
+        if c is ConstraintType.MASK:
+            good = _bits(p.valid_mask, width)
+            combo = sum(set(rng.sample(good, rng.randint(0, min(len(good), 6))))) if good else 0
+            if valid:
+                return rng.choice((0, rng.choice(good) if good else 0, combo))
+            bad = [b for b in (1 << 30, 1 << 31, 1 << 32) if not b & p.valid_mask] + \
+                _bits(((1 << width) - 1) & ~p.valid_mask, width)
+            r = rng.random()
+            if bad and r < 0.7:
+                return combo | rng.choice(bad)
+            return rng.getrandbits(width) if r < 0.85 else rng.getrandbits(64)
+        if c is ConstraintType.RANGE:
+            if p.min_value == 0 and p.max_value == -1:  # a size_t count: never out of range
+                if valid or rng.random() < 0.5:
+                    r = rng.random()
+                    return rng.choice(SIZE_EDGES) if r < 0.5 else rng.randint(0, 3 * arch.PAGE_SIZE)
+                return rng.choice(_HUGE_SIZES) if rng.random() < 0.7 else rng.getrandbits(64)
+            lo, hi = p.min_value, U64 if p.max_value == -1 else p.max_value
+            if valid:
+                return rng.choice((lo & U64, hi & U64, rng.randint(max(lo, 0), max(lo, 0, min(
+                    hi, 1 << 20)))))
+            return rng.choice(((lo - 1) & U64, (hi + 1) & U64, rng.getrandbits(64)))
+        if c is ConstraintType.ENUM and p.enum_values:
+            if valid:
+                return rng.choice(p.enum_values) & U64
+            near = sorted({(v + d) & U64 for v in p.enum_values for d in (-1, 1)}
+                          - {v & U64 for v in p.enum_values})
+            return rng.choice(near) if near and rng.random() < 0.7 else rng.getrandbits(64)
+        if c is ConstraintType.POWER_OF_TWO:
+            return rng.choice((1, 2, 4096)) if valid else rng.choice((0, 3, 4097))
+        if c is ConstraintType.NONZERO:
+            return rng.choice((1, rng.getrandbits(64) | 1)) if valid else 0
+        known = KNOWN_VALUES.get((spec.name, p.name), ())
+        r = rng.random()
+        if known and r < 0.7:
+            return rng.choice(known) & U64
+        if r < 0.9:
+            return rng.choice((0, U64, arch.INT_MAX, (-(2 ** 31)) & U64,
+                               (rng.choice(known) if known else 0) | 1 << 32))
+        return rng.getrandbits(64)
