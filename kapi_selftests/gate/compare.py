@@ -323,6 +323,14 @@ def _calls(base: KernelRun, patched: KernelRun) -> tuple[list[Difference], int, 
             d = _classify_call(base, patched, b, p)
             if d is not None:
                 out.append(d)
+            new_findings = sorted(set(p.findings) - set(b.findings))
+            if new_findings and p.source == "probe":
+                # (fuzz rows are judged against the built-in model, not each kernel's spec)
+                out.append(Difference(
+                    DiffKind.CALL, DiffClass.REGRESSION,
+                    f"{p.describe_plan()} [{p.source} {p.shard}#{p.index}]",
+                    ", ".join(b.findings) or "no finding", ", ".join(new_findings),
+                    "the suite's checks fail this call on the patched kernel only"))
             if b.pairs is not None and p.pairs is not None and p.pairs < b.pairs:
                 out.append(Difference(
                     DiffKind.PAIRING, DiffClass.REGRESSION,
@@ -380,6 +388,13 @@ def _health(base: KernelRun, patched: KernelRun) -> tuple[list[Difference], list
         out.append(Difference(DiffKind.HEALTH, DiffClass.REGRESSION, "guest", hb.describe(),
                               hp.describe(), "the patched kernel hung or never came back "
                               "where the base did not"))
+    for stage, rc in hp.stages.items():
+        if stage == "suite":
+            continue  # its failures are compared test by test
+        if rc != 0 and hb.stages.get(stage) == 0:
+            out.append(Difference(DiffKind.HEALTH, DiffClass.REGRESSION, f"{stage} stage",
+                                  "exit 0", f"exit {rc}",
+                                  f"the {stage} stage failed on the patched kernel only"))
     seen = {(s.kind, s.summary) for s in hb.splats}
     for s in hp.splats:
         if (s.kind, s.summary) in seen:

@@ -151,7 +151,7 @@ def run_probe(out: Path, *, seed: int, calls: int, batch: int = 32) -> int:
                     "plan": plan_to_json(plan), "regs": list(rec.args[:len(plan.args)]),
                     "ret": rec.ret, "errno": rec.errno, "spec_match": spec_match,
                     "pairs": min(len(enters), len(exits)),
-                    "findings": sorted({f.kind.name for f in check.findings})}) + "\n")
+                    "findings": sorted({f.kind.value for f in check.failures})}) + "\n")
                 n += 1
     return n
 
@@ -211,6 +211,8 @@ def guest_main(argv: Sequence[str]) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--timing-rounds", type=int, default=1000)
+    p.add_argument("--fuzz-calls", type=int, default=0)
+    p.add_argument("--fuzz-out", type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(name)s: %(levelname)s: %(message)s")
@@ -220,7 +222,34 @@ def guest_main(argv: Sequence[str]) -> int:
         timing = time_mix(args.timing_rounds)
         (args.out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
         log.info("probe: timing %.0f ns per call", timing["ns_per_call"])
+    if args.fuzz_calls > 0:
+        n = run_fuzz(args.fuzz_out or args.out.parent / "fuzz", seed=args.seed,
+                     calls=args.fuzz_calls)
+        log.info("fuzz: %d calls recorded", n)
     return 0
+
+
+def run_fuzz(out: Path, *, seed: int, calls: int) -> int:
+    """A fixed-seed fuzz run (:mod:`kapi_selftests.fuzz`) writing ``out/calls.jsonl``.
+
+    Plans are generated from the built-in v4 model with steering off and no shrinking,
+    so both kernels get the same calls whatever their own specs say.
+
+    :return: calls recorded
+    """
+    from kapi_selftests.fuzz import Campaign, CampaignConfig
+    from kapi_selftests.harness import Harness
+    from kapi_selftests.spec import builtin_specs
+
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    cfg = CampaignConfig(out=out, seed=seed, shard=0, calls=calls, minimize=False,
+                         steer_rate=0.0)
+    with Harness(specs=builtin_specs()) as h:
+        Campaign(cfg, h).run()
+    f = out / "calls.jsonl"
+    return sum(1 for _ in f.open()) if f.is_file() else 0
 
 
 if __name__ == "__main__":

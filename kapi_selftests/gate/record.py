@@ -112,12 +112,14 @@ class Health:
     :param killed: why the host killed the guest (hang), or None
     :param splats: kernel reports on the console
     :param lost: why nothing usable came back (never booted, ...), or None
+    :param stages: exit code of each guest stage (``probe``, ``suite``); None: unreadable
     """
 
     status: int | None = 0
     killed: str | None = None
     splats: tuple[Splat, ...] = ()
     lost: str | None = None
+    stages: Mapping[str, int | None] = field(default_factory=dict)
 
     @property
     def crashed(self) -> bool:
@@ -211,7 +213,8 @@ def parse_calls(lines: Iterable[str], *, source: str, origin: str = "<calls>"
             kinds = next((d[k] for k in ("findings", "finding_kinds") if k in d), ())
             out.append(CallRecord(
                 source=str(d.get("source") or source), shard=shard or "0",
-                index=int(d.get("index", n - 1)), plan=plan,
+                # fuzz rows count calls in "n" (their "index" is within a batch)
+                index=int(d.get("n", d.get("index", n - 1))), plan=plan,
                 regs=tuple(int(r) for r in d.get("regs", ())),
                 ret=int(d["ret"]), errno=int(d.get("errno", 0)),
                 spec_match=_opt_int(d.get("spec_match")), pairs=_opt_int(pairs),
@@ -235,7 +238,8 @@ def _health(path: Path) -> Health:
     splats = tuple(Splat(str(s.get("kind", "?")), _TS_RE.sub("", str(s.get("summary", ""))))
                    for s in d.get("splats", ()))
     return Health(status=_opt_int(d.get("status")), killed=d.get("killed"), splats=splats,
-                  lost=d.get("lost"))
+                  lost=d.get("lost"),
+                  stages={str(k): _opt_int(v) for k, v in d.get("stages", {}).items()})
 
 
 def _format_fields(text: str) -> tuple[str, ...]:

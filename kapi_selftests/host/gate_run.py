@@ -1,0 +1,233 @@
+"""The gate's host side: get two kernels, run the same things on each, save the runs.
+
+Stages (each returns a record; :mod:`kapi_selftests.gate.compare` judges them):
+
+1. kernels -- prebuilt images, or built from a tree and a series with
+   :func:`kapi_selftests.host.build.build_kernel` (same fragment for both, the
+   base from a git worktree at the tree's commit, the patched kernel from
+   another worktree with the series applied; both cached in the build dir);
+2. one guest per kernel (:func:`run_kernel`) running, in order: a copy of
+   ``/sys/kernel/debug/kapi`` and the kapi tracepoint formats into the output
+   share, the probe (:mod:`kapi_selftests.gate.probe`: fixed call mix, timing,
+   optional fixed-seed fuzz), then the in-guest suite;
+3. the run directory is loaded as a :class:`~kapi_selftests.gate.record.KernelRun`.
+
+Never judges (that is :mod:`kapi_selftests.gate.compare`) and never exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from kapi_selftests.errors import BuildError, LostGuest
+from kapi_selftests.gate.record import KernelRun, load_run
+from kapi_selftests.host import build, initramfs, kernel, qemu, runner
+from kapi_selftests.report import TestResult, format_ktap
+
+__all__ = ["GateRunConfig", "guest_script", "run_kernel", "build_pair",
+           "RUN_SUBDIR"]
+
+log = logging.getLogger(__name__)
+
+#: run_guests puts a single guest's output share here, under the kernel's work dir
+RUN_SUBDIR = "guest"
+_PROBE_ENTRY = ("import sys; from kapi_selftests.gate.probe import guest_main; "
+                "sys.exit(guest_main(sys.argv[1:]))")
+_SUITE_ENTRY = runner._GUEST_ENTRY  # the suite's lean guest entry (no cli import)
+
+
+@dataclass(frozen=True, slots=True)
+class GateRunConfig:
+    """What runs on each kernel, and how the guest is set up.
+
+    :param out: output directory (``base/``, ``patched/`` and the reports go here)
+    :param seed: seed of the probe's sampled calls and of the fuzz run
+    :param probe_calls: calls in the probe's fixed mix (at least its boundary table)
+    :param fuzz_calls: calls of the fixed-seed fuzz run (0: none)
+    :param timing_rounds: rounds of the timed mix (0: not timed)
+    :param suite: run the in-guest suite
+    :param keyword: pytest ``-k`` for the suite
+    :param memory_mb: guest RAM
+    :param timeout_s: whole-guest limit
+    :param accel: kvm, tcg or auto
+    """
+
+    out: Path
+    seed: int = 1
+    probe_calls: int = 300
+    fuzz_calls: int = 0
+    timing_rounds: int = 2000
+    suite: bool = True
+    keyword: str | None = None
+    memory_mb: int | None = None
+    timeout_s: int | None = None
+    accel: qemu.Accel = qemu.Accel.AUTO
+
+
+def guest_script(cfg: GateRunConfig, python: str = sys.executable) -> runner.GuestSpec:
+    """The guest command: copy specs and formats, run the probe (and fuzz), then the suite.
+
+    Each stage's exit code goes to ``stage-<name>`` in the output share; the command
+    itself exits 0 once every stage ran, so a missing status means the guest died.
+    """
+    o = initramfs.GUEST_OUT
+    probe = [python, "-S", "-c", _PROBE_ENTRY, "--out", f"{o}/probe", "--seed", str(cfg.seed),
+             "--calls", str(cfg.probe_calls), "--timing-rounds", str(cfg.timing_rounds)]
+    if cfg.fuzz_calls:
+        probe += ["--fuzz-calls", str(cfg.fuzz_calls), "--fuzz-out", f"{o}/fuzz"]
+    lines = [
+        f"O={o}",
+        "K=/sys/kernel/debug/kapi",
+        'if [ -r "$K/list" ]; then',
+        '  mkdir -p "$O/kapi/specs" "$O/kapi/specs-json"',
+        '  cat "$K/list" > "$O/kapi/list"',
+        '  for d in specs specs-json; do',
+        '    for f in "$K/$d"/*; do [ -r "$f" ] && cat "$f" > "$O/kapi/$d/${f##*/}"; done',
+        "  done",
+        "fi",
+        'mkdir -p "$O/events"',
+        "for e in kapi_syscall_enter kapi_syscall_exit; do",
+        '  f=/sys/kernel/tracing/events/kapi/$e/format',
+        '  [ -r "$f" ] && cat "$f" > "$O/events/$e.format"',
+        "done",
+        'echo "kapi-selftests: gate: probe"',
+        f'{shlex.join(probe)}; echo $? > "$O/stage-probe"',
+    ]
+    if cfg.suite:
+        suite = runner.guest_command(python=python, keyword=cfg.keyword).argv
+        lines += ['echo "kapi-selftests: gate: suite"',
+                  f'{shlex.join(suite)} > "$O/suite-stdout.txt"; echo $? > "$O/stage-suite"']
+    lines.append("exit 0")
+    return runner.GuestSpec(argv=("/bin/sh", "-c", "\n".join(lines)),
+                            env=runner.guest_env(python))
+
+
+def _stages(out: Path) -> dict[str, int | None]:
+    st: dict[str, int | None] = {}
+    for f in sorted(out.glob("stage-*")):
+        try:
+            st[f.name.removeprefix("stage-")] = int(f.read_text().strip())
+        except ValueError:
+            st[f.name.removeprefix("stage-")] = None
+    return st
+
+
+def run_kernel(label: str, kernel_path: Path, cfg: GateRunConfig, *,
+               echo: bool = False) -> KernelRun:
+    """Boot ``kernel_path`` once, run the gate's guest script, and load what it left.
+
+    A guest that never came back is not an exception here: it is recorded in
+    ``guest.json`` (``lost``) and judged by the comparison.
+    """
+    kimg = kernel.find_kernel(kernel_path)
+    work = cfg.out / label
+    work.mkdir(parents=True, exist_ok=True)
+    gcfg = qemu.config_from_env(qemu.GuestConfig(kernel=kimg.image))
+    changes: dict[str, object] = {"accel": cfg.accel}
+    if cfg.memory_mb:
+        changes["memory_mb"] = cfg.memory_mb
+    if cfg.timeout_s:
+        changes["timeout_s"] = cfg.timeout_s
+    gcfg = replace(gcfg, **changes)  # type: ignore[arg-type]
+    spec = guest_script(cfg)
+    req = runner.SuiteRequest(kernel=kimg, config=gcfg, guests=1, work_dir=work, keep=True)
+    rundir = work / RUN_SUBDIR
+    for stale in ("kapi", "events", "probe", "fuzz"):
+        d = rundir / stale
+        if d.is_dir():
+            shutil.rmtree(d)
+    for f in rundir.glob("stage-*"):
+        f.unlink()
+    health: dict[str, object] = {"status": None, "killed": None, "splats": [], "lost": None}
+    results: Sequence[TestResult] = ()
+    log.info("%s kernel: %s", label, kimg.image)
+    try:
+        _res, runs = runner.run_guests(req, echo=sys.stderr if echo else None,
+                                       spec_for=lambda i, n: spec)
+        run = runs[0]
+        results = run.results
+        health.update(status=run.status, killed=run.killed,
+                      splats=[{"kind": s.kind.value, "summary": s.summary} for s in run.splats])
+        if run.status is None and not run.killed:
+            health["lost"] = (f"guest returned no status (QEMU exit {run.returncode}); "
+                              f"console: {run.console}")
+    except LostGuest as e:
+        health["lost"] = str(e)
+    rundir.mkdir(parents=True, exist_ok=True)
+    health["stages"] = _stages(rundir)
+    (rundir / "guest.json").write_text(json.dumps(health, indent=1) + "\n")
+    (rundir / "kernel.json").write_text(json.dumps({"image": str(kimg.image),
+                                                    "release": kimg.release}) + "\n")
+    if results:
+        (rundir / "suite.ktap").write_text(format_ktap(
+            list(results), header=[f"{label} kernel: {kimg.image}"]))
+    return load_run(rundir, label)
+
+
+def _git(src: Path, *args: str) -> str:
+    return build._git(src, *args).stdout.strip()
+
+
+def _worktree(src: Path, dest: Path, commit: str,
+              patches: Sequence[build.Patch] = ()) -> Path:
+    # A detached worktree of `src` at `commit`; reused when it is already there (for the
+    # patched tree: at `commit` plus the whole series, as a previous run left it).
+    if (dest / ".git").exists():
+        head = _git(dest, "rev-parse", "HEAD")
+        done = build._applied_prefix(dest, patches) if patches else 0
+        if done == len(patches) and patches and \
+                _git(dest, "rev-parse", f"HEAD~{done}") == commit:
+            return dest
+        if head != commit:
+            am = Path(_git(dest, "rev-parse", "--git-path", "rebase-apply"))
+            if (dest / am if not am.is_absolute() else am).is_dir():
+                build._git(dest, "am", "--abort")
+            build._git(dest, "checkout", "-q", "--detach", commit)
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    build._git(src, "worktree", "add", "-q", "--detach", str(dest), commit)
+    return dest
+
+
+def build_pair(src: Path, series: Sequence[Path], build_dir: Path, *, fragment: Path,
+               jobs: int, base_image: Path | None = None) -> tuple[Path, Path]:
+    """Build the base (tree as is) and the patched kernel (tree + series), same fragment.
+
+    When the series is already the newest commits of the tree, the base is the commit
+    below it. Both are built in git worktrees under ``build_dir/src`` so the tree itself
+    is left alone; the build cache of :func:`~kapi_selftests.host.build.build_kernel`
+    makes a second gate run with the same inputs start at once.
+
+    :param base_image: a prebuilt base kernel (then only the patched one is built)
+    :return: the base and patched images
+    :raises BuildError: the series did not apply, configuration or the build failed
+    """
+    src = src.resolve()
+    if not (src / ".git").exists():
+        build.git_init_tree(src)
+    patches = build.read_series(series)
+    if not patches:
+        raise BuildError("the series holds no patch", hint="pass the mbox files of the series")
+    applied = build._applied_prefix(src, patches)
+    if applied not in (0, len(patches)):
+        raise BuildError(f"{src}: HEAD has {applied} of the {len(patches)} patches of the "
+                         "series", hint="pass a tree without the series, or with all of it")
+    base_commit = _git(src, "rev-parse", f"HEAD~{applied}" if applied else "HEAD")
+    if base_image is None:
+        base_src = _worktree(src, build_dir / "src" / "base", base_commit)
+        log.info("base kernel: %s at %s", base_src, base_commit[:12])
+        base_image = build.build_kernel(base_src, build_dir / "base", fragment=fragment,
+                                        jobs=jobs).image
+    patched_src = _worktree(src, build_dir / "src" / "patched", base_commit, patches)
+    log.info("patched kernel: %s at %s + %d patches", patched_src, base_commit[:12],
+             len(patches))
+    patched = build.build_kernel(patched_src, build_dir / "patched", series=series,
+                                 fragment=fragment, jobs=jobs)
+    return base_image, patched.image
