@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,7 @@ def load_dirs(dirs: Sequence[Path], specs: Mapping[str, Spec]) -> CampaignData:
     seen_crashes: set[tuple[int, int, int, str]] = set()
     for d in find_shards(dirs):
         data.shard_dirs.append(d)
-        data.store.merge(FindingStore.load(d / FINDINGS_FILE))
+        data.store.merge(_rebased(FindingStore.load(d / FINDINGS_FILE), d))
         if (d / COVERAGE_FILE).is_file():
             data.coverage.load_json(json.loads((d / COVERAGE_FILE).read_text()))
         if (d / STATE_FILE).is_file():
@@ -102,6 +102,14 @@ def load_dirs(dirs: Sequence[Path], specs: Mapping[str, Spec]) -> CampaignData:
                 data.crashes.append(c)
     data.store.path = None
     return data
+
+
+def _rebased(store: FindingStore, d: Path) -> FindingStore:
+    # reproducer paths are stored relative to their shard directory
+    for k, rec in list(store.records.items()):
+        paths = tuple(p if Path(p).is_absolute() else str(d / p) for p in rec.reproducers)
+        store.records[k] = replace(rec, reproducers=paths)
+    return store
 
 
 def merge_into(dirs: Sequence[Path], into: Path, specs: Mapping[str, Spec], *,

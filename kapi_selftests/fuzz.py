@@ -393,7 +393,8 @@ class Campaign:
                              rejected=None if pred is None else pred.rejected,
                              spec=spec)
         paths = repro.save(r, self.out / REPRO_DIR)
-        self.store.set_reproducer(key, [str(p) for p in paths], plans)
+        # relative to the shard directory: the same in the guest and on the host
+        self.store.set_reproducer(key, [str(p.relative_to(self.out)) for p in paths], plans)
         log.warning("new finding %s; reproducer %s (replay: kapi-selftests replay %s)",
                     key.describe(), paths[0].parent, paths[0])
 
