@@ -227,19 +227,24 @@ def run_local(args: argparse.Namespace) -> int:
         if camp.state.batches == 0:
             for plans in _corpus_plans(args.corpus):
                 camp.run_corpus(plans)
+        interrupted = False
         try:
             camp.run(stop=stop_file.exists)
+        except KeyboardInterrupt:
+            interrupted = True  # everything up to the last batch is on disk
         finally:
             ticker.end()
         source = h.source.value
     header = [f"kernel: {os.uname().release} (local)", f"events: {source}",
               f"seed {args.seed}, shard {args.shard}"]
+    if interrupted:
+        header.append(f"interrupted: rerun with --out {out} to resume")
     if args.guest_out is not None:
-        return _status(camp.store.records, [])
+        return KSFT_FAIL if interrupted else _status(camp.store.records, [])
     data = campaign_report.load_dirs([out], h.specs)
-    md, js = campaign_report.write_outputs(out, data, header=header)
+    md, _ = campaign_report.write_outputs(out, data, header=header)
     _print_summary(args, data, header, md)
-    return _status(data.store.records, data.crashes)
+    return KSFT_FAIL if interrupted else _status(data.store.records, data.crashes)
 
 
 def _status(findings: Any, crashes: Sequence[Any]) -> int:
