@@ -151,8 +151,8 @@ def guest_main(argv: Sequence[str]) -> int:
 class _Ticker:
     """One live line on a tty (rewritten), else a plain line every ``every_s`` seconds."""
 
-    def __init__(self, stream: TextIO = sys.stderr, every_s: float = 10.0) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None, every_s: float = 10.0) -> None:
+        self.stream = stream or sys.stderr  # looked up now: tests swap sys.stderr
         self.tty = stream.isatty()
         self.every_s = every_s
         self._last = 0.0
