@@ -153,7 +153,7 @@ class _Ticker:
 
     def __init__(self, stream: TextIO | None = None, every_s: float = 10.0) -> None:
         self.stream = stream or sys.stderr  # looked up now: tests swap sys.stderr
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self.every_s = every_s
         self._last = 0.0
 
