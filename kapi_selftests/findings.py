@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,10 +27,18 @@ from kapi_selftests.plan import Buf, CallPlan, Fd, Lit, plan_from_json, plan_to_
 from kapi_selftests.plan import Path as PathArg
 
 __all__ = ["FindingKey", "Example", "FindingRecord", "CrashRecord", "FindingStore",
-           "plan_size", "read_jsonl", "append_jsonl", "FINDINGS_FILE", "CRASHES_FILE"]
+           "plan_size", "read_jsonl", "append_jsonl", "now_iso", "FINDINGS_FILE", "CRASHES_FILE",
+           "INFLIGHT_FILE"]
 
 FINDINGS_FILE = "findings.jsonl"
 CRASHES_FILE = "crashes.jsonl"
+#: the batch a shard is issuing, written before it runs (what a crashed guest was doing)
+INFLIGHT_FILE = "inflight.json"
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601 to the second (``first_seen``, crash times)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -26,20 +26,22 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kapi_selftests.checks import CallCheck
 from kapi_selftests.coverage import Coverage, CoverageFigure
+from kapi_selftests.executor import EventSource
 from kapi_selftests.findings import (
     CRASHES_FILE,
     FINDINGS_FILE,
+    INFLIGHT_FILE,
     CrashRecord,
     Example,
     FindingKey,
     FindingStore,
     append_jsonl,
+    now_iso,
     read_jsonl,
 )
 from kapi_selftests.generate import PlanGenerator
@@ -60,14 +62,9 @@ log = logging.getLogger(__name__)
 CALLS_FILE = "calls.jsonl"
 STATE_FILE = "state.json"
 COVERAGE_FILE = "coverage.json"
-INFLIGHT_FILE = "inflight.json"
 REPRO_DIR = "repro"
 #: calls.jsonl format version (bump on any incompatible change; docs/fuzz.md)
 CALLS_FORMAT = 1
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -181,10 +178,12 @@ class _PredictingMaterializer(Materializer):
         super().__init__(inner.arena, inner.pool)
         self.specs = specs
         self.predictions: list[Prediction | None] = []
+        #: with kapi events the checks already carry the oracle's prediction
+        self.enabled = True
 
     def __call__(self, plan: CallPlan) -> Materialized:
         m = super().__call__(plan)
-        spec = self.specs.get(f"sys_{plan.name}")
+        spec = self.specs.get(f"sys_{plan.name}") if self.enabled else None
         self.predictions.append(predict(spec, m.regs, self.arena) if spec is not None else None)
         return m
 
@@ -218,6 +217,7 @@ class Campaign:
         self.store = FindingStore.load(self.out / FINDINGS_FILE)
         self.state = _State()
         self._pm = _PredictingMaterializer(harness.materialize, self.specs)
+        self._pm.enabled = harness.source is not EventSource.KAPI
         harness.materialize = self._pm
         self._resume()
 

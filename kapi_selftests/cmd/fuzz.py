@@ -293,8 +293,13 @@ def _guest_argv(args: argparse.Namespace, shard: int, guests: int) -> list[str]:
 
 def _record_guest_crash(shard_dir: Path, shard: int, run: Any) -> str | None:
     """Append a crash record for a guest that splatted or hung; return its summary."""
-    from kapi_selftests.findings import CRASHES_FILE, CrashRecord, append_jsonl
-    from kapi_selftests.fuzz import INFLIGHT_FILE, now_iso
+    from kapi_selftests.findings import (
+        CRASHES_FILE,
+        INFLIGHT_FILE,
+        CrashRecord,
+        append_jsonl,
+        now_iso,
+    )
     from kapi_selftests.plan import plan_from_json
 
     if not run.splats and not run.killed:
