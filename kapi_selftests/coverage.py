@@ -106,6 +106,8 @@ class Coverage:
         self.errors: dict[tuple[str, int], int] = {}
         self.unlisted: dict[tuple[str, int], int] = {}
         self.calls: dict[str, int] = {}
+        #: steered calls per goal (the generator's bookkeeping; saved for resumes)
+        self.attempts: dict[Target, int] = {}
         for s in self.specs.values():
             for t in self.goals(s):
                 self.sides[t] = 0
@@ -177,6 +179,8 @@ class Coverage:
             self.unlisted[k] = self.unlisted.get(k, 0) + n
         for s, n in other.calls.items():
             self.calls[s] = self.calls.get(s, 0) + n
+        for t, n in other.attempts.items():
+            self.attempts[t] = self.attempts.get(t, 0) + n
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -187,6 +191,8 @@ class Coverage:
             "unlisted": [{"spec": s, "errno": c, "name": _errno.errorcode.get(c, str(c)),
                           "calls": n} for (s, c), n in self.unlisted.items()],
             "calls": dict(self.calls),
+            "attempts": [{"spec": t.spec, "param": t.param, "side": t.side.value, "calls": n}
+                         for t, n in self.attempts.items()],
             "figure": self.figure().to_json(),
         }
 
@@ -203,6 +209,9 @@ class Coverage:
             self.unlisted[k] = self.unlisted.get(k, 0) + int(e["calls"])
         for s, n in dict(d.get("calls", {})).items():
             self.calls[str(s)] = self.calls.get(str(s), 0) + int(n)
+        for e in d.get("attempts", ()):
+            t = Target(str(e["spec"]), str(e["param"]), Side(e["side"]))
+            self.attempts[t] = self.attempts.get(t, 0) + int(e["calls"])
 
     def table(self) -> list[str]:
         """A Markdown table per syscall: each parameter's sides, then the listed errors."""

@@ -317,7 +317,7 @@ class Campaign:
     def run_batch(self, n: int) -> list[CallCheck]:
         """Generate, issue and judge one batch; count and save what it found."""
         b = self.state.batches
-        plans = self.gen.batch(b, n, self.coverage.missing())
+        plans = self.gen.batch(b, n, self.coverage.missing(), self.coverage.attempts)
         write_json_atomic(self.out / INFLIGHT_FILE, {
             "seed": self.cfg.seed, "shard": self.cfg.shard, "batch": b,
             "plans": [plan_to_json(p) for p in plans]})

@@ -31,7 +31,7 @@ from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, Path, 
 from kapi_selftests.spec import ConstraintType, ParamSpec, ParamType, Spec
 from kapi_selftests.strategies import FD_EDGES, KNOWN_VALUES, MAX_MAPPING, _make_safe
 
-__all__ = ["PlanGenerator", "SIZE_EDGES", "batch_seed"]
+__all__ = ["PlanGenerator", "SIZE_EDGES", "STEER_ATTEMPTS", "batch_seed"]
 
 U64 = (1 << 64) - 1
 SIZE_EDGES = (0, 1, arch.PAGE_SIZE, arch.PAGE_SIZE + 1, arch.MAX_RW_COUNT,
@@ -48,6 +48,10 @@ _VALID_BUFS = (BufKind.MAPPED, BufKind.GUARD_TAIL, BufKind.SHORT, BufKind.UNALIG
 _INVALID_BUFS = (BufKind.NULL, BufKind.KERNEL)
 _ALIGNED_BUFS = (BufKind.MAPPED, BufKind.READONLY, BufKind.UNMAPPED, BufKind.NULL)
 _UNALIGNED_BUFS = (BufKind.UNALIGNED, BufKind.SHORT)
+_BIG_BUFFER = 64 << 10
+#: steered calls a goal gets before steering gives up on it (some sides cannot be hit:
+#: read's count is never the rejected parameter, buf's size check comes first)
+STEER_ATTEMPTS = 400
 
 
 def batch_seed(seed: int, shard: int, batch: int) -> str:
@@ -87,15 +91,23 @@ class PlanGenerator:
         self.invalid_rate = invalid_rate
         self.steer_rate = steer_rate
 
-    def batch(self, index: int, n: int, missing: Sequence[Target] = ()) -> list[CallPlan]:
-        """Batch ``index``: ``n`` plans, part of them aimed at the ``missing`` goals."""
+    def batch(self, index: int, n: int, missing: Sequence[Target] = (),
+              attempts: dict[Target, int] | None = None) -> list[CallPlan]:
+        """Batch ``index``: ``n`` plans, part of them aimed at the ``missing`` goals.
+
+        :param attempts: steered calls per goal so far, updated here; a goal that had
+            :data:`STEER_ATTEMPTS` is no longer aimed at
+        """
         rng = random.Random(batch_seed(self.seed, self.shard, index))
-        goals = [t for t in missing if t.spec in self.specs]
+        tries = attempts if attempts is not None else {}
+        goals = [t for t in missing if t.spec in self.specs
+                 and tries.get(t, 0) < STEER_ATTEMPTS]
         names = list(self.specs)
         out: list[CallPlan] = []
         for _ in range(n):
             if goals and rng.random() < self.steer_rate:
                 t = rng.choice(goals)
+                tries[t] = tries.get(t, 0) + 1
                 out.append(self.plan(rng, self.specs[t.spec], t))
             else:
                 out.append(self.plan(rng, self.specs[rng.choice(names)]))
@@ -129,7 +141,11 @@ class PlanGenerator:
                 args.append(Path(rng.choice(_VALID_PATHS if valid else _INVALID_PATHS)))
             elif _is_address(p):
                 j = p.size_param if p.size_param is not None else i + 1
-                size = min(scalars.get(j, arch.PAGE_SIZE), MAX_MAPPING, 1 << 20)
+                size = scalars.get(j, arch.PAGE_SIZE)
+                # A count beyond what any harness mapping holds gets a buffer of
+                # _BIG_BUFFER: the call still runs past its end, and the harness does
+                # not fill a megabyte per call (the bulk of a campaign's time otherwise).
+                size = size if size <= min(MAX_MAPPING, 1 << 20) else _BIG_BUFFER
                 args.append(Buf(self._buf_kind(rng, p, valid), size))
             else:
                 args.append(Lit(scalars[i]))

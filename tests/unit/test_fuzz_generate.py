@@ -51,3 +51,23 @@ def test_madvise_never_leaves_harness_mappings_with_destructive_advice() -> None
         known = advice.value & 0xFFFFFFFF in arch.MADV.values()
         if not inside and known:
             assert advice.value & 0xFFFFFFFF in arch.MADV_HINTS or advice.value == 0
+
+
+def test_steering_gives_up_on_a_goal_after_its_attempts() -> None:
+    from kapi_selftests.generate import STEER_ATTEMPTS
+
+    goal = Target("sys_read", "count", Side.INVALID)  # never the rejected parameter
+    tries: dict[Target, int] = {}
+    g = PlanGenerator(SPECS, 1, steer_rate=1.0)
+    g.batch(0, STEER_ATTEMPTS, [goal], tries)
+    assert tries[goal] == STEER_ATTEMPTS
+    names = {p.name for p in g.batch(1, 100, [goal], tries)}
+    assert names != {"read"}  # no longer steered: every spec again
+    assert tries[goal] == STEER_ATTEMPTS
+
+
+def test_huge_counts_get_a_bounded_buffer() -> None:
+    for p in PlanGenerator(SPECS, 4).batch(0, 1000):
+        for a in p.args:
+            if isinstance(a, Buf):
+                assert a.size <= 1 << 20
