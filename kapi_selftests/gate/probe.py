@@ -49,7 +49,9 @@ _RW_FDS = (FdKind.REGULAR, FdKind.REGULAR_RDONLY, FdKind.REGULAR_WRONLY, FdKind.
 _RW_BUFS = (BufKind.MAPPED, BufKind.GUARD_TAIL, BufKind.SHORT, BufKind.READONLY,
             BufKind.UNMAPPED, BufKind.NULL, BufKind.KERNEL)
 _RW_COUNTS = (0, 1, 8, 4096)
-_FD_LITS = (-1, -100, 2**31 - 1, 2**31, 2**32 - 1, 1 << 32)
+# Never an fd literal that casts to a real fd (2^32 is fd 0: a read would block on the
+# console); the high-bits edge is Fd(kind, high=1), a live fd plus 2^32.
+_FD_LITS = (-1, -100, 2**31 - 1, 2**31, 2**32 - 1)
 _COUNT_LITS = (1 << 63, 2**63 - 1, -1)
 _MADV_ADVICE = (0, 1, 2, 3, 4, 8, 14, 15, 22, -1, 1 << 31)
 _MADV_LENS = (0, 1, 4096, 8192, -1)

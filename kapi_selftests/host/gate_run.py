@@ -98,12 +98,13 @@ def guest_script(cfg: GateRunConfig, python: str = sys.executable) -> runner.Gue
         '  [ -r "$f" ] && cat "$f" > "$O/events/$e.format"',
         "done",
         'echo "kapi-selftests: gate: probe"',
-        f'{shlex.join(probe)}; echo $? > "$O/stage-probe"',
+        f'{shlex.join(probe)} < /dev/null; echo $? > "$O/stage-probe"',
     ]
     if cfg.suite:
         suite = runner.guest_command(python=python, keyword=cfg.keyword).argv
         lines += ['echo "kapi-selftests: gate: suite"',
-                  f'{shlex.join(suite)} > "$O/suite-stdout.txt"; echo $? > "$O/stage-suite"']
+                  f'{shlex.join(suite)} < /dev/null > "$O/suite-stdout.txt"; '
+                  'echo $? > "$O/stage-suite"']
     lines.append("exit 0")
     return runner.GuestSpec(argv=("/bin/sh", "-c", "\n".join(lines)),
                             env=runner.guest_env(python))
