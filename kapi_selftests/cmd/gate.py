@@ -20,6 +20,7 @@ kernel itself crashed), with the reason.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -153,6 +154,14 @@ def _verdict(args: argparse.Namespace, mode: str) -> GateVerdict:
         timing_rounds=args.timing_rounds, suite=args.suite, keyword=args.keyword,
         memory_mb=args.memory_mb or None, timeout_s=args.timeout_s or None,
         accel=qemu.Accel(args.accel))
+    if cfg.accel is qemu.Accel.AUTO:
+        # One accelerator for both kernels: the timings must be comparable.
+        try:
+            accel = qemu.choose_accel(qemu.GuestConfig(kernel=Path(base_image)),
+                                      qemu.find_qemu())
+        except MissingFeature as e:
+            return unjudged(str(e), notes=(e.hint,) if e.hint else ())
+        cfg = dataclasses.replace(cfg, accel=accel)
     runs = []
     for label, image in (("base", base_image), ("patched", patched_image)):
         try:

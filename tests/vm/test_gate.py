@@ -7,8 +7,8 @@
 Kernels: ``KAPI_GATE_KERNEL`` (default ``/work/kernels/kapi/bzImage``) and
 ``KAPI_GATE_VARIANT`` (default ``/work/kernels/kapi-variant/arch/x86/boot/bzImage``).
 Where they, QEMU or busybox are missing, the tests skip with the reason. Each test
-boots two TCG guests (several minutes); the suite stage is limited to the smoke
-tests to keep it short.
+boots two TCG guests (several minutes; ``KAPI_GATE_ACCEL=auto`` to probe KVM); the
+suite stage is limited to the smoke tests to keep it short.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def _need(*kernels: Path) -> None:
 def _gate(base: Path, patched: Path, out: Path) -> tuple[int, dict[str, Any]]:
     code = main(["gate", "--base-kernel", str(base), "--kernel", str(patched), "--out",
                  str(out), "-k", "smoke", "--probe-calls", "200", "--timing-rounds", "500",
+                 "--accel", os.environ.get("KAPI_GATE_ACCEL", "tcg"),
                  "--junit", str(out / "junit.xml")])
     return code, json.loads((out / "gate.json").read_text())
 
