@@ -418,7 +418,9 @@ def git_init_tree(src: Path) -> None:
             gitignore.write_text(stripped)
     _run(("git", "init", "-q", str(src)))
     env = _git_identity_env(src)
-    _git(src, "add", "-A")
+    # --force: the kernel's own rules ignore dotfiles (".*"), which upstream tracks
+    # anyway (.gitignore, .kunitconfig, .clang-format); everything in a tarball is source.
+    _git(src, "add", "--force", "-A")
     _git(src, "commit", "-q", "-m", f"import {src.name} (tarball)", env=env)
 
 
@@ -536,7 +538,7 @@ def apply_series(src: Path, patches: Sequence[Patch], *, resume: bool = False) -
             raise BuildError(f"{todo[0].source}: partly applied already (up to "
                              f"'{patches[already - 1].subject}')",
                              hint="pass one mbox per patch, or reset the tree to its base")
-        argv = ["am", "--keep-cr"]
+        argv = ["am"]
         if _has_history(src):
             argv.append("-3")
         proc = _git(src, *argv, *map(str, sources), check=False, env=env)
@@ -599,7 +601,8 @@ def plan_commands(src: Path, out: Path, *, series: Sequence[Path] = (), fragment
     cmds: list[tuple[str, ...]] = []
     patches = read_series(series) if series else ()
     if series and not _is_git_repo(src):
-        cmds += [("git", "init", "-q", str(src)), ("git", "-C", str(src), "add", "-A"),
+        cmds += [("git", "init", "-q", str(src)),
+                 ("git", "-C", str(src), "add", "--force", "-A"),
                  ("git", "-C", str(src), "commit", "-q", "-m", f"import {src.name} (tarball)")]
     if resume:
         cmds.append(("git", "-C", str(src), "am", "--continue"))
@@ -607,7 +610,7 @@ def plan_commands(src: Path, out: Path, *, series: Sequence[Path] = (), fragment
         done = _applied_prefix(src, patches)
         if done < len(patches):
             three = ["-3"] if _is_git_repo(src) and _has_history(src) else []
-            cmds.append(("git", "-C", str(src), "am", "--keep-cr", *three,
+            cmds.append(("git", "-C", str(src), "am", *three,
                          *dict.fromkeys(str(p.source) for p in patches[done:])))
     cmds += _config_commands(src, out, fragment)
     cmds.append(_build_command(src, out, jobs))

@@ -438,15 +438,17 @@ def test_build_kernel_tarball_tree_with_series(tmp_path: Path) -> None:
     src = _fake_tree(tmp_path)
     lines = [f"line {i}" for i in range(1, 21)]
     (src / "a.txt").write_text("\n".join(lines) + "\n")
-    (src / ".gitignore").write_text("*.o\n\n#\n# Debian packaging\n#\n/*\n!/debian/\n")
+    (src / ".gitignore").write_text("*.o\n.*\n\n#\n# Debian packaging\n#\n/*\n!/debian/\n")
+    (src / "scripts" / ".gitignore").write_text("/generated\n")   # dotfiles are source too
     frag, out = tmp_path / "frag.config", tmp_path / "out"
     frag.write_text("CONFIG_DEBUG_FS=y\n")
     first = build_kernel(src, out, series=mboxes[:1], fragment=frag, jobs=1)
     assert not first.cached and first.applied == ("one: touch a",)
-    assert (src / ".gitignore").read_text() == "*.o\n"
+    assert (src / ".gitignore").read_text() == "*.o\n.*\n"
     assert _subjects(src) == ["one: touch a", f"import {src.name} (tarball)"]
     # The import commit holds the whole tree (nothing ignored by a `/*` rule).
-    assert "Makefile" in _git(src, "ls-files").split()
+    tracked = _git(src, "ls-files").split()
+    assert {"Makefile", ".gitignore", "scripts/.gitignore"} <= set(tracked)
     again = build_kernel(src, out, series=mboxes[:1], fragment=frag, jobs=1)
     assert again.cached and again.applied == () and again.key == first.key
     # Same tree and fragment with a different series: a different key (and git am).
