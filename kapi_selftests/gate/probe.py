@@ -119,8 +119,12 @@ def probe_plans(seed: int, calls: int) -> list[CallPlan]:
     return plans
 
 
-def run_probe(out: Path, *, seed: int, calls: int, batch: int = 32) -> int:
+def run_probe(out: Path, *, seed: int, calls: int, batch: int = 1) -> int:
     """Issue :func:`probe_plans` through the harness; write ``out/calls.jsonl``.
+
+    One call per capture window by default: the harness measures a rejected call's side
+    effects (fd table, files) across its whole window, so a call that succeeds on one
+    kernel only would otherwise turn its neighbours' checks into differences.
 
     :return: the number of calls recorded
     """
