@@ -109,8 +109,11 @@ class Harness:
                 if spec is not None and predict(spec, m.regs, self.arena).rejected:
                     snaps[i] = snapshot(m, self.pool, self.arena)
         batch = self.executor.run([(m.plan.nr, m.regs) for m in mats])
-        effects = [side_effects(mats[i], snaps[i], self.pool, self.arena) if i in snaps else []
-                   for i in range(len(mats))]
+        touched = [_fds_touched(r) for r in batch.records]
+        effects = [side_effects(mats[i], snaps[i], self.pool, self.arena,
+                                ignore_fds=frozenset().union(*(t for j, t in enumerate(touched)
+                                                               if j != i)))
+                   if i in snaps else [] for i in range(len(mats))]
         result = self._judge(tuple(plans), mats, batch, effects)
         self._release(batch.records)
         return result
@@ -147,3 +150,12 @@ class Harness:
                     pass
         self.pool.release()
         self.arena.release()
+
+
+def _fds_touched(r: SyscallRecord) -> frozenset[int]:
+    # The fds a call may have added to or removed from the process's fd table.
+    if r.name == "open" and r.ret >= 0:
+        return frozenset((r.ret,))
+    if r.name == "close":
+        return frozenset((r.args[0] & 0xFFFFFFFF,))
+    return frozenset()

@@ -193,13 +193,18 @@ def snapshot(m: Materialized, pool: FdPool, arena: Arena) -> Snapshot:
     return Snapshot(pool.fd_table(), bufs, files, offsets, pending)
 
 
-def side_effects(m: Materialized, before: Snapshot, pool: FdPool, arena: Arena) -> list[str]:
-    """What changed since ``before``: one line per change, empty when nothing did."""
+def side_effects(m: Materialized, before: Snapshot, pool: FdPool, arena: Arena, *,
+                 ignore_fds: frozenset[int] = frozenset()) -> list[str]:
+    """What changed since ``before``: one line per change, empty when nothing did.
+
+    :param ignore_fds: fds other calls of the same batch opened or closed (the fd
+        table is per process: their changes are not this call's)
+    """
     after = snapshot(m, pool, arena)
     out: list[str] = []
-    if after.fd_table != before.fd_table:
-        added = sorted(after.fd_table - before.fd_table)
-        gone = sorted(before.fd_table - after.fd_table)
+    if after.fd_table - ignore_fds != before.fd_table - ignore_fds:
+        added = sorted(after.fd_table - before.fd_table - ignore_fds)
+        gone = sorted(before.fd_table - after.fd_table - ignore_fds)
         out.append(f"fd table changed: opened {added}, closed {gone}")
     for i, data in before.bufs.items():
         if after.bufs.get(i) != data:
