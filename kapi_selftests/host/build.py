@@ -499,6 +499,13 @@ def _failed_hunks(src: Path) -> tuple[str, ...]:
     return tuple(hunks)
 
 
+def _patch_files(src: Path) -> list[str]:
+    # Paths the patch of the stopped git am touches (what must be staged to continue).
+    patch = _git_path(src, "rebase-apply") / "patch"
+    proc = _git(src, "apply", "--numstat", str(patch), check=False)
+    return [line.split("\t", 2)[2] for line in proc.stdout.splitlines() if line.count("\t") >= 2]
+
+
 def _untracked_rejects(src: Path) -> list[str]:
     return _git(src, "ls-files", "--others", "--", "*.rej", check=False).stdout.split()
 
@@ -553,9 +560,14 @@ def apply_series(src: Path, patches: Sequence[Patch], *, resume: bool = False) -
                              hint=f"git -C {src} add <fixed files>, then --continue")
         failure = PatchFailure(head_after + 1, len(patches), patches[head_after].subject,
                                _failed_hunks(src))
+        files = _patch_files(src)
         raise BuildError(failure.describe() + f" (tree left in {src})",
-                         hint="apply the hunks of the *.rej files by hand, delete them, "
-                              f"git -C {src} add the fixed files, then build-kernel --continue")
+                         hint="apply the hunks of the *.rej files by hand, delete them, stage "
+                              "what the patch touches: "
+                              + shlex.join(["git", "-C", str(src), "add", "-f", "-A", "--",
+                                            *files])
+                              + ", then build-kernel --continue (to give up: git am --abort, "
+                                "git checkout -- ., remove the new files)")
     if head_after != len(patches):
         raise BuildError(f"{src}: git am finished but HEAD does not end with the series "
                          f"({head_after}/{len(patches)} found)",

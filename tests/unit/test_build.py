@@ -256,6 +256,7 @@ def test_apply_series_stops_at_conflict_and_continues(tmp_path: Path) -> None:
     assert "b.txt: @@ -8,6 +8,7 @@" in msg
     assert "a.txt" not in msg
     assert exc.value.hint is not None and "--continue" in exc.value.hint
+    assert f"git -C {tree} add -f -A -- b.txt," in exc.value.hint
     # Patch 1 is committed, patch 2 left for a person: .rej file, am in progress.
     assert _subjects(tree) == ["one: touch a", "tarball"]
     assert (tree / "b.txt.rej").is_file()
