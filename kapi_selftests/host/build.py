@@ -46,6 +46,7 @@ __all__ = [
     "read_series",
     "strip_debian_gitignore",
     "apply_series",
+    "git_init_tree",
 ]
 
 log = logging.getLogger(__name__)
