@@ -165,9 +165,10 @@ def run_probe(out: Path, *, seed: int, calls: int, batch: int = 1) -> int:
 def time_mix(rounds: int) -> dict[str, object]:
     """Time a fixed mix of spec'd calls, tracing off: mean ns per call, per syscall.
 
-    Each syscall's variants are issued ``rounds / 5`` times in a tight loop (raw
-    ``syscall(2)`` through ctypes), five times over, and the fastest repetition counts;
-    calls that succeed and calls each spec rejects are both in the mix.
+    After a warm-up pass, each syscall's variants are issued ``rounds / 7`` times in a
+    tight loop (raw ``syscall(2)`` through ctypes), seven times over, interleaved across
+    syscalls, and the fastest repetition counts; calls that succeed and calls each spec
+    rejects are both in the mix.
     """
     from kapi_selftests.memory import Arena
     from kapi_selftests.syscalls import invoke
@@ -184,26 +185,24 @@ def time_mix(rounds: int) -> dict[str, object]:
                 "open": [(NR["open"], 0, 0, 0), (NR["open"], path, 1 << 31, 0)],
                 "madvise": [(NR["madvise"], buf, 8192, 0), (NR["madvise"], buf + 1, 4096, 0)],
             }
-            per: dict[str, float] = {}
-            total_ns = 0
-            total = 0
-            reps = 5  # best of 5: the least disturbed by the host (TCG shares its cores)
+            reps = 7  # best of 7: the repetition least disturbed by the host
             per_rep = max(rounds // reps, 1)
-            for name, variants in mix.items():
-                best = None
-                for _ in range(reps):
+            for variants in mix.values():  # warm-up: page faults, ctypes, caches
+                for _ in range(max(per_rep // 4, 1)):
+                    for nr, *args in variants:
+                        invoke(nr, *args)
+            best: dict[str, int] = {}
+            for _ in range(reps):  # interleaved, so a disturbance hits every syscall alike
+                for name, variants in mix.items():
                     t0 = time.perf_counter_ns()
                     for _ in range(per_rep):
                         for nr, *args in variants:
                             invoke(nr, *args)
                     dt = time.perf_counter_ns() - t0
-                    best = dt if best is None else min(best, dt)
-                assert best is not None
-                dt = best
-                ncalls = per_rep * len(variants)
-                per[name] = dt / ncalls
-                total_ns += dt
-                total += ncalls
+                    best[name] = min(best.get(name, dt), dt)
+            per = {name: best[name] / (per_rep * len(mix[name])) for name in mix}
+            total = sum(per_rep * len(v) for v in mix.values())
+            total_ns = sum(best.values())
         finally:
             os.close(fd)
     return {"calls": total, "ns_per_call": total_ns / total, "per_syscall": per,
