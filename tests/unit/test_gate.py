@@ -388,3 +388,29 @@ def test_cli_gate_build_failure_is_unjudged(tmp_path: Path, monkeypatch: pytest.
     assert code == 4
     out = capsys.readouterr().out
     assert "could not judge" in out and "did not apply" in out
+
+
+# --- real runs --------------------------------------------------------------------------------
+# gate-real-kapi / gate-real-variant: what `gate --base-kernel kapi --kernel kapi-variant`
+# recorded on the KAPI v4 kernel and on the same tree with open's mode mask widened to
+# S_IFMT | S_IALLUGO (prose of the spec dumps elided).
+
+
+def test_real_runs_variant_reports_exactly_the_mode_mask_change() -> None:
+    base = load_run(DATA / "gate-real-kapi", "base")
+    patched = load_run(DATA / "gate-real-variant", "patched")
+    v = compare(base, patched)
+    assert v.status is GateStatus.PASS and v.calls_compared == 300
+    assert [(c.name, c.lines) for c in v.spec_changes] == [
+        ("sys_open", ("param[2] mode: constraint mask 0xfff -> mask 0xffff",))]
+    assert v.differences
+    for d in v.differences:
+        assert (d.kind, d.cls) == (DiffKind.CALL, DiffClass.EXPECTED)
+        assert d.subject.startswith("open(") and d.base.startswith("EINVAL spec_match=0")
+        assert "mode: mask" in d.explanation and "outside mask 0xfff" in d.explanation
+
+
+def test_real_run_against_itself_reports_nothing() -> None:
+    run = load_run(DATA / "gate-real-kapi", "base")
+    v = compare(run, dataclasses.replace(run, label="patched"))
+    assert v.status is GateStatus.PASS and v.differences == () and v.spec_changes == ()
