@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -395,14 +396,23 @@ def _health(base: KernelRun, patched: KernelRun) -> tuple[list[Difference], list
             out.append(Difference(DiffKind.HEALTH, DiffClass.REGRESSION, f"{stage} stage",
                                   "exit 0", f"exit {rc}",
                                   f"the {stage} stage failed on the patched kernel only"))
-    seen = {(s.kind, s.summary) for s in hb.splats}
+    seen = {(s.kind, _splat_site(s.summary)) for s in hb.splats}
     for s in hp.splats:
-        if (s.kind, s.summary) in seen:
+        if (s.kind, _splat_site(s.summary)) in seen:
             continue
         out.append(Difference(DiffKind.HEALTH, DiffClass.REGRESSION, f"kernel {s.kind}",
                               "none", s.summary,
                               f"the patched kernel reported a {s.kind} the base did not"))
     return out, reasons
+
+
+_VOLATILE = re.compile(r"CPU: \d+|PID: \d+|\+0x[0-9a-f]+/0x[0-9a-f]+|0x[0-9a-f]{6,}|"
+                       r"\b[0-9a-f]{12,}\b|\[[ \d.]+\]")
+
+
+def _splat_site(summary: str) -> str:
+    # The same report on two boots differs in PIDs, CPUs, addresses and offsets.
+    return " ".join(_VOLATILE.sub("", summary).split())
 
 
 def _cost(base: KernelRun, patched: KernelRun) -> Cost | None:

@@ -250,9 +250,11 @@ def test_gate_patched_kernel_splat_or_hang_is_regression(kapi: KernelRun,
 
 
 def test_gate_same_warning_on_both_is_not_a_regression(kapi: KernelRun) -> None:
-    h = Health(splats=(Splat("WARNING", "WARNING: CPU: 0 PID: 1 at mm/x.c:1"),))
+    h = Health(splats=(Splat("WARNING", "WARNING: CPU: 0 PID: 1 at mm/x.c:1 f+0x1a/0x40"),))
+    hp = Health(splats=(Splat("WARNING", "WARNING: CPU: 1 PID: 97 at mm/x.c:1 f+0x1a/0x40"),))
     run = dataclasses.replace(kapi, health=h)
-    assert compare(run, dataclasses.replace(run, label="patched")).status is GateStatus.PASS
+    assert compare(run, dataclasses.replace(run, label="patched", health=hp)).status \
+        is GateStatus.PASS
 
 
 def test_gate_base_crash_cannot_be_judged(kapi: KernelRun) -> None:
