@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 RUN_SUBDIR = "guest"
 _PROBE_ENTRY = ("import sys; from kapi_selftests.gate.probe import guest_main; "
                 "sys.exit(guest_main(sys.argv[1:]))")
-_SUITE_ENTRY = runner._GUEST_ENTRY  # the suite's lean guest entry (no cli import)
 
 
 @dataclass(frozen=True, slots=True)
