@@ -147,16 +147,15 @@ class FdPool:
             return False
         return True
 
-    def fd_table(self, limit: int = 1024) -> frozenset[int]:
-        """The fds below ``limit`` open in this process now (for side-effect checks).
+    @staticmethod
+    def fd_table() -> frozenset[int]:
+        """The fds open in this process now (for side-effect checks).
 
-        Probed with ``fcntl(F_GETFD)``: listing /proc/self/fd would open an fd itself.
+        Lists /proc/self/fd through a directory fd we open ourselves, and leaves that
+        one out: it is open only while we look.
         """
-        out = set()
-        for fd in range(limit):
-            try:
-                os.get_inheritable(fd)
-            except OSError:
-                continue
-            out.add(fd)
-        return frozenset(out)
+        dfd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return frozenset(int(n) for n in os.listdir(dfd)) - {dfd}
+        finally:
+            os.close(dfd)
