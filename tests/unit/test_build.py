@@ -473,3 +473,18 @@ def test_apply_series_three_way_conflict_on_history_tree(tmp_path: Path) -> None
     assert "<<<<<<<" in (hist / "b.txt").read_text()
     assert not list(hist.glob("*.rej"))
     assert _subjects(hist)[0] == "one: touch a"
+
+
+def test_plan_commands_tarball_with_series(tmp_path: Path) -> None:
+    _, mboxes = _make_series(tmp_path)
+    src = _fake_tree(tmp_path)
+    frag = tmp_path / "frag.config"
+    frag.write_text("CONFIG_DEBUG_FS=y\n")
+    plan = build.plan_commands(src, tmp_path / "out", series=mboxes, fragment=frag, jobs=2)
+    s, o = str(src.resolve()), str((tmp_path / "out").resolve())
+    assert plan[0] == ("git", "init", "-q", s)
+    assert plan[1] == ("git", "-C", s, "add", "--force", "-A")
+    # A fresh tarball has no history: plain git am, no -3.
+    assert plan[3] == ("git", "-C", s, "am", *map(str, mboxes))
+    assert plan[-1] == ("make", "-C", s, f"O={o}", "-j2", "bzImage")
+    assert not (src / ".git").exists()          # a dry run changes nothing
