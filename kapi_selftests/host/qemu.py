@@ -12,14 +12,16 @@ import enum
 import functools
 import logging
 import os
+import select
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from kapi_selftests.errors import MissingFeature, UsageError
 
@@ -143,30 +145,54 @@ def find_qemu(arch: str = "x86_64") -> str:
 
 
 @functools.cache
-def probe_accel(qemu: str, arch: str = "x86_64") -> str | None:
+def probe_accel(qemu: str, arch: str = "x86_64", timeout_s: float = 30.0) -> str | None:
     """Why KVM cannot be used here, or None when it works.
 
     Opening ``/dev/kvm`` is not enough: on some hosts ``-cpu host`` aborts at
     the first vCPU reset (``failed to set MSR``). So start a paused QEMU with
-    KVM; if it is still alive after a moment the accelerator really works.
+    KVM and a QMP monitor on stdio: QEMU greets on QMP only after machine
+    creation and that reset, so a greeting means KVM really initialised. (A
+    fixed wait is not enough: on a loaded host QEMU can take seconds to get there.)
     """
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "/dev/kvm is missing or not accessible"
     a = ARCHES[arch]
     argv = [qemu, "-accel", "kvm", "-cpu", a.kvm_cpu, "-M", a.machine, "-display", "none",
-            "-nodefaults", "-no-user-config", "-S", "-serial", "none", "-monitor", "none"]
+            "-nodefaults", "-no-user-config", "-S", "-qmp", "stdio", "-serial", "none",
+            "-monitor", "none"]
     log.info("probing KVM: %s", shlex.join(argv))
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    if proc.poll() is None:
-        proc.kill()
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        greeting = _read_line(proc.stdout, timeout_s) if proc.stdout else b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
+    if greeting.startswith(b'{"QMP"'):
         return None
-    err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
-    return f"QEMU with KVM exited at once ({err[0] if err else f'status {proc.returncode}'})"
+    err = (proc.stderr.read().decode("utf-8", "replace") if proc.stderr else "").strip()
+    first = err.splitlines()[0] if err else ""
+    if proc.returncode is not None and proc.returncode != -signal.SIGKILL:
+        return f"QEMU with KVM exited at once ({first or f'status {proc.returncode}'})"
+    return f"QEMU with KVM did not come up within {timeout_s:g} s" + (f" ({first})"
+                                                                       if first else "")
+
+
+def _read_line(stream: IO[bytes], timeout_s: float) -> bytes:
+    # one line from a pipe, or b"" at EOF or when timeout_s passes first
+    deadline = time.monotonic() + timeout_s
+    buf = b""
+    fd = stream.fileno()
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return b""
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return buf
+        buf += chunk
+    return buf
 
 
 def choose_accel(cfg: GuestConfig, qemu: str) -> Accel:

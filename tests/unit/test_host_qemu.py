@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -90,19 +92,30 @@ def test_qemu_vng_argv_kvm_keeps_kvm() -> None:
 
 
 class _FakeProc:
-    def __init__(self, alive: bool, err: str = "") -> None:
-        self.alive = alive
-        self.returncode: int | None = None if alive else 134
-        self.stderr = __import__("io").StringIO(err)
+    """A QEMU that either greets on QMP (KVM works) or aborts (stderr, exit 134)."""
+
+    def __init__(self, greets: bool, err: str = "") -> None:
+        r, w = os.pipe()
+        if greets:
+            os.write(w, b'{"QMP": {"version": {}}}\r\n')
+        else:
+            os.close(w)
+            w = -1
+        self._w = w
+        self.stdout = os.fdopen(r, "rb")
+        self.stderr = io.BytesIO(err.encode())
+        self.returncode: int | None = None if greets else 134
         self.killed = False
 
     def poll(self) -> int | None:
-        return None if self.alive else self.returncode
+        return self.returncode
 
     def kill(self) -> None:
         self.killed = True
-        self.alive = False
         self.returncode = -9
+        if self._w >= 0:
+            os.close(self._w)
+            self._w = -1
 
     def wait(self) -> int | None:
         return self.returncode
@@ -122,13 +135,26 @@ def test_qemu_probe_kvm_that_aborts_is_unusable(monkeypatch: pytest.MonkeyPatch,
     assert reason is not None and "failed to set MSR" in reason
 
 
-def test_qemu_probe_kvm_that_runs_is_usable(monkeypatch: pytest.MonkeyPatch,
-                                            kvm_dev: None) -> None:
+def test_qemu_probe_kvm_that_greets_is_usable(monkeypatch: pytest.MonkeyPatch,
+                                             kvm_dev: None) -> None:
     procs: list[_FakeProc] = []
     monkeypatch.setattr(subprocess, "Popen",
                         lambda *a, **k: procs.append(_FakeProc(True)) or procs[-1])
     assert qemu.probe_accel("qemu-y") is None
     assert procs[0].killed
+
+
+def test_qemu_probe_kvm_slow_to_start_is_not_taken_for_working(
+        monkeypatch: pytest.MonkeyPatch, kvm_dev: None) -> None:
+    # alive but silent (a loaded host): no greeting within the timeout -> not usable
+    class Silent(_FakeProc):
+        def __init__(self) -> None:
+            super().__init__(True)
+            self.stdout = os.fdopen(os.pipe()[0], "rb")
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: Silent())
+    reason = qemu.probe_accel("qemu-z", "x86_64", 0.2)
+    assert reason is not None and "did not come up" in reason
 
 
 def test_qemu_choose_accel_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch,

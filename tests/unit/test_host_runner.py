@@ -163,10 +163,17 @@ def _fake(monkeypatch: pytest.MonkeyPatch, console: bytes, files: dict[str, str]
           hang: bool = False) -> list[FakeQemu]:
     made: list[FakeQemu] = []
 
-    def popen(argv: list[str], **kw: Any) -> FakeQemu:
+    real_popen = subprocess.Popen
+
+    def popen(argv: list[str], **kw: Any) -> Any:
+        if "qemu" not in str(argv[0]):  # not QEMU (ctypes runs ldconfig): the real thing
+            return real_popen(argv, **kw)
         if "-S" in argv:  # the KVM probe: it aborts, as on these machines
             p = FakeQemu(argv + ["mount_tag=kapiout,path=/tmp"], b"", {})
-            p.stderr = io.StringIO("error: failed to set MSR 0x10a to 0x69\n")
+            r, w = os.pipe()
+            os.close(w)
+            p.stdout = os.fdopen(r, "rb")
+            p.stderr = io.BytesIO(b"error: failed to set MSR 0x10a to 0x69\n")
             p.returncode = 134
             return p
         made.append(FakeQemu(argv, console, files, hang))
