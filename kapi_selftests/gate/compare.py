@@ -91,16 +91,37 @@ class Difference:
 
 @dataclass(frozen=True, slots=True)
 class Cost:
-    """The timed call mix on both kernels: ``ratio`` = patched / base time per call."""
+    """The timed call mix on both kernels.
+
+    ``ratio`` is patched / base time per call, each first divided by the same run's
+    time for a syscall without a spec (when both runs timed it): two boots of one
+    kernel under TCG on a busy host differ in speed by far more than the checks cost.
+    """
 
     calls: int
     base_ns: float
     patched_ns: float
     per_syscall: tuple[tuple[str, float, float], ...] = ()
+    base_ref_ns: float | None = None
+    patched_ref_ns: float | None = None
+
+    @property
+    def normalised(self) -> bool:
+        return bool(self.base_ref_ns and self.patched_ref_ns)
+
+    def scale(self) -> float:
+        """Factor that turns a raw patched/base ratio into a normalised one."""
+        if self.base_ref_ns and self.patched_ref_ns:
+            return self.base_ref_ns / self.patched_ref_ns
+        return 1.0
+
+    @property
+    def raw_ratio(self) -> float:
+        return self.patched_ns / self.base_ns if self.base_ns > 0 else float("inf")
 
     @property
     def ratio(self) -> float:
-        return self.patched_ns / self.base_ns if self.base_ns > 0 else float("inf")
+        return self.raw_ratio * self.scale()
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +442,8 @@ def _cost(base: KernelRun, patched: KernelRun) -> Cost | None:
         return None
     per = tuple((name, tb.per_syscall[name], tp.per_syscall[name])
                 for name in sorted(set(tb.per_syscall) & set(tp.per_syscall)))
-    return Cost(min(tb.calls, tp.calls), tb.ns_per_call, tp.ns_per_call, per)
+    return Cost(min(tb.calls, tp.calls), tb.ns_per_call, tp.ns_per_call, per,
+                tb.reference_ns, tp.reference_ns)
 
 
 _ORDER = {DiffClass.REGRESSION: 0, DiffClass.EXPECTED: 1, DiffClass.FIXED: 2, DiffClass.NOTE: 3}

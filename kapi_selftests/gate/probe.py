@@ -55,6 +55,7 @@ _FD_LITS = (-1, -100, 2**31 - 1, 2**31, 2**32 - 1)
 _COUNT_LITS = (1 << 63, 2**63 - 1, -1)
 _MADV_ADVICE = (0, 1, 2, 3, 4, 8, 14, 15, 22, -1, 1 << 31)
 _MADV_LENS = (0, 1, 4096, 8192, -1)
+_REFERENCE = "reference"
 
 
 def _boundary_plans() -> list[CallPlan]:
@@ -168,7 +169,8 @@ def time_mix(rounds: int) -> dict[str, object]:
     After a warm-up pass, each syscall's variants are issued ``rounds / 7`` times in a
     tight loop (raw ``syscall(2)`` through ctypes), seven times over, interleaved across
     syscalls, and the fastest repetition counts; calls that succeed and calls each spec
-    rejects are both in the mix.
+    rejects are both in the mix. ``getpid`` (no spec) is timed the same way, as the
+    reference that cancels the guest's own speed out of a comparison between two runs.
     """
     from kapi_selftests.memory import Arena
     from kapi_selftests.syscalls import invoke
@@ -184,6 +186,8 @@ def time_mix(rounds: int) -> dict[str, object]:
                 "close": [(NR["close"], 900), (NR["close"], 2**64 - 1)],
                 "open": [(NR["open"], 0, 0, 0), (NR["open"], path, 1 << 31, 0)],
                 "madvise": [(NR["madvise"], buf, 8192, 0), (NR["madvise"], buf + 1, 4096, 0)],
+                # no spec: the guest's speed (TCG, host load) in the same run, to normalise
+                _REFERENCE: [(NR["getpid"],), (NR["getpid"],)],
             }
             reps = 7  # best of 7: the repetition least disturbed by the host
             per_rep = max(rounds // reps, 1)
@@ -201,12 +205,13 @@ def time_mix(rounds: int) -> dict[str, object]:
                     dt = time.perf_counter_ns() - t0
                     best[name] = min(best.get(name, dt), dt)
             per = {name: best[name] / (per_rep * len(mix[name])) for name in mix}
-            total = sum(per_rep * len(v) for v in mix.values())
-            total_ns = sum(best.values())
+            ref = per.pop(_REFERENCE)
+            total = sum(per_rep * len(v) for k, v in mix.items() if k != _REFERENCE)
+            total_ns = sum(v for k, v in best.items() if k != _REFERENCE)
         finally:
             os.close(fd)
     return {"calls": total, "ns_per_call": total_ns / total, "per_syscall": per,
-            "rounds": rounds}
+            "reference_ns": ref, "reference": "getpid", "rounds": rounds}
 
 
 def guest_main(argv: Sequence[str]) -> int:

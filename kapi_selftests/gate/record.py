@@ -141,11 +141,13 @@ class Health:
 
 @dataclass(frozen=True, slots=True)
 class Timing:
-    """The timed call mix: mean nanoseconds per call, overall and per syscall."""
+    """The timed call mix: mean nanoseconds per call, overall and per syscall, and of a
+    syscall without a spec timed in the same run (``reference_ns``; None if not timed)."""
 
     calls: int
     ns_per_call: float
     per_syscall: Mapping[str, float] = field(default_factory=dict)
+    reference_ns: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,8 +252,10 @@ def _format_fields(text: str) -> tuple[str, ...]:
 
 def _timing(path: Path) -> Timing:
     d = json.loads(path.read_text())
+    ref = d.get("reference_ns")
     return Timing(calls=int(d["calls"]), ns_per_call=float(d["ns_per_call"]),
-                  per_syscall={str(k): float(v) for k, v in d.get("per_syscall", {}).items()})
+                  per_syscall={str(k): float(v) for k, v in d.get("per_syscall", {}).items()},
+                  reference_ns=float(ref) if ref else None)
 
 
 def load_run(root: Path, label: str) -> KernelRun:

@@ -44,9 +44,13 @@ def to_markdown(v: GateVerdict) -> str:
     out.append(f"- compared: {v.tests_compared} suite tests, {v.calls_compared} calls"
                + (f" ({v.calls_unmatched} ran on one kernel only)" if v.calls_unmatched else ""))
     if v.cost is not None:
-        out.append(f"- runtime cost of the checks: {v.cost.ratio:.2f}x "
-                   f"({v.cost.base_ns:.0f} ns -> {v.cost.patched_ns:.0f} ns per call, "
-                   f"{v.cost.calls} calls)")
+        cost = v.cost
+        how = (f"normalised by getpid timed in the same runs ({cost.base_ref_ns:.0f} -> "
+               f"{cost.patched_ref_ns:.0f} ns); raw {cost.raw_ratio:.2f}x" if cost.normalised
+               else "raw, not normalised")
+        out.append(f"- runtime cost of the checks: {cost.ratio:.2f}x "
+                   f"({cost.base_ns:.0f} ns -> {cost.patched_ns:.0f} ns per call, "
+                   f"{cost.calls} calls; {how})")
     out.append("")
     for cls, title in ((DiffClass.REGRESSION, "Regressions"),
                        (DiffClass.EXPECTED, "Expected differences (explained by the specs)"),
@@ -64,10 +68,13 @@ def to_markdown(v: GateVerdict) -> str:
         out += ["No difference in suite results, per-call behaviour, pairing or "
                 "tracepoints.", ""]
     if v.cost is not None and v.cost.per_syscall:
-        out += ["## Runtime cost", "", "| syscall | base ns/call | patched ns/call | ratio |",
+        k = v.cost.scale()
+        out += ["## Runtime cost", "",
+                "| syscall | base ns/call | patched ns/call | ratio (normalised) |",
                 "|---|---|---|---|"]
         for name, b, p in v.cost.per_syscall:
-            out.append(f"| {name} | {b:.0f} | {p:.0f} | {p / b if b else float('inf'):.2f} |")
+            out.append(f"| {name} | {b:.0f} | {p:.0f} | "
+                       f"{p / b * k if b else float('inf'):.2f} |")
         out.append("")
     out += ["## Spec diff", ""]
     if not v.spec_changes:
@@ -103,6 +110,8 @@ def to_json(v: GateVerdict) -> str:
         "cost": None if v.cost is None else {
             "calls": v.cost.calls, "base_ns_per_call": v.cost.base_ns,
             "patched_ns_per_call": v.cost.patched_ns, "ratio": v.cost.ratio,
+            "raw_ratio": v.cost.raw_ratio, "base_reference_ns": v.cost.base_ref_ns,
+            "patched_reference_ns": v.cost.patched_ref_ns,
             "per_syscall": {n: {"base": b, "patched": p} for n, b, p in v.cost.per_syscall}},
         "notes": list(v.notes),
     }

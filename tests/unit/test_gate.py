@@ -416,3 +416,17 @@ def test_real_run_against_itself_reports_nothing() -> None:
     run = load_run(DATA / "gate-real-kapi", "base")
     v = compare(run, dataclasses.replace(run, label="patched"))
     assert v.status is GateStatus.PASS and v.differences == () and v.spec_changes == ()
+
+
+def test_cost_is_normalised_by_the_reference_syscall(kapi: KernelRun) -> None:
+    # The same kernel booted on a host twice as busy: everything, the reference included,
+    # takes twice as long; the checks cost nothing more.
+    from kapi_selftests.gate.record import Timing
+    tb = Timing(1000, 5000.0, {"read": 4000.0}, reference_ns=3000.0)
+    tp = Timing(1000, 10000.0, {"read": 8000.0}, reference_ns=6000.0)
+    v = compare(dataclasses.replace(kapi, timing=tb),
+                dataclasses.replace(kapi, label="patched", timing=tp))
+    assert v.cost is not None and v.cost.normalised
+    assert v.cost.raw_ratio == pytest.approx(2.0) and v.cost.ratio == pytest.approx(1.0)
+    md = to_markdown(v)
+    assert "1.00x" in md and "raw 2.00x" in md and "| read | 4000 | 8000 | 1.00 |" in md
