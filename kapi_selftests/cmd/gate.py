@@ -72,8 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--src", metavar="TREE", type=_tree,
                      help="kernel tree: the base is the tree as is, the patched kernel the "
                           "tree plus --series (built in git worktrees, cached)")
-    src.add_argument("--series", metavar="MBOX", type=_file, action="append", default=[],
-                     help="patch mbox (or b4 .mbx) of the series, in order (repeatable)")
+    src.add_argument("--series", metavar="MBOX", type=_file, action="extend", nargs="+",
+                     default=[], help="patch mbox files (or one b4 .mbx) of the series, in "
+                                      "order (repeatable)")
     src.add_argument("--base-kernel", metavar="PATH", type=_existing,
                      help="prebuilt base kernel (bzImage, build dir, PVH vmlinux)")
     src.add_argument("--kernel", metavar="PATH", type=_existing,

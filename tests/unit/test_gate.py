@@ -430,3 +430,15 @@ def test_cost_is_normalised_by_the_reference_syscall(kapi: KernelRun) -> None:
     assert v.cost.raw_ratio == pytest.approx(2.0) and v.cost.ratio == pytest.approx(1.0)
     md = to_markdown(v)
     assert "1.00x" in md and "raw 2.00x" in md and "| read | 4000 | 8000 | 1.00 |" in md
+
+
+def test_cli_gate_series_takes_several_files(tmp_path: Path) -> None:
+    from kapi_selftests.cli import build_parser
+    a, b = tmp_path / "1.mbox", tmp_path / "2.mbox"
+    a.write_text("From x\n")
+    b.write_text("From x\n")
+    (tmp_path / "Makefile").write_text("")
+    (tmp_path / "Kconfig").write_text("")
+    args = build_parser().parse_args(["gate", "--src", str(tmp_path), "--series", str(a),
+                                      str(b), "--series", str(a)])
+    assert args.series == [a, b, a]
