@@ -8,6 +8,7 @@ Running the guest and reading its results is :mod:`kapi_selftests.host.runner`.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import logging
@@ -149,10 +150,12 @@ def probe_accel(qemu: str, arch: str = "x86_64", timeout_s: float = 30.0) -> str
     """Why KVM cannot be used here, or None when it works.
 
     Opening ``/dev/kvm`` is not enough: on some hosts ``-cpu host`` aborts at
-    the first vCPU reset (``failed to set MSR``). So start a paused QEMU with
-    KVM and a QMP monitor on stdio: QEMU greets on QMP only after machine
-    creation and that reset, so a greeting means KVM really initialised. (A
-    fixed wait is not enough: on a loaded host QEMU can take seconds to get there.)
+    the first vCPU reset (``failed to set MSR``), right after QEMU comes up. So
+    start a paused QEMU with KVM and QMP on stdio and ask for the registers
+    (``info registers``): that waits for the vCPU thread, which first runs the
+    queued reset, so a register dump means KVM really works. (Neither a fixed wait
+    nor the QMP greeting alone is enough: the reset fails after the greeting, and
+    on a loaded host QEMU can take seconds to get anywhere.)
     """
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "/dev/kvm is missing or not accessible"
@@ -163,13 +166,24 @@ def probe_accel(qemu: str, arch: str = "x86_64", timeout_s: float = 30.0) -> str
     log.info("probing KVM: %s", shlex.join(argv))
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout_s
+    works = False
     try:
-        greeting = _read_line(proc.stdout, timeout_s) if proc.stdout else b""
+        if proc.stdout is not None and proc.stdin is not None:
+            out = _read_until(proc.stdout, b'{"QMP"', deadline)
+            if b'{"QMP"' in out:
+                with contextlib.suppress(OSError):
+                    proc.stdin.write(b'{"execute": "qmp_capabilities"}\n'
+                                     b'{"execute": "human-monitor-command", '
+                                     b'"arguments": {"command-line": "info registers"}}\n')
+                    proc.stdin.flush()
+                out = _read_until(proc.stdout, b"IP=", deadline, out)
+                works = b"RIP=" in out or b"EIP=" in out
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    if greeting.startswith(b'{"QMP"'):
+    if works:
         return None
     err = (proc.stderr.read().decode("utf-8", "replace") if proc.stderr else "").strip()
     first = err.splitlines()[0] if err else ""
@@ -179,18 +193,16 @@ def probe_accel(qemu: str, arch: str = "x86_64", timeout_s: float = 30.0) -> str
                                                                        if first else "")
 
 
-def _read_line(stream: IO[bytes], timeout_s: float) -> bytes:
-    # one line from a pipe, or b"" at EOF or when timeout_s passes first
-    deadline = time.monotonic() + timeout_s
-    buf = b""
+def _read_until(stream: IO[bytes], marker: bytes, deadline: float, buf: bytes = b"") -> bytes:
+    # read a pipe until marker shows up, EOF, or the deadline; return all read so far
     fd = stream.fileno()
-    while not buf.endswith(b"\n"):
+    while marker not in buf:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return b""
+            break
         chunk = os.read(fd, 4096)
         if not chunk:
-            return buf
+            break
         buf += chunk
     return buf
 

@@ -97,13 +97,15 @@ class _FakeProc:
     def __init__(self, greets: bool, err: str = "") -> None:
         r, w = os.pipe()
         if greets:
-            os.write(w, b'{"QMP": {"version": {}}}\r\n')
+            os.write(w, b'{"QMP": {"version": {}}}\r\n{"return": {}}\r\n'
+                        b'{"return": "RAX=0000000000000000 RBX=0 RIP=000000000000fff0"}\r\n')
         else:
             os.close(w)
             w = -1
         self._w = w
         self.stdout = os.fdopen(r, "rb")
         self.stderr = io.BytesIO(err.encode())
+        self.stdin = io.BytesIO()
         self.returncode: int | None = None if greets else 134
         self.killed = False
 
@@ -135,13 +137,30 @@ def test_qemu_probe_kvm_that_aborts_is_unusable(monkeypatch: pytest.MonkeyPatch,
     assert reason is not None and "failed to set MSR" in reason
 
 
-def test_qemu_probe_kvm_that_greets_is_usable(monkeypatch: pytest.MonkeyPatch,
+def test_qemu_probe_kvm_that_dumps_registers_is_usable(monkeypatch: pytest.MonkeyPatch,
                                              kvm_dev: None) -> None:
     procs: list[_FakeProc] = []
     monkeypatch.setattr(subprocess, "Popen",
                         lambda *a, **k: procs.append(_FakeProc(True)) or procs[-1])
     assert qemu.probe_accel("qemu-y") is None
     assert procs[0].killed
+    assert b"info registers" in procs[0].stdin.getvalue()
+
+
+def test_qemu_probe_kvm_that_greets_then_aborts_is_unusable(
+        monkeypatch: pytest.MonkeyPatch, kvm_dev: None) -> None:
+    # what these machines do: the QMP greeting, then the MSR abort at the vCPU reset
+    class GreetThenAbort(_FakeProc):
+        def __init__(self) -> None:
+            super().__init__(False, "error: failed to set MSR 0x10a to 0x69\n")
+            r, w = os.pipe()
+            os.write(w, b'{"QMP": {"version": {}}}\r\n')
+            os.close(w)
+            self.stdout = os.fdopen(r, "rb")
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: GreetThenAbort())
+    reason = qemu.probe_accel("qemu-w")
+    assert reason is not None and "failed to set MSR" in reason
 
 
 def test_qemu_probe_kvm_slow_to_start_is_not_taken_for_working(

@@ -174,6 +174,7 @@ def _fake(monkeypatch: pytest.MonkeyPatch, console: bytes, files: dict[str, str]
             os.close(w)
             p.stdout = os.fdopen(r, "rb")
             p.stderr = io.BytesIO(b"error: failed to set MSR 0x10a to 0x69\n")
+            p.stdin = io.BytesIO()
             p.returncode = 134
             return p
         made.append(FakeQemu(argv, console, files, hang))
