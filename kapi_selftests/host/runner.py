@@ -408,7 +408,16 @@ def run_guests(req: SuiteRequest, *, echo: IO[str] | None = None,
                               xdist=xdist, save_trace=req.save_trace is not None,
                               keyword=req.keyword))
         cfg, argv = prepare(req.kernel, cfg, spec, runner=req.runner)
-        return boot(cfg, argv, echo=echo if n == 1 else None)
+        run = boot(cfg, argv, echo=echo if n == 1 else None)
+        if (cfg.accel is qemu.Accel.KVM and req.config.accel is qemu.Accel.AUTO
+                and run.timings.init_s is None and run.returncode not in (0, None)):
+            # KVM passed the probe but QEMU died before the kernel ran: TCG, once
+            log.warning("QEMU with KVM exited %s before the kernel started; retrying with TCG",
+                        run.returncode)
+            cfg, argv = prepare(req.kernel, replace(cfg, accel=qemu.Accel.TCG), spec,
+                                runner=req.runner)
+            run = boot(cfg, argv, echo=echo if n == 1 else None)
+        return run
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
         runs = list(pool.map(one, range(n)))

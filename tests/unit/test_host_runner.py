@@ -372,3 +372,24 @@ def test_run_kernel_guests_each_get_a_scratch_dir_and_a_shard(kernel_dir: Path, 
     inits = [(tmp_path / "w" / f"guest{i}" / "initramfs.cpio").read_bytes() for i in range(2)]
     assert b"--shard 0/2" in inits[0] and b"--shard 1/2" in inits[1]
     assert "1..6" in out  # both guests' results merged
+
+
+def test_run_kernel_kvm_dying_before_the_kernel_retries_with_tcg(
+        kernel_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    made = _fake(monkeypatch, CLEAN, {"status": "0\n", "junit.xml": JUNIT.replace(
+        '<failure message="assert 1 == 2">', "<x>").replace("AssertionError</failure>", "</x>")})
+    fake_popen = subprocess.Popen
+    monkeypatch.setattr(qemu, "probe_accel", lambda q, a="x86_64": None)  # "KVM works"
+
+    def popen(argv: list[str], **kw: Any) -> Any:
+        p = fake_popen(argv, **kw)
+        if "kvm" in argv:  # aborts at the vCPU reset: no console, SIGABRT
+            p.stdout = io.BytesIO(b"")
+            p.returncode = -6
+        return p
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    rc, out, _ = _main(["run", "--kernel", str(kernel_dir), "--work-dir", str(tmp_path)], capsys)
+    assert rc == KSFT_PASS, out
+    assert [("kvm" in m.argv) for m in made] == [True, False]
