@@ -80,7 +80,7 @@ def test_boot_sysrq_crash_is_reported_with_excerpt(vm_kernel: kernel.KernelImage
 def test_boot_hung_guest_is_killed_by_timeout(vm_kernel: kernel.KernelImage,
                                               tmp_path: Path) -> None:
     results, run = _run(vm_kernel, tmp_path, ("/bin/sh", "-c", "sleep 600"),
-                        progress_timeout_s=8)
+                        progress_timeout_s=15)
     assert run.killed is not None and "no progress" in run.killed
     assert run.timings.total_s < 120
     hang = [r for r in results if r.name == "guest-watchdog"]
