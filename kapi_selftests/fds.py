@@ -146,16 +146,3 @@ class FdPool:
         except OSError:
             return False
         return True
-
-    @staticmethod
-    def fd_table() -> frozenset[int]:
-        """The fds open in this process now (for side-effect checks).
-
-        Lists /proc/self/fd through a directory fd we open ourselves, and leaves that
-        one out: it is open only while we look.
-        """
-        dfd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            return frozenset(int(n) for n in os.listdir(dfd)) - {dfd}
-        finally:
-            os.close(dfd)

@@ -135,7 +135,7 @@ class Materializer:
 class Snapshot:
     """What a call could change, read before it ran."""
 
-    fd_table: frozenset[int]
+    fd_table: frozenset[int]  # which of the call's own fds are open
     bufs: dict[int, bytes]
     files: dict[int, bytes | None]  # arg index -> content of the file an fd or path names
     offsets: dict[int, int]
@@ -190,7 +190,10 @@ def snapshot(m: Materialized, pool: FdPool, arena: Arena) -> Snapshot:
         n = _pending(fd)
         if n is not None:
             pending[i] = n
-    return Snapshot(pool.fd_table(), bufs, files, offsets, pending)
+    # Only the fds the call names: the interpreter opens and closes fds of its own
+    # (finalizers, the hypothesis database) at any moment, so the whole table is noise.
+    table = frozenset(fd for fd in m.fds.values() if pool.is_open(fd))
+    return Snapshot(table, bufs, files, offsets, pending)
 
 
 def side_effects(m: Materialized, before: Snapshot, pool: FdPool, arena: Arena, *,
