@@ -59,8 +59,14 @@ GUEST_OPTIONS: tuple[tuple[str, str | None, str], ...] = (
     ("CONFIG_DEVTMPFS", None, "/dev in the guest"),
     ("CONFIG_TMPFS", None, "writable /tmp and /run in the guest"),
     ("CONFIG_TRACING", None, "tracefs (the kapi events)"),
-    ("CONFIG_DEBUG_FS", None, "debugfs (the KAPI specs)"),
     ("CONFIG_BLK_DEV_INITRD", None, "the initramfs that mounts the root"),
+)
+
+# Wanted but not required: without them some tests skip (logged as a warning).
+WANTED_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("CONFIG_DEBUG_FS", "debugfs: the KAPI spec dump"),
+    ("CONFIG_FTRACE_SYSCALLS", "the generic syscall events"),
+    ("CONFIG_MAGIC_SYSRQ", "the crash test of tests/vm"),
 )
 
 _SETUP_MAGIC_OFF = 0x202  # "HdrS"
@@ -472,6 +478,9 @@ def guest_modules(kernel: KernelImage) -> ModuleSet:
             raise MissingFeature(f"kernel {kernel.image} lacks what the guest needs: "
                                  + ", ".join(missing),
                                  hint=f"enable them in {kernel.config} (see vm/kapi.config)")
+        for opt, why in WANTED_OPTIONS:
+            if kconfig.get(opt) not in ("y", "m"):
+                log.warning("kernel config lacks %s (%s): those tests will skip", opt, why)
     names = required_module_names(kconfig)
     if kernel.modules_dir is None:
         if kconfig is not None and names:
