@@ -36,9 +36,10 @@ settings.load_profile(os.environ.get("KAPI_HYPOTHESIS_PROFILE", "ci"))
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kapi-selftests")
-    group.addoption("--kernel", metavar="PATH", default=None,
-                    help="boot this kernel (bzImage, build dir, PVH vmlinux) in QEMU and run "
-                         "the in-guest suite there")
+    group.addoption("--kernel", metavar="PATH", default=os.environ.get("KAPI_KERNEL") or None,
+                    help="boot this kernel (bzImage, build dir, PVH vmlinux, extracted "
+                         "package) in QEMU and run the in-guest suite there (default: "
+                         "KAPI_KERNEL)")
     group.addoption("--modules", metavar="DIR", default=None,
                     help="modules directory of a modular (distribution) kernel")
     group.addoption("--require-kapi", action="store_true",

@@ -66,10 +66,11 @@ def _shard(s: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--kernel", type=_existing_path, metavar="PATH",
                        help="boot this kernel in QEMU: bzImage, build dir, PVH vmlinux, or a "
-                            "directory where a kernel package was extracted")
+                            "directory where a kernel package was extracted (default: "
+                            "KAPI_KERNEL)")
     where.add_argument("--local", action="store_true",
                        help="run the in-guest suite on the running kernel (needs root)")
     p.add_argument("--modules", type=_existing_dir, metavar="DIR",
@@ -117,6 +118,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.local:
         return run_local(args)
+    if args.kernel is None:
+        env = os.environ.get("KAPI_KERNEL")
+        if not env:
+            raise UsageError("one of --kernel PATH or --local is required (or set KAPI_KERNEL)")
+        args.kernel = Path(env)
     return run_kernel(args)
 
 

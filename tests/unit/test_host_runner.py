@@ -281,7 +281,21 @@ def test_run_kernel_dry_run_prints_the_command(kernel_dir: Path, tmp_path: Path,
     assert (tmp_path / "initramfs.cpio").is_file()
 
 
-@pytest.mark.parametrize("args", [["run"], ["run", "--kernel", "/no/such/kernel"],
+def test_run_without_kernel_or_local_is_usage_error(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("KAPI_KERNEL", raising=False)
+    rc, _, err = _main(["run"], capsys)
+    assert rc == 2 and "--kernel PATH or --local" in err
+
+
+def test_run_kernel_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KAPI_KERNEL", str(tmp_path / "none"))
+    rc, _, err = _main(["run"], capsys)
+    assert rc == 2 and "no such kernel" in err
+
+
+@pytest.mark.parametrize("args", [["run", "--kernel", "/no/such/kernel"],
                                   ["run", "--local", "--kernel", "/"],
                                   ["run", "--local", "--cpus", "0"]])
 def test_run_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
