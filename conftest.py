@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, settings
 pytest_plugins = ["kapi_selftests.host.pytest_plugin"]
 
 settings.register_profile(
-    "ci", derandomize=True, max_examples=60, deadline=None, print_blob=True,
+    "ci", derandomize=True, max_examples=20, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.register_profile(
