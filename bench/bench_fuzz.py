@@ -167,7 +167,9 @@ def in_guest(kernel_path: Path, calls: int, loop: int) -> dict[str, Any]:
                          f"console {run.console}") from None
     res["guest"] = f"TCG, 1 vCPU, {k.image} ({k.release})"
     res["boot_total_s"] = run.timings.total_s
-    shutil.rmtree(work, ignore_errors=True)
+    res["campaign_dir"] = str(work / "campaign")
+    if not res.get("findings"):
+        shutil.rmtree(work, ignore_errors=True)
     return res
 
 
@@ -185,7 +187,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.guest:
-        res = measure(a.exe, a.calls, a.loop, Path(tempfile.mkdtemp()))
+        res = measure(a.exe, a.calls, a.loop, a.out)  # the campaign stays in the share
         (a.out / "bench.json").write_text(json.dumps(res))
         return 0
     if a.local:
