@@ -192,6 +192,13 @@ def _corpus_plans(d: Path | None) -> list[list[CallPlan]]:
         return []
     out = []
     for f in sorted(d.rglob("repro.json")) if d.is_dir() else [d]:
+        try:
+            crashed = bool(json.loads(f.read_text()).get("crash"))
+        except (OSError, ValueError, AttributeError):
+            crashed = False
+        if crashed:  # it brought a kernel down: replay it on purpose, not as a seed
+            log.warning("corpus: skipping %s (a kernel crash reproducer)", f)
+            continue
         out.append(list(repro.load(f).plans))
     return out
 
@@ -284,6 +291,8 @@ def _guest_argv(args: argparse.Namespace, shard: int, guests: int) -> list[str]:
         argv += ["--calls", str(max(per, 1))]
     if args.duration is not None:
         argv += ["--duration", str(args.duration)]
+    if args.corpus is not None:
+        argv += ["--corpus", f"{GUEST_OUT}/corpus"]  # copied into each shard's share
     if not args.minimize:
         argv.append("--no-minimize")
     if args.strict:
@@ -370,6 +379,13 @@ def run_kernel(args: argparse.Namespace) -> int:
         sdir = out / f"shard-{shard}"
         sdir.mkdir(parents=True, exist_ok=True)
         (sdir / STOP_FILE).unlink(missing_ok=True)
+        if args.corpus is not None:
+            import shutil
+            if args.corpus.is_dir():
+                shutil.copytree(args.corpus, sdir / "corpus", dirs_exist_ok=True)
+            else:
+                (sdir / "corpus").mkdir(exist_ok=True)
+                shutil.copy(args.corpus, sdir / "corpus" / "repro.json")
         restarts = 0
         while not stop.is_set():
             for stale in ("status", "console.log"):

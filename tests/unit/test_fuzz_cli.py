@@ -153,3 +153,16 @@ def test_guest_argv_splits_calls_over_guests() -> None:
     per = [int(a[a.index("--calls") + 1]) for a in
            (fuzz_cmd._guest_argv(args, 4 + i, 3) for i in range(3))]
     assert per == [4, 3, 3]
+
+
+def test_corpus_skips_crash_reproducers(tmp_path: Path) -> None:
+    from kapi_selftests.findings import FindingKey as Key
+    from kapi_selftests.repro import Reproducer, save
+
+    save(Reproducer(Key("ret mismatch", "madvise", "accepted"), (PLAN,)), tmp_path / "a")
+    crash = tmp_path / "b" / "crash_shard0_batch3"
+    crash.mkdir(parents=True)
+    (crash / "repro.json").write_text(json.dumps(
+        {"key": {"kind": "kernel crash", "syscall": "madvise", "where": "Oops"},
+         "plans": [plan_to_json(PLAN)], "crash": True}))
+    assert fuzz_cmd._corpus_plans(tmp_path) == [[PLAN]]
