@@ -447,6 +447,8 @@ def run_kernel(args: argparse.Namespace) -> int:
         ticker.end()
     header = [f"kernel: {kimg.image}" + (f" ({kimg.release})" if kimg.release else ""),
               f"guests: {n} ({accel.value})", f"seed {args.seed}, shards {shards}"]
+    if interrupted:
+        header.append(f"interrupted: rerun with --out {out} to resume")
     data = campaign_report.merge_into([out], out, specs, header=header)
     data.notes += errors
     md, _ = campaign_report.write_outputs(out, data, header=header)

@@ -110,6 +110,8 @@ def _replay_kernel(args: argparse.Namespace, r: object) -> tuple[bool, str]:
             return False, "the guest ran the crashing batch and survived"
         raise LostGuest(f"the guest wrote no replay result (status {run.status}); "
                         f"console {run.console}") from None
+    if not res["failing"]:
+        shutil.rmtree(work, ignore_errors=True)  # kept (console, result) while it fails
     return bool(res["failing"]), str(res["explain"])
 
 
