@@ -90,7 +90,7 @@ def listed_errors(spec: Spec) -> dict[int, str]:
         code = abs(e.code)
         if code in _INTERNAL_CODES:
             continue
-        out.setdefault(code, _errno.errorcode.get(code, e.name))
+        out.setdefault(code, _errno.errorcode.get(code) or e.name)
     return out
 
 
@@ -225,9 +225,10 @@ class Coverage:
                 inv = self.sides.get(Target(s.name, p.name, Side.INVALID))
                 lines.append(f"| {p.name} | {p.describe_constraint()} | {_cell(v)} | "
                              f"{'n/a' if inv is None else _cell(inv)} |")
-            hit = [f"{_errno.errorcode.get(c, c)} ({n})"
+            names = listed_errors(s)
+            hit = [f"{names.get(c, c)} ({n})"
                    for (sn, c), n in self.errors.items() if sn == s.name and n]
-            miss = [str(_errno.errorcode.get(c, c)) for c in self.missing_errors(s.name)]
+            miss = [str(names.get(c, c)) for c in self.missing_errors(s.name)]
             other = [f"{_errno.errorcode.get(c, c)} ({n})"
                      for (sn, c), n in self.unlisted.items() if sn == s.name]
             lines += ["", f"- errors seen: {', '.join(hit) or 'none'}",
