@@ -101,6 +101,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     vm.add_argument("--no-pvh", dest="pvh", action="store_false",
                     help="boot the bzImage as is, not its inner vmlinux via PVH (the "
                          "default when the kernel has a PVH note: skips decompression)")
+    vm.add_argument("--no-pyzip", dest="pyzip", action="store_false",
+                    help="import the guest's Python packages over 9p, not from a zip in the "
+                         "initramfs (the default; faster under TCG)")
     vm.add_argument("--work-dir", type=Path, metavar="DIR",
                     help="scratch directory for the guests' output (default: a temp dir, "
                          "removed when everything passed)")
@@ -159,7 +162,7 @@ def _guest_config(args: argparse.Namespace, kernel_image: Path) -> Any:
                                                   "progress_timeout_s")
              if getattr(args, key) is not None}
     return dataclasses.replace(cfg, append=append, accel=qemu.Accel(args.accel),
-                               pvh=args.pvh, **flags)
+                               pvh=args.pvh, pyzip=args.pyzip, **flags)
 
 
 def run_kernel(args: argparse.Namespace) -> int:

@@ -84,6 +84,8 @@ class GuestConfig:
     :param root: host directory shared read-only as the guest's root
     :param extra_qemu: more QEMU arguments, appended as given
     :param pvh: boot the ELF inside a bzImage directly (PVH): saves its decompression
+    :param pyzip: put the pure-Python packages the guest imports in the initramfs as a
+        zip (see :mod:`kapi_selftests.host.pyzip`): imports without 9p round trips
     :param project: the project directory, shared read-only at its own path (the root
         share alone does not show it when it lives under a guest tmpfs such as /tmp)
     """
@@ -103,6 +105,7 @@ class GuestConfig:
     extra_qemu: tuple[str, ...] = field(default=())
     pvh: bool = True  # boot a bzImage's inner vmlinux via PVH when it has the note
     project: Path | None = None  # shared read-only at the same path (tag kapiproj)
+    pyzip: bool = True  # ship the guest's Python library as a zip in the initramfs
 
     def __post_init__(self) -> None:
         if self.memory_mb < 128:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ from typing import IO
 
 from kapi_selftests.errors import LostGuest, MissingFeature, UsageError
 from kapi_selftests.host import console as console_mod
-from kapi_selftests.host import initramfs, kernel, qemu
+from kapi_selftests.host import initramfs, kernel, pyzip, qemu
 from kapi_selftests.report import Outcome, TestResult
 
 __all__ = ["BootTimings", "GuestRun", "GuestSpec", "guest_command", "guest_env", "prepare",
@@ -161,13 +162,30 @@ def prepare(kimg: kernel.KernelImage, cfg: qemu.GuestConfig, spec: GuestSpec, *,
         vmlinux = kernel.pvh_vmlinux(kimg.image, CACHE_DIR)
         if vmlinux is not None:
             cfg = replace(cfg, kernel=vmlinux)
-    if cfg.project is None:
-        cfg = replace(cfg, project=PROJECT)
-    init = initramfs.GuestInit(argv=spec.argv, env=spec.env, project=str(cfg.project))
-    initrd = initramfs.write_initramfs(cfg.out_dir / "initramfs.cpio", init, mods.paths)
+    project = cfg.project or PROJECT
+    cfg = replace(cfg, project=project)
+    genv: tuple[tuple[str, str], ...] = spec.env
+    extra: dict[str, bytes] = {}
+    zipped = _guest_pyzip(project) if cfg.pyzip else None
+    if zipped is not None:
+        genv = tuple((k, f"{pyzip.GUEST_ZIP}:{v}" if k == "PYTHONPATH" else v) for k, v in genv)
+        extra = {"py.zip": zipped.read_bytes()}
+    init = initramfs.GuestInit(argv=spec.argv, env=genv, project=str(project),
+                               pyzip=pyzip.GUEST_ZIP if zipped else None)
+    initrd = initramfs.write_initramfs(cfg.out_dir / "initramfs.cpio", init, mods.paths,
+                                       extra=extra)
     cfg = replace(cfg, initrd=initrd)
     accel = qemu.choose_accel(cfg, qemu_bin)
     return cfg, qemu.qemu_argv(cfg, qemu_bin, accel)
+
+
+_PYZIP_LOCK = threading.Lock()
+
+
+def _guest_pyzip(project: Path) -> Path | None:
+    # one build at a time (guests boot from threads); the zip is cached by content
+    with _PYZIP_LOCK:
+        return pyzip.build_pyzip(CACHE_DIR / "pyzip", _python_path(), project)
 
 
 def _die_with_parent() -> None:

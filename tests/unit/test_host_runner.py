@@ -195,6 +195,7 @@ def kernel_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bb = tmp_path / "busybox"
     bb.write_bytes(b"\x7fELF")
     monkeypatch.setattr(initramfs, "find_busybox", lambda: bb)
+    monkeypatch.setattr(runner, "_guest_pyzip", lambda project: None)
     monkeypatch.setattr(os, "access", lambda p, m: True)
     return d
 
