@@ -89,7 +89,7 @@ def _package_dir(name: str, file: str) -> Path | None:
 
 def _entries(mods: dict[str, str], roots: Iterable[str], project: Path
              ) -> dict[str, Path]:
-    """zip name -> source .py file for everything that goes in."""
+    """zip name -> file for everything that goes in (``.py`` names are compiled)."""
     out: dict[str, Path] = {}
     root_list = sorted((r for r in roots if r), key=len, reverse=True)
 
@@ -121,7 +121,9 @@ def _entries(mods: dict[str, str], roots: Iterable[str], project: Path
             inner = x.relative_to(pkg).parts[:-1]
             if any(p in ("test", "tests", "__pycache__") for p in inner):
                 continue
-            if x.suffix == ".py":
+            # .py become .pyc; data files (hypothesis' vendored tld list) go in as
+            # they are, for importlib.resources
+            if x.is_file() and x.suffix not in (".pyc", ".pyi", ".c", ".h"):
                 r = rel(x)
                 if r is not None:
                     out[r] = x
@@ -150,6 +152,9 @@ def build_pyzip(cache_dir: Path, pythonpath: Sequence[str], project: Path,
     tmp = dest.with_suffix(f".tmp{os.getpid()}")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
         for name, src in sorted(entries.items()):
+            if not name.endswith(".py"):
+                z.write(src, name)
+                continue
             pyc = Path(cache_from_source(str(src)))
             try:
                 if not pyc.is_file() or pyc.stat().st_mtime < src.stat().st_mtime:

@@ -19,6 +19,7 @@ def _tree(root: Path, files: dict[str, str]) -> None:
 def test_pyzip_entries_take_whole_packages_and_skip_ext_and_project(tmp_path: Path) -> None:
     lib, proj = tmp_path / "lib", tmp_path / "proj"
     _tree(lib, {"pure/__init__.py": "", "pure/a.py": "", "pure/lazy.py": "",
+                "pure/vendor/data.txt": "x",
                 "pure/tests/test_x.py": "", "ext/__init__.py": "", "ext/_c.so": "",
                 "single.py": "", "unused.py": ""})
     _tree(proj, {"kapi_selftests/__init__.py": ""})
@@ -26,7 +27,8 @@ def test_pyzip_entries_take_whole_packages_and_skip_ext_and_project(tmp_path: Pa
             "ext": str(lib / "ext/__init__.py"), "single": str(lib / "single.py"),
             "kapi_selftests": str(proj / "kapi_selftests/__init__.py")}
     got = pyzip._entries(mods, [str(lib), str(proj)], proj)
-    assert sorted(got) == ["pure/__init__.py", "pure/a.py", "pure/lazy.py", "single.py"]
+    assert sorted(got) == ["pure/__init__.py", "pure/a.py", "pure/lazy.py",
+                           "pure/vendor/data.txt", "single.py"]
 
 
 def test_pyzip_build_writes_importable_pycs(tmp_path: Path) -> None:
