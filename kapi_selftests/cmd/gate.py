@@ -94,8 +94,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--probe-calls", type=_count, default=300,
                    help="calls of the fixed call mix (default 300; at least its boundary "
                         "table)")
-    r.add_argument("--fuzz-calls", type=_count, default=0,
-                   help="calls of a fixed-seed fuzz run on each kernel (default 0: none)")
+    r.add_argument("--fuzz-calls", type=_count, default=200,
+                   help="calls of a fixed-seed fuzz run on each kernel (default 200; 0: none)")
     r.add_argument("--timing-rounds", type=_count, default=2000,
                    help="rounds of the timed call mix (0: no cost figure)")
     r.add_argument("--no-suite", dest="suite", action="store_false",

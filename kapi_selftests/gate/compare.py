@@ -399,6 +399,15 @@ def _tracepoints(base: KernelRun, patched: KernelRun) -> list[Difference]:
     return out
 
 
+def _stage_notes(base: KernelRun, patched: KernelRun) -> list[str]:
+    out: list[str] = []
+    for run in (base, patched):
+        for stage, rc in run.health.stages.items():
+            if stage != "suite" and rc != 0:
+                out.append(f"{run.label}: the {stage} stage exited {rc} (see its console log)")
+    return out
+
+
 def _health(base: KernelRun, patched: KernelRun) -> tuple[list[Difference], list[str]]:
     out: list[Difference] = []
     reasons: list[str] = []
@@ -455,6 +464,7 @@ def compare(base: KernelRun, patched: KernelRun) -> GateVerdict:
     notes = [f"base: {n}" for n in base.notes] + [f"patched: {n}" for n in patched.notes]
     health, reasons = _health(base, patched)
     diffs += health
+    notes += _stage_notes(base, patched)
     suite, tests_compared, suite_notes = _suite(base.suite, patched.suite)
     diffs += suite
     notes += suite_notes

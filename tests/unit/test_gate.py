@@ -442,3 +442,10 @@ def test_cli_gate_series_takes_several_files(tmp_path: Path) -> None:
     args = build_parser().parse_args(["gate", "--src", str(tmp_path), "--series", str(a),
                                       str(b), "--series", str(a)])
     assert args.series == [a, b, a]
+
+
+def test_gate_stage_failing_on_both_is_a_note(kapi: KernelRun) -> None:
+    run = dataclasses.replace(kapi, health=Health(stages={"probe": 1, "suite": 1}))
+    v = compare(run, dataclasses.replace(run, label="patched"))
+    assert v.status is GateStatus.PASS
+    assert "base: the probe stage exited 1 (see its console log)" in v.notes
