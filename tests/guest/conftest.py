@@ -9,7 +9,9 @@ CONFIG_FTRACE_SYSCALLS.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -40,19 +42,30 @@ def tracefs_root() -> object:
     return root
 
 
+def _save_trace(request: pytest.FixtureRequest, source: EventSource) -> Path | None:
+    # `kapi-selftests run --save-trace DIR` sets KAPI_SAVE_TRACE: every batch's raw
+    # capture lands in DIR/<source>-<module>/batch-N, the layout `check` reads.
+    root = os.environ.get("KAPI_SAVE_TRACE")
+    if not root:
+        return None
+    return Path(root) / f"{source.value}-{request.module.__name__.rsplit('.', 1)[-1]}"
+
+
 @pytest.fixture(scope="module")
-def generic_harness(tracefs_root: object) -> Iterator[Harness]:
+def generic_harness(request: pytest.FixtureRequest, tracefs_root: object) -> Iterator[Harness]:
     reason = missing_syscall_events(find_tracefs(), SPEC_SYSCALLS)
     if reason:
         pytest.skip(reason)
-    with Harness(EventSource.SYSCALLS) as h:
+    with Harness(EventSource.SYSCALLS,
+                 save_trace=_save_trace(request, EventSource.SYSCALLS)) as h:
         yield h
 
 
 @pytest.fixture(scope="module")
 def kapi_harness(request: pytest.FixtureRequest, tracefs_root: object) -> Iterator[Harness]:
     require(request.config, missing_kapi_events(find_tracefs()))
-    with Harness(EventSource.KAPI, strict=False) as h:
+    with Harness(EventSource.KAPI, strict=os.environ.get("KAPI_STRICT_DRIFT") == "1",
+                 save_trace=_save_trace(request, EventSource.KAPI)) as h:
         yield h
 
 
