@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from kapi_selftests.cmd.argtypes import existing_path, guest_entry, nonneg_int, positive_int
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KapiError, LostGuest
 
 if TYPE_CHECKING:
@@ -53,70 +54,49 @@ def parse_duration(s: str) -> float:
     return float(((d * 24 + h) * 60 + mi) * 60 + se)
 
 
-def _positive(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {s}")
-    return v
 
 
-def _nonneg(s: str) -> int:
-    try:
-        v = int(s, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {s}")
-    return v
 
 
-def _existing_path(s: str) -> Path:
-    p = Path(s)
-    if not p.exists():
-        raise argparse.ArgumentTypeError(f"no such file or directory: {s}")
-    return p
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--local", action="store_true",
                        help="fuzz the running kernel (root; scratch dir and own fds/mappings only)")
-    where.add_argument("--kernel", type=_existing_path, metavar="PATH",
+    where.add_argument("--kernel", type=existing_path, metavar="PATH",
                        help="boot this kernel in QEMU guests and fuzz there")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--duration", type=parse_duration, metavar="TIME",
                         help="stop after this long (8h, 30m, 90s), resumed runs included")
-    budget.add_argument("--calls", type=_positive, metavar="N",
+    budget.add_argument("--calls", type=positive_int, metavar="N",
                         help=f"stop after N calls in all (default {_DEFAULT_CALLS} when no "
                              "--duration)")
-    p.add_argument("--guests", type=_positive, default=1, metavar="N",
+    p.add_argument("--guests", type=positive_int, default=1, metavar="N",
                    help="guests in parallel with --kernel, one shard (seed stream) each")
-    p.add_argument("--seed", type=_nonneg, default=int(os.environ.get("KAPI_SEED", "0")),
+    p.add_argument("--seed", type=nonneg_int, default=int(os.environ.get("KAPI_SEED", "0")),
                    help="campaign seed (default KAPI_SEED or 0): same seed, same calls")
-    p.add_argument("--shard", type=_nonneg, default=0, metavar="I",
+    p.add_argument("--shard", type=nonneg_int, default=0, metavar="I",
                    help="first shard number (guest i runs shard I+i); give CI jobs "
                         "disjoint shards or seeds")
-    p.add_argument("--corpus", type=_existing_path, metavar="DIR",
+    p.add_argument("--corpus", type=existing_path, metavar="DIR",
                    help="run these saved plans (repro.json files, searched recursively) "
                         "before generating")
     p.add_argument("--out", type=Path, default=Path("kapi-fuzz"), metavar="DIR",
                    help="campaign directory (default ./kapi-fuzz); a rerun resumes it")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    p.add_argument("--batch-size", type=_positive, default=200, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=200, metavar="N",
                    help="calls per capture window (default 200)")
     p.add_argument("--no-minimize", dest="minimize", action="store_false",
                    help="save findings unshrunk")
     p.add_argument("--strict", action="store_true", help="spec drift is a finding")
     vm = p.add_argument_group("guests (with --kernel)")
-    vm.add_argument("--modules", type=_existing_path, metavar="DIR",
+    vm.add_argument("--modules", type=existing_path, metavar="DIR",
                     help="modules of a modular kernel")
-    vm.add_argument("--memory-mb", type=_positive, help="guest RAM (default 2048)")
-    vm.add_argument("--progress-timeout-s", type=_positive, default=180,
+    vm.add_argument("--memory-mb", type=positive_int, help="guest RAM (default 2048)")
+    vm.add_argument("--progress-timeout-s", type=positive_int, default=180,
                     help="a guest silent this long is hung: killed, recorded, restarted")
-    vm.add_argument("--max-restarts", type=_nonneg, default=20,
+    vm.add_argument("--max-restarts", type=nonneg_int, default=20,
                     help="give a shard up after this many crashed guests (default 20)")
     vm.add_argument("--console", action="store_true", help="echo guest consoles on stderr")
     p.add_argument("--guest-out", type=Path, help=argparse.SUPPRESS)
@@ -132,18 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 def guest_main(argv: Sequence[str]) -> int:
     """``fuzz --local`` in a guest, without importing every subcommand (see cmd.run)."""
-    p = argparse.ArgumentParser(prog="kapi-selftests fuzz")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(name)s: %(levelname)s: %(message)s")
-    try:
-        return run(args)
-    except KapiError as e:
-        print(f"kapi-selftests: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return KSFT_FAIL
+    return guest_entry("kapi-selftests fuzz", add_arguments, run, argv)
 
 
 # --- progress ---------------------------------------------------------------------------

@@ -15,18 +15,12 @@ import argparse
 import json
 from pathlib import Path
 
+from kapi_selftests.cmd.argtypes import existing_dir
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, UsageError
 
 
-def _existing_dir(s: str) -> Path:
-    p = Path(s)
-    if not p.is_dir():
-        raise argparse.ArgumentTypeError(f"not a directory: {s}")
-    return p
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dirs", nargs="+", type=_existing_dir, metavar="OUT",
+    p.add_argument("dirs", nargs="+", type=existing_dir, metavar="OUT",
                    help="campaign or shard directories written by kapi-selftests fuzz")
     p.add_argument("--into", type=Path, required=True, metavar="DIR",
                    help="write the merged campaign here")

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from kapi_selftests.cmd.argtypes import existing_path
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KapiError, LostGuest, MissingFeature
 
 log = logging.getLogger(__name__)
@@ -26,19 +27,14 @@ _GUEST_ENTRY = ("import sys; from kapi_selftests.cmd.replay import guest_main; "
                 "sys.exit(guest_main(sys.argv[1:]))")
 
 
-def _existing_path(s: str) -> Path:
-    p = Path(s)
-    if not p.exists():
-        raise argparse.ArgumentTypeError(f"no such file or directory: {s}")
-    return p
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("repro", type=_existing_path, metavar="REPRO",
+    p.add_argument("repro", type=existing_path, metavar="REPRO",
                    help="repro.json written by kapi-selftests fuzz (or its directory)")
-    p.add_argument("--kernel", type=_existing_path, metavar="PATH",
+    p.add_argument("--kernel", type=existing_path, metavar="PATH",
                    help="replay in a QEMU guest booting this kernel (default: here)")
-    p.add_argument("--modules", type=_existing_path, metavar="DIR",
+    p.add_argument("--modules", type=existing_path, metavar="DIR",
                    help="modules of a modular kernel")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)

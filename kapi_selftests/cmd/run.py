@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kapi_selftests.errors import KapiError, MissingFeature, UsageError
+from kapi_selftests.cmd.argtypes import existing_dir, existing_path, guest_entry, positive_int
+from kapi_selftests.errors import MissingFeature, UsageError
 from kapi_selftests.host.initramfs import FIRST_TEST_MARKER
 from kapi_selftests.report import Outcome, TestResult, exit_code, format_ktap
 
@@ -31,28 +32,10 @@ log = logging.getLogger(__name__)
 DEFAULT_TESTS = Path(__file__).resolve().parents[2] / "tests" / "guest"
 
 
-def _existing_path(s: str) -> Path:
-    p = Path(s)
-    if not p.exists():
-        raise argparse.ArgumentTypeError(f"no such file or directory: {s}")
-    return p
 
 
-def _existing_dir(s: str) -> Path:
-    p = _existing_path(s)
-    if not p.is_dir():
-        raise argparse.ArgumentTypeError(f"not a directory: {s}")
-    return p
 
 
-def _positive(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {s}")
-    return v
 
 
 def _shard(s: str) -> tuple[int, int]:
@@ -67,13 +50,13 @@ def _shard(s: str) -> tuple[int, int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--kernel", type=_existing_path, metavar="PATH",
+    where.add_argument("--kernel", type=existing_path, metavar="PATH",
                        help="boot this kernel in QEMU: bzImage, build dir, PVH vmlinux, or a "
                             "directory where a kernel package was extracted (default: "
                             "KAPI_KERNEL)")
     where.add_argument("--local", action="store_true",
                        help="run the in-guest suite on the running kernel (needs root)")
-    p.add_argument("--modules", type=_existing_dir, metavar="DIR",
+    p.add_argument("--modules", type=existing_dir, metavar="DIR",
                    help="modules of a modular kernel (default: found next to the kernel or in "
                         "/lib/modules/<release>)")
     p.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML here")
@@ -84,15 +67,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=os.environ.get("KAPI_STRICT") == "1",
                    help="fail instead of skip when the kernel has no kapi tracepoints")
     vm = p.add_argument_group("guest (with --kernel)")
-    vm.add_argument("--memory-mb", type=_positive, help="guest RAM (default 2048, KAPI_MEMORY_MB)")
-    vm.add_argument("--cpus", type=_positive, help="vCPUs (default 1, KAPI_CPUS)")
-    vm.add_argument("--timeout-s", type=_positive,
+    vm.add_argument("--memory-mb", type=positive_int,
+                    help="guest RAM (default 2048, KAPI_MEMORY_MB)")
+    vm.add_argument("--cpus", type=positive_int, help="vCPUs (default 1, KAPI_CPUS)")
+    vm.add_argument("--timeout-s", type=positive_int,
                     help="kill the guest after this long (default 900, KAPI_TIMEOUT_S)")
-    vm.add_argument("--progress-timeout-s", type=_positive,
+    vm.add_argument("--progress-timeout-s", type=positive_int,
                     help="kill the guest after this long without console output (default 300)")
     vm.add_argument("--append", default="", metavar="CMDLINE",
                     help="extra kernel command line")
-    vm.add_argument("--guests", type=_positive, default=1, metavar="N",
+    vm.add_argument("--guests", type=positive_int, default=1, metavar="N",
                     help="boot N guests at once, each running a shard of the suite")
     vm.add_argument("--runner", choices=("qemu", "vng"), default="qemu",
                     help="boot with QEMU directly (default) or with virtme-ng (needs udev)")
@@ -114,7 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     loc.add_argument("--tests", type=Path, default=DEFAULT_TESTS, help=argparse.SUPPRESS)
     loc.add_argument("--progress", type=Path, help=argparse.SUPPRESS)
     loc.add_argument("--shard", type=_shard, help="run only shard I of N (I/N)")
-    loc.add_argument("--jobs", type=_positive, help="pytest-xdist workers")
+    loc.add_argument("--jobs", type=positive_int, help="pytest-xdist workers")
     loc.add_argument("-k", dest="keyword", help="pytest -k expression")
 
 
@@ -130,22 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def guest_main(argv: Sequence[str]) -> int:
-    """``run --local`` for the guest, without :mod:`kapi_selftests.cli`.
-
-    The CLI imports every subcommand module to build its parser (numpy among
-    them); under TCG over 9p that costs seconds before the first test, so the
-    guest enters here. Errors map to exit codes as in ``cli.main``.
-    """
-    p = argparse.ArgumentParser(prog="kapi-selftests run")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(name)s: %(levelname)s: %(message)s")
-    try:
-        return run(args)
-    except KapiError as e:
-        print(f"kapi-selftests: error: {e}", file=sys.stderr)
-        return e.exit_code
+    """``run --local`` for the guest, without :mod:`kapi_selftests.cli`."""
+    return guest_entry("kapi-selftests run", add_arguments, run, argv)
 
 
 # --- on the host: boot a guest ---------------------------------------------------------

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
+from kapi_selftests.cmd.argtypes import existing_dir
 from kapi_selftests.errors import KSFT_PASS, MissingFeature, UsageError
 from kapi_selftests.spec import (
     DEBUGFS_ROOT,
@@ -22,20 +22,13 @@ from kapi_selftests.spec import (
 )
 
 
-def _directory(value: str) -> Path:
-    path = Path(value)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{value}: not a directory")
-    return path
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--builtin", action="store_true",
                      help="show the built-in model of the five v4 specs instead of debugfs")
-    src.add_argument("--debugfs", metavar="DIR", type=_directory, default=None,
+    src.add_argument("--debugfs", metavar="DIR", type=existing_dir, default=None,
                      help=f"the kapi debugfs directory (default {DEBUGFS_ROOT})")
-    p.add_argument("--source", metavar="TREE", type=_directory, default=None,
+    p.add_argument("--source", metavar="TREE", type=existing_dir, default=None,
                    help="kernel source tree whose spec DSL fills what debugfs cannot show")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these specs (sys_read ...)")

@@ -1,0 +1,79 @@
+"""What the subcommands share: argparse ``type=`` validators and the guest entry glue.
+
+Validators raise ``argparse.ArgumentTypeError`` naming the value and what is wrong
+with it, so argparse prints one line and exits 2 (a usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from kapi_selftests.errors import KSFT_FAIL, KapiError
+
+__all__ = ["existing_path", "existing_dir", "positive_int", "nonneg_int", "guest_entry"]
+
+
+def existing_path(s: str) -> Path:
+    """A path that exists (file or directory)."""
+    p = Path(s)
+    if not p.exists():
+        raise argparse.ArgumentTypeError(f"no such file or directory: {s}")
+    return p
+
+
+def existing_dir(s: str) -> Path:
+    """A directory that exists."""
+    p = existing_path(s)
+    if not p.is_dir():
+        raise argparse.ArgumentTypeError(f"not a directory: {s}")
+    return p
+
+
+def positive_int(s: str) -> int:
+    """An integer > 0."""
+    try:
+        v = int(s, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {s}")
+    return v
+
+
+def nonneg_int(s: str) -> int:
+    """An integer >= 0 (decimal or 0x...)."""
+    try:
+        v = int(s, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {s}")
+    return v
+
+
+def guest_entry(prog: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+                run: Callable[[argparse.Namespace], int], argv: Sequence[str]) -> int:
+    """Run one subcommand in a guest without :mod:`kapi_selftests.cli`.
+
+    The CLI imports every subcommand module to build its parser; under TCG over 9p
+    that costs seconds, so a guest enters a subcommand here. Errors map to exit codes
+    as in ``cli.main``.
+    """
+    p = argparse.ArgumentParser(prog=prog)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(name)s: %(levelname)s: %(message)s")
+    try:
+        return run(args)
+    except KapiError as e:
+        print(f"kapi-selftests: error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return KSFT_FAIL
