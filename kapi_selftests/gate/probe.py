@@ -226,6 +226,7 @@ def guest_main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(name)s: %(levelname)s: %(message)s")
+    _raise_nofile()
     n = run_probe(args.out, seed=args.seed, calls=args.calls)
     log.info("probe: %d calls recorded", n)
     if args.timing_rounds > 0:
@@ -237,6 +238,20 @@ def guest_main(argv: Sequence[str]) -> int:
                      calls=args.fuzz_calls)
         log.info("fuzz: %d calls recorded", n)
     return 0
+
+
+def _raise_nofile(want: int = 65536) -> None:
+    # A guest's init leaves RLIMIT_NOFILE at 1024; a batch of generated calls can hold
+    # more fds than that at once on a kernel that accepts every open.
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limit in ((want, max(hard, want)), (hard, hard)):
+        try:
+            if limit[0] > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            return
+        except (ValueError, OSError):
+            continue
 
 
 def run_fuzz(out: Path, *, seed: int, calls: int) -> int:
@@ -254,8 +269,10 @@ def run_fuzz(out: Path, *, seed: int, calls: int) -> int:
     if out.exists():
         import shutil
         shutil.rmtree(out)
+    # 50 calls a window: each call gets fresh fds (pipes and sockets take two or three),
+    # and on a kernel without the checks every open succeeds and holds one till the end
     cfg = CampaignConfig(out=out, seed=seed, shard=0, calls=calls, minimize=False,
-                         steer_rate=0.0)
+                         steer_rate=0.0, batch_size=50)
     with Harness(specs=builtin_specs()) as h:
         Campaign(cfg, h).run()
     f = out / "calls.jsonl"
