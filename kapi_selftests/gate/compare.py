@@ -370,8 +370,8 @@ def _calls(base: KernelRun, patched: KernelRun) -> tuple[list[Difference], int, 
             notes.append(f"{source}: {np_} calls on the patched kernel, none on the base: "
                          "not compared")
     if unmatched:
-        notes.append(f"{unmatched} call(s) ran on one kernel only (generation diverged): "
-                     "not compared")
+        notes.append(f"{unmatched} call(s) recorded on one kernel only (not recorded on the "
+                     "other, or generation diverged): not compared")
     return out, compared, unmatched, notes
 
 
