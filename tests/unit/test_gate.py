@@ -449,3 +449,15 @@ def test_gate_stage_failing_on_both_is_a_note(kapi: KernelRun) -> None:
     v = compare(run, dataclasses.replace(run, label="patched"))
     assert v.status is GateStatus.PASS
     assert "base: the probe stage exited 1 (see its console log)" in v.notes
+
+
+def test_gate_calls_whose_fds_diverged_are_not_compared(kapi: KernelRun) -> None:
+    # read(fd:closed) got fd 5 on one kernel, fd 9 on the other (the base had more fds
+    # open, so the "closed" number was reused): not the same call, not a regression.
+    patched = _with_call(dataclasses.replace(kapi, label="patched"), 5, regs=(9, 0, 16),
+                         ret=16, errno=0)
+    v = compare(kapi, patched)
+    assert v.status is GateStatus.PASS and v.differences == ()
+    assert v.calls_compared == 8
+    assert any("fd arguments were different fds" in n and "read(fd:closed" in n
+               for n in v.notes)
