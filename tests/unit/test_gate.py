@@ -461,3 +461,21 @@ def test_gate_calls_whose_fds_diverged_are_not_compared(kapi: KernelRun) -> None
     assert v.calls_compared == 8
     assert any("fd arguments were different fds" in n and "read(fd:closed" in n
                for n in v.notes)
+
+
+def test_real_runs_unpatched_base_against_kapi_every_difference_is_a_new_rejection() -> None:
+    # gate-real-base: the same 7.2.13 tree without the series (no specs, no kapi events),
+    # same config; every call that behaves differently is one the KAPI specs now reject.
+    base = load_run(DATA / "gate-real-base", "base")
+    patched = load_run(DATA / "gate-real-kapi", "patched")
+    assert base.specs is None and base.formats == {}
+    v = compare(base, patched)
+    assert v.status is GateStatus.PASS and v.calls_compared == 300
+    assert {c.kind for c in v.spec_changes} == {SpecChangeKind.ADDED}
+    assert len(v.spec_changes) == 5
+    calls = [d for d in v.differences if d.kind is DiffKind.CALL]
+    assert len(calls) == 89
+    assert all(d.cls is DiffClass.EXPECTED and d.patched.startswith("EINVAL spec_match=0")
+               and "the patched spec rejects it" in d.explanation for d in calls)
+    assert [d.subject for d in v.differences if d.kind is DiffKind.TRACEPOINT] == [
+        "kapi_syscall_enter", "kapi_syscall_exit"]
