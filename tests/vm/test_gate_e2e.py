@@ -2,7 +2,9 @@
 
 - a KAPI kernel against itself must report no difference;
 - that kernel against a variant that differs by one spec constraint (open's mode
-  mask widened to 0xffff) must report exactly that change.
+  mask widened to 0xffff) must report exactly that change;
+- the unpatched base (same tree and config, no KAPI) against it: the specs are all
+  added, and every call that behaves differently is one the specs now reject.
 
 Kernels: ``KAPI_GATE_KERNEL`` (default ``/work/kernels/kapi/bzImage``) and
 ``KAPI_GATE_VARIANT`` (default ``/work/kernels/kapi-variant/arch/x86/boot/bzImage``).
@@ -30,13 +32,14 @@ pytestmark = [pytest.mark.vm]
 KAPI = Path(os.environ.get("KAPI_GATE_KERNEL", "/work/kernels/kapi/bzImage"))
 VARIANT = Path(os.environ.get("KAPI_GATE_VARIANT",
                               "/work/kernels/kapi-variant/arch/x86/boot/bzImage"))
+BASE = Path(os.environ.get("KAPI_GATE_BASE", "/work/kernels/base/bzImage"))
 
 
 def _need(*kernels: Path) -> None:
     for k in kernels:
         if not k.is_file():
             pytest.skip(f"kernel {k} not found (build it with kapi-selftests build-kernel, or "
-                        "set KAPI_GATE_KERNEL / KAPI_GATE_VARIANT)")
+                        "set KAPI_GATE_KERNEL / KAPI_GATE_VARIANT / KAPI_GATE_BASE)")
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
     try:
@@ -73,4 +76,20 @@ def test_gate_variant_reports_exactly_the_spec_change(tmp_path: Path) -> None:
         assert d["kind"] == "call" and d["class"] == "expected", d
         assert d["subject"].startswith("open("), d
         assert "mode: mask" in d["explanation"], d
+    assert code == 0 and report["verdict"] == "no regression"
+
+
+def test_gate_unpatched_base_against_kapi_only_new_rejections(tmp_path: Path) -> None:
+    _need(BASE, KAPI)
+    code, report = _gate(BASE, KAPI, tmp_path / "out")
+    assert {c["kind"] for c in report["spec_changes"]} == {"added"}
+    assert sorted(c["name"] for c in report["spec_changes"]) == [
+        "sys_close", "sys_madvise", "sys_open", "sys_read", "sys_write"]
+    calls = [d for d in report["differences"] if d["kind"] == "call"]
+    assert calls, "the KAPI checks must reject some calls the base ran"
+    for d in calls:
+        assert d["class"] == "expected", d
+        assert d["patched"].startswith("EINVAL spec_match=0"), d
+    assert [d["subject"] for d in report["differences"] if d["kind"] == "tracepoint"] == [
+        "kapi_syscall_enter", "kapi_syscall_exit"]
     assert code == 0 and report["verdict"] == "no regression"
