@@ -308,6 +308,14 @@ def _classify_call(base: KernelRun, patched: KernelRun, b: CallRecord, p: CallRe
         why = "no spec change explains it: both kernels ran the handler"
     if (pb and pb.undetermined) or (pp and pp.undetermined):
         why += " (the oracle could not decide acceptance)"
+    if p.source != "probe" and any(isinstance(a, Mapping) and a.get("fd") == "closed"
+                                   for a in p.plan.get("args", ())):
+        # In a window of many calls, a "closed" fd number is free when the plan is
+        # materialised, but an open earlier in the window that only one kernel allowed
+        # may take it before the call runs: the two calls did not see the same fd table.
+        return Difference(DiffKind.CALL, DiffClass.NOTE, subject, _seen(b), _seen(p),
+                          "not judged: a 'closed' fd in a multi-call window may have been "
+                          "reused by an open only one kernel allowed", evidence)
     return Difference(DiffKind.CALL, DiffClass.REGRESSION, subject, _seen(b), _seen(p),
                       why, evidence)
 

@@ -479,3 +479,13 @@ def test_real_runs_unpatched_base_against_kapi_every_difference_is_a_new_rejecti
                and "the patched spec rejects it" in d.explanation for d in calls)
     assert [d.subject for d in v.differences if d.kind is DiffKind.TRACEPOINT] == [
         "kapi_syscall_enter", "kapi_syscall_exit"]
+
+
+def test_gate_fuzz_closed_fd_difference_is_a_note(kapi: KernelRun) -> None:
+    calls = list(kapi.calls)
+    calls[5] = dataclasses.replace(calls[5], source="fuzz")
+    base = dataclasses.replace(kapi, calls=tuple(calls))
+    calls[5] = dataclasses.replace(calls[5], ret=16, errno=0)  # the number was reused
+    v = compare(base, dataclasses.replace(kapi, label="patched", calls=tuple(calls)))
+    (d,) = v.differences
+    assert d.cls is DiffClass.NOTE and v.status is GateStatus.PASS
