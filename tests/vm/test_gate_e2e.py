@@ -88,6 +88,9 @@ def test_gate_unpatched_base_against_kapi_only_new_rejections(tmp_path: Path) ->
     calls = [d for d in report["differences"] if d["kind"] == "call"]
     assert calls, "the KAPI checks must reject some calls the base ran"
     for d in calls:
+        if d["class"] == "note":  # a fuzz call on a "closed" fd reused within its window
+            assert "fd:closed" in d["subject"] and "[fuzz" in d["subject"], d
+            continue
         assert d["class"] == "expected", d
         assert d["patched"].startswith("EINVAL spec_match=0"), d
     assert [d["subject"] for d in report["differences"] if d["kind"] == "tracepoint"] == [
