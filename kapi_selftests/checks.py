@@ -31,6 +31,7 @@ from kapi_selftests.oracle import (
     FindingKind,
     MemoryView,
     Prediction,
+    failures_of,
     judge,
 )
 from kapi_selftests.spec import Spec
@@ -56,8 +57,7 @@ class CallCheck:
     @property
     def failures(self) -> tuple[Finding, ...]:
         """Findings that fail the call (spec drift only in strict mode)."""
-        return tuple(f for f in self.findings
-                     if f.kind is not FindingKind.SPEC_DRIFT or self.strict)
+        return failures_of(self.findings, self.strict)
 
     @property
     def ok(self) -> bool:

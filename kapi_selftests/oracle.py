@@ -553,12 +553,16 @@ class Verdict:
     @property
     def failures(self) -> tuple[Finding, ...]:
         """Findings that fail the call (spec drift only in strict mode)."""
-        return tuple(f for f in self.findings
-                     if f.kind is not FindingKind.SPEC_DRIFT or self.strict)
+        return failures_of(self.findings, self.strict)
 
     @property
     def ok(self) -> bool:
         return not self.failures
+
+
+def failures_of(findings: Sequence[Finding], strict: bool) -> tuple[Finding, ...]:
+    """The findings that fail a call: all but spec drift, which fails only in strict mode."""
+    return tuple(f for f in findings if f.kind is not FindingKind.SPEC_DRIFT or strict)
 
 
 def _errname(code: int) -> str:
