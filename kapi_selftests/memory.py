@@ -38,7 +38,8 @@ def page_round_up(n: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Region:
-    """A mapping the arena owns: ``[addr, addr + length)``, with its protection."""
+    """A mapping the arena owns: ``[addr, addr + length)``, with its protection when mapped
+    (guard pages and read-only pages change it later; :meth:`Arena.accessible` knows)."""
 
     addr: int
     length: int
