@@ -27,7 +27,8 @@ class PathArgumentError(UsageError, argparse.ArgumentTypeError):
     """
 
 
-def _source_tree(value: str) -> Path:
+def source_tree(value: str) -> Path:
+    """A kernel source tree: a directory with a top-level Makefile and Kconfig."""
     path = Path(value)
     if not path.is_dir():
         raise PathArgumentError(f"{value}: not a directory")
@@ -45,7 +46,8 @@ def _mbox(value: str) -> Path:
     return path
 
 
-def _fragment(value: str) -> Path:
+def existing_file(value: str) -> Path:
+    """A regular file that exists."""
     path = Path(value)
     if not path.is_file():
         raise PathArgumentError(f"{value}: no such file")
@@ -71,14 +73,14 @@ def _jobs(value: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``build-kernel``."""
-    p.add_argument("--src", metavar="TREE", type=_source_tree, required=True,
+    p.add_argument("--src", metavar="TREE", type=source_tree, required=True,
                    help="kernel source tree (git repository or extracted tarball; a tarball "
                         "is made a git repository when a series is applied)")
     p.add_argument("--series", metavar="MBOX", type=_mbox, action="append", default=[],
                    help="patch mbox to apply with git am, in order (repeatable)")
     p.add_argument("--out", metavar="DIR", type=_out_dir, required=True,
                    help="build directory (make O=DIR); the image is DIR/arch/x86/boot/bzImage")
-    p.add_argument("--config", metavar="FRAGMENT", type=_fragment, default=None,
+    p.add_argument("--config", metavar="FRAGMENT", type=existing_file, default=None,
                    help=f"Kconfig fragment merged on top of defconfig (default {DEFAULT_FRAGMENT})")
     p.add_argument("-j", "--jobs", type=_jobs, default=os.cpu_count() or 1,
                    help="parallel make jobs (default: all cores)")

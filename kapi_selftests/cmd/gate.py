@@ -26,7 +26,12 @@ import os
 import sys
 from pathlib import Path
 
-from kapi_selftests.cmd.build_kernel import DEFAULT_FRAGMENT, PathArgumentError
+from kapi_selftests.cmd.build_kernel import (
+    DEFAULT_FRAGMENT,
+    PathArgumentError,
+    existing_file,
+    source_tree,
+)
 from kapi_selftests.errors import BuildError, LostGuest, MissingFeature, UsageError
 from kapi_selftests.gate.compare import GateVerdict, compare, unjudged
 from kapi_selftests.gate.record import load_run
@@ -42,18 +47,8 @@ def _existing(value: str) -> Path:
     return p
 
 
-def _file(value: str) -> Path:
-    p = Path(value)
-    if not p.is_file():
-        raise PathArgumentError(f"{value}: no such file")
-    return p
 
 
-def _tree(value: str) -> Path:
-    p = Path(value)
-    if not (p / "Makefile").is_file() or not (p / "Kconfig").is_file():
-        raise PathArgumentError(f"{value}: not a kernel source tree (no Makefile or Kconfig)")
-    return p
 
 
 def _count(value: str) -> int:
@@ -69,10 +64,10 @@ def _count(value: str) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``gate``."""
     src = p.add_argument_group("kernels")
-    src.add_argument("--src", metavar="TREE", type=_tree,
+    src.add_argument("--src", metavar="TREE", type=source_tree,
                      help="kernel tree: the base is the tree as is, the patched kernel the "
                           "tree plus --series (built in git worktrees, cached)")
-    src.add_argument("--series", metavar="MBOX", type=_file, action="extend", nargs="+",
+    src.add_argument("--series", metavar="MBOX", type=existing_file, action="extend", nargs="+",
                      default=[], help="patch mbox files (or one b4 .mbx) of the series, in "
                                       "order (repeatable)")
     src.add_argument("--base-kernel", metavar="PATH", type=_existing,
@@ -82,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--compare", nargs=2, metavar=("BASE_DIR", "PATCHED_DIR"), type=_existing,
                      help="judge two saved run directories; boots nothing")
     b = p.add_argument_group("build (with --src)")
-    b.add_argument("--config", metavar="FRAGMENT", type=_file, default=None,
+    b.add_argument("--config", metavar="FRAGMENT", type=existing_file, default=None,
                    help=f"Kconfig fragment for both kernels (default {DEFAULT_FRAGMENT})")
     b.add_argument("--build-dir", metavar="DIR", type=Path,
                    help="worktrees and build output (default OUT/build); keep it between "
