@@ -13,13 +13,12 @@ import errno as _errno
 import os
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kapi_selftests.arch import NR, SYSCALLS
 
 __all__ = ["SyscallRecord", "invoke", "sys_open", "sys_close", "sys_read", "sys_write",
-           "sys_madvise", "gettid", "MASK64"]
+           "sys_madvise", "MASK64"]
 
 MASK64 = (1 << 64) - 1
 
@@ -67,11 +66,6 @@ class SyscallRecord:
         args = ", ".join(hex(a) for a in self.args[:n])
         res = f"-{_errno.errorcode.get(self.errno, self.errno)}" if self.errno else str(self.ret)
         return f"{self.name}({args}) = {res}"
-
-
-def gettid() -> int:
-    """The calling thread's kernel tid."""
-    return threading.get_native_id()
 
 
 def invoke(nr: int, *args: int) -> SyscallRecord:
@@ -125,7 +119,3 @@ def sys_write(fd: int, buf: int | ctypes.Array[ctypes.c_char] | None,
 def sys_madvise(start: int, length: int, advice: int) -> SyscallRecord:
     return invoke(NR["madvise"], start, length, advice)
 
-
-def issue_all(calls: Sequence[tuple[int, Sequence[int]]]) -> list[SyscallRecord]:
-    """Issue a batch of ``(nr, args)`` back to back: the executor's hot loop."""
-    return [invoke(nr, *a) for nr, a in calls]
