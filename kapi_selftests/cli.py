@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from kapi_selftests.errors import KSFT_FAIL, KapiError
+from kapi_selftests.cmd.argtypes import call_reporting
 
 # name -> (module under kapi_selftests.cmd, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -61,18 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
-    try:
-        return int(args.handler(args))
-    except KapiError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return KSFT_FAIL
-    except BrokenPipeError:
-        return KSFT_FAIL
+    return call_reporting(parser.prog, args.handler, args)
 
 
 if __name__ == "__main__":

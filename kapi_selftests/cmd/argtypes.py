@@ -14,7 +14,8 @@ from pathlib import Path
 
 from kapi_selftests.errors import KSFT_FAIL, KapiError
 
-__all__ = ["existing_path", "existing_dir", "positive_int", "nonneg_int", "guest_entry"]
+__all__ = ["existing_path", "existing_dir", "positive_int", "nonneg_int", "guest_entry",
+           "call_reporting"]
 
 
 def existing_path(s: str) -> Path:
@@ -68,12 +69,24 @@ def guest_entry(prog: str, add_arguments: Callable[[argparse.ArgumentParser], No
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(name)s: %(levelname)s: %(message)s")
+    return call_reporting("kapi-selftests", run, args)
+
+
+def call_reporting(prog: str, run: Callable[[argparse.Namespace], int],
+                   args: argparse.Namespace) -> int:
+    """Run a subcommand; our errors become one line on stderr and their exit code.
+
+    Any other exception is a bug and keeps its traceback.
+    """
     try:
-        return run(args)
+        return int(run(args))
     except KapiError as e:
-        print(f"kapi-selftests: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return KSFT_FAIL
+    except BrokenPipeError:
         return KSFT_FAIL
