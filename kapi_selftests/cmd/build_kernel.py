@@ -37,20 +37,18 @@ def source_tree(value: str) -> Path:
     return path
 
 
-def _mbox(value: str) -> Path:
-    path = Path(value)
-    if not path.is_file():
-        raise PathArgumentError(f"{value}: no such file")
-    if not os.access(path, os.R_OK):
-        raise PathArgumentError(f"{value}: not readable")
-    return path
-
-
 def existing_file(value: str) -> Path:
     """A regular file that exists."""
     path = Path(value)
     if not path.is_file():
         raise PathArgumentError(f"{value}: no such file")
+    return path
+
+
+def _mbox(value: str) -> Path:
+    path = existing_file(value)
+    if not os.access(path, os.R_OK):
+        raise PathArgumentError(f"{value}: not readable")
     return path
 
 
