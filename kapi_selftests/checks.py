@@ -136,7 +136,8 @@ def _generic(record: SyscallRecord, events: Sequence[TraceEvent]) -> list[Findin
 def check_calls(records: Sequence[SyscallRecord], capture: Capture, source: EventSource,
                 specs: Mapping[str, Spec], *, memory: MemoryView | None = None,
                 side_effects: Sequence[Sequence[str]] | None = None,
-                strict: bool = False) -> list[CallCheck]:
+                strict: bool = False,
+                predictions: Sequence[Prediction | None] | None = None) -> list[CallCheck]:
     """Judge every call of a batch against the batch's capture.
 
     :param records: the calls, in issue order
@@ -146,6 +147,7 @@ def check_calls(records: Sequence[SyscallRecord], capture: Capture, source: Even
     :param memory: user memory facts for the oracle (the harness's arena)
     :param side_effects: per record, the changes the harness measured around it
     :param strict: spec drift fails
+    :param predictions: per record, the oracle's prediction made before the call
     """
     out: list[CallCheck] = []
     windows = events_by_call(records, capture.events)
@@ -162,7 +164,8 @@ def check_calls(records: Sequence[SyscallRecord], capture: Capture, source: Even
                 out.append(CallCheck(rec, kapi, tuple(findings), (), None, strict))
                 continue
             v = judge(spec, rec, kapi, memory=memory,
-                      side_effects=side_effects[n] if side_effects else (), strict=strict)
+                      side_effects=side_effects[n] if side_effects else (), strict=strict,
+                      prediction=predictions[n] if predictions else None)
             findings = list(v.findings)
             notes += v.notes
             pred: Prediction | None = v.prediction

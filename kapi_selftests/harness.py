@@ -23,7 +23,7 @@ from kapi_selftests.executor import Batch, EventSource, Executor
 from kapi_selftests.fds import FdPool
 from kapi_selftests.materialize import Materialized, Materializer, side_effects, snapshot
 from kapi_selftests.memory import Arena
-from kapi_selftests.oracle import predict
+from kapi_selftests.oracle import Prediction, predict
 from kapi_selftests.plan import CallPlan
 from kapi_selftests.spec import Spec, builtin_specs, load_debugfs, missing_kapi_specs
 from kapi_selftests.syscalls import SyscallRecord
@@ -102,11 +102,17 @@ class Harness:
     def run(self, plans: Sequence[CallPlan]) -> BatchResult:
         """Issue ``plans`` in one capture window and judge every call."""
         mats = tuple(self.materialize(p) for p in plans)
+        # Predicted once, before the calls: what a rejected call must leave alone is
+        # snapshotted, and the same prediction is what the call is judged against.
+        preds: list[Prediction | None] = [None] * len(mats)
         snaps = {}
         if self.source is EventSource.KAPI:
             for i, m in enumerate(mats):
                 spec = self.specs.get(f"sys_{m.plan.name}")
-                if spec is not None and predict(spec, m.regs, self.arena).rejected:
+                if spec is None:
+                    continue
+                pred = preds[i] = predict(spec, m.regs, self.arena)
+                if pred.rejected:
                     snaps[i] = snapshot(m, self.pool, self.arena)
         batch = self.executor.run([(m.plan.nr, m.regs) for m in mats])
         touched = [_fds_touched(r) for r in batch.records]
@@ -114,7 +120,7 @@ class Harness:
                                 ignore_fds=frozenset().union(*(t for j, t in enumerate(touched)
                                                                if j != i)))
                    if i in snaps else [] for i in range(len(mats))]
-        result = self._judge(tuple(plans), mats, batch, effects)
+        result = self._judge(tuple(plans), mats, batch, effects, preds)
         self._release(batch.records)
         return result
 
@@ -134,10 +140,12 @@ class Harness:
         return decode(batch.raw)
 
     def _judge(self, plans: tuple[CallPlan, ...], mats: tuple[Materialized, ...], batch: Batch,
-               effects: Sequence[Sequence[str]]) -> BatchResult:
+               effects: Sequence[Sequence[str]],
+               predictions: Sequence[Prediction | None]) -> BatchResult:
         capture = self._decode(batch)
         checks = check_calls(batch.records, capture, batch.source, self.specs,
-                             memory=self.arena, side_effects=effects, strict=self.strict)
+                             memory=self.arena, side_effects=effects, strict=self.strict,
+                             predictions=predictions)
         return BatchResult(plans, mats, batch, capture, tuple(checks))
 
     def _release(self, records: Sequence[SyscallRecord]) -> None:

@@ -650,7 +650,8 @@ def _userspace_consistent(trace_ret: int, user_ret: int) -> bool:
 
 def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
           memory: MemoryView | None = None, side_effects: Sequence[str] = (),
-          strict: bool = False, user_ptr_max: int = USER_PTR_MAX) -> Verdict:
+          strict: bool = False, user_ptr_max: int = USER_PTR_MAX,
+          prediction: Prediction | None = None) -> Verdict:
     """Judge one issued call against its kapi events.
 
     :param spec: the spec of the syscall called
@@ -662,9 +663,11 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
     :param side_effects: changes the harness observed that the call caused
         (a created file, a new fd); a rejected call must have none
     :param strict: count spec drift (an unlisted error) as a failure
+    :param prediction: :func:`predict` of this call made before it ran (while its memory
+        was as the kernel validated it); computed here when None
     :return: the prediction, the findings and what could not be judged
     """
-    pred = predict(spec, record.args, memory, user_ptr_max=user_ptr_max)
+    pred = prediction or predict(spec, record.args, memory, user_ptr_max=user_ptr_max)
     findings: list[Finding] = []
     notes: list[str] = []
     evidence = (record.describe(),) + tuple(_render_event(e) for e in events
