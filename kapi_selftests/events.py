@@ -25,10 +25,7 @@ import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import overload
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, overload
 
 from kapi_selftests.errors import DecodeError, UsageError
 
@@ -56,7 +53,15 @@ __all__ = [
     "gc_paused",
 ]
 
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
 log = logging.getLogger(__name__)
+
+# Captures of at most this many pages are walked in plain Python: numpy costs more
+# to import (1.5 s in a TCG guest) than it saves on a few hundred records.
+SMALL_CAPTURE_PAGES = 64
 
 FieldValue = int | str | bytes | tuple[int, ...]
 
@@ -696,8 +701,9 @@ def _walk_cpu(data: bytes, cpu: int, hp: HeaderPage, base: int, offs: list[int],
         if commit & RB_MISSED_EVENTS:
             missed: int | None = None
             if commit & RB_MISSED_STORED and length + hp.commit_size <= max_len:
-                missed = struct.unpack_from("<Q" if hp.commit_size == 8 else "<I", data,
-                                            pstart + hp.data_offset + length)[0]
+                missed = _missed_count(struct.unpack_from(
+                    "<Q" if hp.commit_size == 8 else "<I", data,
+                    pstart + hp.data_offset + length)[0], where, page_no)
                 stored_lost += missed or 0
             # Events were lost between the previous page read and this one.
             gaps.append(LossGap(cpu, prev_ts, None, missed))
@@ -707,13 +713,9 @@ def _walk_cpu(data: bytes, cpu: int, hp: HeaderPage, base: int, offs: list[int],
             w = words[i]
             tl = w & 31
             if tl == 0:
-                if i + 1 >= end:
-                    raise DecodeError(f"{where}: page {page_no}: record at offset "
-                                      f"{i * 4 - pstart} runs past the commit: corrupt page")
-                n = words[i + 1]  # array[0]: data length + 4
+                n = words[i + 1] if i + 1 < end else 0  # array[0]: data length + 4
                 if n < 4 or i + 1 + (n + 3) // 4 > end:
-                    raise DecodeError(f"{where}: page {page_no}: record at offset "
-                                      f"{i * 4 - pstart} has bad length {n}: corrupt page")
+                    raise _past_commit(where, page_no, tl, i * 4 - pstart, length)
                 ts += w >> 5
                 offs_append(base + (i + 2) * 4)
                 tss_append(ts)
@@ -721,8 +723,7 @@ def _walk_cpu(data: bytes, cpu: int, hp: HeaderPage, base: int, offs: list[int],
                 i += 1 + (n + 3) // 4
             elif tl <= RINGBUF_TYPE_DATA_TYPE_LEN_MAX:
                 if i + 1 + tl > end:
-                    raise DecodeError(f"{where}: page {page_no}: record at offset "
-                                      f"{i * 4 - pstart} runs past the commit: corrupt page")
+                    raise _past_commit(where, page_no, tl, i * 4 - pstart, length)
                 ts += w >> 5
                 offs_append(base + (i + 1) * 4)
                 tss_append(ts)
@@ -735,8 +736,7 @@ def _walk_cpu(data: bytes, cpu: int, hp: HeaderPage, base: int, offs: list[int],
                 ts += w >> 5  # discarded event: keep its delta (as kbuffer-parse.c)
                 i += 1 + max((n + 3) // 4, 1)
             elif i + 2 > end:
-                raise DecodeError(f"{where}: page {page_no}: record type {tl} at offset "
-                                  f"{i * 4 - pstart} runs past the commit: corrupt page")
+                raise _past_commit(where, page_no, tl, i * 4 - pstart, length)
             elif tl == RINGBUF_TYPE_TIME_EXTEND:
                 ts += (words[i + 1] << TS_SHIFT) | (w >> 5)
                 i += 2
@@ -755,6 +755,19 @@ def _walk_cpu(data: bytes, cpu: int, hp: HeaderPage, base: int, offs: list[int],
     return stored_lost
 
 
+def _missed_count(count: int, where: str, page_no: int) -> int:
+    if count >= 1 << 62:  # the kernel stores an unsigned long of lost events
+        raise DecodeError(f"{where}: page {page_no}: missed-events count {count} is not "
+                          "plausible: corrupt page")
+    return count
+
+
+def _past_commit(where: str, page_no: int, type_len: int, offset: int,
+                 commit: int) -> DecodeError:
+    return DecodeError(f"{where}: page {page_no}: record (type {type_len}) at offset {offset} "
+                       f"runs past the commit ({commit} bytes): corrupt page")
+
+
 @dataclass(frozen=True, slots=True)
 class _Walk:
     # Result of walking pages: one row per data record, page-major order.
@@ -766,6 +779,7 @@ class _Walk:
 
 
 def _walk_vectorized(blob: bytes, hp: HeaderPage, page_where: Sequence[tuple[str, int]]) -> _Walk:
+    import numpy as np
     # Records are variable-length, so one page cannot be walked in parallel; but all
     # pages can: step k decodes the k-th record of every page at once (numpy gathers
     # over the page cursors), so the Python loop runs ~records-per-page times.
@@ -799,7 +813,9 @@ def _walk_vectorized(blob: bytes, hp: HeaderPage, page_where: Sequence[tuple[str
             (length + hp.commit_size <= max_len)
         for p in np.flatnonzero(stored).tolist():
             at = p * psize + hp.data_offset + int(length[p])
-            missed[p] = struct.unpack_from("<Q" if hp.commit_size == 8 else "<I", blob, at)[0]
+            count = struct.unpack_from("<Q" if hp.commit_size == 8 else "<I", blob, at)[0]
+            f, pno = page_where[p]
+            missed[p] = _missed_count(count, f, pno)
 
     live = np.flatnonzero(length > 0)
     cur = pstart[live] // 4 + hp.data_offset // 4
@@ -830,9 +846,7 @@ def _walk_vectorized(blob: bytes, hp: HeaderPage, page_where: Sequence[tuple[str
             k = int(np.flatnonzero(broken)[0])
             p = int(live[k])
             f, pno = page_where[p]
-            raise DecodeError(f"{f}: page {pno}: record (type {int(tl[k])}) at offset "
-                              f"{int(cur[k]) * 4 - p * psize} runs past the commit "
-                              f"({int(length[p])} bytes): corrupt page")
+            raise _past_commit(f, pno, int(tl[k]), int(cur[k]) * 4 - p * psize, int(length[p]))
         ts = ts + np.where(ext, (nxt << TS_SHIFT) | delta, np.where(stop, 0, delta))
         if absts.any():
             a = (nxt << TS_SHIFT) | delta
@@ -864,11 +878,9 @@ def decode_columns(raw: RawCapture, *, where: str = "capture") -> tuple[EventCol
     :param where: name used in error messages (the capture directory)
     :raises DecodeError: corrupt page, unknown event id, bad format or header file
     """
-    hp = parse_header_page(raw.header_page, where=f"{where}/header_page")
-    formats: dict[int, EventFormat] = {}
-    for name, text in raw.formats.items():
-        fmt = parse_format(text, where=f"{where}/{name}.format")
-        formats[fmt.id] = fmt
+    import numpy as np
+
+    hp, formats = _parse_headers(raw, where)
     cpus = sorted(raw.pages)
     page_where: list[tuple[str, int]] = []
     page_cpu_l: list[int] = []
@@ -909,26 +921,46 @@ def decode_columns(raw: RawCapture, *, where: str = "capture") -> tuple[EventCol
     short = len_arr < 8
     if n and short.any():
         k = int(np.flatnonzero(short)[0])
-        raise DecodeError(f"{where}: record at blob offset {int(off_arr[k])} is "
-                          f"{int(len_arr[k])} bytes, too short for an event: corrupt page")
+        raise _short_record(where, int(off_arr[k]), int(len_arr[k]))
     type_arr = (u32[w0] & 0xFFFF).astype(np.int32) if n else np.zeros(0, np.int32)
     tid_arr = u32[w0 + 1].view(np.int32) if n else np.zeros(0, np.int32)
     if n:
         known = np.isin(type_arr, np.array(sorted(formats) or [-1], dtype=np.int32))
         if not known.all():
             k = int(np.flatnonzero(~known)[0])
-            cpu_k = int(cpu_arr[k])
-            raise DecodeError(
-                f"{where}/cpu{cpu_k}.raw: unknown event id {int(type_arr[k])} at ts "
-                f"{int(ts_arr[k])} ns (known: "
-                f"{', '.join(f'{i}={f.name}' for i, f in sorted(formats.items())) or 'none'}; "
-                f"add its format file as <event>.format)")
+            raise _unknown_event(where, int(cpu_arr[k]), int(type_arr[k]), int(ts_arr[k]),
+                                 formats)
         order = np.argsort(ts_arr, kind="stable")
         ts_arr, cpu_arr, tid_arr = ts_arr[order], cpu_arr[order], tid_arr[order]
         type_arr, off_arr, len_arr = type_arr[order], off_arr[order], len_arr[order]
     cols = EventColumns(ts_ns=ts_arr, cpu=cpu_arr, tid=np.ascontiguousarray(tid_arr),
                         type_id=type_arr, offset=off_arr, length=len_arr, blob=blob,
                         formats=formats)
+    return cols, _loss_info(raw, gaps)
+
+
+def _parse_headers(raw: RawCapture, where: str) -> tuple[HeaderPage, dict[int, EventFormat]]:
+    hp = parse_header_page(raw.header_page, where=f"{where}/header_page")
+    formats: dict[int, EventFormat] = {}
+    for name, text in raw.formats.items():
+        fmt = parse_format(text, where=f"{where}/{name}.format")
+        formats[fmt.id] = fmt
+    return hp, formats
+
+
+def _unknown_event(where: str, cpu: int, type_id: int, ts_ns: int,
+                   formats: Mapping[int, EventFormat]) -> DecodeError:
+    known = ", ".join(f"{i}={f.name}" for i, f in sorted(formats.items())) or "none"
+    return DecodeError(f"{where}/cpu{cpu}.raw: unknown event id {type_id} at ts {ts_ns} ns "
+                       f"(known: {known}; add its format file as <event>.format)")
+
+
+def _short_record(where: str, offset: int, length: int) -> DecodeError:
+    return DecodeError(f"{where}: record at blob offset {offset} is {length} bytes, too "
+                       "short for an event: corrupt page")
+
+
+def _loss_info(raw: RawCapture, gaps: list[LossGap]) -> LossInfo:
     per_cpu: list[tuple[int, int]] = []
     total: int | None = 0
     for cpu in sorted(raw.pages):
@@ -944,7 +976,7 @@ def decode_columns(raw: RawCapture, *, where: str = "capture") -> tuple[EventCol
     if total is None and not per_cpu:
         stored = sum(g.count or 0 for g in gaps)
         total = stored if gaps else None
-    return cols, LossInfo(lost_events=total, gaps=tuple(gaps), per_cpu=tuple(per_cpu))
+    return LossInfo(lost_events=total, gaps=tuple(gaps), per_cpu=tuple(per_cpu))
 
 
 def _stats_gaps(stats: str | None, cpu: int, first: int | None,
@@ -963,14 +995,55 @@ def _stats_gaps(stats: str | None, cpu: int, first: int | None,
     return gaps
 
 
-def decode(raw: RawCapture, *, where: str = "capture") -> Capture:
+def decode(raw: RawCapture, *, where: str = "capture",
+           small_pages: int | None = None) -> Capture:
     """Decode a binary capture into events sorted by time stamp.
+
+    Captures of up to ``small_pages`` (default :data:`SMALL_CAPTURE_PAGES`) pages are
+    walked record by record (no numpy, ``columns`` is None); larger ones take the
+    columnar path. Both give the same events, loss information and errors.
 
     :param where: name used in error messages (the capture directory)
     :raises DecodeError: corrupt page, unknown event id, bad format or header file
     """
+    hp = parse_header_page(raw.header_page, where=f"{where}/header_page")
+    limit = SMALL_CAPTURE_PAGES if small_pages is None else small_pages
+    if sum(len(d) for d in raw.pages.values()) <= limit * hp.page_size:
+        return _decode_plain(raw, where)
     cols, loss = decode_columns(raw, where=where)
     return Capture(events=_LazyEvents(cols), loss=loss, source=where, columns=cols,
+                   cpus=tuple(sorted(raw.pages)))
+
+
+def _decode_plain(raw: RawCapture, where: str) -> Capture:
+    # The per-record reference walk, for small captures: no numpy, events built at once.
+    hp, formats = _parse_headers(raw, where)
+    decoders = {i: _field_decoder(f) for i, f in formats.items()}
+    events: list[tuple[int, int, TraceEvent]] = []  # (ts, sequence, event)
+    gaps: list[LossGap] = []
+    for cpu in sorted(raw.pages):
+        data = raw.pages[cpu]
+        offs: list[int] = []
+        tss: list[int] = []
+        lens: list[int] = []
+        page_gaps: list[LossGap] = []
+        _walk_cpu(data, cpu, hp, 0, offs, tss, lens, page_gaps, f"{where}/cpu{cpu}.raw")
+        stat_gaps = _stats_gaps(raw.stats.get(cpu), cpu, tss[0] if tss else None,
+                                tss[-1] if tss else None)
+        spans = {(g.start_ns, g.end_ns) for g in stat_gaps}
+        gaps.extend(stat_gaps)
+        gaps.extend(g for g in page_gaps if (g.start_ns, g.end_ns) not in spans)
+        for off, ts, n in zip(offs, tss, lens, strict=True):
+            if n < 8:
+                raise _short_record(where, off, n)
+            type_id, tid = struct.unpack_from("<Hxxi", data, off)
+            fmt = formats.get(type_id)
+            if fmt is None:
+                raise _unknown_event(where, cpu, type_id, ts, formats)
+            ev = TraceEvent(ts, cpu, tid, fmt.name, decoders[type_id](data, off, n))
+            events.append((ts, len(events), ev))
+    events.sort(key=lambda t: (t[0], t[1]))
+    return Capture(events=[e for _, _, e in events], loss=_loss_info(raw, gaps), source=where,
                    cpus=tuple(sorted(raw.pages)))
 
 

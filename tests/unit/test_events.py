@@ -26,6 +26,13 @@ EXIT_FMT = (DATA / "kapi_syscall_exit.format").read_text()
 HEADER_PAGE = (DATA / "header_page").read_text()
 ENTER_ID, EXIT_ID = 373, 372
 
+
+@pytest.fixture(autouse=True, params=["columnar", "plain"])
+def walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: decode() through the numpy path and through the plain walk."""
+    monkeypatch.setattr(E, "SMALL_CAPTURE_PAGES", 0 if request.param == "columnar" else 1 << 30)
+    return str(request.param)
+
 # --------------------------------------------------------------------------- page builder
 # Records as the kernel writes them (kernel/trace/ring_buffer.c): a u32 header with
 # type_len in the low 5 bits and time_delta in the high 27, then the payload.
@@ -171,10 +178,9 @@ def test_decode_real_capture_sorted_with_args() -> None:
 @needs_ref
 def test_decode_threads_migrate_between_cpus() -> None:
     cap = E.load_capture(REF / "raw/threads")
-    assert cap.columns is not None
     cpus_of: dict[int, set[int]] = {}
-    for tid, cpu in zip(cap.columns.tid.tolist(), cap.columns.cpu.tolist(), strict=True):
-        cpus_of.setdefault(tid, set()).add(cpu)
+    for ev in cap.events:
+        cpus_of.setdefault(ev.tid, set()).add(ev.cpu)
     assert len(cpus_of) == 4 and all(c == {0, 1} for c in cpus_of.values())
 
 
