@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import lzma
+import os
 import shlex
 import shutil
 import stat
@@ -106,7 +107,8 @@ def render_init(init: GuestInit, n_modules: int) -> str:
     proj = ""
     if init.pyzip:
         z = shlex.quote(init.pyzip)
-        proj += f"$B touch $R{z} && $B mount --bind /py.zip $R{z}\n"
+        zdir = shlex.quote(os.path.dirname(init.pyzip) or "/")
+        proj += f"$B mkdir -p $R{zdir} && $B touch $R{z} && $B mount --bind /py.zip $R{z}\n"
     if init.project:
         d = shlex.quote(init.project)
         proj += (f"$B mkdir -p $R{d} 2>/dev/null\n"

@@ -32,7 +32,11 @@ __all__ = ["GUEST_ZIP", "imported_files", "build_pyzip"]
 
 log = logging.getLogger(__name__)
 
-GUEST_ZIP = "/run/kapi-py.zip"  # where /init binds it in the guest
+# Where /init binds it in the guest. The "site-packages" directory is for the tools
+# that tell the user's code from libraries by path: hypothesis parses every module
+# it takes for local (its AST, for constants), and a path in this zip (stdlib and
+# site-packages alike) is otherwise neither under site-packages nor the stdlib.
+GUEST_ZIP = "/run/site-packages/kapi-py.zip"
 
 # What the in-guest runner imports before the first test (the suite's own modules
 # are imported as well, so what they import from the standard library comes along).

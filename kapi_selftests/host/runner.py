@@ -33,7 +33,7 @@ from typing import IO
 
 from kapi_selftests.errors import LostGuest, MissingFeature, UsageError
 from kapi_selftests.host import console as console_mod
-from kapi_selftests.host import initramfs, kernel, pyzip, qemu
+from kapi_selftests.host import initramfs, kernel, pyzip, qemu, warm
 from kapi_selftests.report import Outcome, TestResult
 
 __all__ = ["BootTimings", "GuestRun", "GuestSpec", "guest_command", "guest_env", "prepare",
@@ -125,6 +125,7 @@ def guest_env(python: str = sys.executable, environ: dict[str, str] | None = Non
     env = [("PATH", path), ("HOME", "/tmp"), ("TERM", "dumb"), ("LANG", "C.UTF-8"),
            ("PYTHONPATH", ":".join(_python_path())), ("PYTHONDONTWRITEBYTECODE", "1"),
            ("PYTHONUNBUFFERED", "1"), ("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1"),
+           ("HYPOTHESIS_NO_PLUGINS", "1"),
            ("KAPI_IN_GUEST", "1")]
     env += [(k, e[k]) for k in _PASSTHROUGH_ENV if k in e]
     return tuple(env)
@@ -164,6 +165,7 @@ def prepare(kimg: kernel.KernelImage, cfg: qemu.GuestConfig, spec: GuestSpec, *,
             cfg = replace(cfg, kernel=vmlinux)
     project = cfg.project or PROJECT
     cfg = replace(cfg, project=project)
+    _warm(project, cfg.out_dir)
     genv: tuple[tuple[str, str], ...] = spec.env
     extra: dict[str, bytes] = {}
     zipped = _guest_pyzip(project) if cfg.pyzip else None
@@ -180,6 +182,14 @@ def prepare(kimg: kernel.KernelImage, cfg: qemu.GuestConfig, spec: GuestSpec, *,
 
 
 _PYZIP_LOCK = threading.Lock()
+
+
+def _warm(project: Path, out_dir: Path) -> None:
+    # byte code, pytest's rewritten tests and hypothesis's constants, built on the host
+    # (one guest's worth of Python start-up); the guest's cwd is the output share
+    with _PYZIP_LOCK:
+        hyp = warm.warm_caches(project, project / "tests" / "guest", sys.executable, CACHE_DIR)
+    warm.copy_constants(hyp, out_dir / ".hypothesis")
 
 
 def _guest_pyzip(project: Path) -> Path | None:

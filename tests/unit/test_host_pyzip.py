@@ -53,6 +53,7 @@ def test_pyzip_build_writes_importable_pycs(tmp_path: Path) -> None:
 
 
 def test_pyzip_init_binds_the_zip_after_the_tmpfs_on_run() -> None:
-    text = render_init(GuestInit(argv=("true",), pyzip="/run/kapi-py.zip"), 0)
-    assert "mount --bind /py.zip $R/run/kapi-py.zip" in text
+    text = render_init(GuestInit(argv=("true",), pyzip="/run/site-packages/kapi-py.zip"), 0)
+    assert "mkdir -p $R/run/site-packages && $B touch $R/run/site-packages/kapi-py.zip " \
+        "&& $B mount --bind /py.zip $R/run/site-packages/kapi-py.zip" in text
     assert text.index("--bind /py.zip") > text.index("for d in tmp run var/tmp")
