@@ -47,10 +47,6 @@ def _existing(value: str) -> Path:
     return p
 
 
-
-
-
-
 def _count(value: str) -> int:
     try:
         n = int(value)
@@ -143,7 +139,7 @@ def _verdict(args: argparse.Namespace, mode: str) -> GateVerdict:
                 args.src, args.series, args.build_dir or args.out / "build",
                 fragment=fragment, jobs=max(args.jobs, 1), base_image=base_image)
         except BuildError as e:
-            return unjudged(f"build: {e}", notes=(e.hint,) if e.hint else ())
+            return unjudged(f"build: {e}", hints=(e.hint,) if e.hint else ())
     assert base_image is not None and patched_image is not None
     cfg = gate_run.GateRunConfig(
         out=args.out, seed=args.seed, probe_calls=args.probe_calls, fuzz_calls=args.fuzz_calls,
@@ -156,7 +152,7 @@ def _verdict(args: argparse.Namespace, mode: str) -> GateVerdict:
             accel = qemu.choose_accel(qemu.GuestConfig(kernel=Path(base_image)),
                                       qemu.find_qemu())
         except MissingFeature as e:
-            return unjudged(str(e), notes=(e.hint,) if e.hint else ())
+            return unjudged(str(e), hints=(e.hint,) if e.hint else ())
         cfg = dataclasses.replace(cfg, accel=accel)
     runs = []
     for label, image in (("base", base_image), ("patched", patched_image)):
@@ -164,7 +160,7 @@ def _verdict(args: argparse.Namespace, mode: str) -> GateVerdict:
             runs.append(gate_run.run_kernel(label, image, cfg, echo=args.console))
         except (MissingFeature, LostGuest) as e:
             return unjudged(f"{label} kernel: {e}", base=str(base_image),
-                            patched=str(patched_image), notes=(e.hint,) if e.hint else ())
+                            patched=str(patched_image), hints=(e.hint,) if e.hint else ())
     return compare(runs[0], runs[1])
 
 

@@ -139,6 +139,7 @@ class GateVerdict:
     :param base: label and image of the base kernel
     :param patched: label and image of the patched kernel
     :param notes: what was missing or not compared
+    :param hints: what to do next (why it could not judge: how to fix or resume)
     """
 
     status: GateStatus
@@ -152,6 +153,7 @@ class GateVerdict:
     base: str = ""
     patched: str = ""
     notes: tuple[str, ...] = ()
+    hints: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -162,10 +164,11 @@ class GateVerdict:
 
 
 def unjudged(reason: str, *, base: str = "", patched: str = "",
-             notes: Sequence[str] = ()) -> GateVerdict:
-    """A verdict for a run that could not be judged (series did not apply, build failed)."""
+             notes: Sequence[str] = (), hints: Sequence[str] = ()) -> GateVerdict:
+    """A verdict for a run that could not be judged (series did not apply, build failed);
+    ``hints`` say how to fix or resume."""
     return GateVerdict(GateStatus.UNJUDGED, (reason,), base=base, patched=patched,
-                       notes=tuple(notes))
+                       notes=tuple(notes), hints=tuple(hints))
 
 
 # --------------------------------------------------------------------------

@@ -39,6 +39,8 @@ def to_markdown(v: GateVerdict) -> str:
     out += [f"- base kernel: `{v.base}`", f"- patched kernel: `{v.patched}`"]
     for r in v.reasons:
         out.append(f"- **{r}**")
+    for h in v.hints:
+        out.append(f"- next: {h}")
     counts = ", ".join(f"{v.count(c)} {c.value}" for c in DiffClass)
     out.append(f"- differences: {counts}")
     out.append(f"- compared: {v.tests_compared} suite tests, {v.calls_compared} calls"
@@ -100,6 +102,7 @@ def to_json(v: GateVerdict) -> str:
     """Everything in the verdict, as one JSON document."""
     obj: dict[str, Any] = {
         "verdict": v.status.value, "exit_code": v.exit_code, "reasons": list(v.reasons),
+        "hints": list(v.hints),
         "base": v.base, "patched": v.patched,
         "counts": {c.value: v.count(c) for c in DiffClass},
         "tests_compared": v.tests_compared, "calls_compared": v.calls_compared,

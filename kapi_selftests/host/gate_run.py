@@ -176,24 +176,58 @@ def _git(src: Path, *args: str) -> str:
 
 
 def _worktree(src: Path, dest: Path, commit: str,
-              patches: Sequence[build.Patch] = ()) -> Path:
-    # A detached worktree of `src` at `commit`; reused when it is already there (for the
-    # patched tree: at `commit` plus the whole series, as a previous run left it).
+              patches: Sequence[build.Patch] = (), *, checkout: str | None = None) -> Path:
+    """A detached worktree of ``src`` at ``commit`` (created at ``checkout``, default
+    ``commit``: the tree's own HEAD when it already carries the series).
+
+    An existing worktree is reused as it is when its HEAD is ``commit`` plus a prefix of
+    ``patches`` -- the whole series, or part of it with a ``git am`` stopped for a person
+    to fix: that work is never thrown away. Otherwise it is moved to ``commit``.
+    """
     if (dest / ".git").exists():
-        head = _git(dest, "rev-parse", "HEAD")
         done = build._applied_prefix(dest, patches) if patches else 0
-        if done == len(patches) and patches and \
-                _git(dest, "rev-parse", f"HEAD~{done}") == commit:
+        below = build._git(dest, "rev-parse", "--verify", "-q", f"HEAD~{done}^{{commit}}",
+                           check=False).stdout.strip()
+        if below == commit and (patches or done == 0):
             return dest
-        if head != commit:
-            am = Path(_git(dest, "rev-parse", "--git-path", "rebase-apply"))
-            if (dest / am if not am.is_absolute() else am).is_dir():
-                build._git(dest, "am", "--abort")
-            build._git(dest, "checkout", "-q", "--detach", commit)
+        if build._am_in_progress(dest):
+            build._git(dest, "am", "--abort")
+        build._git(dest, "checkout", "-q", "--detach", checkout or commit)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    build._git(src, "worktree", "add", "-q", "--detach", str(dest), commit)
+    build._git(src, "worktree", "add", "-q", "--detach", str(dest), checkout or commit)
     return dest
+
+
+def _cached_image(out: Path, key: str) -> Path | None:
+    """The image ``build_kernel`` left in ``out`` for this cache key, if it is still there
+    (the same test as its own cache: key and image checksum)."""
+    state = build._read_state(out)
+    image = out / build.IMAGE_PATH
+    if state.get("key") == key and image.is_file() \
+            and state.get("image_sha256") == build._hash_file(image):
+        return image
+    return None
+
+
+def _gate_resume_hint(wt: Path) -> str:
+    files = build._patch_files(wt) if build._am_in_progress(wt) else []
+    add = shlex.join(["git", "-C", str(wt), "add", "-f", "-A", "--", *files]) if files \
+        else f"git -C {wt} add <fixed files>"
+    return (f"to resume: fix the hunks of the *.rej files in {wt} by hand and delete them, "
+            f"{add}, git -C {wt} am --continue, then run the same gate command again "
+            f"(the worktree is reused); to give up: git -C {wt} am --abort")
+
+
+def _apply_in_worktree(wt: Path, patches: Sequence[build.Patch]) -> None:
+    # The series goes on before anything is built: a series that does not apply must
+    # stop the gate at once, not after a base kernel build of half an hour or more.
+    if build._applied_prefix(wt, patches) == len(patches) and not build._am_in_progress(wt):
+        return
+    try:
+        build.apply_series(wt, patches)
+    except BuildError as e:
+        raise BuildError(str(e), hint=_gate_resume_hint(wt)) from None
 
 
 def build_pair(src: Path, series: Sequence[Path], build_dir: Path, *, fragment: Path,
@@ -201,9 +235,12 @@ def build_pair(src: Path, series: Sequence[Path], build_dir: Path, *, fragment: 
     """Build the base (tree as is) and the patched kernel (tree + series), same fragment.
 
     When the series is already the newest commits of the tree, the base is the commit
-    below it. Both are built in git worktrees under ``build_dir/src`` so the tree itself
-    is left alone; the build cache of :func:`~kapi_selftests.host.build.build_kernel`
-    makes a second gate run with the same inputs start at once.
+    below it and the patched tree is the tree's HEAD (as it is, hand-fixed hunks
+    included). Both are built in git worktrees under ``build_dir/src`` so the tree
+    itself is left alone. The series is applied before either kernel is built, so a
+    series that does not apply stops at once. A build whose cache key (base commit,
+    series, fragment: :func:`~kapi_selftests.host.build.cache_key`) matches the record
+    in ``build_dir/base`` or ``build_dir/patched`` is reused without even a worktree.
 
     :param base_image: a prebuilt base kernel (then only the patched one is built)
     :return: the base and patched images
@@ -219,15 +256,34 @@ def build_pair(src: Path, series: Sequence[Path], build_dir: Path, *, fragment: 
     if applied not in (0, len(patches)):
         raise BuildError(f"{src}: HEAD has {applied} of the {len(patches)} patches of the "
                          "series", hint="pass a tree without the series, or with all of it")
+    head = _git(src, "rev-parse", "HEAD")
     base_commit = _git(src, "rev-parse", f"HEAD~{applied}" if applied else "HEAD")
+    fragment_bytes = fragment.read_bytes() if fragment.is_file() else b""
+    base_out, patched_out = build_dir / "base", build_dir / "patched"
+    patched_key = build.cache_key(f"git:{base_commit}", [p.read_bytes() for p in series],
+                                  fragment_bytes)
+    patched_image = _cached_image(patched_out, patched_key)
+    patched_src: Path | None = None
+    if patched_image is not None:
+        log.info("patched kernel: cached %s (key %s)", patched_image, patched_key[:12])
+    else:
+        patched_src = _worktree(src, build_dir / "src" / "patched", base_commit, patches,
+                                checkout=head if applied else None)
+        log.info("patched kernel: %s at %s + %d patches", patched_src, base_commit[:12],
+                 len(patches))
+        _apply_in_worktree(patched_src, patches)
     if base_image is None:
-        base_src = _worktree(src, build_dir / "src" / "base", base_commit)
-        log.info("base kernel: %s at %s", base_src, base_commit[:12])
-        base_image = build.build_kernel(base_src, build_dir / "base", fragment=fragment,
-                                        jobs=jobs).image
-    patched_src = _worktree(src, build_dir / "src" / "patched", base_commit, patches)
-    log.info("patched kernel: %s at %s + %d patches", patched_src, base_commit[:12],
-             len(patches))
-    patched = build.build_kernel(patched_src, build_dir / "patched", series=series,
-                                 fragment=fragment, jobs=jobs)
-    return base_image, patched.image
+        base_key = build.cache_key(f"git:{base_commit}", [], fragment_bytes)
+        base_image = _cached_image(base_out, base_key)
+        if base_image is not None:
+            log.info("base kernel: cached %s (key %s)", base_image, base_key[:12])
+        else:
+            base_src = _worktree(src, build_dir / "src" / "base", base_commit)
+            log.info("base kernel: %s at %s", base_src, base_commit[:12])
+            base_image = build.build_kernel(base_src, base_out, fragment=fragment,
+                                            jobs=jobs).image
+    if patched_image is None:
+        assert patched_src is not None
+        patched_image = build.build_kernel(patched_src, patched_out, series=series,
+                                           fragment=fragment, jobs=jobs).image
+    return base_image, patched_image

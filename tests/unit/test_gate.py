@@ -376,7 +376,9 @@ def test_cli_gate_build_failure_is_unjudged(tmp_path: Path, monkeypatch: pytest.
     from kapi_selftests.host import gate_run
 
     def fail(*a: object, **k: object) -> None:
-        raise BuildError("patch 2/11 'kernel/api: x' did not apply: Makefile: @@ -1 +1 @@")
+        raise BuildError("patch 2/11 'kernel/api: x' did not apply: Makefile: @@ -1 +1 @@",
+                         hint="to resume: ... git -C W am --continue, then run the same gate "
+                              "command again")
 
     monkeypatch.setattr(gate_run, "build_pair", fail)
     tree = tmp_path / "tree"
@@ -390,6 +392,8 @@ def test_cli_gate_build_failure_is_unjudged(tmp_path: Path, monkeypatch: pytest.
     assert code == 4
     out = capsys.readouterr().out
     assert "could not judge" in out and "did not apply" in out
+    assert "- next: to resume: ... git -C W am --continue" in out
+    assert '"hints": [' in (tmp_path / "out" / "gate.json").read_text()
 
 
 # --- real runs --------------------------------------------------------------------------------

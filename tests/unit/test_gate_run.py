@@ -62,7 +62,8 @@ def test_build_pair_base_is_the_tree_and_patched_adds_the_series(
                                         jobs=1)
     assert base == tmp_path / "b" / "base" / "bzImage"
     assert patched == tmp_path / "b" / "patched" / "bzImage"
-    assert [c["head"] for c in builds] == [head, head]
+    assert builds[0]["head"] == head
+    assert _git(builds[1]["src"], "rev-parse", "HEAD~2") == head  # series applied first
     assert builds[0]["series"] == () and builds[1]["series"] == tuple(series)
     assert builds[0]["src"] == tmp_path / "b" / "src" / "base"
     assert builds[1]["src"] == tmp_path / "b" / "src" / "patched"
@@ -74,8 +75,13 @@ def test_build_pair_series_already_applied_uses_the_commit_below(
     repo, series = tree
     base_commit = _git(repo, "rev-parse", "HEAD")
     _git(repo, "am", "-q", *map(str, series))
+    (repo / "open.c").write_text("hand-fixed\n")
+    _git(repo, "commit", "-q", "--amend", "-a", "--no-edit")  # a hunk fixed by hand
+    head = _git(repo, "rev-parse", "HEAD")
     gate_run.build_pair(repo, series, tmp_path / "b", fragment=Path("f"), jobs=1)
-    assert [c["head"] for c in builds] == [base_commit, base_commit]
+    # the base is the commit below the series; the patched tree is the tree's own HEAD
+    # (re-applying the series on the base would fail where hunks were fixed by hand)
+    assert [c["head"] for c in builds] == [base_commit, head]
 
 
 def test_build_pair_prebuilt_base_builds_only_the_patched_kernel(
@@ -117,3 +123,82 @@ def test_guest_script_order_and_stages(tmp_path: Path) -> None:
     no_suite = gate_run.guest_script(
         gate_run.GateRunConfig(out=tmp_path, suite=False), python="/usr/bin/python3")
     assert "--local" not in no_suite.argv[2] and "--fuzz-calls" not in no_suite.argv[2]
+
+
+def _conflicting_series(repo: Path, series: list[Path]) -> None:
+    # the tree moved on under the series: patch 1 no longer applies
+    (repo / "open.c").write_text("something else entirely\n")
+    _git(repo, "commit", "-q", "-am", "unrelated change")
+
+
+def test_build_pair_series_that_does_not_apply_stops_before_any_build(
+        tree: tuple[Path, list[Path]], builds: list[dict[str, Any]], tmp_path: Path) -> None:
+    repo, series = tree
+    _conflicting_series(repo, series)
+    head = _git(repo, "rev-parse", "HEAD")
+    with pytest.raises(BuildError) as ei:
+        gate_run.build_pair(repo, series, tmp_path / "b", fragment=Path("f"), jobs=1)
+    assert builds == []  # no base build of half an hour before finding out
+    wt = tmp_path / "b" / "src" / "patched"
+    assert "patch 1/2 'kernel/api: change 1' did not apply: open.c" in str(ei.value)
+    hint = ei.value.hint or ""
+    assert f"git -C {wt} am --continue" in hint and "same gate command" in hint
+    assert "build-kernel" not in hint
+    # the user's tree is untouched: same HEAD, clean, no git am of its own
+    assert _git(repo, "rev-parse", "HEAD") == head
+    assert _git(repo, "status", "--porcelain", "--untracked-files=no") == ""
+    assert not build._am_in_progress(repo) and build._am_in_progress(wt)
+
+
+def test_build_pair_resumes_in_the_worktree_a_person_fixed(
+        tree: tuple[Path, list[Path]], builds: list[dict[str, Any]], tmp_path: Path) -> None:
+    repo, series = tree
+    _conflicting_series(repo, series)
+    wt = tmp_path / "b" / "src" / "patched"
+    with pytest.raises(BuildError):
+        gate_run.build_pair(repo, series, tmp_path / "b", fragment=Path("f"), jobs=1)
+    # running the gate again before the fix: the stopped git am is kept, not aborted
+    with pytest.raises(BuildError, match="git am is in progress"):
+        gate_run.build_pair(repo, series, tmp_path / "b", fragment=Path("f"), jobs=1)
+    assert build._am_in_progress(wt)
+    for rej in wt.glob("*.rej"):
+        rej.unlink()
+    (wt / "open.c").write_text("fixed by hand 1\n")
+    _git(wt, "add", "open.c")
+    subprocess.run(["git", "-C", str(wt), "-c", "user.name=t", "-c", "user.email=t@t",
+                    "am", "--continue"], capture_output=True, text=True, check=False)
+    if build._am_in_progress(wt):  # patch 2 conflicts with the hand fix in turn
+        (wt / "open.c").write_text("fixed by hand 2\n")
+        for rej in wt.glob("*.rej"):
+            rej.unlink()
+        _git(wt, "add", "open.c")
+        _git(wt, "am", "--continue")
+    fixed = _git(wt, "rev-parse", "HEAD")
+    base, patched = gate_run.build_pair(repo, series, tmp_path / "b", fragment=Path("f"),
+                                        jobs=1)
+    assert [c["head"] for c in builds] == [_git(repo, "rev-parse", "HEAD"), fixed]
+
+
+def test_build_pair_cached_builds_need_no_worktree(
+        tree: tuple[Path, list[Path]], builds: list[dict[str, Any]], tmp_path: Path) -> None:
+    repo, series = tree
+    frag = tmp_path / "kapi.config"
+    frag.write_text("CONFIG_KAPI_SPEC=y\n")
+    head = _git(repo, "rev-parse", "HEAD")
+    for label, patches in (("base", []), ("patched", series)):
+        out = tmp_path / "b" / label
+        image = out / build.IMAGE_PATH
+        image.parent.mkdir(parents=True)
+        image.write_bytes(label.encode())
+        key = build.cache_key(f"git:{head}", [p.read_bytes() for p in patches],
+                              frag.read_bytes())
+        (out / build.STATE_FILE).write_text(
+            f'{{"key": "{key}", "image_sha256": "{build._hash_file(image)}"}}')
+    base, patched = gate_run.build_pair(repo, series, tmp_path / "b", fragment=frag, jobs=1)
+    assert (base, patched) == (tmp_path / "b" / "base" / build.IMAGE_PATH,
+                               tmp_path / "b" / "patched" / build.IMAGE_PATH)
+    assert builds == [] and not (tmp_path / "b" / "src").exists()
+    # another fragment is another key: both are built
+    frag.write_text("CONFIG_KAPI_SPEC=n\n")
+    gate_run.build_pair(repo, series, tmp_path / "b", fragment=frag, jobs=1)
+    assert len(builds) == 2
