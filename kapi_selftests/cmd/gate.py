@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from kapi_selftests.cmd.build_kernel import (
     DEFAULT_FRAGMENT,
@@ -33,9 +34,10 @@ from kapi_selftests.cmd.build_kernel import (
     source_tree,
 )
 from kapi_selftests.errors import BuildError, LostGuest, MissingFeature, UsageError
-from kapi_selftests.gate.compare import GateVerdict, compare, unjudged
-from kapi_selftests.gate.record import load_run
+from kapi_selftests.gate.compare import GateVerdict, compare, retry_candidates, unjudged
+from kapi_selftests.gate.record import KernelRun, load_run
 from kapi_selftests.gate.render import to_json, to_junit, to_markdown
+from kapi_selftests.report import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-suite", dest="suite", action="store_false",
                    help="skip the in-guest suite")
     r.add_argument("-k", dest="keyword", help="pytest -k expression for the suite")
+    r.add_argument("--retries", type=_count, default=1, metavar="N",
+                   help="re-run a suite test that failed on one kernel only up to N times "
+                        "there (one guest per round) before calling it a regression or a "
+                        "fix; passed on a re-run: flaky (default 1; 0: no re-run)")
     r.add_argument("--memory-mb", type=_count, help="guest RAM")
     r.add_argument("--timeout-s", type=_count, help="kill a guest after this long")
     r.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
@@ -155,13 +161,50 @@ def _verdict(args: argparse.Namespace, mode: str) -> GateVerdict:
             return unjudged(str(e), hints=(e.hint,) if e.hint else ())
         cfg = dataclasses.replace(cfg, accel=accel)
     runs = []
-    for label, image in (("base", base_image), ("patched", patched_image)):
+    images = {"base": base_image, "patched": patched_image}
+    for label, image in images.items():
         try:
             runs.append(gate_run.run_kernel(label, image, cfg, echo=args.console))
         except (MissingFeature, LostGuest) as e:
             return unjudged(f"{label} kernel: {e}", base=str(base_image),
                             patched=str(patched_image), hints=(e.hint,) if e.hint else ())
-    return compare(runs[0], runs[1])
+    notes: list[str] = []
+    if args.retries and cfg.suite:
+        notes = _rerun_one_sided_failures(runs, images, cfg, args.retries, args.console)
+        runs = [load_run(cfg.out / r.label / gate_run.RUN_SUBDIR, r.label) for r in runs]
+    v = compare(runs[0], runs[1])
+    return dataclasses.replace(v, notes=v.notes + tuple(notes)) if notes else v
+
+
+#: more one-sided failures than this on a kernel: a real breakage, not flakiness; the
+#: re-runs would only cost boots
+MAX_RETRIED_TESTS = 20
+
+
+def _rerun_one_sided_failures(runs: list[KernelRun], images: dict[str, Path], cfg: Any,
+                              retries: int, echo: bool) -> list[str]:
+    """Re-run, on the kernel where they failed, the suite tests that failed on one kernel
+    only: up to ``retries`` rounds, each round the tests that have not passed yet."""
+    from kapi_selftests.host import gate_run
+
+    notes: list[str] = []
+    for label, names in retry_candidates(runs[0], runs[1]).items():
+        todo = list(names)
+        if len(todo) > MAX_RETRIED_TESTS:
+            notes.append(f"{label}: {len(todo)} tests failed on this kernel only: not re-run "
+                         f"(more than {MAX_RETRIED_TESTS})")
+            continue
+        for n in range(1, retries + 1):
+            if not todo:
+                break
+            try:
+                got = gate_run.rerun_tests(label, images[label], todo, cfg, n, echo=echo)
+            except (MissingFeature, LostGuest) as e:
+                notes.append(f"{label}: re-run {n} did not run: {e}")
+                break
+            passed = {r.name for r in got if r.outcome is Outcome.PASS}
+            todo = [t for t in todo if t not in passed]
+    return notes
 
 
 def run(args: argparse.Namespace) -> int:

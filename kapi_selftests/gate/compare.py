@@ -24,7 +24,7 @@ import enum
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KSFT_SKIP
@@ -35,7 +35,7 @@ from kapi_selftests.report import Outcome, TestResult
 from kapi_selftests.spec import ReturnCheck, Spec
 
 __all__ = ["GateStatus", "DiffKind", "DiffClass", "Difference", "Cost", "GateVerdict",
-           "compare", "unjudged", "memory_for_plan"]
+           "compare", "unjudged", "memory_for_plan", "retry_candidates", "spec_links"]
 
 EINVAL = 22
 
@@ -64,6 +64,7 @@ class DiffClass(enum.Enum):
     REGRESSION = "regression"
     EXPECTED = "expected"      # explained by a spec the series adds or changes
     FIXED = "fixed"            # failed on the base, passes on the patched kernel
+    FLAKY = "flaky"            # failed on one kernel, passed there on a re-run
     NOTE = "note"              # worth seeing, not a verdict
 
 
@@ -78,6 +79,8 @@ class Difference:
     :param patched: what the patched kernel did
     :param explanation: why it is classified so, one line
     :param evidence: more lines (registers, predictions, diff lines)
+    :param spec_link: for a suite test: the spec changes of the syscalls it concerns
+        (``explained by spec change sys_open (...)``); it stays what ``cls`` says
     """
 
     kind: DiffKind
@@ -87,6 +90,7 @@ class Difference:
     patched: str
     explanation: str
     evidence: tuple[str, ...] = ()
+    spec_link: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +182,34 @@ def unjudged(reason: str, *, base: str = "", patched: str = "",
 _BAD = (Outcome.FAIL, Outcome.ERROR)
 
 
-def _suite(base: Sequence[TestResult], patched: Sequence[TestResult]
+def retry_candidates(base: KernelRun, patched: KernelRun) -> dict[str, tuple[str, ...]]:
+    """Suite tests that failed on one kernel only, by the label of the kernel they failed
+    on: what to re-run there before calling them a regression (or a fix)."""
+    b = {r.name: r.outcome for r in base.suite}
+    p = {r.name: r.outcome for r in patched.suite}
+    return {
+        base.label: tuple(n for n, o in b.items() if o in _BAD and p.get(n) is Outcome.PASS),
+        patched.label: tuple(n for n, o in p.items() if o in _BAD and b.get(n) not in _BAD),
+    }
+
+
+def _retried(name: str, retries: Sequence[Sequence[TestResult]]) -> tuple[int, int | None]:
+    """How often ``name`` was re-run, and the round it first passed in (None: never)."""
+    ran = 0
+    for n, results in enumerate(retries, 1):
+        r = next((r for r in results if r.name == name), None)
+        if r is None:
+            continue
+        ran += 1
+        if r.outcome is Outcome.PASS:
+            return ran, n
+    return ran, None
+
+
+def _suite(base: KernelRun, patched: KernelRun
            ) -> tuple[list[Difference], int, list[str]]:
-    b = {r.name: r for r in base}
-    p = {r.name: r for r in patched}
+    b = {r.name: r for r in base.suite}
+    p = {r.name: r for r in patched.suite}
     out: list[Difference] = []
     notes: list[str] = []
     newly_run = 0
@@ -192,12 +220,31 @@ def _suite(base: Sequence[TestResult], patched: Sequence[TestResult]
         desc_b = _outcome(rb)
         desc_p = _outcome(rp)
         if op in _BAD and ob not in _BAD:
-            out.append(Difference(DiffKind.SUITE, DiffClass.REGRESSION, name, desc_b, desc_p,
-                                  "new failure on the patched kernel",
-                                  rp.diagnostics[-10:] if rp else ()))
+            ran, passed = _retried(name, patched.retries)
+            diag = rp.diagnostics[-10:] if rp else ()
+            if passed is not None:
+                out.append(Difference(DiffKind.SUITE, DiffClass.FLAKY, name, desc_b,
+                                      f"{desc_p}; pass on re-run {passed}",
+                                      "failed on the patched kernel, passed there on a "
+                                      "re-run: flaky, not a regression", diag))
+            else:
+                again = (f"; failed again on {ran} re-run(s)" if ran else
+                         "; not re-run" if patched.retries else "")
+                out.append(Difference(DiffKind.SUITE, DiffClass.REGRESSION, name, desc_b,
+                                      desc_p, "new failure on the patched kernel" + again,
+                                      diag))
         elif ob in _BAD and op is Outcome.PASS:
-            out.append(Difference(DiffKind.SUITE, DiffClass.FIXED, name, desc_b, desc_p,
-                                  "failed on the base kernel, passes on the patched one"))
+            ran, passed = _retried(name, base.retries)
+            if passed is not None:
+                out.append(Difference(DiffKind.SUITE, DiffClass.FLAKY, name,
+                                      f"{desc_b}; pass on re-run {passed}", desc_p,
+                                      "failed on the base kernel, passed there on a re-run: "
+                                      "flaky, not a fix", rb.diagnostics[-10:] if rb else ()))
+            else:
+                again = f"; failed again there on {ran} re-run(s)" if ran else ""
+                out.append(Difference(DiffKind.SUITE, DiffClass.FIXED, name, desc_b, desc_p,
+                                      "failed on the base kernel, passes on the patched one"
+                                      + again))
         elif ob in _BAD and op in _BAD:
             notes.append(f"{name}: fails on both kernels ({desc_b})")
         elif ob is Outcome.PASS and op in (Outcome.SKIP, None):
@@ -209,6 +256,56 @@ def _suite(base: Sequence[TestResult], patched: Sequence[TestResult]
         notes.append(f"{newly_run} test(s) skipped or absent on the base kernel pass on the "
                      "patched one (typically: the base has no KAPI)")
     return out, len(set(b) & set(p)), notes
+
+
+# A suite test "concerns" a syscall when its name or failure line names it as a word
+# (``test_open_mode``, ``kapi-06-open with ...``, ``sys_open``); in the longer
+# diagnostics (tracebacks: Python's own open()/read() calls) only ``sys_<name>`` counts.
+def _mentions(name: str, text: str, *, strict: bool) -> bool:
+    if strict:
+        return re.search(rf"(?<![A-Za-z0-9_])sys_{re.escape(name)}(?![A-Za-z0-9])",
+                         text) is not None
+    return re.search(rf"(?<![A-Za-z0-9])(?:sys_)?{re.escape(name)}(?![A-Za-z0-9])",
+                     text, re.IGNORECASE) is not None
+
+
+def _describe_change(c: SpecChange) -> str:
+    if c.kind.value == "changed" and c.lines:
+        more = f" (+{len(c.lines) - 2} more)" if len(c.lines) > 2 else ""
+        return f"{c.name} ({'; '.join(c.lines[:2])}{more})"
+    return f"{c.name} ({c.kind.value})"
+
+
+def spec_links(test: TestResult | None, name: str, changes: Sequence[SpecChange]
+               ) -> tuple[SpecChange, ...]:
+    """The spec changes of the syscalls a suite test concerns (by its name, its
+    failure line and, for ``sys_<name>`` only, its diagnostics)."""
+    short = (test.reason if test else "")
+    long = "\n".join(test.diagnostics) if test else ""
+    out = []
+    for c in changes:
+        syscall = c.name.removeprefix("sys_")
+        if _mentions(syscall, name + "\n" + short, strict=False) \
+                or _mentions(syscall, long, strict=True):
+            out.append(c)
+    return tuple(out)
+
+
+def _link_suite(diffs: list[Difference], patched: KernelRun, base: KernelRun,
+                changes: Sequence[SpecChange]) -> list[Difference]:
+    if not changes:
+        return diffs
+    tests = {r.name: r for r in base.suite} | {r.name: r for r in patched.suite}
+    out = []
+    for d in diffs:
+        if d.kind is DiffKind.SUITE and d.cls in (DiffClass.REGRESSION, DiffClass.FLAKY,
+                                                  DiffClass.FIXED):
+            linked = spec_links(tests.get(d.subject), d.subject, changes)
+            if linked:
+                link = "explained by spec change " + ", ".join(map(_describe_change, linked))
+                d = replace(d, spec_link=link, explanation=f"{d.explanation}; {link}")
+        out.append(d)
+    return out
 
 
 def _outcome(r: TestResult | None) -> str:
@@ -486,7 +583,8 @@ def _cost(base: KernelRun, patched: KernelRun) -> Cost | None:
                 tb.reference_ns, tp.reference_ns)
 
 
-_ORDER = {DiffClass.REGRESSION: 0, DiffClass.EXPECTED: 1, DiffClass.FIXED: 2, DiffClass.NOTE: 3}
+_ORDER = {DiffClass.REGRESSION: 0, DiffClass.EXPECTED: 1, DiffClass.FIXED: 2,
+          DiffClass.FLAKY: 3, DiffClass.NOTE: 4}
 
 
 def compare(base: KernelRun, patched: KernelRun) -> GateVerdict:
@@ -496,13 +594,15 @@ def compare(base: KernelRun, patched: KernelRun) -> GateVerdict:
     health, reasons = _health(base, patched)
     diffs += health
     notes += _stage_notes(base, patched)
-    suite, tests_compared, suite_notes = _suite(base.suite, patched.suite)
+    suite, tests_compared, suite_notes = _suite(base, patched)
     diffs += suite
     notes += suite_notes
     calls, compared, unmatched, call_notes = _calls(base, patched)
     diffs += calls
     notes += call_notes
     diffs += _tracepoints(base, patched)
+    spec_changes = diff_specs(base.specs, patched.specs)
+    diffs = _link_suite(diffs, patched, base, spec_changes)
     if not reasons and not base.suite and not patched.suite and not compared:
         reasons.append("nothing to compare: no suite results and no calls on either kernel")
     diffs.sort(key=lambda d: _ORDER[d.cls])
@@ -518,7 +618,7 @@ def compare(base: KernelRun, patched: KernelRun) -> GateVerdict:
     else:
         status = GateStatus.PASS
     return GateVerdict(status=status, reasons=tuple(reasons), differences=tuple(diffs),
-                       spec_changes=diff_specs(base.specs, patched.specs),
+                       spec_changes=spec_changes,
                        cost=_cost(base, patched), calls_compared=compared,
                        calls_unmatched=unmatched, tests_compared=tests_compared,
                        base=base.image or base.label, patched=patched.image or patched.label,

@@ -6,6 +6,7 @@ for tests under ``tests/data/gate-*``) holds::
     kernel.json           {"image": ..., "release": ...}            (optional)
     guest.json            guest health: status, killed, splats, lost
     suite.ktap            the in-guest suite's results (KTAP)
+    suite-retry-<n>.ktap  re-run round n of the tests that failed on this kernel only
     kapi/list, kapi/specs/<name>, kapi/specs-json/<name>
                           copy of /sys/kernel/debug/kapi (absent: no KAPI specs)
     events/<event>.format the kapi tracepoints' format files (absent: none)
@@ -163,6 +164,8 @@ class KernelRun:
     :param calls: per-call records of the probe and fuzz runs
     :param timing: the timed call mix, when it ran
     :param notes: what was missing from the directory, one line each
+    :param retries: suite results of each re-run round on this kernel (only the tests
+        that failed here and not on the other kernel), ``suite-retry-<n>.ktap``
     """
 
     label: str
@@ -174,6 +177,7 @@ class KernelRun:
     calls: tuple[CallRecord, ...] = ()
     timing: Timing | None = None
     notes: tuple[str, ...] = ()
+    retries: tuple[tuple[TestResult, ...], ...] = ()
 
 
 def plan_key(plan: Mapping[str, Any]) -> str:
@@ -280,6 +284,9 @@ def load_run(root: Path, label: str) -> KernelRun:
         suite = tuple(parse_ktap((root / "suite.ktap").read_text(errors="replace")))
     else:
         notes.append("no suite.ktap: the suite did not run")
+    rounds = sorted((int(m.group(1)), f) for f in root.glob("suite-retry-*.ktap")
+                    if (m := re.fullmatch(r"suite-retry-(\d+)\.ktap", f.name)))
+    retries = tuple(tuple(parse_ktap(f.read_text(errors="replace"))) for _, f in rounds)
     specs: dict[str, Spec] | None = None
     if (root / "kapi" / "list").is_file():
         try:
@@ -299,4 +306,5 @@ def load_run(root: Path, label: str) -> KernelRun:
     timing = _timing(root / "probe" / "timing.json") \
         if (root / "probe" / "timing.json").is_file() else None
     return KernelRun(label=label, image=image, suite=suite, health=health, specs=specs,
-                     formats=formats, calls=tuple(calls), timing=timing, notes=tuple(notes))
+                     formats=formats, calls=tuple(calls), timing=timing, notes=tuple(notes),
+                     retries=retries)

@@ -56,7 +56,10 @@ def to_markdown(v: GateVerdict) -> str:
     out.append("")
     for cls, title in ((DiffClass.REGRESSION, "Regressions"),
                        (DiffClass.EXPECTED, "Expected differences (explained by the specs)"),
-                       (DiffClass.FIXED, "Fixed"), (DiffClass.NOTE, "Notes")):
+                       (DiffClass.FIXED, "Fixed"),
+                       (DiffClass.FLAKY, "Flaky (failed on one kernel, passed there on a "
+                                         "re-run; not a regression)"),
+                       (DiffClass.NOTE, "Notes")):
         diffs = [d for d in v.differences if d.cls is cls]
         if not diffs:
             continue
@@ -95,7 +98,7 @@ def to_markdown(v: GateVerdict) -> str:
 def _diff_json(d: Difference) -> dict[str, Any]:
     return {"kind": d.kind.value, "class": d.cls.value, "subject": d.subject,
             "base": d.base, "patched": d.patched, "explanation": d.explanation,
-            "evidence": list(d.evidence)}
+            "evidence": list(d.evidence), "spec_link": d.spec_link}
 
 
 def to_json(v: GateVerdict) -> str:

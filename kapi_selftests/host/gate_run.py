@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 import shutil
 import sys
@@ -31,8 +32,8 @@ from kapi_selftests.gate.record import KernelRun, load_run
 from kapi_selftests.host import build, initramfs, kernel, qemu, runner
 from kapi_selftests.report import TestResult, format_ktap
 
-__all__ = ["GateRunConfig", "guest_script", "run_kernel", "build_pair",
-           "RUN_SUBDIR"]
+__all__ = ["GateRunConfig", "guest_script", "run_kernel", "build_pair", "retry_keyword",
+           "rerun_tests", "RUN_SUBDIR"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,16 @@ def _stages(out: Path) -> dict[str, int | None]:
     return st
 
 
+def _guest_config(kimg: kernel.KernelImage, cfg: GateRunConfig) -> qemu.GuestConfig:
+    gcfg = qemu.config_from_env(qemu.GuestConfig(kernel=kimg.image))
+    changes: dict[str, object] = {"accel": cfg.accel}
+    if cfg.memory_mb:
+        changes["memory_mb"] = cfg.memory_mb
+    if cfg.timeout_s:
+        changes["timeout_s"] = cfg.timeout_s
+    return replace(gcfg, **changes)  # type: ignore[arg-type]
+
+
 def run_kernel(label: str, kernel_path: Path, cfg: GateRunConfig, *,
                echo: bool = False) -> KernelRun:
     """Boot ``kernel_path`` once, run the gate's guest script, and load what it left.
@@ -129,13 +140,7 @@ def run_kernel(label: str, kernel_path: Path, cfg: GateRunConfig, *,
     kimg = kernel.find_kernel(kernel_path)
     work = cfg.out / label
     work.mkdir(parents=True, exist_ok=True)
-    gcfg = qemu.config_from_env(qemu.GuestConfig(kernel=kimg.image))
-    changes: dict[str, object] = {"accel": cfg.accel}
-    if cfg.memory_mb:
-        changes["memory_mb"] = cfg.memory_mb
-    if cfg.timeout_s:
-        changes["timeout_s"] = cfg.timeout_s
-    gcfg = replace(gcfg, **changes)  # type: ignore[arg-type]
+    gcfg = _guest_config(kimg, cfg)
     spec = guest_script(cfg)
     req = runner.SuiteRequest(kernel=kimg, config=gcfg, guests=1, work_dir=work, keep=True)
     rundir = work / RUN_SUBDIR
@@ -143,8 +148,9 @@ def run_kernel(label: str, kernel_path: Path, cfg: GateRunConfig, *,
         d = rundir / stale
         if d.is_dir():
             shutil.rmtree(d)
-    for f in rundir.glob("stage-*"):
-        f.unlink()
+    for pattern in ("stage-*", "suite-retry-*.ktap"):
+        for f in rundir.glob(pattern):
+            f.unlink()
     health: dict[str, object] = {"status": None, "killed": None, "splats": [], "lost": None}
     results: Sequence[TestResult] = ()
     log.info("%s kernel: %s", label, kimg.image)
@@ -169,6 +175,65 @@ def run_kernel(label: str, kernel_path: Path, cfg: GateRunConfig, *,
         (rundir / "suite.ktap").write_text(format_ktap(
             list(results), header=[f"{label} kernel: {kimg.image}"]))
     return load_run(rundir, label)
+
+
+# What pytest's -k grammar takes as one identifier; "and", "or", "not" are its operators.
+_K_IDENT = re.compile(r"[\w:+\-.\[\]\\/]+")
+_K_OPERATORS = frozenset({"and", "or", "not"})
+
+
+def retry_keyword(names: Sequence[str]) -> str:
+    """A pytest ``-k`` expression that selects the tests with these node ids.
+
+    ``-k`` matches each identifier as a case-insensitive substring of a test's name
+    (``test_upstream[kapi-06-open with invalid mode returns EINVAL]``), and a node id's
+    parameters can hold spaces and characters the grammar does not take: so each test is
+    the ``and`` of its name's identifier runs, and the tests are ``or``-ed. This may
+    select a few more tests than asked for; :func:`rerun_tests` keeps only the results of
+    the named ones.
+    """
+    exprs = []
+    for name in dict.fromkeys(names):
+        item = name.rsplit("::", 1)[-1]
+        tokens = [t for t in _K_IDENT.findall(item) if t.lower() not in _K_OPERATORS]
+        if tokens:
+            exprs.append("(" + " and ".join(tokens) + ")")
+    return " or ".join(exprs)
+
+
+def rerun_tests(label: str, kernel_path: Path, names: Sequence[str], cfg: GateRunConfig,
+                round_: int, *, echo: bool = False) -> tuple[TestResult, ...]:
+    """Boot ``kernel_path`` again and re-run just these suite tests (the in-guest runner
+    with ``-k`` :func:`retry_keyword`); save their results as
+    ``OUT/<label>/guest/suite-retry-<round_>.ktap`` (read by ``load_run``).
+
+    A guest that does not come back leaves an empty round: the tests count as not
+    re-run, never as passed.
+    """
+    kimg = kernel.find_kernel(kernel_path)
+    work = cfg.out / label / f"retry-{round_}"
+    work.mkdir(parents=True, exist_ok=True)
+    spec = runner.guest_command(keyword=retry_keyword(names))
+    req = runner.SuiteRequest(kernel=kimg, config=_guest_config(kimg, cfg), guests=1,
+                              work_dir=work, keep=True)
+    log.info("%s kernel: re-run %d of %d test(s): %s", label, round_, len(names),
+             ", ".join(names))
+    wanted = set(names)
+    results: tuple[TestResult, ...] = ()
+    try:
+        _res, runs = runner.run_guests(req, echo=sys.stderr if echo else None,
+                                       spec_for=lambda i, n: spec)
+        results = tuple(r for r in runs[0].results if r.name in wanted)
+        if runs[0].splats:
+            log.warning("%s kernel: the re-run guest reported %s", label,
+                        "; ".join(f"{s.kind.value}: {s.summary}" for s in runs[0].splats))
+    except LostGuest as e:
+        log.warning("%s kernel: re-run %d lost: %s", label, round_, e)
+    rundir = cfg.out / label / RUN_SUBDIR
+    rundir.mkdir(parents=True, exist_ok=True)
+    (rundir / f"suite-retry-{round_}.ktap").write_text(format_ktap(
+        list(results), header=[f"{label} kernel: {kimg.image}: re-run {round_}"]))
+    return results
 
 
 def _git(src: Path, *args: str) -> str:
