@@ -36,7 +36,9 @@ def _table(diffs: Sequence[Difference]) -> list[str]:
 def to_markdown(v: GateVerdict) -> str:
     """The report: summary verdict first, then the evidence, then the spec diff."""
     out = [f"# KAPI gate: {_BADGE[v.status]}", ""]
-    out += [f"- base kernel: `{v.base}`", f"- patched kernel: `{v.patched}`"]
+    out += [f"- base kernel: `{v.base}`" if v.base else "- base kernel: none (not built)",
+            f"- patched kernel: `{v.patched}`" if v.patched
+            else "- patched kernel: none (not built)"]
     for r in v.reasons:
         out.append(f"- **{r}**")
     for h in v.hints:

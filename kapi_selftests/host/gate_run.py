@@ -281,7 +281,8 @@ def _gate_resume_hint(wt: Path) -> str:
         else f"git -C {wt} add <fixed files>"
     return (f"to resume: fix the hunks of the *.rej files in {wt} by hand and delete them, "
             f"{add}, git -C {wt} am --continue, then run the same gate command again "
-            f"(the worktree is reused); to give up: git -C {wt} am --abort")
+            f"(the worktree is reused); to give up: git -C {wt} am --abort, or drop the "
+            f"worktree: git worktree remove --force {wt}")
 
 
 def _apply_in_worktree(wt: Path, patches: Sequence[build.Patch]) -> None:

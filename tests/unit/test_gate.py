@@ -393,6 +393,7 @@ def test_cli_gate_build_failure_is_unjudged(tmp_path: Path, monkeypatch: pytest.
     out = capsys.readouterr().out
     assert "could not judge" in out and "did not apply" in out
     assert "- next: to resume: ... git -C W am --continue" in out
+    assert "- base kernel: none (not built)" in out  # not an empty `` pair
     assert '"hints": [' in (tmp_path / "out" / "gate.json").read_text()
 
 

@@ -144,6 +144,7 @@ def test_build_pair_series_that_does_not_apply_stops_before_any_build(
     hint = ei.value.hint or ""
     assert f"git -C {wt} am --continue" in hint and "same gate command" in hint
     assert "build-kernel" not in hint
+    assert f"git worktree remove --force {wt}" in hint
     # the user's tree is untouched: same HEAD, clean, no git am of its own
     assert _git(repo, "rev-parse", "HEAD") == head
     assert _git(repo, "status", "--porcelain", "--untracked-files=no") == ""
