@@ -45,13 +45,14 @@ from kapi_selftests.findings import (
     read_jsonl,
 )
 from kapi_selftests.generate import PlanGenerator
-from kapi_selftests.materialize import Materialized, Materializer
+from kapi_selftests.materialize import Materialized
 from kapi_selftests.oracle import ENTER, EXIT, Prediction, predict
 from kapi_selftests.plan import CallPlan, plan_from_json, plan_to_json
 from kapi_selftests.spec import Spec
 
 if TYPE_CHECKING:
     from kapi_selftests.harness import Harness
+    from kapi_selftests.remote import RemoteHarness
 
 __all__ = ["CampaignConfig", "Progress", "Campaign", "finding_keys", "call_row",
            "write_json_atomic", "now_iso", "CALLS_FILE", "STATE_FILE", "COVERAGE_FILE",
@@ -171,20 +172,25 @@ def call_row(seed: int, shard: int, batch: int, index: int, n: int, plan: CallPl
             "findings": sorted({f.kind.value for f in check.failures})}
 
 
-class _PredictingMaterializer(Materializer):
-    """Materialises like the harness does, and predicts each call while its memory is live."""
+class _PredictingMaterializer:
+    """Wraps a harness's materialiser: predicts each call while its memory is live."""
 
-    def __init__(self, inner: Materializer, specs: Mapping[str, Spec]) -> None:
-        super().__init__(inner.arena, inner.pool)
+    def __init__(self, inner: Any, specs: Mapping[str, Spec]) -> None:
+        self.inner = inner
         self.specs = specs
         self.predictions: list[Prediction | None] = []
         #: with kapi events the checks already carry the oracle's prediction
         self.enabled = True
 
+    @property
+    def memory(self) -> Any:
+        return self.inner.memory
+
     def __call__(self, plan: CallPlan) -> Materialized:
-        m = super().__call__(plan)
+        m: Materialized = self.inner(plan)
         spec = self.specs.get(f"sys_{plan.name}") if self.enabled else None
-        self.predictions.append(predict(spec, m.regs, self.arena) if spec is not None else None)
+        self.predictions.append(predict(spec, m.regs, self.inner.memory)
+                                if spec is not None else None)
         return m
 
 
@@ -204,7 +210,7 @@ class Campaign:
     :param on_progress: called after every batch
     """
 
-    def __init__(self, cfg: CampaignConfig, harness: Harness,
+    def __init__(self, cfg: CampaignConfig, harness: Harness | RemoteHarness,
                  on_progress: Callable[[Progress], None] | None = None) -> None:
         self.cfg = cfg
         self.h = harness
@@ -216,6 +222,7 @@ class Campaign:
         self.coverage = Coverage(self.specs)
         self.store = FindingStore.load(self.out / FINDINGS_FILE)
         self.state = _State()
+        self._ahead: tuple[int, list[CallPlan], int] | None = None
         self._pm = _PredictingMaterializer(harness.materialize, self.specs)
         self._pm.enabled = harness.source is not EventSource.KAPI
         harness.materialize = self._pm
@@ -299,7 +306,8 @@ class Campaign:
                         base + time.monotonic() - t_start >= self.cfg.duration_s:
                     break
                 n = self.cfg.batch_size if left is None else min(left, self.cfg.batch_size)
-                self.run_batch(n)
+                nxt = self.cfg.batch_size if left is None else min(left - n, self.cfg.batch_size)
+                self.run_batch(n, nxt)
                 self.state.elapsed_s = base + time.monotonic() - t_start
                 self._commit()
                 if self.on_progress is not None:
@@ -314,14 +322,35 @@ class Campaign:
         self._commit()
         return self.progress(done=True)
 
-    def run_batch(self, n: int) -> list[CallCheck]:
-        """Generate, issue and judge one batch; count and save what it found."""
+    def run_batch(self, n: int, next_n: int = 0) -> list[CallCheck]:
+        """Generate, issue and judge one batch; count and save what it found.
+
+        With a harness that can take a batch before the previous one is judged (the
+        batch engine's :class:`~kapi_selftests.remote.RemoteHarness`), ``next_n`` calls
+        of the next batch are generated and sent first, so the guest issues them while
+        this side judges: a pipeline two batches deep. The next batch is generated
+        from the coverage before this one (the same every run: seeds still replay).
+        """
         b = self.state.batches
-        plans = self.gen.batch(b, n, self.coverage.missing(), self.coverage.attempts)
+        submit = getattr(self.h, "submit", None)
+        ticket: int | None = None
+        if self._ahead is not None and self._ahead[0] == b:
+            _, plans, ticket = self._ahead
+            self._ahead = None
+        else:
+            plans = self.gen.batch(b, n, self.coverage.missing(), self.coverage.attempts)
+            if submit is not None:
+                ticket = submit(plans)
+        flight = list(plans)
+        if submit is not None and next_n > 0:
+            nxt = self.gen.batch(b + 1, next_n, self.coverage.missing(), self.coverage.attempts)
+            self._ahead = (b + 1, nxt, submit(nxt))
+            flight += nxt
+        # a crash during either batch in flight is triaged with both (the last calls last)
         write_json_atomic(self.out / INFLIGHT_FILE, {
             "seed": self.cfg.seed, "shard": self.cfg.shard, "batch": b,
-            "plans": [plan_to_json(p) for p in plans]})
-        checks = self._run_judge(b, plans)
+            "plans": [plan_to_json(p) for p in flight]})
+        checks = self._run_judge(b, plans, ticket)
         (self.out / INFLIGHT_FILE).unlink(missing_ok=True)
         self.state.batches += 1
         self.state.calls += len(plans)
@@ -331,10 +360,14 @@ class Campaign:
         """Run saved plans (a corpus entry) as batch -1: judged, counted, not numbered."""
         return self._run_judge(-1, list(plans))
 
-    def _run_judge(self, b: int, plans: list[CallPlan]) -> list[CallCheck]:
-        self._pm.predictions = []
-        result = self.h.run(plans)
-        preds = self._pm.predictions
+    def _run_judge(self, b: int, plans: list[CallPlan],
+                   ticket: int | None = None) -> list[CallCheck]:
+        if ticket is not None:
+            result = self.h.collect(ticket)  # type: ignore[union-attr]
+            preds: list[Prediction | None] = list(self._pm.predictions[:len(plans)])
+            del self._pm.predictions[:len(plans)]
+        else:
+            result, preds = self._run_now(plans)
         rows: list[dict[str, Any]] = []
         found: list[tuple[FindingKey, Example]] = []
         for i, (plan, check) in enumerate(zip(plans, result.checks, strict=True)):
@@ -360,11 +393,19 @@ class Campaign:
         """Run ``plans`` in one window: does the last call still give ``key``?"""
         if not plans:
             return False
+        result, preds = self._run_now(list(plans))
+        return key in finding_keys(result.checks[-1], preds[-1] if preds else None)
+
+    def _run_now(self, plans: list[CallPlan]) -> tuple[Any, list[Prediction | None]]:
+        # Run and judge at once; a pipelined batch's predictions (queued in the
+        # materialiser before this) are kept for it.
+        queued = self._pm.predictions
         self._pm.predictions = []
-        result = self.h.run(list(plans))
-        last = result.checks[-1]
-        pred = self._pm.predictions[-1] if self._pm.predictions else None
-        return key in finding_keys(last, pred)
+        try:
+            result = self.h.run(plans)
+            return result, self._pm.predictions
+        finally:
+            self._pm.predictions = queued
 
     def _save_reproducer(self, key: FindingKey) -> None:
         from kapi_selftests import minimize, repro
@@ -379,11 +420,10 @@ class Campaign:
                                           budget=self.cfg.minimize_budget)
             except Exception as e:  # shrinking is best effort: keep the unshrunk batch
                 log.warning("could not shrink %s: %s", key.describe(), e)
-        self._pm.predictions = []
         pred = None
         try:
-            self.h.run(plans[-1:])
-            pred = self._pm.predictions[-1] if self._pm.predictions else None
+            _, preds = self._run_now(plans[-1:])
+            pred = preds[-1] if preds else None
         except Exception as e:
             log.warning("could not re-run %s: %s", key.describe(), e)
         spec = self.specs.get(f"sys_{plans[-1].name}")

@@ -21,7 +21,13 @@ from kapi_selftests.checks import CallCheck, check_calls
 from kapi_selftests.events import Capture, decode, write_capture_dir
 from kapi_selftests.executor import Batch, EventSource, Executor
 from kapi_selftests.fds import FdPool
-from kapi_selftests.materialize import Materialized, Materializer, side_effects, snapshot
+from kapi_selftests.materialize import (
+    Materialized,
+    Materializer,
+    PlanMaterializer,
+    side_effects,
+    snapshot,
+)
 from kapi_selftests.memory import Arena
 from kapi_selftests.oracle import Prediction, predict
 from kapi_selftests.plan import CallPlan
@@ -82,7 +88,7 @@ class Harness:
         self.save_trace = save_trace
         self.arena = Arena()
         self.pool = FdPool()
-        self.materialize = Materializer(self.arena, self.pool)
+        self.materialize: PlanMaterializer = Materializer(self.arena, self.pool)
         self.executor = Executor(source, buffer_kb=buffer_kb)
         self.source = self.executor.source
         self._batches = 0

@@ -18,13 +18,15 @@ import stat
 import struct
 import termios
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from kapi_selftests.arch import PATH_MAX
 from kapi_selftests.fds import FdPool
 from kapi_selftests.memory import Arena
 from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
 
-__all__ = ["Materialized", "Materializer", "Snapshot", "snapshot", "side_effects"]
+__all__ = ["Materialized", "Materializer", "PlanMaterializer", "Snapshot", "snapshot",
+           "side_effects"]
 
 _CANARY = bytes(range(251)) * 17  # distinctive bytes; prime length so it never lines up
 
@@ -43,6 +45,15 @@ class Materialized:
         return f"{self.plan.describe()} -> {self.plan.name}({', '.join(hex(r) for r in self.regs)})"
 
 
+class PlanMaterializer(Protocol):
+    """Anything that makes plans concrete and can answer the oracle about its memory."""
+
+    @property
+    def memory(self) -> Any: ...
+
+    def __call__(self, plan: CallPlan) -> Materialized: ...
+
+
 class Materializer:
     """Makes the memory, fds and files a plan names, owned by ``arena`` and ``pool``."""
 
@@ -50,6 +61,11 @@ class Materializer:
         self.arena = arena
         self.pool = pool
         self._existing: bytes | None = None
+
+    @property
+    def memory(self) -> Arena:
+        """What the oracle may ask about the memory plans point at."""
+        return self.arena
 
     def __call__(self, plan: CallPlan) -> Materialized:
         m = Materialized(plan, ())

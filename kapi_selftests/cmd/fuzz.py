@@ -3,8 +3,12 @@ QEMU guests (``--kernel``).
 
 ``--local`` runs one shard on the running kernel as root (inside a scratch
 directory and on fds and mappings the harness owns). ``--kernel PATH`` boots
-``--guests N`` guests, each running ``fuzz --local`` on its own shard (seed
-stream) with the output share as its shard directory ``<out>/shard-<i>``; a
+``--guests N`` guests, one shard (seed stream) each, shard directory
+``<out>/shard-<i>``. Two engines: ``batch`` (default) runs the campaign here and
+only the issuing in the guest (:mod:`kapi_selftests.agent`: call tables through
+a compiled executor, raw traces back over the output share,
+:mod:`kapi_selftests.remote`); ``harness`` runs ``fuzz --local`` in the guest
+with the suite's harness (every call materialised and judged in the guest). A
 guest that oopses, warns, panics or hangs is recorded (console excerpt, the
 batch it was issuing) and booted again, and the campaign goes on. Ctrl-C stops
 cleanly (a guest is asked to stop through a ``stop`` file in its share); a rerun
@@ -40,6 +44,9 @@ _GUEST_ENTRY = ("import sys; from kapi_selftests.cmd.fuzz import guest_main; "
                 "sys.exit(guest_main(sys.argv[1:]))")
 STOP_FILE = "stop"
 _DEFAULT_CALLS = 2000
+_BATCH = {"batch": 2000, "harness": 200}
+_AGENT_ENTRY = ("import sys; from kapi_selftests.agent import main; "
+                "sys.exit(main(sys.argv[1:]))")
 
 
 def parse_duration(s: str) -> float:
@@ -85,8 +92,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("kapi-fuzz"), metavar="DIR",
                    help="campaign directory (default ./kapi-fuzz); a rerun resumes it")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    p.add_argument("--batch-size", type=positive_int, default=200, metavar="N",
-                   help="calls per capture window (default 200)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N",
+                   help=f"calls per capture window (default {_BATCH['batch']} with the batch "
+                        f"engine, {_BATCH['harness']} with the harness)")
+    p.add_argument("--engine", choices=tuple(_BATCH), default="batch",
+                   help="batch (default): generate, predict, decode and judge here, issue call "
+                        "tables through a compiled executor in the guest; harness: the whole "
+                        "campaign in the guest, every call through the suite's harness")
     p.add_argument("--no-minimize", dest="minimize", action="store_false",
                    help="save findings unshrunk")
     p.add_argument("--strict", action="store_true", help="spec drift is a finding")
@@ -105,6 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.calls is None and args.duration is None:
         args.calls = _DEFAULT_CALLS
+    if args.batch_size is None:
+        args.batch_size = _BATCH[args.engine]
     if args.local:
         return run_local(args)
     return run_kernel(args)
@@ -175,7 +189,6 @@ def _corpus_plans(d: Path | None) -> list[list[CallPlan]]:
 def run_local(args: argparse.Namespace) -> int:
     from kapi_selftests import campaign_report, fuzz
     from kapi_selftests.errors import MissingFeature
-    from kapi_selftests.harness import Harness
     from kapi_selftests.tracefs import find_tracefs, missing_tracefs
 
     if os.geteuid() != 0:
@@ -189,7 +202,7 @@ def run_local(args: argparse.Namespace) -> int:
     (out / STOP_FILE).unlink(missing_ok=True)
     ticker = _Ticker(every_s=1.0 if sys.stderr.isatty() else 10.0)
     stop_file = out / STOP_FILE
-    with Harness() as h:
+    with _local_harness(args.engine, args.strict) as h:
         cfg = fuzz.CampaignConfig(out=out, seed=args.seed, shard=args.shard, calls=args.calls,
                                   duration_s=args.duration, batch_size=args.batch_size,
                                   minimize=args.minimize, strict=args.strict)
@@ -223,6 +236,21 @@ def run_local(args: argparse.Namespace) -> int:
     return KSFT_FAIL if interrupted else _status(data.store.records, data.crashes)
 
 
+@contextlib.contextmanager
+def _local_harness(engine: str, strict: bool) -> Any:
+    # the harness engine, or an agent in this process behind the batch engine's link
+    if engine == "harness":
+        from kapi_selftests.harness import Harness
+        with Harness() as h:
+            yield h
+        return
+    from kapi_selftests import agent, cexec, remote
+
+    with agent.Agent(cexec.build_library(cexec.CACHE_DIR)) as ag, \
+            remote.RemoteHarness(remote.LocalLink(ag), strict=strict) as rh:
+        yield rh
+
+
 def _status(findings: Any, crashes: Sequence[Any]) -> int:
     return KSFT_FAIL if findings or crashes else KSFT_PASS
 
@@ -254,10 +282,10 @@ def _guest_argv(args: argparse.Namespace, shard: int, guests: int) -> list[str]:
 
     argv = [sys.executable, "-S", "-c", _GUEST_ENTRY, "--local", "--guest-out", GUEST_OUT,
             "--seed", str(args.seed), "--shard", str(shard),
-            "--batch-size", str(args.batch_size)]
-    if args.calls is not None:
-        per = args.calls // guests + (1 if shard - args.shard < args.calls % guests else 0)
-        argv += ["--calls", str(max(per, 1))]
+            "--batch-size", str(args.batch_size), "--engine", "harness"]
+    per = _shard_calls(args, shard, guests)
+    if per is not None:
+        argv += ["--calls", str(per)]
     if args.duration is not None:
         argv += ["--duration", str(args.duration)]
     if args.corpus is not None:
@@ -267,6 +295,14 @@ def _guest_argv(args: argparse.Namespace, shard: int, guests: int) -> list[str]:
     if args.strict:
         argv.append("--strict")
     return argv
+
+
+def _shard_calls(args: argparse.Namespace, shard: int, guests: int) -> int | None:
+    if args.calls is None:
+        return None
+    calls: int = args.calls
+    per = calls // guests + (1 if shard - args.shard < calls % guests else 0)
+    return max(per, 1)
 
 
 def _record_guest_crash(shard_dir: Path, shard: int, run: Any) -> str | None:
@@ -344,7 +380,15 @@ def run_kernel(args: argparse.Namespace) -> int:
     lock = threading.Lock()
     errors: list[str] = []
 
+    lib = None
+    if args.engine == "batch":
+        from kapi_selftests import cexec
+        lib = cexec.build_library(cexec.CACHE_DIR)
+
     def one(shard: int) -> None:
+        if args.engine == "batch":
+            _batch_shard(args, kimg, cfg, out, shard, n, lib, stop, alive, lock, errors)
+            return
         sdir = out / f"shard-{shard}"
         sdir.mkdir(parents=True, exist_ok=True)
         (sdir / STOP_FILE).unlink(missing_ok=True)
@@ -427,6 +471,94 @@ def run_kernel(args: argparse.Namespace) -> int:
     if interrupted:
         return KSFT_FAIL
     return _status(data.store.records, data.crashes)
+
+
+def _boot_in_thread(gcfg: Any, qargv: Sequence[str], echo: Any, lock: threading.Lock,
+                    alive: list[int]) -> tuple[threading.Thread, dict[str, Any]]:
+    from kapi_selftests.host import runner
+
+    box: dict[str, Any] = {}
+
+    def boot() -> None:
+        with lock:
+            alive[0] += 1
+        try:
+            box["run"] = runner.boot(gcfg, qargv, echo=echo)
+        except BaseException as e:  # the campaign side sees the guest gone
+            box["error"] = e
+        finally:
+            with lock:
+                alive[0] -= 1
+
+    th = threading.Thread(target=boot, daemon=True)
+    th.start()
+    return th, box
+
+
+def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard: int,
+                 guests: int, lib: Path | None, stop: threading.Event, alive: list[int],
+                 lock: threading.Lock, errors: list[str]) -> None:
+    """One shard of the batch engine: the campaign here, an agent in a guest, restarts."""
+    import dataclasses
+    import shutil
+
+    from kapi_selftests import fuzz, remote
+    from kapi_selftests.host import runner
+    from kapi_selftests.host.initramfs import GUEST_OUT
+
+    sdir = out / f"shard-{shard}"
+    sdir.mkdir(parents=True, exist_ok=True)
+    (sdir / STOP_FILE).unlink(missing_ok=True)
+    restarts = 0
+    while not stop.is_set():
+        for stale in ("status", "console.log"):
+            (sdir / stale).unlink(missing_ok=True)
+        adir = sdir / "agent"
+        shutil.rmtree(adir, ignore_errors=True)
+        adir.mkdir()
+        argv = [sys.executable, "-S", "-c", _AGENT_ENTRY, "--dir", f"{GUEST_OUT}/agent"]
+        if lib is not None:
+            argv += ["--lib", str(lib)]
+        gcfg = dataclasses.replace(cfg, out_dir=sdir)
+        try:
+            gcfg, qargv = runner.prepare(kimg, gcfg, runner.GuestSpec(
+                argv=tuple(argv), env=runner.guest_env()))
+        except KapiError as e:
+            errors.append(f"shard {shard}: {e}")
+            return
+        th, box = _boot_in_thread(gcfg, qargv, sys.stderr if args.console else None,
+                                  lock, alive)
+        link = remote.DirLink(adir, alive=lambda t=th: None if t.is_alive()
+                              else "the guest exited")
+        lost: str | None = None
+        try:
+            with remote.RemoteHarness(link, strict=args.strict) as h:
+                ccfg = fuzz.CampaignConfig(out=sdir, seed=args.seed, shard=shard,
+                                           calls=_shard_calls(args, shard, guests),
+                                           duration_s=args.duration, batch_size=args.batch_size,
+                                           minimize=args.minimize, strict=args.strict)
+                camp = fuzz.Campaign(ccfg, h)
+                if camp.state.batches == 0 and args.corpus is not None:
+                    for plans in _corpus_plans(args.corpus):
+                        camp.run_corpus(plans)
+                camp.run(stop=lambda: stop.is_set() or (sdir / STOP_FILE).exists())
+        except LostGuest as e:
+            lost = str(e)
+        finally:
+            link.close()
+            th.join(timeout=120)
+        if lost is None:
+            return
+        run = box.get("run")
+        crash = _record_guest_crash(sdir, shard, run) if run is not None else None
+        if crash is None:
+            errors.append(f"shard {shard}: {lost}" + (f" (console {run.console})" if run else ""))
+            return
+        log.warning("shard %d: kernel crash: %s; restarting the guest", shard, crash)
+        restarts += 1
+        if restarts > args.max_restarts:
+            errors.append(f"shard {shard}: gave up after {restarts} crashed guests")
+            return
 
 
 def _live(out: Path, shards: Sequence[int], specs: Any, elapsed_s: float, alive: int,

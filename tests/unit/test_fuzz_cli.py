@@ -133,7 +133,7 @@ def test_fuzz_kernel_records_a_crash_restarts_and_merges(
     monkeypatch.setattr(runner, "boot", boot)
     out = tmp_path / "camp"
     rc = cli.main(["fuzz", "--kernel", str(img), "--calls", "10", "--seed", "5", "--out",
-                   str(out), "--json"])
+                   str(out), "--json", "--engine", "harness"])
     assert rc == KSFT_FAIL  # a kernel crash fails the campaign
     assert boots[0] == 2  # restarted after the crash
     assert "--guest-out" in argvs[0] and argvs[0][argvs[0].index("--seed") + 1] == "5"

@@ -1,0 +1,291 @@
+"""Guest side of a fast campaign: fixed resources, call tables in, raw traces out.
+
+The campaign's Python work (generate, materialise, predict, decode, pair,
+judge) runs on the host, several times faster than in a TCG guest; the guest
+only issues calls. :class:`Resources` makes, once, everything a plan can name:
+one fd per :class:`~kapi_selftests.fds.FdKind` at a fixed number (a *slot*), one
+large read-write region ending at a guard page (any ``MAPPED``/``GUARD_TAIL``/
+``SHORT``/``UNALIGNED`` buffer of up to its size lies in it), a read-only
+region, an unmapped page, and every kind of path string. Its
+:meth:`~Resources.manifest` tells the host where they are, with the memory facts
+the oracle needs (the bytes of every path string). Between batches
+:meth:`~Resources.reset` re-makes what calls consumed (closed slots, drained
+pipes, written files, created names), keeping the numbers and addresses.
+
+:class:`Agent` runs one table per capture window (:mod:`kapi_selftests.cexec`)
+and hands back the results and the raw trace pages; :func:`serve` does that
+over a directory (the guest's output share) for the host's
+:class:`~kapi_selftests.remote.DirLink`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from kapi_selftests import cexec
+from kapi_selftests.arch import PATH_MAX
+from kapi_selftests.events import RawCapture, write_capture_dir
+from kapi_selftests.executor import SPEC_SYSCALLS, EventSource, find_event_source
+from kapi_selftests.fds import FdKind, FdPool
+from kapi_selftests.memory import Arena
+from kapi_selftests.plan import PathKind
+from kapi_selftests.spec import DEBUGFS_ROOT
+from kapi_selftests.tracefs import KAPI_EVENTS, TraceInstance, syscall_events
+
+__all__ = ["Resources", "Agent", "serve", "REGION_SIZE", "NEW_NAMES", "SLOT_BASE"]
+
+log = logging.getLogger(__name__)
+
+#: the read-write and read-only regions (virtual: pages are touched only when used)
+REGION_SIZE = 4 << 20
+#: distinct names for PathKind.NEW (the host cycles through them; unlinked per batch)
+NEW_NAMES = 256
+#: fds of the resource set live at SLOT_BASE + k, far above what a batch's opens reach
+SLOT_BASE = 1500
+_FD_KINDS = [k for k in FdKind if k is not FdKind.CLOSED]
+
+
+class Resources:
+    """Everything a call plan can name, at addresses and fd numbers fixed for a session."""
+
+    def __init__(self) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = SLOT_BASE + 64
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(want, soft), hard), hard))
+        self.arena = Arena()
+        self.pool = FdPool()
+        self.scratch = self.pool.scratch
+        self.slots: dict[FdKind, int] = {k: SLOT_BASE + i for i, k in enumerate(_FD_KINDS)}
+        self.slots[FdKind.CLOSED] = SLOT_BASE + 63
+        ar = self.arena
+        self.rw = ar.guard_tail(REGION_SIZE)
+        self.ro = ar.readonly(REGION_SIZE)
+        self.unmapped = ar.unmapped()
+        self.kernel = ar.kernel_address()
+        sc = str(self.scratch).encode()
+        self.existing = self.scratch / "existing"
+        self.new = [self.scratch / f"new{i}" for i in range(NEW_NAMES)]
+        loop = self.scratch / "loop"
+        os.symlink(loop.name, loop)
+        texts: dict[PathKind, bytes] = {
+            PathKind.EXISTING: bytes(self.existing),
+            PathKind.MISSING: sc + b"/nodir/file",
+            PathKind.DIRECTORY: sc,
+            PathKind.EMPTY: b"",
+            PathKind.COMPONENT_TOO_LONG: sc + b"/" + b"n" * 256,
+            PathKind.SYMLINK_LOOP: bytes(loop),
+            PathKind.DEV_NULL: b"/dev/null",
+        }
+        self.paths: dict[PathKind, int] = {k: ar.cstring(t) for k, t in texts.items()}
+        for k, n in ((PathKind.LEN_PATH_MAX_1, PATH_MAX - 1), (PathKind.LEN_PATH_MAX, PATH_MAX),
+                     (PathKind.LEN_PATH_MAX_P1, PATH_MAX + 1)):
+            self.paths[k] = ar.path_of_len(n, base=str(self.scratch))
+        self.paths[PathKind.UNTERMINATED] = ar.unterminated(sc + b"/unterminated")
+        self.paths[PathKind.UNMAPPED] = self.unmapped
+        self.paths[PathKind.NULL] = 0
+        self.paths[PathKind.KERNEL] = self.kernel
+        self.new_addrs = [ar.cstring(bytes(p)) for p in self.new]
+        self.reset()
+
+    def reset(self) -> None:
+        """Re-make every slot fd and file (same numbers and paths), remove created names."""
+        for fd in self.slots.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pool.release()
+        for k in _FD_KINDS:
+            fd = self.pool.make(k)
+            os.dup2(fd, self.slots[k], inheritable=False)
+            os.close(fd)
+        self.existing.write_bytes(FdPool.CONTENT)
+        for p in self.new:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    def close(self) -> None:
+        for fd in self.slots.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pool.close()
+        self.arena.close()
+
+    def manifest(self) -> dict[str, Any]:
+        """Where everything is, and what the oracle may know about it (JSON)."""
+        strings: dict[str, Any] = {}
+        for addr in [*self.paths.values(), *self.new_addrs]:
+            if addr in (0, self.unmapped, self.kernel):
+                continue
+            n = self.arena.strnlen(addr, PATH_MAX + 2)
+            if n is None:  # no NUL before a fault: the bytes up to the guard page
+                data, terminated = self._readable_bytes(addr), False
+            else:
+                data, terminated = self.arena.read(addr, n + 1), True  # with its NUL
+            strings[str(addr)] = {"hex": data.hex(), "terminated": terminated}
+        return {
+            "pid": os.getpid(), "scratch": str(self.scratch),
+            "fds": {k.value: fd for k, fd in self.slots.items()},
+            "rw": [self.rw, REGION_SIZE], "ro": [self.ro, REGION_SIZE],
+            "unmapped": self.unmapped, "kernel": self.kernel,
+            "paths": {k.value: a for k, a in self.paths.items()},
+            "new_paths": self.new_addrs, "strings": strings,
+        }
+
+    def _readable_bytes(self, addr: int) -> bytes:
+        n = 0
+        while self.arena.accessible(addr, n + 1):
+            n += 1
+        return self.arena.read(addr, n)
+
+
+class Agent:
+    """Issues call tables in capture windows on the running kernel (root, tracefs).
+
+    :param lib: the compiled executor (None: the ctypes loop)
+    :param source: event source (probed when None)
+    """
+
+    def __init__(self, lib: Path | None = None, source: EventSource | None = None, *,
+                 buffer_kb: int = 16384) -> None:
+        self.source = source or find_event_source()
+        self.lib = cexec.load(lib)
+        events = KAPI_EVENTS if self.source is EventSource.KAPI else syscall_events(SPEC_SYSCALLS)
+        self.trace = TraceInstance(events, pids=[threading.get_native_id()],
+                                   buffer_kb=buffer_kb)
+        self.resources: Resources | None = None
+
+    def __enter__(self) -> Agent:
+        self.trace.create()
+        self.resources = Resources()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if self.resources is not None:
+                self.resources.close()
+        finally:
+            self.trace.remove()
+
+    def manifest(self) -> dict[str, Any]:
+        assert self.resources is not None
+        return {**self.resources.manifest(), "source": self.source.value,
+                "executor": "c" if self.lib is not None else "ctypes"}
+
+    def run(self, table: bytes) -> tuple[bytes, RawCapture]:
+        """Issue ``table`` in one capture window; then reset the resources."""
+        assert self.resources is not None
+        self.trace.start()
+        try:
+            results = cexec.run_table(self.lib, table)
+        finally:
+            self.trace.stop()
+        raw = self.trace.drain()
+        self.resources.reset()
+        return results, raw
+
+
+def copy_specs(dest: Path, root: Path = DEBUGFS_ROOT) -> bool:
+    """Copy the kernel's debugfs spec dump to ``dest`` (for the host's spec loader)."""
+    if not (root / "list").is_file():
+        return False
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(root / "list", dest / "list")
+    for sub in ("specs", "specs-json"):
+        if (root / sub).is_dir():
+            (dest / sub).mkdir(exist_ok=True)
+            for f in (root / sub).iterdir():
+                with contextlib.suppress(OSError):
+                    (dest / sub / f.name).write_bytes(f.read_bytes())
+    return True
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def serve(agent: Agent, d: Path, *, idle_timeout_s: float = 600.0,
+          stop: Callable[[], bool] = lambda: False) -> int:
+    """Serve tables from directory ``d`` until ``d/stop`` appears; return batches run.
+
+    Protocol (host: :class:`kapi_selftests.remote.DirLink`): the agent writes
+    ``manifest.json`` (and ``kapi/``, the debugfs specs); the host writes ``in-N.bin``;
+    the agent answers with the directory ``out-N/`` (``results.bin`` and a capture
+    directory), renamed into place when complete.
+    """
+    d.mkdir(parents=True, exist_ok=True)
+    copy_specs(d / "kapi")
+    _write_atomic(d / "manifest.json", json.dumps(agent.manifest()).encode())
+    n = 0
+    idle_since = time.monotonic()
+    nap = 0.001
+    while not stop():
+        src = d / f"in-{n}.bin"
+        if not src.is_file():
+            if (d / "stop").exists():
+                break
+            if time.monotonic() - idle_since > idle_timeout_s:
+                log.warning("agent: no table for %.0f s: stopping", idle_timeout_s)
+                break
+            time.sleep(nap)
+            nap = min(nap * 2, 0.02)
+            continue
+        nap = 0.001
+        results, raw = agent.run(src.read_bytes())
+        tmp = d / f"out-{n}.tmp"
+        write_capture_dir(raw, tmp)
+        (tmp / "results.bin").write_bytes(results)
+        os.replace(tmp, d / f"out-{n}")
+        src.unlink()
+        n += 1
+        idle_since = time.monotonic()
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Guest entry: ``agent --dir D [--lib SO] [--source kapi|syscalls]``; serve until stopped."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="kapi-selftests agent", description=main.__doc__)
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--lib", type=Path, help="the compiled batch executor (default: ctypes)")
+    p.add_argument("--source", choices=[s.value for s in EventSource])
+    p.add_argument("--heartbeat-s", type=float, default=10.0)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="agent: %(message)s")
+    lib = a.lib if a.lib is not None and a.lib.is_file() else None
+    if a.lib is not None and lib is None:
+        log.warning("%s not readable here: using ctypes", a.lib)
+    try:
+        with Agent(lib, EventSource(a.source) if a.source else None) as ag:
+            last = [time.monotonic()]
+            count = [0]
+
+            def beat() -> bool:
+                # the host's watchdog wants console output now and then
+                if time.monotonic() - last[0] >= a.heartbeat_s:
+                    print(f"kapi-selftests agent: alive ({len(list(a.dir.glob('in-*.bin')))} "
+                          "tables queued)", file=sys.stderr, flush=True)
+                    last[0] = time.monotonic()
+                return False
+
+            count[0] = serve(ag, a.dir, stop=beat)
+    except Exception as e:  # one line for the host's log, never a bare traceback
+        print(f"kapi-selftests agent: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 4
+    print(f"kapi-selftests agent: served {count[0]} batches", file=sys.stderr)
+    return 0

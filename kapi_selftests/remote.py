@@ -1,0 +1,411 @@
+"""Host side of a fast campaign: plans become call tables for an agent (``agent.py``).
+
+:class:`RemoteHarness` has the interface of :class:`~kapi_selftests.harness.Harness`
+(``run(plans) -> BatchResult``), so :class:`~kapi_selftests.fuzz.Campaign` drives
+either. The difference is where the work happens: here plans are made concrete
+against the agent's fixed resources (its manifest: :class:`ManifestMaterializer`),
+predicted by the oracle with the manifest's memory facts
+(:class:`ManifestMemory`), sent as one table, and the results and raw trace that
+come back are decoded, paired and judged here. The agent is in the same process
+(:class:`LocalLink`, ``fuzz --local``) or in a guest behind a directory on the
+output share (:class:`DirLink`).
+
+Side effects (check 5) are measured by the executor around each call the oracle
+expects to be rejected (``cexec`` watches: fd open/offset/size, buffer hash, path
+existence/size) and turned here into the same lines the suite reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from kapi_selftests import cexec
+from kapi_selftests.arch import find_syscall
+from kapi_selftests.checks import check_calls
+from kapi_selftests.errors import LostGuest
+from kapi_selftests.events import RawCapture, decode, read_capture_dir
+from kapi_selftests.executor import Batch, EventSource
+from kapi_selftests.fds import FdKind
+from kapi_selftests.harness import BatchResult
+from kapi_selftests.materialize import Materialized
+from kapi_selftests.oracle import Prediction, predict
+from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, PathKind
+from kapi_selftests.plan import Path as PathPlan
+from kapi_selftests.spec import Spec
+from kapi_selftests.syscalls import SyscallRecord
+
+__all__ = ["Manifest", "ManifestMemory", "ManifestMaterializer", "Link", "LocalLink", "DirLink",
+           "RemoteHarness", "pack_table", "unpack_results"]
+
+_M64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """The agent's resources (see :meth:`kapi_selftests.agent.Resources.manifest`)."""
+
+    source: EventSource
+    fds: Mapping[FdKind, int]
+    rw: tuple[int, int]
+    ro: tuple[int, int]
+    unmapped: int
+    kernel: int
+    paths: Mapping[PathKind, int]
+    new_paths: tuple[int, ...]
+    strings: Mapping[int, tuple[bytes, bool]]  # addr -> (bytes up to NUL/fault, terminated)
+    executor: str = "c"
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Manifest:
+        return cls(source=EventSource(d["source"]),
+                   fds={FdKind(k): int(v) for k, v in d["fds"].items()},
+                   rw=(int(d["rw"][0]), int(d["rw"][1])), ro=(int(d["ro"][0]), int(d["ro"][1])),
+                   unmapped=int(d["unmapped"]), kernel=int(d["kernel"]),
+                   paths={PathKind(k): int(v) for k, v in d["paths"].items()},
+                   new_paths=tuple(int(a) for a in d["new_paths"]),
+                   strings={int(a): (bytes.fromhex(s["hex"]), bool(s["terminated"]))
+                            for a, s in d["strings"].items()},
+                   executor=str(d.get("executor", "c")))
+
+
+class ManifestMemory:
+    """The oracle's :class:`~kapi_selftests.oracle.MemoryView` from the manifest's facts."""
+
+    def __init__(self, m: Manifest) -> None:
+        self._strings = m.strings
+        self._faulting = {0, m.unmapped, m.kernel}
+
+    def strnlen_user(self, addr: int, count: int) -> int | None:
+        if count <= 0:
+            return 0
+        if addr in self._faulting:
+            return 0
+        s = self._strings.get(addr)
+        if s is None:
+            return None  # not one of the agent's strings: unknown
+        data, terminated = s
+        if terminated:
+            n = len(data) - 1  # data ends with the NUL
+            return n + 1 if n < count else count + 1
+        return count + 1 if len(data) >= count else 0
+
+
+class ManifestMaterializer:
+    """Makes plans concrete against the agent's fixed resources (no syscalls: pure)."""
+
+    def __init__(self, m: Manifest) -> None:
+        self.manifest = m
+        self.memory = ManifestMemory(m)
+        self._new = 0
+
+    def __call__(self, plan: CallPlan) -> Materialized:
+        m = Materialized(plan, ())
+        regs = tuple(self._one(i, a, m) for i, a in enumerate(plan.args))
+        return Materialized(plan, regs, m.fds, m.bufs, m.paths)
+
+    def _one(self, i: int, a: ArgPlan, m: Materialized) -> int:
+        man = self.manifest
+        if isinstance(a, Lit):
+            return a.value & _M64
+        if isinstance(a, Fd):
+            fd = man.fds[a.kind]
+            m.fds[i] = fd
+            return (fd + (a.high << 32)) & _M64
+        if isinstance(a, Buf):
+            addr = self._buf(a)
+            m.bufs[i] = (addr, a.size)
+            return addr
+        addr = self._path(a)
+        s = man.strings.get(addr)
+        if s is not None and s[1]:
+            m.paths[i] = s[0][:-1]
+        return addr
+
+    def _buf(self, b: Buf) -> int:
+        man, size = self.manifest, b.size
+        start, cap = man.rw
+        end = start + cap  # a guard page follows
+        if b.kind is BufKind.MAPPED:
+            return start
+        if b.kind is BufKind.GUARD_TAIL:
+            return end - min(size, cap)
+        if b.kind is BufKind.SHORT:
+            return end - min(max(size - 1, 0), cap)
+        if b.kind is BufKind.UNALIGNED:
+            return start + 1
+        if b.kind is BufKind.READONLY:
+            return man.ro[0]
+        if b.kind is BufKind.UNMAPPED:
+            return man.unmapped
+        if b.kind is BufKind.NULL:
+            return 0
+        return man.kernel
+
+    def _path(self, p: PathPlan) -> int:
+        if p.kind is PathKind.NEW:
+            addr = self.manifest.new_paths[self._new % len(self.manifest.new_paths)]
+            self._new += 1
+            return addr
+        return self.manifest.paths[p.kind]
+
+    def readable(self, addr: int, size: int) -> bool:
+        """Whether ``[addr, addr+size)`` lies in the agent's rw or ro region."""
+        for start, cap in (self.manifest.rw, self.manifest.ro):
+            if start <= addr and addr + size <= start + cap:
+                return True
+        return False
+
+
+def _watches(m: Materialized, mat: ManifestMaterializer) -> list[tuple[int, int, int]]:
+    # What a call predicted to be rejected could change, in argument order.
+    out: list[tuple[int, int, int]] = []
+    for i in range(len(m.regs)):
+        if i in m.fds:
+            out.append((cexec.WATCH_FD, m.fds[i], 0))
+        elif i in m.bufs:
+            addr, size = m.bufs[i]
+            n = min(size, cexec.HASH_LIMIT)
+            if n > 0 and mat.readable(addr, n):
+                out.append((cexec.WATCH_BUF, addr, n))
+        elif i in m.paths and m.paths[i]:
+            out.append((cexec.WATCH_PATH, m.regs[i], 0))
+    return out[:cexec.MAX_WATCH]
+
+
+def _watch_args(m: Materialized, watches: Sequence[tuple[int, int, int]]) -> list[int]:
+    # the argument index of each watch (same order as _watches built them)
+    idx: list[int] = []
+    for kind, x, _ in watches:
+        for i in range(len(m.regs)):
+            if kind == cexec.WATCH_FD and m.fds.get(i) == x and i not in idx:
+                idx.append(i)
+                break
+            if kind == cexec.WATCH_BUF and i in m.bufs and m.bufs[i][0] == x and i not in idx:
+                idx.append(i)
+                break
+            if kind == cexec.WATCH_PATH and i in m.paths and m.regs[i] == x and i not in idx:
+                idx.append(i)
+                break
+    return idx
+
+
+def pack_table(mats: Sequence[Materialized],
+               watches: Sequence[Sequence[tuple[int, int, int]]]) -> bytes:
+    """The ``cexec.CALL`` table for ``mats`` (registers padded to six)."""
+    out = bytearray(cexec.CALL.size * len(mats))
+    for k, (m, ws) in enumerate(zip(mats, watches, strict=True)):
+        regs = (list(m.regs) + [0] * 6)[:6]
+        flat: list[int] = []
+        for w in ws:
+            flat += list(w)
+        flat += [0] * (3 * cexec.MAX_WATCH - len(flat))
+        cexec.CALL.pack_into(out, k * cexec.CALL.size, m.plan.nr, *regs, len(ws), *flat)
+    return bytes(out)
+
+
+def unpack_results(data: bytes, mats: Sequence[Materialized],
+                   watches: Sequence[Sequence[tuple[int, int, int]]]
+                   ) -> tuple[list[SyscallRecord], list[list[str]]]:
+    """Records and side-effect lines (check 5) from the ``cexec.RESULT`` table."""
+    if len(data) != cexec.RESULT.size * len(mats):
+        raise LostGuest(f"agent returned {len(data)} result bytes for {len(mats)} calls")
+    records: list[SyscallRecord] = []
+    effects: list[list[str]] = []
+    for k, (m, ws) in enumerate(zip(mats, watches, strict=True)):
+        v = cexec.RESULT.unpack_from(data, k * cexec.RESULT.size)
+        ret, t0, t1, tid = v[0], v[1], v[2], v[3]
+        regs = (list(m.regs) + [0] * 6)[:6]
+        records.append(SyscallRecord(nr=m.plan.nr, args=tuple(regs),  # type: ignore[arg-type]
+                                     ret=ret, errno=-ret if -4096 < ret < 0 else 0, tid=tid,
+                                     t_ns=t0, t_end_ns=t1))
+        lines: list[str] = []
+        for j, (w, i) in enumerate(zip(ws, _watch_args(m, ws), strict=False)):
+            before, after = v[4 + 3 * j:7 + 3 * j], v[13 + 3 * j:16 + 3 * j]
+            lines += _effect_lines(w[0], i, w[1], before, after)
+        effects.append(lines)
+    return records, effects
+
+
+def _effect_lines(kind: int, i: int, x: int, before: Sequence[int],
+                  after: Sequence[int]) -> list[str]:
+    out: list[str] = []
+    if kind == cexec.WATCH_FD:
+        if before[0] != after[0]:
+            out.append(f"fd table changed: opened {[x] if after[0] == 1 else []}, "
+                       f"closed {[x] if before[0] == 1 else []}")
+        if before[1] != after[1]:
+            out.append(f"arg{i}: file offset moved {before[1]} -> {after[1]}")
+        if before[2] != after[2]:
+            out.append(f"arg{i}: file changed (size {before[2]} -> {after[2]})")
+    elif kind == cexec.WATCH_BUF:
+        if before[0] != after[0]:
+            out.append(f"arg{i}: buffer contents changed")
+    elif kind == cexec.WATCH_PATH:
+        if before[0] != after[0]:
+            out.append(f"arg{i}: file {'created' if after[0] == 1 else 'removed'}")
+        elif before[2] != after[2]:
+            out.append(f"arg{i}: file changed (size {before[2]} -> {after[2]})")
+    return out
+
+
+class Link(Protocol):
+    """How tables reach an agent and results come back."""
+
+    def manifest(self) -> Mapping[str, Any]: ...
+    def specs_dir(self) -> Path | None: ...
+    def send(self, n: int, table: bytes) -> None: ...
+    def receive(self, n: int) -> tuple[bytes, RawCapture]: ...
+    def close(self) -> None: ...
+
+
+class LocalLink:
+    """The agent in this process (``fuzz --local``: the running kernel)."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self._pending: dict[int, bytes] = {}
+
+    def manifest(self) -> Mapping[str, Any]:
+        return dict(self.agent.manifest())
+
+    def specs_dir(self) -> Path | None:
+        return None
+
+    def send(self, n: int, table: bytes) -> None:
+        self._pending[n] = table
+
+    def receive(self, n: int) -> tuple[bytes, RawCapture]:
+        return self.agent.run(self._pending.pop(n))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        pass
+
+
+class DirLink:
+    """An agent serving directory ``d`` (the guest's output share; see ``agent.serve``).
+
+    :param alive: returns a reason when the agent can no longer answer (guest died)
+    """
+
+    def __init__(self, d: Path, *, timeout_s: float = 300.0,
+                 alive: Any = lambda: None) -> None:
+        self.d = d
+        self.timeout_s = timeout_s
+        self.alive = alive
+
+    def _wait(self, path: Path, what: str) -> None:
+        t0 = time.monotonic()
+        nap = 0.001
+        while not path.exists():
+            reason = self.alive()
+            if reason:
+                raise LostGuest(f"agent lost while waiting for {what}: {reason}")
+            if time.monotonic() - t0 > self.timeout_s:
+                raise LostGuest(f"agent gave no {what} in {self.timeout_s:.0f} s")
+            time.sleep(nap)
+            nap = min(nap * 2, 0.02)
+
+    def manifest(self) -> Mapping[str, Any]:
+        p = self.d / "manifest.json"
+        self._wait(p, "manifest")
+        return dict(json.loads(p.read_text()))
+
+    def specs_dir(self) -> Path | None:
+        p = self.d / "kapi"
+        return p if (p / "list").is_file() else None
+
+    def send(self, n: int, table: bytes) -> None:
+        tmp = self.d / f"in-{n}.tmp"
+        tmp.write_bytes(table)
+        os.replace(tmp, self.d / f"in-{n}.bin")
+
+    def receive(self, n: int) -> tuple[bytes, RawCapture]:
+        out = self.d / f"out-{n}"
+        self._wait(out, f"results of batch {n}")
+        results = (out / "results.bin").read_bytes()
+        raw = read_capture_dir(out)
+        for f in out.iterdir():
+            f.unlink()
+        out.rmdir()
+        return results, raw
+
+    def close(self) -> None:
+        (self.d / "stop").touch()
+
+
+class RemoteHarness:
+    """``Harness.run`` over a link: judge on this side, issue on the agent's.
+
+    :param link: the agent
+    :param specs: the spec model (the agent's debugfs dump when None and it sent one)
+    """
+
+    def __init__(self, link: Link, specs: Mapping[str, Spec] | None = None, *,
+                 strict: bool = False) -> None:
+        self.link = link
+        self.man = Manifest.from_json(link.manifest())
+        self.source = self.man.source
+        if specs is None:
+            from kapi_selftests.harness import load_specs
+            from kapi_selftests.spec import builtin_specs, load_debugfs
+            d = link.specs_dir()
+            specs = load_debugfs(d) if d is not None else None
+            specs = specs or (builtin_specs() if d is not None else load_specs()[0])
+        self.specs = dict(specs)
+        self.strict = strict
+        self.materialize: Any = ManifestMaterializer(self.man)
+        self._n = 0
+        self._sent: dict[int, tuple[list[Materialized], list[Prediction | None],
+                                    list[list[tuple[int, int, int]]], tuple[CallPlan, ...]]] = {}
+
+    def __enter__(self) -> RemoteHarness:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.link.close()
+
+    def submit(self, plans: Sequence[CallPlan]) -> int:
+        """Materialise, predict and send ``plans``; returns the batch number to collect."""
+        mat = self.materialize
+        mats = [mat(p) for p in plans]
+        base = getattr(mat, "inner", mat)
+        preds: list[Prediction | None] = [None] * len(mats)
+        watches: list[list[tuple[int, int, int]]] = [[] for _ in mats]
+        if self.source is EventSource.KAPI:
+            for i, m in enumerate(mats):
+                abi = find_syscall(m.plan.nr)
+                spec = self.specs.get(abi.spec_name) if abi else None
+                if spec is None:
+                    continue
+                pred = preds[i] = predict(spec, m.regs, base.memory)
+                if pred.rejected:
+                    watches[i] = _watches(m, base)
+        n = self._n
+        self._n += 1
+        self.link.send(n, pack_table(mats, watches))
+        self._sent[n] = (mats, preds, watches, tuple(plans))
+        return n
+
+    def collect(self, n: int) -> BatchResult:
+        """Receive, decode and judge batch ``n``."""
+        mats, preds, watches, plans = self._sent.pop(n)
+        data, raw = self.link.receive(n)
+        records, effects = unpack_results(data, mats, watches)
+        capture = decode(raw)
+        checks = check_calls(records, capture, self.source, self.specs,
+                             memory=self.materialize.memory if hasattr(
+                                 self.materialize, "memory") else None,
+                             side_effects=effects, strict=self.strict, predictions=preds)
+        batch = Batch(tuple(records), raw, self.source)
+        return BatchResult(plans, tuple(mats), batch, capture, tuple(checks))
+
+    def run(self, plans: Sequence[CallPlan]) -> BatchResult:
+        return self.collect(self.submit(plans))
