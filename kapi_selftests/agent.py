@@ -26,6 +26,7 @@ import logging
 import os
 import resource
 import shutil
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -47,8 +48,10 @@ __all__ = ["Resources", "Agent", "serve", "REGION_SIZE", "NEW_NAMES", "SLOT_BASE
 
 log = logging.getLogger(__name__)
 
-#: the read-write and read-only regions (virtual: pages are touched only when used)
-REGION_SIZE = 4 << 20
+#: the read-write and read-only regions. A buffer plan larger than this gets the whole
+#: region (as the harness caps its buffers): a write(2) of 2 GiB from it copies 128 KiB
+#: and faults, instead of copying megabytes per call under TCG.
+REGION_SIZE = 128 << 10
 #: distinct names for PathKind.NEW (the host cycles through them; unlinked per batch)
 NEW_NAMES = 256
 #: fds of the resource set live at SLOT_BASE + k, far above what a batch's opens reach
@@ -110,9 +113,11 @@ class Resources:
             os.dup2(fd, self.slots[k], inheritable=False)
             os.close(fd)
         self.existing.write_bytes(FdPool.CONTENT)
-        for p in self.new:
+        with os.scandir(self.scratch) as it:  # only the NEW names calls created
+            made = [e.path for e in it if e.name.startswith("new")]
+        for path in made:
             with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+                os.unlink(path)
 
     def close(self) -> None:
         for fd in self.slots.values():
@@ -164,6 +169,8 @@ class Agent:
         self.trace = TraceInstance(events, pids=[threading.get_native_id()],
                                    buffer_kb=buffer_kb)
         self.resources: Resources | None = None
+        #: seconds spent per phase (reported when the agent stops)
+        self.times = {"issue": 0.0, "drain": 0.0, "reset": 0.0, "io": 0.0}
 
     def __enter__(self) -> Agent:
         self.trace.create()
@@ -183,17 +190,26 @@ class Agent:
         return {**self.resources.manifest(), "source": self.source.value,
                 "executor": "c" if self.lib is not None else "ctypes"}
 
-    def run(self, table: bytes) -> tuple[bytes, RawCapture]:
-        """Issue ``table`` in one capture window; then reset the resources."""
+    def run(self, table: bytes, n: int) -> tuple[bytes, int, RawCapture]:
+        """Issue the ``n`` calls of ``table`` in one capture window; reset the resources.
+
+        :return: the results (``cexec`` layout), the issuing thread's id, the trace
+        """
         assert self.resources is not None
+        t0 = time.monotonic()
         self.trace.start()
         try:
-            results = cexec.run_table(self.lib, table)
+            results, tid = cexec.run_table(self.lib, table, n)
         finally:
             self.trace.stop()
+        t1 = time.monotonic()
         raw = self.trace.drain()
+        t2 = time.monotonic()
         self.resources.reset()
-        return results, raw
+        t3 = time.monotonic()
+        for k, dt in (("issue", t1 - t0), ("drain", t2 - t1), ("reset", t3 - t2)):
+            self.times[k] += dt
+        return results, tid, raw
 
 
 def copy_specs(dest: Path, root: Path = DEBUGFS_ROOT) -> bool:
@@ -222,8 +238,9 @@ def serve(agent: Agent, d: Path, *, idle_timeout_s: float = 600.0,
     """Serve tables from directory ``d`` until ``d/stop`` appears; return batches run.
 
     Protocol (host: :class:`kapi_selftests.remote.DirLink`): the agent writes
-    ``manifest.json`` (and ``kapi/``, the debugfs specs); the host writes ``in-N.bin``;
-    the agent answers with the directory ``out-N/`` (``results.bin`` and a capture
+    ``manifest.json`` (and ``kapi/``, the debugfs specs); the host writes ``in-N.bin``
+    (u64 call count, then the ``cexec`` table); the agent answers with the directory
+    ``out-N/`` (``results.bin``: u64 tid, then the ``cexec`` results; and a capture
     directory), renamed into place when complete.
     """
     d.mkdir(parents=True, exist_ok=True)
@@ -244,12 +261,17 @@ def serve(agent: Agent, d: Path, *, idle_timeout_s: float = 600.0,
             nap = min(nap * 2, 0.02)
             continue
         nap = 0.001
-        results, raw = agent.run(src.read_bytes())
+        t0 = time.monotonic()
+        data = src.read_bytes()
+        t1 = time.monotonic()
+        results, tid, raw = agent.run(data[8:], struct.unpack_from("<Q", data)[0])
+        t2 = time.monotonic()
         tmp = d / f"out-{n}.tmp"
         write_capture_dir(raw, tmp)
-        (tmp / "results.bin").write_bytes(results)
+        (tmp / "results.bin").write_bytes(struct.pack("<Q", tid) + results)
         os.replace(tmp, d / f"out-{n}")
         src.unlink()
+        agent.times["io"] += t1 - t0 + time.monotonic() - t2
         n += 1
         idle_since = time.monotonic()
     return n
@@ -287,5 +309,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one line for the host's log, never a bare traceback
         print(f"kapi-selftests agent: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 4
-    print(f"kapi-selftests agent: served {count[0]} batches", file=sys.stderr)
+    times = ", ".join(f"{k} {v:.2f} s" for k, v in ag.times.items())
+    print(f"kapi-selftests agent: served {count[0]} batches ({times})", file=sys.stderr)
     return 0

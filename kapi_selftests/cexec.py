@@ -31,11 +31,13 @@ import shutil
 import struct
 import subprocess
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from kapi_selftests.arch import NR
 
-__all__ = ["CACHE_DIR", "CALL", "RESULT", "WATCH_FD", "WATCH_BUF", "WATCH_PATH", "MAX_WATCH",
+__all__ = ["CACHE_DIR", "CALL", "WATCH", "RESULT", "WATCH_RESULT", "table_size",
+           "result_size", "watch_counts", "WATCH_FD", "WATCH_BUF", "WATCH_PATH", "MAX_WATCH",
            "build_library", "load", "run_table", "HASH_LIMIT"]
 
 log = logging.getLogger(__name__)
@@ -47,16 +49,31 @@ MAX_WATCH = 3
 WATCH_NONE, WATCH_FD, WATCH_BUF, WATCH_PATH = 0, 1, 2, 3
 #: at most this many bytes of a watched buffer are hashed
 HASH_LIMIT = 1 << 16
-#: one call: nr, six registers, watch count, then MAX_WATCH (kind, x, len)
-CALL = struct.Struct("<q6QI4x" + "I4xQQ" * MAX_WATCH)
-#: one result: ret, t0, t1, tid, then before[3][3] and after[3][3]
-RESULT = struct.Struct("<qqqi4x" + "q" * 18)
+#: a call: nr, six registers, its watch count, then that many WATCH records
+CALL = struct.Struct("<q6QI4x")
+#: one watch: kind, x (fd or address), length
+WATCH = struct.Struct("<I4xQQ")
+#: a call's result: ret, t0, t1, then per watch before[3] and after[3] (WATCH_RESULT)
+RESULT = struct.Struct("<qqq")
+WATCH_RESULT = struct.Struct("<6q")
+
+
+def table_size(nwatch: Sequence[int]) -> int:
+    """Bytes of a table whose calls have ``nwatch`` watches each."""
+    return CALL.size * len(nwatch) + WATCH.size * sum(nwatch)
+
+
+def result_size(nwatch: Sequence[int]) -> int:
+    """Bytes of the results of a table whose calls have ``nwatch`` watches each."""
+    return RESULT.size * len(nwatch) + WATCH_RESULT.size * sum(nwatch)
+
 
 _SOURCE = r"""
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -64,9 +81,8 @@ _SOURCE = r"""
 
 struct kx_watch { uint32_t kind; uint32_t pad; uint64_t x; uint64_t len; };
 struct kx_call { int64_t nr; uint64_t a[6]; uint32_t nwatch; uint32_t pad;
-                 struct kx_watch w[3]; };
-struct kx_result { int64_t ret, t0, t1; int32_t tid; uint32_t pad;
-                   int64_t before[3][3], after[3][3]; };
+		struct kx_watch w[]; };
+struct kx_result { int64_t ret, t0, t1; int64_t m[]; /* nwatch x (before[3], after[3]) */ };
 
 static int64_t now(void)
 {
@@ -79,7 +95,7 @@ static void measure(const struct kx_watch *w, int64_t out[3])
 {
 	struct stat st;
 	const unsigned char *p;
-	uint64_t h = 1469598103934665603ULL, i, n;
+	uint64_t h = 1469598103934665603ULL, v, i, n;
 
 	out[0] = out[1] = out[2] = -1;
 	switch (w->kind) {
@@ -89,10 +105,15 @@ static void measure(const struct kx_watch *w, int64_t out[3])
 		if (syscall(SYS_fstat, (int)w->x, &st) == 0)
 			out[2] = st.st_size;
 		break;
-	case 2: /* buffer: FNV-1a of its first HASH_LIMIT bytes */
+	case 2: /* buffer: a hash of its first HASH_LIMIT bytes, 8 at a time */
 		p = (const unsigned char *)(uintptr_t)w->x;
 		n = w->len < HASH_LIMIT ? w->len : HASH_LIMIT;
-		for (i = 0; i < n; i++)
+		for (i = 0; i + 8 <= n; i += 8) {
+			memcpy(&v, p + i, 8);
+			h = (h ^ v) * 1099511628211ULL;
+			h ^= h >> 29;
+		}
+		for (; i < n; i++)
 			h = (h ^ p[i]) * 1099511628211ULL;
 		out[0] = (int64_t)h;
 		break;
@@ -104,29 +125,32 @@ static void measure(const struct kx_watch *w, int64_t out[3])
 	}
 }
 
-int kx_run(const struct kx_call *c, struct kx_result *r, int n)
+/* Issue the n calls of table; write their results; return the caller's tid. */
+int kx_run(const unsigned char *table, int n, unsigned char *results)
 {
 	int32_t tid = syscall(SYS_gettid);
+	const struct kx_call *c;
+	struct kx_result *r;
 	int i, k;
 	long ret;
 
 	for (i = 0; i < n; i++) {
-		for (k = 0; k < 9; k++)
-			r[i].before[k / 3][k % 3] = r[i].after[k / 3][k % 3] = -1;
-		for (k = 0; k < (int)c[i].nwatch && k < 3; k++)
-			measure(&c[i].w[k], r[i].before[k]);
-		r[i].t0 = now();
-		ret = syscall(c[i].nr, c[i].a[0], c[i].a[1], c[i].a[2],
-				c[i].a[3], c[i].a[4], c[i].a[5]);
-		r[i].t1 = now();
-		r[i].ret = ret < 0 ? -errno : ret;
-		r[i].tid = tid;
-		for (k = 0; k < (int)c[i].nwatch && k < 3; k++)
-			measure(&c[i].w[k], r[i].after[k]);
-		if (c[i].nr == OPEN_NR && ret >= 0)
+		c = (const struct kx_call *)table;
+		r = (struct kx_result *)results;
+		for (k = 0; k < (int)c->nwatch; k++)
+			measure(&c->w[k], &r->m[6 * k]);
+		r->t0 = now();
+		ret = syscall(c->nr, c->a[0], c->a[1], c->a[2], c->a[3], c->a[4], c->a[5]);
+		r->t1 = now();
+		r->ret = ret < 0 ? -errno : ret;
+		for (k = 0; k < (int)c->nwatch; k++)
+			measure(&c->w[k], &r->m[6 * k + 3]);
+		if (c->nr == OPEN_NR && ret >= 0)
 			syscall(SYS_close_range, (unsigned)ret, (unsigned)ret, 0);
+		table += sizeof(*c) + c->nwatch * sizeof(c->w[0]);
+		results += sizeof(*r) + c->nwatch * 6 * sizeof(r->m[0]);
 	}
-	return n;
+	return tid;
 }
 """
 
@@ -166,7 +190,7 @@ class _Lib:
         self.cdll = ctypes.CDLL(str(path))
         self.fn = self.cdll.kx_run
         self.fn.restype = ctypes.c_int
-        self.fn.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+        self.fn.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
 
 
 _loaded: dict[Path, _Lib] = {}
@@ -182,35 +206,51 @@ def load(path: Path | None) -> _Lib | None:
     return lib
 
 
-def run_table(lib: _Lib | None, table: bytes) -> bytes:
-    """Issue every call of ``table`` (``CALL`` records); return the ``RESULT`` records."""
-    n = len(table) // CALL.size
+def watch_counts(table: bytes, n: int) -> list[int]:
+    """The watch count of each of the ``n`` calls in ``table``."""
+    out: list[int] = []
+    off = 0
+    for _ in range(n):
+        k = CALL.unpack_from(table, off)[7]
+        out.append(k)
+        off += CALL.size + k * WATCH.size
+    if off != len(table):
+        raise ValueError(f"call table of {len(table)} bytes does not hold {n} calls")
+    return out
+
+
+def run_table(lib: _Lib | None, table: bytes, n: int) -> tuple[bytes, int]:
+    """Issue the ``n`` calls of ``table``; return the results and the caller's tid."""
+    counts = watch_counts(table, n)
     if lib is not None:
-        out = ctypes.create_string_buffer(RESULT.size * n)
-        lib.fn(table, out, n)
-        return out.raw
-    return _run_python(table, n)
+        out = ctypes.create_string_buffer(result_size(counts))
+        tid = lib.fn(table, n, out)
+        return out.raw, int(tid)
+    return _run_python(table, counts), threading.get_native_id()
 
 
-def _run_python(table: bytes, n: int) -> bytes:
+def _run_python(table: bytes, counts: Sequence[int]) -> bytes:
     # The same loop with ctypes: for machines without a C compiler, and the reference.
     from kapi_selftests.syscalls import invoke
 
-    out = bytearray(RESULT.size * n)
-    tid = threading.get_native_id()
-    for i in range(n):
-        v = CALL.unpack_from(table, i * CALL.size)
-        nr, regs, nwatch = v[0], v[1:7], v[7]
-        watches = [v[8 + 3 * k:11 + 3 * k] for k in range(min(nwatch, MAX_WATCH))]
+    out = bytearray(result_size(counts))
+    toff = roff = 0
+    for k in counts:
+        v = CALL.unpack_from(table, toff)
+        nr, regs = v[0], v[1:7]
+        watches = [WATCH.unpack_from(table, toff + CALL.size + j * WATCH.size)
+                   for j in range(k)]
         before = [_measure(*w) for w in watches]
         rec = invoke(nr, *regs)
         after = [_measure(*w) for w in watches]
-        flat_b = [x for m in before for x in m] + [-1] * (9 - 3 * len(before))
-        flat_a = [x for m in after for x in m] + [-1] * (9 - 3 * len(after))
-        RESULT.pack_into(out, i * RESULT.size, rec.ret, rec.t_ns, rec.t_end_ns, tid,
-                         *flat_b, *flat_a)
+        RESULT.pack_into(out, roff, rec.ret, rec.t_ns, rec.t_end_ns)
+        for j in range(k):
+            WATCH_RESULT.pack_into(out, roff + RESULT.size + j * WATCH_RESULT.size,
+                                   *before[j], *after[j])
         if nr == NR["open"] and rec.ret >= 0:
             os.close(rec.ret)
+        toff += CALL.size + k * WATCH.size
+        roff += RESULT.size + k * WATCH_RESULT.size
     return bytes(out)
 
 
@@ -232,9 +272,14 @@ def _measure(kind: int, x: int, length: int) -> tuple[int, int, int]:
             size = -1
         return ok, off, size
     if kind == WATCH_BUF:
-        h = 1469598103934665603
-        for b in ctypes.string_at(x, min(length, HASH_LIMIT)):
-            h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+        data = ctypes.string_at(x, min(length, HASH_LIMIT))
+        h, m = 1469598103934665603, (1 << 64) - 1
+        words = len(data) // 8
+        for v in struct.unpack_from(f"<{words}Q", data):
+            h = ((h ^ v) * 1099511628211) & m
+            h ^= h >> 29
+        for b in data[words * 8:]:
+            h = ((h ^ b) * 1099511628211) & m
         return h - (1 << 64) if h >= 1 << 63 else h, -1, -1
     if kind == WATCH_PATH:
         try:

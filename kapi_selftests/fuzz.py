@@ -68,11 +68,14 @@ REPRO_DIR = "repro"
 CALLS_FORMAT = 1
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
+def write_json_atomic(path: Path, data: Any, *, indent: int | None = 1) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename.
+
+    :param indent: None for big payloads (json's C encoder only runs without indent)
+    """
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w") as f:
-        json.dump(data, f, indent=1)
+        f.write(json.dumps(data, indent=indent))
         f.flush()
         try:
             os.fsync(f.fileno())
@@ -189,8 +192,13 @@ class _PredictingMaterializer:
     def __call__(self, plan: CallPlan) -> Materialized:
         m: Materialized = self.inner(plan)
         spec = self.specs.get(f"sys_{plan.name}") if self.enabled else None
-        self.predictions.append(predict(spec, m.regs, self.inner.memory)
-                                if spec is not None else None)
+        cached = getattr(self.inner, "predict", None)  # the batch engine's, fixed memory
+        if spec is None:
+            self.predictions.append(None)
+        elif cached is not None:
+            self.predictions.append(cached(spec, m.regs))
+        else:
+            self.predictions.append(predict(spec, m.regs, self.inner.memory))
         return m
 
 
@@ -349,7 +357,7 @@ class Campaign:
         # a crash during either batch in flight is triaged with both (the last calls last)
         write_json_atomic(self.out / INFLIGHT_FILE, {
             "seed": self.cfg.seed, "shard": self.cfg.shard, "batch": b,
-            "plans": [plan_to_json(p) for p in flight]})
+            "plans": [plan_to_json(p) for p in flight]}, indent=None)
         checks = self._run_judge(b, plans, ticket)
         (self.out / INFLIGHT_FILE).unlink(missing_ok=True)
         self.state.batches += 1

@@ -18,7 +18,9 @@ existence/size) and turned here into the same lines the suite reports.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +45,8 @@ from kapi_selftests.syscalls import SyscallRecord
 
 __all__ = ["Manifest", "ManifestMemory", "ManifestMaterializer", "Link", "LocalLink", "DirLink",
            "RemoteHarness", "pack_table", "unpack_results"]
+
+log = logging.getLogger(__name__)
 
 _M64 = (1 << 64) - 1
 
@@ -104,6 +108,17 @@ class ManifestMaterializer:
         self.manifest = m
         self.memory = ManifestMemory(m)
         self._new = 0
+        self._predictions: dict[tuple[str, tuple[int, ...]], Prediction] = {}
+
+    def predict(self, spec: Spec, regs: tuple[int, ...]) -> Prediction:
+        """The oracle's prediction, cached: the memory facts are fixed for the session."""
+        key = (spec.name, regs)
+        p = self._predictions.get(key)
+        if p is None:
+            if len(self._predictions) > 1 << 16:
+                self._predictions.clear()
+            p = self._predictions[key] = predict(spec, regs, self.memory)
+        return p
 
     def __call__(self, plan: CallPlan) -> Materialized:
         m = Materialized(plan, ())
@@ -198,37 +213,40 @@ def _watch_args(m: Materialized, watches: Sequence[tuple[int, int, int]]) -> lis
 
 def pack_table(mats: Sequence[Materialized],
                watches: Sequence[Sequence[tuple[int, int, int]]]) -> bytes:
-    """The ``cexec.CALL`` table for ``mats`` (registers padded to six)."""
-    out = bytearray(cexec.CALL.size * len(mats))
-    for k, (m, ws) in enumerate(zip(mats, watches, strict=True)):
+    """The ``cexec`` call table for ``mats`` (registers padded to six)."""
+    out = bytearray(cexec.table_size([len(w) for w in watches]))
+    off = 0
+    for m, ws in zip(mats, watches, strict=True):
         regs = (list(m.regs) + [0] * 6)[:6]
-        flat: list[int] = []
+        cexec.CALL.pack_into(out, off, m.plan.nr, *regs, len(ws))
+        off += cexec.CALL.size
         for w in ws:
-            flat += list(w)
-        flat += [0] * (3 * cexec.MAX_WATCH - len(flat))
-        cexec.CALL.pack_into(out, k * cexec.CALL.size, m.plan.nr, *regs, len(ws), *flat)
+            cexec.WATCH.pack_into(out, off, *w)
+            off += cexec.WATCH.size
     return bytes(out)
 
 
-def unpack_results(data: bytes, mats: Sequence[Materialized],
+def unpack_results(data: bytes, tid: int, mats: Sequence[Materialized],
                    watches: Sequence[Sequence[tuple[int, int, int]]]
                    ) -> tuple[list[SyscallRecord], list[list[str]]]:
-    """Records and side-effect lines (check 5) from the ``cexec.RESULT`` table."""
-    if len(data) != cexec.RESULT.size * len(mats):
+    """Records and side-effect lines (check 5) from the ``cexec`` results."""
+    if len(data) != cexec.result_size([len(w) for w in watches]):
         raise LostGuest(f"agent returned {len(data)} result bytes for {len(mats)} calls")
     records: list[SyscallRecord] = []
     effects: list[list[str]] = []
-    for k, (m, ws) in enumerate(zip(mats, watches, strict=True)):
-        v = cexec.RESULT.unpack_from(data, k * cexec.RESULT.size)
-        ret, t0, t1, tid = v[0], v[1], v[2], v[3]
+    off = 0
+    for m, ws in zip(mats, watches, strict=True):
+        ret, t0, t1 = cexec.RESULT.unpack_from(data, off)
+        off += cexec.RESULT.size
         regs = (list(m.regs) + [0] * 6)[:6]
         records.append(SyscallRecord(nr=m.plan.nr, args=tuple(regs),  # type: ignore[arg-type]
                                      ret=ret, errno=-ret if -4096 < ret < 0 else 0, tid=tid,
                                      t_ns=t0, t_end_ns=t1))
         lines: list[str] = []
-        for j, (w, i) in enumerate(zip(ws, _watch_args(m, ws), strict=False)):
-            before, after = v[4 + 3 * j:7 + 3 * j], v[13 + 3 * j:16 + 3 * j]
-            lines += _effect_lines(w[0], i, w[1], before, after)
+        for w, i in zip(ws, _watch_args(m, ws), strict=False):
+            v = cexec.WATCH_RESULT.unpack_from(data, off)
+            off += cexec.WATCH_RESULT.size
+            lines += _effect_lines(w[0], i, w[1], v[:3], v[3:])
         effects.append(lines)
     return records, effects
 
@@ -260,8 +278,8 @@ class Link(Protocol):
 
     def manifest(self) -> Mapping[str, Any]: ...
     def specs_dir(self) -> Path | None: ...
-    def send(self, n: int, table: bytes) -> None: ...
-    def receive(self, n: int) -> tuple[bytes, RawCapture]: ...
+    def send(self, n: int, table: bytes, calls: int) -> None: ...
+    def receive(self, n: int) -> tuple[bytes, int, RawCapture]: ...
     def close(self) -> None: ...
 
 
@@ -270,7 +288,7 @@ class LocalLink:
 
     def __init__(self, agent: Any) -> None:
         self.agent = agent
-        self._pending: dict[int, bytes] = {}
+        self._pending: dict[int, tuple[bytes, int]] = {}
 
     def manifest(self) -> Mapping[str, Any]:
         return dict(self.agent.manifest())
@@ -278,11 +296,11 @@ class LocalLink:
     def specs_dir(self) -> Path | None:
         return None
 
-    def send(self, n: int, table: bytes) -> None:
-        self._pending[n] = table
+    def send(self, n: int, table: bytes, calls: int) -> None:
+        self._pending[n] = (table, calls)
 
-    def receive(self, n: int) -> tuple[bytes, RawCapture]:
-        return self.agent.run(self._pending.pop(n))  # type: ignore[no-any-return]
+    def receive(self, n: int) -> tuple[bytes, int, RawCapture]:
+        return self.agent.run(*self._pending.pop(n))  # type: ignore[no-any-return]
 
     def close(self) -> None:
         pass
@@ -299,9 +317,17 @@ class DirLink:
         self.d = d
         self.timeout_s = timeout_s
         self.alive = alive
+        #: seconds this side spent waiting for the agent (the rest is judging here)
+        self.waited_s = 0.0
 
     def _wait(self, path: Path, what: str) -> None:
         t0 = time.monotonic()
+        try:
+            self._wait_for(path, what, t0)
+        finally:
+            self.waited_s += time.monotonic() - t0
+
+    def _wait_for(self, path: Path, what: str, t0: float) -> None:
         nap = 0.001
         while not path.exists():
             reason = self.alive()
@@ -321,22 +347,23 @@ class DirLink:
         p = self.d / "kapi"
         return p if (p / "list").is_file() else None
 
-    def send(self, n: int, table: bytes) -> None:
+    def send(self, n: int, table: bytes, calls: int) -> None:
         tmp = self.d / f"in-{n}.tmp"
-        tmp.write_bytes(table)
+        tmp.write_bytes(struct.pack("<Q", calls) + table)
         os.replace(tmp, self.d / f"in-{n}.bin")
 
-    def receive(self, n: int) -> tuple[bytes, RawCapture]:
+    def receive(self, n: int) -> tuple[bytes, int, RawCapture]:
         out = self.d / f"out-{n}"
         self._wait(out, f"results of batch {n}")
-        results = (out / "results.bin").read_bytes()
+        data = (out / "results.bin").read_bytes()
         raw = read_capture_dir(out)
         for f in out.iterdir():
             f.unlink()
         out.rmdir()
-        return results, raw
+        return data[8:], struct.unpack_from("<Q", data)[0], raw
 
     def close(self) -> None:
+        log.info("agent link %s: %.1f s spent waiting for the agent", self.d, self.waited_s)
         (self.d / "stop").touch()
 
 
@@ -385,20 +412,20 @@ class RemoteHarness:
                 spec = self.specs.get(abi.spec_name) if abi else None
                 if spec is None:
                     continue
-                pred = preds[i] = predict(spec, m.regs, base.memory)
+                pred = preds[i] = base.predict(spec, m.regs)
                 if pred.rejected:
                     watches[i] = _watches(m, base)
         n = self._n
         self._n += 1
-        self.link.send(n, pack_table(mats, watches))
+        self.link.send(n, pack_table(mats, watches), len(mats))
         self._sent[n] = (mats, preds, watches, tuple(plans))
         return n
 
     def collect(self, n: int) -> BatchResult:
         """Receive, decode and judge batch ``n``."""
         mats, preds, watches, plans = self._sent.pop(n)
-        data, raw = self.link.receive(n)
-        records, effects = unpack_results(data, mats, watches)
+        data, tid, raw = self.link.receive(n)
+        records, effects = unpack_results(data, tid, mats, watches)
         capture = decode(raw)
         checks = check_calls(records, capture, self.source, self.specs,
                              memory=self.materialize.memory if hasattr(
