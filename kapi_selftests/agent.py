@@ -44,7 +44,8 @@ from kapi_selftests.plan import PathKind
 from kapi_selftests.spec import DEBUGFS_ROOT
 from kapi_selftests.tracefs import KAPI_EVENTS, TraceInstance, syscall_events
 
-__all__ = ["Resources", "Agent", "serve", "REGION_SIZE", "NEW_NAMES", "SLOT_BASE"]
+__all__ = ["Resources", "Agent", "serve", "serve_shm", "specs_files", "REGION_SIZE", "NEW_NAMES",
+           "SLOT_BASE"]
 
 log = logging.getLogger(__name__)
 
@@ -277,13 +278,62 @@ def serve(agent: Agent, d: Path, *, idle_timeout_s: float = 600.0,
     return n
 
 
+def serve_shm(agent: Agent, ch: Any, *, idle_timeout_s: float = 600.0,
+              stop: Callable[[], bool] = lambda: False) -> int:
+    """Serve tables over a :class:`kapi_selftests.shm.Channel` until the host stops it."""
+    from kapi_selftests import shm
+
+    man = agent.manifest()
+    man["specs_files"] = specs_files()
+    ch.put_manifest(json.dumps(man).encode())
+    n = 0
+    idle_since = time.monotonic()
+    while not stop():
+        if ch.posted <= n:
+            if ch.stopped:
+                break
+            if time.monotonic() - idle_since > idle_timeout_s:
+                log.warning("agent: no table for %.0f s: stopping", idle_timeout_s)
+                break
+            with contextlib.suppress(TimeoutError):  # short waits: stop() runs between
+                ch.wait(lambda k=n: bool(ch.posted > k or ch.stopped), timeout_s=2.0)
+            continue
+        idle_since = time.monotonic()
+        t0 = time.monotonic()
+        table, calls = ch.get_table(n)
+        t1 = time.monotonic()
+        results, tid, raw = agent.run(table, calls)
+        t2 = time.monotonic()
+        ch.put_out(n, shm.pack_out(results, tid, raw))
+        agent.times["io"] += t1 - t0 + time.monotonic() - t2
+        n += 1
+    return n
+
+
+def specs_files(root: Path = DEBUGFS_ROOT) -> dict[str, str]:
+    """The kernel's debugfs spec dump as {relative path: text} (empty without one)."""
+    out: dict[str, str] = {}
+    if not (root / "list").is_file():
+        return out
+    out["list"] = (root / "list").read_text()
+    for sub in ("specs", "specs-json"):
+        if (root / sub).is_dir():
+            for f in (root / sub).iterdir():
+                with contextlib.suppress(OSError):
+                    out[f"{sub}/{f.name}"] = f.read_text()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Guest entry: ``agent --dir D [--lib SO] [--source kapi|syscalls]``; serve until stopped."""
     import argparse
     import sys
 
     p = argparse.ArgumentParser(prog="kapi-selftests agent", description=main.__doc__)
-    p.add_argument("--dir", type=Path, required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dir", type=Path, help="serve over this directory (the output share)")
+    where.add_argument("--shm", action="store_true",
+                       help="serve over the ivshmem-plain shared memory (kapi_selftests.shm)")
     p.add_argument("--lib", type=Path, help="the compiled batch executor (default: ctypes)")
     p.add_argument("--source", choices=[s.value for s in EventSource])
     p.add_argument("--heartbeat-s", type=float, default=10.0)
@@ -300,12 +350,19 @@ def main(argv: list[str] | None = None) -> int:
             def beat() -> bool:
                 # the host's watchdog wants console output now and then
                 if time.monotonic() - last[0] >= a.heartbeat_s:
-                    print(f"kapi-selftests agent: alive ({len(list(a.dir.glob('in-*.bin')))} "
-                          "tables queued)", file=sys.stderr, flush=True)
+                    print("kapi-selftests agent: alive", file=sys.stderr, flush=True)
                     last[0] = time.monotonic()
                 return False
 
-            count[0] = serve(ag, a.dir, stop=beat)
+            if a.shm:
+                from kapi_selftests import shm
+                dev = shm.find_guest_device()
+                if dev is None:
+                    raise RuntimeError("no ivshmem-plain device (start QEMU with "
+                                       "kapi_selftests.shm.qemu_args)")
+                count[0] = serve_shm(ag, shm.open_guest(dev), stop=beat)
+            else:
+                count[0] = serve(ag, a.dir, stop=beat)
     except Exception as e:  # one line for the host's log, never a bare traceback
         print(f"kapi-selftests agent: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 4

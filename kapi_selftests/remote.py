@@ -44,6 +44,7 @@ from kapi_selftests.spec import Spec
 from kapi_selftests.syscalls import SyscallRecord
 
 __all__ = ["Manifest", "ManifestMemory", "ManifestMaterializer", "Link", "LocalLink", "DirLink",
+           "ShmLink",
            "RemoteHarness", "pack_table", "unpack_results"]
 
 log = logging.getLogger(__name__)
@@ -365,6 +366,69 @@ class DirLink:
     def close(self) -> None:
         log.info("agent link %s: %.1f s spent waiting for the agent", self.d, self.waited_s)
         (self.d / "stop").touch()
+
+
+class ShmLink:
+    """An agent behind a :class:`kapi_selftests.shm.Channel` (``agent --shm`` in a guest).
+
+    :param alive: returns a reason when the agent can no longer answer (guest died)
+    """
+
+    def __init__(self, ch: Any, spec_dir: Path, *, timeout_s: float = 300.0,
+                 alive: Any = lambda: None) -> None:
+        self.ch = ch
+        self.spec_dir = spec_dir
+        self.timeout_s = timeout_s
+        self.alive = alive
+        self.waited_s = 0.0
+        self._got: dict[int, bytes] = {}
+        self._copied = 0  # results of batches < this are in _got or were returned
+
+    def _wait(self, ready: Any, what: str, timeout_s: float | None = None) -> None:
+        t0 = time.monotonic()
+        try:
+            self.ch.wait(ready, timeout_s=timeout_s or self.timeout_s, alive=self.alive,
+                         what=what)
+        except (RuntimeError, TimeoutError) as e:
+            raise LostGuest(f"agent lost while waiting for {what}: {e}") from e
+        finally:
+            self.waited_s += time.monotonic() - t0
+
+    def manifest(self) -> Mapping[str, Any]:
+        self._wait(lambda: self.ch.manifest() is not None, "manifest", 900.0)
+        man = dict(json.loads(self.ch.manifest()))
+        files = man.pop("specs_files", {})
+        for rel, text in files.items():
+            p = self.spec_dir / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text)
+        return man
+
+    def specs_dir(self) -> Path | None:
+        return self.spec_dir if (self.spec_dir / "list").is_file() else None
+
+    def _drain(self) -> None:
+        # copy every posted result out, so its slot can take a new table
+        while self._copied < self.ch.done:
+            self._got[self._copied] = self.ch.get_out(self._copied)
+            self._copied += 1
+
+    def send(self, n: int, table: bytes, calls: int) -> None:
+        # slot n % 2 is free once batch n-2's results are copied out
+        self._wait(lambda: self.ch.done >= n - 1, f"results of batch {n - 2}")
+        self._drain()
+        self.ch.put_table(n, table, calls)
+
+    def receive(self, n: int) -> tuple[bytes, int, RawCapture]:
+        self._wait(lambda: self.ch.done > n, f"results of batch {n}")
+        self._drain()
+        from kapi_selftests.shm import unpack_out
+        return unpack_out(self._got.pop(n))
+
+    def close(self) -> None:
+        log.info("agent link (shared memory): %.1f s spent waiting for the agent",
+                 self.waited_s)
+        self.ch.stop()
 
 
 class RemoteHarness:

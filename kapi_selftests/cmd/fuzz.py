@@ -95,6 +95,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, metavar="N",
                    help=f"calls per capture window (default {_BATCH['batch']} with the batch "
                         f"engine, {_BATCH['harness']} with the harness)")
+    p.add_argument("--transport", choices=("shm", "dir"), default="shm",
+                   help="batch engine in guests: tables and traces over shared memory "
+                        "(ivshmem, default) or files on the output share (9p)")
     p.add_argument("--engine", choices=tuple(_BATCH), default="batch",
                    help="batch (default): generate, predict, decode and judge here, issue call "
                         "tables through a compiled executor in the guest; harness: the whole "
@@ -502,7 +505,7 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
     import dataclasses
     import shutil
 
-    from kapi_selftests import fuzz, remote
+    from kapi_selftests import fuzz, remote, shm
     from kapi_selftests.host import runner
     from kapi_selftests.host.initramfs import GUEST_OUT
 
@@ -516,10 +519,19 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
         adir = sdir / "agent"
         shutil.rmtree(adir, ignore_errors=True)
         adir.mkdir()
-        argv = [sys.executable, "-S", "-c", _AGENT_ENTRY, "--dir", f"{GUEST_OUT}/agent"]
+        argv = [sys.executable, "-S", "-c", _AGENT_ENTRY]
+        gcfg = dataclasses.replace(cfg, out_dir=sdir)
+        chan = None
+        if args.transport == "shm":
+            shm_path = Path("/dev/shm") / f"kapi-selftests-{os.getpid()}-{shard}"
+            chan = shm.create_host(shm_path)
+            gcfg = dataclasses.replace(gcfg, extra_qemu=(*gcfg.extra_qemu,
+                                                         *shm.qemu_args(shm_path)))
+            argv.append("--shm")
+        else:
+            argv += ["--dir", f"{GUEST_OUT}/agent"]
         if lib is not None:
             argv += ["--lib", str(lib)]
-        gcfg = dataclasses.replace(cfg, out_dir=sdir)
         try:
             gcfg, qargv = runner.prepare(kimg, gcfg, runner.GuestSpec(
                 argv=tuple(argv), env=runner.guest_env()))
@@ -528,8 +540,11 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
             return
         th, box = _boot_in_thread(gcfg, qargv, sys.stderr if args.console else None,
                                   lock, alive)
-        link = remote.DirLink(adir, alive=lambda t=th: None if t.is_alive()
-                              else "the guest exited")
+        def gone(t: threading.Thread = th) -> str | None:
+            return None if t.is_alive() else "the guest exited"
+
+        link: Any = (remote.ShmLink(chan, adir / "kapi", alive=gone) if chan is not None
+                     else remote.DirLink(adir, alive=gone))
         lost: str | None = None
         try:
             with remote.RemoteHarness(link, strict=args.strict) as h:
@@ -547,6 +562,9 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
         finally:
             link.close()
             th.join(timeout=120)
+            if chan is not None:
+                chan.close()
+                shm_path.unlink(missing_ok=True)
         if lost is None:
             return
         run = box.get("run")
