@@ -1,23 +1,28 @@
 #!/usr/bin/env python3
 """Fuzzing throughput: checked calls per second of a campaign against a bare C loop.
 
-Usage: python bench/bench_fuzz.py [--kernel PATH | --local] [--calls N] [--loop N] [--json FILE]
+Usage: python bench/bench_fuzz.py [--kernel PATH | --local] [--engine batch|harness]
+                                  [--calls N] [--loop N] [--json FILE]
 
 Both figures come from the same kernel in the same run (the same guest with
 ``--kernel``):
 
-* **campaign**: ``fuzz.Campaign`` over ``--calls`` generated calls (batches of 200,
-  no shrinking): materialise, issue in one capture window, drain, decode, pair,
-  judge, count coverage, append ``calls.jsonl``. Checked calls/s = calls / wall time
-  of the loop;
+* **campaign**: ``fuzz.Campaign`` over ``--calls`` generated calls, no shrinking.
+  ``--engine batch`` (default, what ``fuzz`` runs): generation, prediction,
+  decoding and judging here, the calls issued in the guest by the agent's compiled
+  executor, tables and traces over shared memory (batches of 2000, two in flight);
+  ``--engine harness``: the whole campaign in the guest (batches of 200). Checked
+  calls/s = calls / wall time of the campaign loop (the boot is not in it).
 * **C loop**: ``read(fd, buf, 0)`` ``--loop`` times with raw ``syscall()``, in a
   private tracefs instance with the kapi events enabled (``kapi:enable``; the
   generic ``syscalls:sys_enter_read``/``sys_exit_read`` on a kernel without them),
   compiled with gcc into a temporary directory at bench time (nothing committed).
+  With the batch engine it runs in the guest right before and right after the
+  campaign; the ratio uses their mean.
 
 With ``--kernel`` (default: the KAPI kernel when /work/kernels/README.txt says it is
-ready, else ``.cache/kernels/stock``) a TCG guest runs this script with ``--guest``
-and writes its figures to the output share. Prints a Markdown table.
+ready, else ``.cache/kernels/stock``) one TCG guest serves both. Prints a Markdown
+table.
 """
 
 from __future__ import annotations
@@ -173,19 +178,97 @@ def in_guest(kernel_path: Path, calls: int, loop: int) -> dict[str, Any]:
     return res
 
 
+def batch_in_guest(kernel_path: Path, calls: int, loop: int) -> dict[str, Any]:
+    """The batch engine: campaign here, agent and C loop (before and after) in one guest."""
+    import shlex
+    import threading
+
+    from kapi_selftests import cexec, remote, shm
+    from kapi_selftests.fuzz import Campaign, CampaignConfig
+    from kapi_selftests.host import initramfs, kernel, qemu, runner
+
+    k = kernel.find_kernel(kernel_path)
+    work = Path(tempfile.mkdtemp(prefix="kapi-bench-fuzz-"))
+    compile_loop(work)  # the guest runs it from the output share
+    lib = cexec.build_library(cexec.CACHE_DIR)
+    out = initramfs.GUEST_OUT
+    events = "kapi" if "CONFIG_KAPI_RUNTIME_CHECKS=y" in _config_of(k) else "syscalls"
+    loop_cmd = f"{out}/read0 {loop} {events} >> {out}/cloop.txt"
+    agent = shlex.join([sys.executable, "-S", "-c", "import sys; from kapi_selftests.agent "
+                        "import main; sys.exit(main(sys.argv[1:]))", "--shm",
+                        *(["--lib", str(lib)] if lib else [])])
+    script = f"{loop_cmd}; {agent}; {loop_cmd}"
+    shm_path = Path("/dev/shm") / f"kapi-bench-{os.getpid()}"
+    ch = shm.create_host(shm_path)
+    cfg = dataclasses.replace(qemu.GuestConfig(kernel=k.image, accel=qemu.Accel.TCG,
+                                               timeout_s=1800), out_dir=work, cpus=1,
+                              extra_qemu=shm.qemu_args(shm_path))
+    cfg, qargv = runner.prepare(k, cfg, runner.GuestSpec(argv=("/bin/sh", "-c", script),
+                                                         env=runner.guest_env()))
+    box: dict[str, Any] = {}
+    th = threading.Thread(target=lambda: box.setdefault("run", runner.boot(cfg, qargv)),
+                          daemon=True)
+    th.start()
+    link = remote.ShmLink(ch, work / "kapi", alive=lambda: None if th.is_alive()
+                          else "the guest exited")
+    try:
+        with remote.RemoteHarness(link) as h:
+            camp = Campaign(CampaignConfig(out=work / "campaign", seed=1, calls=calls,
+                                           batch_size=2000, minimize=False), h)
+            t0 = time.monotonic()
+            p = camp.run()
+            wall = time.monotonic() - t0
+            waited = link.waited_s
+    finally:
+        th.join(timeout=600)
+        ch.close()
+        shm_path.unlink(missing_ok=True)
+    rates = [float(x) for x in (work / "cloop.txt").read_text().split()] \
+        if (work / "cloop.txt").is_file() else []
+    c_rate = sum(rates) / len(rates) if rates else None
+    run = box.get("run")
+    agent_line = ""
+    if run is not None:
+        agent_line = next((ln for ln in run.console.read_text(errors="replace").splitlines()
+                           if "agent: served" in ln), "")
+    res = {"kernel": k.release, "events": h.source.value, "engine": "batch",
+           "campaign_calls": p.calls, "campaign_s": round(wall, 3),
+           "campaign_calls_per_s": round(p.calls / wall, 1), "coverage": p.coverage.describe(),
+           "findings": dict(p.findings), "c_loop_calls": loop,
+           "c_loop_runs_calls_per_s": rates, "c_loop_calls_per_s": c_rate,
+           "ratio": round(p.calls / wall / c_rate, 5) if c_rate else None,
+           "host_waited_s": round(waited, 2), "agent": agent_line.strip(),
+           "guest": f"TCG, 1 vCPU, {k.image} ({k.release})",
+           "campaign_dir": str(work / "campaign")}
+    if not p.findings:
+        shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def _config_of(k: Any) -> str:
+    try:
+        return Path(k.config).read_text() if getattr(k, "config", None) else ""
+    except OSError:
+        return ""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--kernel", type=Path, help="kernel to boot (default: KAPI if ready, "
                                                   "else the stock kernel)")
     where.add_argument("--local", action="store_true", help="measure on the running kernel")
-    ap.add_argument("--calls", type=int, default=2000, help="campaign calls (default 2000)")
+    ap.add_argument("--engine", choices=("batch", "harness"), default="batch")
+    ap.add_argument("--calls", type=int, help="campaign calls (default 60000 with the batch "
+                                              "engine, 2000 with the harness)")
     ap.add_argument("--loop", type=int, default=200000, help="C loop calls (default 200000)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--guest", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--exe", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.calls is None:
+        a.calls = 60000 if a.engine == "batch" else 2000
     if a.guest:
         res = measure(a.exe, a.calls, a.loop, a.out)  # the campaign stays in the share
         (a.out / "bench.json").write_text(json.dumps(res))
@@ -196,7 +279,8 @@ def main() -> int:
         res["guest"] = "none (--local, host kernel)"
     else:
         kp = a.kernel or (KAPI if _kapi_ready() else STOCK)
-        res = in_guest(kp, a.calls, a.loop)
+        res = (batch_in_guest(kp, a.calls, a.loop) if a.engine == "batch"
+               else in_guest(kp, a.calls, a.loop))
     print("| where | events | campaign checked calls/s | C read(fd, buf, 0) calls/s | ratio |")
     print("|---|---|---:|---:|---:|")
     ratio = f"1/{1 / res['ratio']:.0f}" if res.get("ratio") else "-"
@@ -204,6 +288,9 @@ def main() -> int:
           f"({res['campaign_calls']} calls in {res['campaign_s']} s) | "
           f"{res['c_loop_calls_per_s']} | {ratio} |")
     print(f"coverage: {res['coverage']}; findings: {res['findings'] or 'none'}")
+    if res.get("agent"):
+        print(f"guest: {res['agent']}; host waited for the guest {res['host_waited_s']} s "
+              "(boot included)")
     if a.json:
         a.json.write_text(json.dumps(res, indent=1) + "\n")
     return 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import errno as _errno
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -601,7 +601,7 @@ class _Pair:
 
 
 def _pairs(spec: Spec, events: Sequence[EventLike],
-           out: list[Finding], evidence: tuple[str, ...]) -> list[_Pair]:
+           out: list[Finding], evidence: Callable[[], tuple[str, ...]]) -> list[_Pair]:
     pairs: list[_Pair] = []
     open_enter: EventLike | None = None
     for e in events:
@@ -612,23 +612,23 @@ def _pairs(spec: Spec, events: Sequence[EventLike],
             if open_enter is not None:
                 out.append(Finding(FindingKind.PAIRING,
                                    f"{ename} event inside an open {spec.name} call",
-                                   evidence))
+                                   evidence()))
             continue  # another call (e.g. a signal handler's) between restarted pairs
         if e.name == ENTER:
             if open_enter is not None:
                 out.append(Finding(FindingKind.PAIRING, f"{spec.name}: enter without exit "
-                                   "(a second enter follows)", evidence))
+                                   "(a second enter follows)", evidence()))
                 pairs.append(_Pair(open_enter, None))
             open_enter = e
         else:
             if open_enter is None:
                 out.append(Finding(FindingKind.PAIRING, f"{spec.name}: exit without enter",
-                                   evidence))
+                                   evidence()))
                 continue
             pairs.append(_Pair(open_enter, e))
             open_enter = None
     if open_enter is not None:
-        out.append(Finding(FindingKind.PAIRING, f"{spec.name}: enter without exit", evidence))
+        out.append(Finding(FindingKind.PAIRING, f"{spec.name}: enter without exit", evidence()))
         pairs.append(_Pair(open_enter, None))
     return pairs
 
@@ -670,14 +670,19 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
     pred = prediction or predict(spec, record.args, memory, user_ptr_max=user_ptr_max)
     findings: list[Finding] = []
     notes: list[str] = []
-    evidence = (record.describe(),) + tuple(_render_event(e) for e in events
-                                            if e.name in (ENTER, EXIT))
+    rendered: list[tuple[str, ...]] = []
+
+    def evidence() -> tuple[str, ...]:  # built once, and only for a finding
+        if not rendered:
+            rendered.append((record.describe(),) + tuple(
+                _render_event(e) for e in events if e.name in (ENTER, EXIT)))
+        return rendered[0]
     if pred.undetermined:
         notes.append(f"validation outcome not predicted: {pred.undetermined}")
     pairs = _pairs(spec, events, findings, evidence)
     if not pairs:
         findings.append(Finding(FindingKind.PAIRING,
-                                f"no kapi events for a call of spec'd {spec.name}", evidence))
+                                f"no kapi events for a call of spec'd {spec.name}", evidence()))
         return Verdict(pred, tuple(findings), tuple(notes), strict)
 
     # Entry: every pair (a restarted call re-enters with the same registers).
@@ -698,7 +703,7 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
         if diffs:
             which = f" (pair {n + 1})" if len(pairs) > 1 else ""
             findings.append(Finding(FindingKind.ARGS_MISMATCH,
-                                    f"{spec.name} enter{which}: " + "; ".join(diffs), evidence))
+                                    f"{spec.name} enter{which}: " + "; ".join(diffs), evidence()))
 
     complete = [p for p in pairs if p.exit is not None]
     # Restarts: every pair but the last must end in a restart code.
@@ -708,7 +713,7 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
         if r not in RESTART_CODES:
             findings.append(Finding(FindingKind.PAIRING,
                                     f"{spec.name}: {len(pairs)} pairs for one call, but an "
-                                    f"earlier exit returned {r}, not a restart code", evidence))
+                                    f"earlier exit returned {r}, not a restart code", evidence()))
     if not complete:
         return Verdict(pred, tuple(findings), tuple(notes), strict)
     last = complete[-1].exit
@@ -720,7 +725,7 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
         rej = pred.rejection.describe()
         if len(pairs) > 1:
             findings.append(Finding(FindingKind.PAIRING, f"{spec.name}: rejected call "
-                                    f"({rej}) traced {len(pairs)} pairs", evidence))
+                                    f"({rej}) traced {len(pairs)} pairs", evidence()))
         for pr in complete:
             assert pr.exit is not None
             r = to_s64(_int(pr.exit.fields.get("ret")))
@@ -728,23 +733,23 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
             if r != -EINVAL:
                 findings.append(Finding(FindingKind.RET_MISMATCH,
                                         f"exit ret {r}, expected -22 (validator rejects {rej})",
-                                        evidence))
+                                        evidence()))
             if sm:
                 findings.append(Finding(FindingKind.SPEC_MATCH_MISMATCH,
                                         f"spec_match=1, expected 0 (validator rejects {rej})",
-                                        evidence))
+                                        evidence()))
         if user_ret != -EINVAL:
             findings.append(Finding(FindingKind.RET_MISMATCH,
                                     f"userspace saw {_describe_ret(user_ret)}, expected -EINVAL "
-                                    f"(validator rejects {rej})", evidence))
+                                    f"(validator rejects {rej})", evidence()))
         if side_effects:
             findings.append(Finding(FindingKind.REJECTED_SIDE_EFFECT,
                                     f"rejected call ({rej}) changed state: "
-                                    + "; ".join(side_effects), evidence))
+                                    + "; ".join(side_effects), evidence()))
         elif user_ret >= 0:
             findings.append(Finding(FindingKind.REJECTED_SIDE_EFFECT,
                                     f"rejected call ({rej}) returned {user_ret}: "
-                                    "the handler ran", evidence))
+                                    "the handler ran", evidence()))
         return Verdict(pred, tuple(findings), tuple(notes), strict)
 
     # Accepted (or undetermined): the handler ran; check the return side.
@@ -754,7 +759,7 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
     if not _userspace_consistent(trace_ret, user_ret):
         findings.append(Finding(FindingKind.RET_MISMATCH,
                                 f"exit ret {_describe_ret(trace_ret)} but userspace saw "
-                                f"{_describe_ret(user_ret)}", evidence))
+                                f"{_describe_ret(user_ret)}", evidence()))
     for pr in complete:
         assert pr.exit is not None
         r = to_s64(_int(pr.exit.fields.get("ret")))
@@ -769,7 +774,7 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
                    f"the return check of {spec.ret.describe()} gives {int(want)} for {r}")
             findings.append(Finding(FindingKind.SPEC_MATCH_MISMATCH,
                                     f"{spec.name} = {r} spec_match={int(sm)}, expected "
-                                    f"{int(want)}: {why}", evidence))
+                                    f"{int(want)}: {why}", evidence()))
     looks_rejected = trace_ret == -EINVAL and not _int(last.fields.get("spec_match"))
     if -4095 <= trace_ret < 0 and pred.accepted and not looks_rejected:
         listed = spec.error_codes
@@ -777,7 +782,7 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
         if not ok:
             findings.append(Finding(FindingKind.SPEC_DRIFT,
                                     f"{spec.name} returned {_errname(trace_ret)}, which its spec "
-                                    "does not list", evidence))
+                                    "does not list", evidence()))
     return Verdict(pred, tuple(findings), tuple(notes), strict)
 
 
