@@ -64,10 +64,13 @@ SYSCALLS: dict[str, SyscallABI] = {
 NR: dict[str, int] = {s.name: s.nr for s in SYSCALLS.values()}
 
 
+_BY_NR: dict[int, SyscallABI] = {s.nr: s for s in SYSCALLS.values()}
+
+
 def find_syscall(name_or_nr: str | int) -> SyscallABI | None:
     """Look a syscall up by name (``open`` or ``sys_open``) or number."""
     if isinstance(name_or_nr, int):
-        return next((s for s in SYSCALLS.values() if s.nr == name_or_nr), None)
+        return _BY_NR.get(name_or_nr)
     return SYSCALLS.get(name_or_nr.removeprefix("sys_"))
 
 

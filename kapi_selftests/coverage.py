@@ -108,6 +108,7 @@ class Coverage:
         self.calls: dict[str, int] = {}
         #: steered calls per goal (the generator's bookkeeping; saved for resumes)
         self.attempts: dict[Target, int] = {}
+        self._param_targets: dict[str, list[tuple[Target, Target]]] = {}
         for s in self.specs.values():
             for t in self.goals(s):
                 self.sides[t] = 0
@@ -135,13 +136,15 @@ class Coverage:
         new: list[Target] = []
         if prediction is not None and prediction.undetermined is None:
             rej = prediction.rejection
-            for i, p in enumerate(spec.params):
+            targets = self._param_targets.get(spec.name)
+            if targets is None:
+                targets = self._param_targets[spec.name] = [
+                    (Target(spec.name, p.name, Side.VALID), Target(spec.name, p.name, Side.INVALID))
+                    for p in spec.params]
+            for i, (valid, invalid) in enumerate(targets):
                 if rej is not None and rej.index is not None and rej.index < i:
                     break
-                if rej is not None and rej.index == i:
-                    t = Target(spec.name, p.name, Side.INVALID)
-                else:
-                    t = Target(spec.name, p.name, Side.VALID)
+                t = invalid if rej is not None and rej.index == i else valid
                 if t in self.sides:
                     if self.sides[t] == 0:
                         new.append(t)

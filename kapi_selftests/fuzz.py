@@ -159,7 +159,7 @@ def finding_keys(check: CallCheck, prediction: Prediction | None) -> list[Findin
 
 
 def call_row(seed: int, shard: int, batch: int, index: int, n: int, plan: CallPlan,
-             check: CallCheck) -> dict[str, Any]:
+             check: CallCheck, plan_json: dict[str, Any] | None = None) -> dict[str, Any]:
     """One ``calls.jsonl`` row (format ``CALLS_FORMAT``; see docs/fuzz.md)."""
     rec = check.record
     exits = [e for e in check.events if e.name == EXIT or e.name.startswith("sys_exit_")]
@@ -169,7 +169,8 @@ def call_row(seed: int, shard: int, batch: int, index: int, n: int, plan: CallPl
         v = exits[-1].fields["spec_match"]
         spec_match = int(v) if isinstance(v, int) else None
     return {"v": CALLS_FORMAT, "seed": seed, "shard": shard, "batch": batch, "index": index,
-            "n": n, "plan": plan_to_json(plan), "regs": list(rec.args), "ret": rec.ret,
+            "n": n, "plan": plan_json or plan_to_json(plan), "regs": list(rec.args),
+            "ret": rec.ret,
             "errno": rec.errno, "spec_match": spec_match,
             "pairs": min(len(enters), len(exits)),
             "findings": sorted({f.kind.value for f in check.failures})}
@@ -231,6 +232,7 @@ class Campaign:
         self.store = FindingStore.load(self.out / FINDINGS_FILE)
         self.state = _State()
         self._ahead: tuple[int, list[CallPlan], int] | None = None
+        self._json: dict[int, list[dict[str, Any]]] = {}
         self._pm = _PredictingMaterializer(harness.materialize, self.specs)
         self._pm.enabled = harness.source is not EventSource.KAPI
         harness.materialize = self._pm
@@ -349,16 +351,19 @@ class Campaign:
             plans = self.gen.batch(b, n, self.coverage.missing(), self.coverage.attempts)
             if submit is not None:
                 ticket = submit(plans)
-        flight = list(plans)
+        # each plan goes to JSON once: for inflight.json (one or two batches) and calls.jsonl
+        js = self._json.pop(b, None) or [plan_to_json(p) for p in plans]
+        flight = list(js)
         if submit is not None and next_n > 0:
             nxt = self.gen.batch(b + 1, next_n, self.coverage.missing(), self.coverage.attempts)
             self._ahead = (b + 1, nxt, submit(nxt))
-            flight += nxt
+            self._json[b + 1] = [plan_to_json(p) for p in nxt]
+            flight += self._json[b + 1]
         # a crash during either batch in flight is triaged with both (the last calls last)
         write_json_atomic(self.out / INFLIGHT_FILE, {
-            "seed": self.cfg.seed, "shard": self.cfg.shard, "batch": b,
-            "plans": [plan_to_json(p) for p in flight]}, indent=None)
-        checks = self._run_judge(b, plans, ticket)
+            "seed": self.cfg.seed, "shard": self.cfg.shard, "batch": b, "plans": flight},
+            indent=None)
+        checks = self._run_judge(b, plans, ticket, js)
         (self.out / INFLIGHT_FILE).unlink(missing_ok=True)
         self.state.batches += 1
         self.state.calls += len(plans)
@@ -368,8 +373,8 @@ class Campaign:
         """Run saved plans (a corpus entry) as batch -1: judged, counted, not numbered."""
         return self._run_judge(-1, list(plans))
 
-    def _run_judge(self, b: int, plans: list[CallPlan],
-                   ticket: int | None = None) -> list[CallCheck]:
+    def _run_judge(self, b: int, plans: list[CallPlan], ticket: int | None = None,
+                   plan_json: list[dict[str, Any]] | None = None) -> list[CallCheck]:
         if ticket is not None:
             result = self.h.collect(ticket)  # type: ignore[union-attr]
             preds: list[Prediction | None] = list(self._pm.predictions[:len(plans)])
@@ -382,7 +387,7 @@ class Campaign:
             pred = check.prediction or (preds[i] if i < len(preds) else None)
             self.coverage.add(f"sys_{plan.name}", pred, check.record.errno)
             rows.append(call_row(self.cfg.seed, self.cfg.shard, b, i, self.state.calls + i,
-                                 plan, check))
+                                 plan, check, plan_json[i] if plan_json else None))
             for k in finding_keys(check, pred):
                 msg = next((f.message for f in check.failures if f.kind.value == k.kind), "")
                 found.append((k, Example(plan=plan, context=tuple(plans[:i]),

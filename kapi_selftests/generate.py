@@ -21,6 +21,7 @@ from their valid pools; a valid-side goal draws every parameter valid.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Mapping, Sequence
 
@@ -59,8 +60,23 @@ def batch_seed(seed: int, shard: int, batch: int) -> str:
     return f"kapi-fuzz:{seed}:{shard}:{batch}"
 
 
-def _bits(mask: int, width: int = 64) -> list[int]:
-    return [1 << b for b in range(width) if mask >> b & 1]
+@functools.lru_cache(maxsize=256)
+def _bits(mask: int, width: int = 64) -> tuple[int, ...]:
+    return tuple(1 << b for b in range(width) if mask >> b & 1)
+
+
+@functools.lru_cache(maxsize=256)
+def _bad_bits(mask: int, width: int) -> tuple[int, ...]:
+    # single bits outside the mask, the int-sign and 32-bit boundaries first
+    return tuple(b for b in (1 << 30, 1 << 31, 1 << 32) if not b & mask) + \
+        _bits(((1 << width) - 1) & ~mask, width)
+
+
+@functools.lru_cache(maxsize=256)
+def _near(values: tuple[int, ...]) -> tuple[int, ...]:
+    # neighbours of enum values that are not values themselves
+    return tuple(sorted({(v + d) & U64 for v in values for d in (-1, 1)}
+                        - {v & U64 for v in values}))
 
 
 def _is_address(p: ParamSpec) -> bool:
@@ -182,8 +198,7 @@ class PlanGenerator:
             combo = sum(set(rng.sample(good, rng.randint(0, min(len(good), 6))))) if good else 0
             if valid:
                 return rng.choice((0, rng.choice(good) if good else 0, combo))
-            bad = [b for b in (1 << 30, 1 << 31, 1 << 32) if not b & p.valid_mask] + \
-                _bits(((1 << width) - 1) & ~p.valid_mask, width)
+            bad = _bad_bits(p.valid_mask, width)
             r = rng.random()
             if bad and r < 0.7:
                 return combo | rng.choice(bad)
@@ -202,8 +217,7 @@ class PlanGenerator:
         if c is ConstraintType.ENUM and p.enum_values:
             if valid:
                 return rng.choice(p.enum_values) & U64
-            near = sorted({(v + d) & U64 for v in p.enum_values for d in (-1, 1)}
-                          - {v & U64 for v in p.enum_values})
+            near = _near(tuple(p.enum_values))
             return rng.choice(near) if near and rng.random() < 0.7 else rng.getrandbits(64)
         if c is ConstraintType.POWER_OF_TWO:
             return rng.choice((1, 2, 4096)) if valid else rng.choice((0, 3, 4097))

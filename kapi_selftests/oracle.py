@@ -562,6 +562,8 @@ class Verdict:
 
 def failures_of(findings: Sequence[Finding], strict: bool) -> tuple[Finding, ...]:
     """The findings that fail a call: all but spec drift, which fails only in strict mode."""
+    if not findings:
+        return ()
     return tuple(f for f in findings if f.kind is not FindingKind.SPEC_DRIFT or strict)
 
 
