@@ -42,8 +42,11 @@ __all__ = ["CACHE_DIR", "CALL", "WATCH", "RESULT", "WATCH_RESULT", "table_size",
 
 log = logging.getLogger(__name__)
 
-#: where the compiled executor is kept (the guest reads it over the host root share)
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kapi-selftests"
+#: where the compiled executor is kept; a guest gets the host's in KAPI_CACHE_DIR and
+#: finds the library the host built there (read-only over the root share: no compiler
+#: runs under TCG)
+CACHE_DIR = Path(os.environ.get("KAPI_CACHE_DIR") or Path(
+    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kapi-selftests")
 
 MAX_WATCH = 3
 WATCH_NONE, WATCH_FD, WATCH_BUF, WATCH_PATH = 0, 1, 2, 3

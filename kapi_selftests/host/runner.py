@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
+from kapi_selftests import cexec
 from kapi_selftests.errors import LostGuest, MissingFeature, UsageError
 from kapi_selftests.host import console as console_mod
 from kapi_selftests.host import initramfs, kernel, pyzip, qemu, warm
@@ -43,7 +44,7 @@ __all__ = ["BootTimings", "GuestRun", "GuestSpec", "guest_command", "guest_env",
 log = logging.getLogger(__name__)
 
 PROJECT = Path(__file__).resolve().parents[2]
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kapi-selftests"
+CACHE_DIR = cexec.CACHE_DIR  # KAPI_CACHE_DIR, else ~/.cache/kapi-selftests
 GUEST_TESTS = PROJECT / "tests" / "guest"
 _PASSTHROUGH_ENV = ("KAPI_STRICT", "KAPI_HYPOTHESIS_PROFILE", "KAPI_SEED")
 _GUEST_ENTRY = ("import sys; from kapi_selftests.cmd.run import guest_main; "
@@ -125,7 +126,7 @@ def guest_env(python: str = sys.executable, environ: dict[str, str] | None = Non
     env = [("PATH", path), ("HOME", "/tmp"), ("TERM", "dumb"), ("LANG", "C.UTF-8"),
            ("PYTHONPATH", ":".join(_python_path())), ("PYTHONDONTWRITEBYTECODE", "1"),
            ("PYTHONUNBUFFERED", "1"), ("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1"),
-           ("HYPOTHESIS_NO_PLUGINS", "1"),
+           ("HYPOTHESIS_NO_PLUGINS", "1"), ("KAPI_CACHE_DIR", str(CACHE_DIR)),
            ("KAPI_IN_GUEST", "1")]
     env += [(k, e[k]) for k in _PASSTHROUGH_ENV if k in e]
     return tuple(env)
@@ -189,6 +190,7 @@ def _warm(project: Path, out_dir: Path) -> None:
     # (one guest's worth of Python start-up); the guest's cwd is the output share
     with _PYZIP_LOCK:
         hyp = warm.warm_caches(project, project / "tests" / "guest", sys.executable, CACHE_DIR)
+        cexec.build_library(CACHE_DIR)  # the batch executor the guest's fuzz tests load
     warm.copy_constants(hyp, out_dir / ".hypothesis")
 
 
