@@ -262,6 +262,7 @@ def serve(agent: Agent, d: Path, *, idle_timeout_s: float = 600.0,
             nap = min(nap * 2, 0.02)
             continue
         nap = 0.001
+        _test_crash(n)
         t0 = time.monotonic()
         data = src.read_bytes()
         t1 = time.monotonic()
@@ -276,6 +277,18 @@ def serve(agent: Agent, d: Path, *, idle_timeout_s: float = 600.0,
         n += 1
         idle_since = time.monotonic()
     return n
+
+
+def _test_crash(n: int) -> None:
+    # Test hook (tests/vm): KAPI_TEST_CRASH_AT_BATCH=N crashes the kernel, once (a marker
+    # in the working directory, the guest's output share), before batch N runs.
+    at = os.environ.get("KAPI_TEST_CRASH_AT_BATCH")
+    marker = Path(".kapi-test-crashed")
+    if at is None or int(at) != n or marker.exists():
+        return
+    marker.touch()
+    os.sync()
+    Path("/proc/sysrq-trigger").write_text("c")
 
 
 def serve_shm(agent: Agent, ch: Any, *, idle_timeout_s: float = 600.0,
@@ -299,6 +312,7 @@ def serve_shm(agent: Agent, ch: Any, *, idle_timeout_s: float = 600.0,
                 ch.wait(lambda k=n: bool(ch.posted > k or ch.stopped), timeout_s=2.0)
             continue
         idle_since = time.monotonic()
+        _test_crash(n)
         t0 = time.monotonic()
         table, calls = ch.get_table(n)
         t1 = time.monotonic()

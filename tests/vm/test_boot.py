@@ -86,3 +86,30 @@ def test_boot_hung_guest_is_killed_by_timeout(vm_kernel: kernel.KernelImage,
     hang = [r for r in results if r.name == "guest-watchdog"]
     assert hang and hang[0].outcome is Outcome.FAIL
     assert exit_code(results) == KSFT_FAIL
+
+
+def test_fuzz_batch_engine_restarts_after_a_real_crash(
+        vm_kernel: kernel.KernelImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The agent crashes the guest kernel (sysrq c) just before its second batch, once;
+    # the campaign records the crash with its console excerpt and the batches in
+    # flight, boots a new guest, skips the crashed batch and finishes its budget.
+    import json
+
+    from kapi_selftests import cli
+    from kapi_selftests.findings import read_jsonl
+
+    monkeypatch.setenv("KAPI_TEST_CRASH_AT_BATCH", "1")
+    out = tmp_path / "camp"
+    rc = cli.main(["fuzz", "--kernel", str(vm_kernel.image), "--calls", "3000",
+                   "--batch-size", "1000", "--seed", "4", "--out", str(out), "--json",
+                   "--no-minimize"])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == KSFT_FAIL  # a kernel crash fails the campaign
+    (crash,) = read_jsonl(out / "shard-0" / "crashes.jsonl")
+    assert "sysrq" in "\n".join(crash["excerpt"]).lower(), crash["excerpt"]
+    assert crash["batch"] == 1 and len(crash["last_plans"]) >= 1000
+    state = json.loads((out / "shard-0" / "state.json").read_text())
+    assert state["skipped_batches"] == [1]
+    assert summary["calls"] == 3000 and summary["findings"] == []
+    assert (out / "shard-0" / ".kapi-test-crashed").exists()  # the first guest did crash
