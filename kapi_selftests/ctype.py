@@ -13,6 +13,7 @@ rather than guessing.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -155,6 +156,7 @@ _TYPEDEFS: dict[str, str] = {
 _IGNORED = {"const", "volatile", "__user", "__force", "restrict", "__restrict", "register"}
 
 
+@functools.lru_cache(maxsize=512)
 def parse_ctype(spelling: str) -> CType:
     """Parse a ``SYSCALL_DEFINE`` parameter type (without the parameter name).
 

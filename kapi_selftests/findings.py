@@ -27,8 +27,8 @@ from kapi_selftests.plan import Buf, CallPlan, Fd, Lit, plan_from_json, plan_to_
 from kapi_selftests.plan import Path as PathArg
 
 __all__ = ["FindingKey", "Example", "FindingRecord", "CrashRecord", "FindingStore",
-           "plan_size", "read_jsonl", "append_jsonl", "now_iso", "FINDINGS_FILE", "CRASHES_FILE",
-           "INFLIGHT_FILE"]
+           "plan_size", "read_jsonl", "append_jsonl", "append_lines", "now_iso", "FINDINGS_FILE",
+           "CRASHES_FILE", "INFLIGHT_FILE"]
 
 FINDINGS_FILE = "findings.jsonl"
 CRASHES_FILE = "crashes.jsonl"
@@ -189,6 +189,15 @@ def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     with path.open("a") as f:
         for r in rows:
             f.write(json.dumps(r, separators=(",", ":")) + "\n")
+        _sync(f)
+
+
+def append_lines(path: Path, lines: Sequence[str]) -> None:
+    """Append ready JSON lines (each without its newline) and fsync, as :func:`append_jsonl`."""
+    if not lines:
+        return
+    with path.open("a") as f:
+        f.write("\n".join(lines) + "\n")
         _sync(f)
 
 

@@ -41,6 +41,7 @@ from kapi_selftests.findings import (
     FindingKey,
     FindingStore,
     append_jsonl,
+    append_lines,
     now_iso,
     read_jsonl,
 )
@@ -66,6 +67,18 @@ COVERAGE_FILE = "coverage.json"
 REPRO_DIR = "repro"
 #: calls.jsonl format version (bump on any incompatible change; docs/fuzz.md)
 CALLS_FORMAT = 1
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        try:
+            os.fsync(f.fileno())
+        except OSError:
+            pass
+    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, data: Any, *, indent: int | None = 1) -> None:
@@ -162,18 +175,47 @@ def call_row(seed: int, shard: int, batch: int, index: int, n: int, plan: CallPl
              check: CallCheck, plan_json: dict[str, Any] | None = None) -> dict[str, Any]:
     """One ``calls.jsonl`` row (format ``CALLS_FORMAT``; see docs/fuzz.md)."""
     rec = check.record
-    exits = [e for e in check.events if e.name == EXIT or e.name.startswith("sys_exit_")]
-    enters = [e for e in check.events if e.name == ENTER or e.name.startswith("sys_enter_")]
-    spec_match: int | None = None
-    if exits and exits[-1].name == EXIT and "spec_match" in exits[-1].fields:
-        v = exits[-1].fields["spec_match"]
-        spec_match = int(v) if isinstance(v, int) else None
+    spec_match, pairs = _match_and_pairs(check)
     return {"v": CALLS_FORMAT, "seed": seed, "shard": shard, "batch": batch, "index": index,
             "n": n, "plan": plan_json or plan_to_json(plan), "regs": list(rec.args),
-            "ret": rec.ret,
-            "errno": rec.errno, "spec_match": spec_match,
-            "pairs": min(len(enters), len(exits)),
+            "ret": rec.ret, "errno": rec.errno, "spec_match": spec_match, "pairs": pairs,
             "findings": sorted({f.kind.value for f in check.failures})}
+
+
+def call_line(seed: int, shard: int, batch: int, index: int, n: int, plan_json: str,
+              check: CallCheck) -> str:
+    """:func:`call_row` as its JSON line, with the plan already in JSON (the fast path)."""
+    rec = check.record
+    spec_match, pairs = _match_and_pairs(check)
+    fails = check.failures
+    found = json.dumps(sorted({f.kind.value for f in fails})) if fails else "[]"
+    sm = "null" if spec_match is None else str(spec_match)
+    a = rec.args
+    return (f'{{"v":{CALLS_FORMAT},"seed":{seed},"shard":{shard},"batch":{batch},'
+            f'"index":{index},"n":{n},"plan":{plan_json},'
+            f'"regs":[{a[0]},{a[1]},{a[2]},{a[3]},{a[4]},{a[5]}],"ret":{rec.ret},'
+            f'"errno":{rec.errno},"spec_match":{sm},"pairs":{pairs},"findings":{found}}}')
+
+
+def _match_and_pairs(check: CallCheck) -> tuple[int | None, int]:
+    enters = exits = 0
+    last_exit = None
+    for e in check.events:
+        name = e.name
+        if name == EXIT or name.startswith("sys_exit_"):
+            exits += 1
+            last_exit = e
+        elif name == ENTER or name.startswith("sys_enter_"):
+            enters += 1
+    spec_match: int | None = None
+    if last_exit is not None and last_exit.name == EXIT:
+        v = last_exit.fields.get("spec_match")
+        spec_match = int(v) if isinstance(v, int) else None
+    return spec_match, min(enters, exits)
+
+
+def _plans_json(plans: Sequence[CallPlan]) -> list[str]:
+    return [json.dumps(plan_to_json(p), separators=(",", ":")) for p in plans]
 
 
 class _PredictingMaterializer:
@@ -232,7 +274,7 @@ class Campaign:
         self.store = FindingStore.load(self.out / FINDINGS_FILE)
         self.state = _State()
         self._ahead: tuple[int, list[CallPlan], int] | None = None
-        self._json: dict[int, list[dict[str, Any]]] = {}
+        self._json: dict[int, list[str]] = {}
         self._pm = _PredictingMaterializer(harness.materialize, self.specs)
         self._pm.enabled = harness.source is not EventSource.KAPI
         harness.materialize = self._pm
@@ -352,17 +394,17 @@ class Campaign:
             if submit is not None:
                 ticket = submit(plans)
         # each plan goes to JSON once: for inflight.json (one or two batches) and calls.jsonl
-        js = self._json.pop(b, None) or [plan_to_json(p) for p in plans]
+        js = self._json.pop(b, None) or _plans_json(plans)
         flight = list(js)
         if submit is not None and next_n > 0:
             nxt = self.gen.batch(b + 1, next_n, self.coverage.missing(), self.coverage.attempts)
             self._ahead = (b + 1, nxt, submit(nxt))
-            self._json[b + 1] = [plan_to_json(p) for p in nxt]
+            self._json[b + 1] = _plans_json(nxt)
             flight += self._json[b + 1]
         # a crash during either batch in flight is triaged with both (the last calls last)
-        write_json_atomic(self.out / INFLIGHT_FILE, {
-            "seed": self.cfg.seed, "shard": self.cfg.shard, "batch": b, "plans": flight},
-            indent=None)
+        _write_text_atomic(self.out / INFLIGHT_FILE,
+                           f'{{"seed":{self.cfg.seed},"shard":{self.cfg.shard},"batch":{b},'
+                           f'"plans":[{",".join(flight)}]}}')
         checks = self._run_judge(b, plans, ticket, js)
         (self.out / INFLIGHT_FILE).unlink(missing_ok=True)
         self.state.batches += 1
@@ -374,27 +416,30 @@ class Campaign:
         return self._run_judge(-1, list(plans))
 
     def _run_judge(self, b: int, plans: list[CallPlan], ticket: int | None = None,
-                   plan_json: list[dict[str, Any]] | None = None) -> list[CallCheck]:
+                   plan_json: list[str] | None = None) -> list[CallCheck]:
         if ticket is not None:
             result = self.h.collect(ticket)  # type: ignore[union-attr]
             preds: list[Prediction | None] = list(self._pm.predictions[:len(plans)])
             del self._pm.predictions[:len(plans)]
         else:
             result, preds = self._run_now(plans)
-        rows: list[dict[str, Any]] = []
+        plan_json = plan_json or _plans_json(plans)
+        rows: list[str] = []
         found: list[tuple[FindingKey, Example]] = []
+        seed, shard, n0, add = self.cfg.seed, self.cfg.shard, self.state.calls, self.coverage.add
         for i, (plan, check) in enumerate(zip(plans, result.checks, strict=True)):
             pred = check.prediction or (preds[i] if i < len(preds) else None)
-            self.coverage.add(f"sys_{plan.name}", pred, check.record.errno)
-            rows.append(call_row(self.cfg.seed, self.cfg.shard, b, i, self.state.calls + i,
-                                 plan, check, plan_json[i] if plan_json else None))
+            add(f"sys_{plan.name}", pred, check.record.errno)
+            rows.append(call_line(seed, shard, b, i, n0 + i, plan_json[i], check))
+            if not check.failures:
+                continue
             for k in finding_keys(check, pred):
                 msg = next((f.message for f in check.failures if f.kind.value == k.kind), "")
                 found.append((k, Example(plan=plan, context=tuple(plans[:i]),
                                          regs=check.record.args, ret=check.record.ret,
                                          message=msg, evidence=tuple(check.explain().splitlines()),
                                          shard=self.cfg.shard, batch=b, index=i)))
-        append_jsonl(self.out / CALLS_FILE, rows)
+        append_lines(self.out / CALLS_FILE, rows)
         new = self.store.add(found, now_iso())
         for k in new:
             self._save_reproducer(k)

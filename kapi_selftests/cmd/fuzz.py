@@ -22,7 +22,9 @@ import argparse
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
+import queue
 import re
 import signal
 import sys
@@ -378,10 +380,14 @@ def run_kernel(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, accel=accel)
     n = args.guests
     shards = [args.shard + i for i in range(n)]
-    stop = threading.Event()
-    alive = [0]
-    lock = threading.Lock()
-    errors: list[str] = []
+    # Shards of the batch engine run in processes (each campaign's Python is the
+    # bottleneck: threads would share one GIL); the harness engine's in threads (its
+    # work is in the guests). The primitives below serve both.
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    alive = ctx.Value("i", 0)
+    lock = ctx.Lock()
+    errq: Any = ctx.Queue()
 
     lib = None
     if args.engine == "batch":
@@ -390,7 +396,7 @@ def run_kernel(args: argparse.Namespace) -> int:
 
     def one(shard: int) -> None:
         if args.engine == "batch":
-            _batch_shard(args, kimg, cfg, out, shard, n, lib, stop, alive, lock, errors)
+            _batch_shard(args, kimg, cfg, out, shard, n, lib, stop, alive, lock, errq)
             return
         sdir = out / f"shard-{shard}"
         sdir.mkdir(parents=True, exist_ok=True)
@@ -412,31 +418,33 @@ def run_kernel(args: argparse.Namespace) -> int:
             try:
                 gcfg, argv = runner.prepare(kimg, gcfg, spec)
                 with lock:
-                    alive[0] += 1
+                    alive.value += 1
                 try:
                     run = runner.boot(gcfg, argv, echo=sys.stderr if args.console else None)
                 finally:
                     with lock:
-                        alive[0] -= 1
+                        alive.value -= 1
             except KapiError as e:
-                errors.append(f"shard {shard}: {e}")
+                errq.put(f"shard {shard}: {e}")
                 return
             crash = _record_guest_crash(sdir, shard, run)
             if crash is None:
                 if run.status is None:
-                    errors.append(f"shard {shard}: guest returned no status "
+                    errq.put(f"shard {shard}: guest returned no status "
                                   f"(console {run.console})")
                 elif run.status not in (0, 1):
-                    errors.append(f"shard {shard}: guest exited {run.status} "
+                    errq.put(f"shard {shard}: guest exited {run.status} "
                                   f"(console {run.console})")
                 return  # done: budget spent, stopped, or failed to run
             log.warning("shard %d: kernel crash: %s; restarting the guest", shard, crash)
             restarts += 1
             if restarts > args.max_restarts:
-                errors.append(f"shard {shard}: gave up after {restarts} crashed guests")
+                errq.put(f"shard {shard}: gave up after {restarts} crashed guests")
                 return
 
-    threads = [threading.Thread(target=one, args=(s,), daemon=True) for s in shards]
+    threads: list[Any] = [
+        ctx.Process(target=_shard_process, args=(one, s)) if args.engine == "batch"
+        else threading.Thread(target=one, args=(s,), daemon=True) for s in shards]
     t0 = time.monotonic()
     for t in threads:
         t.start()
@@ -446,7 +454,7 @@ def run_kernel(args: argparse.Namespace) -> int:
     try:
         while any(t.is_alive() for t in threads):
             time.sleep(0.5)
-            ticker.show(_live(out, shards, specs, time.monotonic() - t0, alive[0], n))
+            ticker.show(_live(out, shards, specs, time.monotonic() - t0, alive.value, n))
     except KeyboardInterrupt:
         interrupted = True
         stop.set()
@@ -455,12 +463,22 @@ def run_kernel(args: argparse.Namespace) -> int:
                 (out / f"shard-{s}" / STOP_FILE).write_text("stop\n")
         print("\nfuzz: stopping the guests after their current batch (Ctrl-C again to kill)",
               file=sys.stderr)
-        with contextlib.suppress(KeyboardInterrupt):
+        try:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             for t in threads:
                 t.join()
+        except KeyboardInterrupt:
+            for t in threads:
+                if isinstance(t, multiprocessing.process.BaseProcess) and t.is_alive():
+                    t.kill()
     finally:
         ticker.end()
+    errors: list[str] = []
+    while True:
+        try:
+            errors.append(errq.get(timeout=0.2))
+        except queue.Empty:
+            break
     header = [f"kernel: {kimg.image}" + (f" ({kimg.release})" if kimg.release else ""),
               f"guests: {n} ({accel.value})", f"seed {args.seed}, shards {shards}"]
     if interrupted:
@@ -476,22 +494,29 @@ def run_kernel(args: argparse.Namespace) -> int:
     return _status(data.store.records, data.crashes)
 
 
-def _boot_in_thread(gcfg: Any, qargv: Sequence[str], echo: Any, lock: threading.Lock,
-                    alive: list[int]) -> tuple[threading.Thread, dict[str, Any]]:
+def _shard_process(one: Any, shard: int) -> None:
+    # a batch-engine shard in its own process: Ctrl-C is the parent's to handle (it sets
+    # the stop event and writes the stop file; the campaign stops after its batch)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    one(shard)
+
+
+def _boot_in_thread(gcfg: Any, qargv: Sequence[str], echo: Any, lock: Any,
+                    alive: Any) -> tuple[threading.Thread, dict[str, Any]]:
     from kapi_selftests.host import runner
 
     box: dict[str, Any] = {}
 
     def boot() -> None:
         with lock:
-            alive[0] += 1
+            alive.value += 1
         try:
             box["run"] = runner.boot(gcfg, qargv, echo=echo)
         except BaseException as e:  # the campaign side sees the guest gone
             box["error"] = e
         finally:
             with lock:
-                alive[0] -= 1
+                alive.value -= 1
 
     th = threading.Thread(target=boot, daemon=True)
     th.start()
@@ -499,8 +524,8 @@ def _boot_in_thread(gcfg: Any, qargv: Sequence[str], echo: Any, lock: threading.
 
 
 def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard: int,
-                 guests: int, lib: Path | None, stop: threading.Event, alive: list[int],
-                 lock: threading.Lock, errors: list[str]) -> None:
+                 guests: int, lib: Path | None, stop: Any, alive: Any, lock: Any,
+                 errq: Any) -> None:
     """One shard of the batch engine: the campaign here, an agent in a guest, restarts."""
     import dataclasses
     import shutil
@@ -536,7 +561,7 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
             gcfg, qargv = runner.prepare(kimg, gcfg, runner.GuestSpec(
                 argv=tuple(argv), env=runner.guest_env()))
         except KapiError as e:
-            errors.append(f"shard {shard}: {e}")
+            errq.put(f"shard {shard}: {e}")
             return
         th, box = _boot_in_thread(gcfg, qargv, sys.stderr if args.console else None,
                                   lock, alive)
@@ -570,12 +595,12 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
         run = box.get("run")
         crash = _record_guest_crash(sdir, shard, run) if run is not None else None
         if crash is None:
-            errors.append(f"shard {shard}: {lost}" + (f" (console {run.console})" if run else ""))
+            errq.put(f"shard {shard}: {lost}" + (f" (console {run.console})" if run else ""))
             return
         log.warning("shard %d: kernel crash: %s; restarting the guest", shard, crash)
         restarts += 1
         if restarts > args.max_restarts:
-            errors.append(f"shard {shard}: gave up after {restarts} crashed guests")
+            errq.put(f"shard {shard}: gave up after {restarts} crashed guests")
             return
 
 

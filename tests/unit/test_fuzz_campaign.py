@@ -125,3 +125,19 @@ def test_finding_keys_name_the_predicted_rejection() -> None:
     (k,) = finding_keys(check, pred)
     assert (k.kind, k.syscall, k.where) == ("spec_match mismatch", "read", "fd:fd")
     assert finding_keys(CallCheck(rec, ()), pred) == []
+
+
+def test_call_line_is_call_row_as_json() -> None:
+    from kapi_selftests.events import TraceEvent
+    from kapi_selftests.fuzz import call_line, call_row
+
+    plan = CallPlan("close", ())
+    rec = SyscallRecord(nr=3, args=(2**64 - 1, 0, 0, 0, 0, 7), ret=-22, errno=22, tid=5)
+    enter = TraceEvent(1, 0, 5, "kapi_syscall_enter", {"name": "sys_close"})
+    leave = TraceEvent(2, 0, 5, "kapi_syscall_exit", {"name": "sys_close", "ret": -22,
+                                                      "spec_match": 0})
+    for check in (CallCheck(rec, (enter, leave)),
+                  CallCheck(rec, (enter,), (Finding(FindingKind.PAIRING, "m"),)),
+                  CallCheck(rec, (TraceEvent(1, 0, 5, "sys_enter_close", {}),))):
+        line = call_line(1, 2, 3, 4, 5, json.dumps(plan_to_json(plan)), check)
+        assert json.loads(line) == call_row(1, 2, 3, 4, 5, plan, check)
