@@ -178,7 +178,8 @@ def in_guest(kernel_path: Path, calls: int, loop: int) -> dict[str, Any]:
     return res
 
 
-def batch_in_guest(kernel_path: Path, calls: int, loop: int) -> dict[str, Any]:
+def batch_in_guest(kernel_path: Path, calls: int, loop: int,
+                   batch_size: int = 2000) -> dict[str, Any]:
     """The batch engine: campaign here, agent and C loop (before and after) in one guest."""
     import shlex
     import threading
@@ -214,7 +215,7 @@ def batch_in_guest(kernel_path: Path, calls: int, loop: int) -> dict[str, Any]:
     try:
         with remote.RemoteHarness(link) as h:
             camp = Campaign(CampaignConfig(out=work / "campaign", seed=1, calls=calls,
-                                           batch_size=2000, minimize=False), h)
+                                           batch_size=batch_size, minimize=False), h)
             t0 = time.monotonic()
             p = camp.run()
             wall = time.monotonic() - t0
@@ -259,6 +260,8 @@ def main() -> int:
                                                   "else the stock kernel)")
     where.add_argument("--local", action="store_true", help="measure on the running kernel")
     ap.add_argument("--engine", choices=("batch", "harness"), default="batch")
+    ap.add_argument("--batch-size", type=int, default=2000, help="batch engine: calls per "
+                                                                 "table (default 2000)")
     ap.add_argument("--calls", type=int, help="campaign calls (default 60000 with the batch "
                                               "engine, 2000 with the harness)")
     ap.add_argument("--loop", type=int, default=200000, help="C loop calls (default 200000)")
@@ -279,7 +282,7 @@ def main() -> int:
         res["guest"] = "none (--local, host kernel)"
     else:
         kp = a.kernel or (KAPI if _kapi_ready() else STOCK)
-        res = (batch_in_guest(kp, a.calls, a.loop) if a.engine == "batch"
+        res = (batch_in_guest(kp, a.calls, a.loop, a.batch_size) if a.engine == "batch"
                else in_guest(kp, a.calls, a.loop))
     print("| where | events | campaign checked calls/s | C read(fd, buf, 0) calls/s | ratio |")
     print("|---|---|---:|---:|---:|")

@@ -84,6 +84,15 @@ def _is_address(p: ParamSpec) -> bool:
         p.type in (ParamType.PTR, ParamType.USER_PTR)
 
 
+def _kind(p: ParamSpec) -> str:
+    # how the generator draws a parameter: fd, path, address (a buffer) or scalar
+    if p.type is ParamType.FD:
+        return "fd"
+    if p.type is ParamType.PATH or p.constraint is ConstraintType.USER_PATH:
+        return "path"
+    return "address" if _is_address(p) else "scalar"
+
+
 def _width(p: ParamSpec) -> int:
     return 32 if p.ctype.strip() in ("int", "unsigned int", "umode_t", "u32") else 64
 
@@ -106,6 +115,7 @@ class PlanGenerator:
         self.shard = shard
         self.invalid_rate = invalid_rate
         self.steer_rate = steer_rate
+        self._kinds: dict[str, list[str]] = {}
 
     def batch(self, index: int, n: int, missing: Sequence[Target] = (),
               attempts: dict[Target, int] | None = None) -> list[CallPlan]:
@@ -142,20 +152,22 @@ class PlanGenerator:
                 return False
             return True
 
+        kinds = self._kinds.get(spec.name)
+        if kinds is None:
+            kinds = self._kinds[spec.name] = [_kind(p) for p in spec.params]
         scalars: dict[int, int] = {}
         for i, p in enumerate(spec.params):
-            if p.type in (ParamType.FD, ParamType.PATH) or _is_address(p) or \
-                    p.constraint is ConstraintType.USER_PATH:
-                continue
-            scalars[i] = self._scalar(rng, spec, p, self._valid(rng, mode(p)))
+            if kinds[i] == "scalar":
+                scalars[i] = self._scalar(rng, spec, p, self._valid(rng, mode(p)))
         args: list[ArgPlan] = []
         for i, p in enumerate(spec.params):
             valid = self._valid(rng, mode(p))
-            if p.type is ParamType.FD:
+            kind = kinds[i]
+            if kind == "fd":
                 args.append(self._fd(rng, valid))
-            elif p.type is ParamType.PATH or p.constraint is ConstraintType.USER_PATH:
+            elif kind == "path":
                 args.append(Path(rng.choice(_VALID_PATHS if valid else _INVALID_PATHS)))
-            elif _is_address(p):
+            elif kind == "address":
                 j = p.size_param if p.size_param is not None else i + 1
                 size = scalars.get(j, arch.PAGE_SIZE)
                 # A count beyond what any harness mapping holds gets a buffer of

@@ -23,7 +23,7 @@ import errno as _errno
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from kapi_selftests.ctype import MASK64, parse_ctype, to_s64
 from kapi_selftests.spec import ConstraintType, ParamSpec, ParamType, ReturnCheck, Spec
@@ -420,15 +420,35 @@ def render_params(spec: Spec, args: Sequence[int], nargs: int) -> str:
     the 64-bit value; arguments past the spec's parameters are named ``arg``;
     the result is cut to ``KAPI_TP_PARAMS_LEN - 1`` characters.
     """
+    names = _shape(spec).names
     parts = []
     for i in range(min(nargs, 6)):
         a = args[i] & MASK64 if i < len(args) else 0
-        name, dec = "arg", False
-        if i < len(spec.params):
-            name = spec.params[i].name
-            dec = spec.params[i].type.decimal_in_trace
+        name, dec = names[i] if i < len(names) else ("arg", False)
         parts.append(f"{name}={to_s64(a)}" if dec else f"{name}=0x{a:x}")
     return ", ".join(parts)[: KAPI_TP_PARAMS_LEN - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    spec: Spec
+    casts: tuple[Any, ...]  # the C type of each register the wrapper passes (parsed)
+    names: tuple[tuple[str, bool], ...]  # (name, printed in decimal) per parameter
+
+
+_SHAPES: dict[int, _Shape] = {}
+
+
+def _shape(spec: Spec) -> _Shape:
+    # What predict and render_params derive from a spec alone, once per spec object.
+    hit = _SHAPES.get(id(spec))
+    if hit is None or hit.spec is not spec:
+        ctypes = spec.ctypes()
+        casts = tuple(parse_ctype(ctypes[i] if i < len(ctypes) else "long")
+                      for i in range(max(spec.syscall_nargs, 0)))
+        names = tuple((p.name, p.type.decimal_in_trace) for p in spec.params[:6])
+        hit = _SHAPES[id(spec)] = _Shape(spec, casts, names)
+    return hit
 
 
 def predict(spec: Spec, regs: Sequence[int], memory: MemoryView | None = None, *,
@@ -441,13 +461,11 @@ def predict(spec: Spec, regs: Sequence[int], memory: MemoryView | None = None, *
     :param user_ptr_max: the kernel's ``USER_PTR_MAX`` (differs with 5-level paging or LAM)
     :return: the ``args[]``, ``params`` and rejection the kernel will produce
     """
-    ctypes = spec.ctypes()
+    shape = _shape(spec)
     nargs = spec.syscall_nargs
     padded = tuple(r & MASK64 for r in regs) + (0,) * (6 - min(len(regs), 6))
-    values: list[int] = []  # the s64 __params[] the wrapper passes
-    for i in range(nargs):
-        ct = ctypes[i] if i < len(ctypes) else "long"
-        values.append(to_s64(parse_ctype(ct).cast(padded[i])))
+    # the s64 __params[] the wrapper passes
+    values = [to_s64(shape.casts[i].cast(padded[i])) for i in range(nargs)]
     stored = [v & MASK64 for v in values[:6]] + [0] * (6 - min(nargs, 6))
     args = (stored[0], stored[1], stored[2], stored[3], stored[4], stored[5])
     params = render_params(spec, args, nargs)
@@ -586,8 +604,21 @@ def _render_event(e: EventLike) -> str:
     return f"{e.name}: {dict(f)}"
 
 
+_ERROR_CODES: dict[int, tuple[Spec, frozenset[int]]] = {}
+
+
+def _error_codes(spec: Spec) -> frozenset[int]:
+    # Spec.error_codes, once per spec object (judge asks for every call)
+    hit = _ERROR_CODES.get(id(spec))
+    if hit is None or hit[0] is not spec:
+        hit = _ERROR_CODES[id(spec)] = (spec, spec.error_codes)
+    return hit[1]
+
+
 def _int(v: object) -> int:
     # Decoders may hand out bools, numpy integers or strings of digits.
+    if type(v) is int:  # the common case, first
+        return v
     if isinstance(v, str):
         return int(v, 0)
     try:
@@ -637,6 +668,8 @@ def _pairs(spec: Spec, events: Sequence[EventLike],
 
 def _args_of(e: EventLike) -> tuple[int, ...] | None:
     a = e.fields.get("args")
+    if type(a) is tuple and all(type(x) is int for x in a):
+        return tuple(x & MASK64 for x in a)
     if not isinstance(a, Iterable) or isinstance(a, str | bytes):
         return None
     return tuple(_int(x) & MASK64 for x in a)
@@ -779,7 +812,7 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
                                     f"{int(want)}: {why}", evidence()))
     looks_rejected = trace_ret == -EINVAL and not _int(last.fields.get("spec_match"))
     if -4095 <= trace_ret < 0 and pred.accepted and not looks_rejected:
-        listed = spec.error_codes
+        listed = _error_codes(spec)
         ok = trace_ret in listed or (trace_ret in _EINTR_RESTARTS and -EINTR in listed)
         if not ok:
             findings.append(Finding(FindingKind.SPEC_DRIFT,

@@ -110,6 +110,7 @@ class ManifestMaterializer:
         self.memory = ManifestMemory(m)
         self._new = 0
         self._predictions: dict[tuple[str, tuple[int, ...]], Prediction] = {}
+        self._args: dict[ArgPlan, tuple[int, str, Any]] = {}
 
     def predict(self, spec: Spec, regs: tuple[int, ...]) -> Prediction:
         """The oracle's prediction, cached: the memory facts are fixed for the session."""
@@ -122,27 +123,42 @@ class ManifestMaterializer:
         return p
 
     def __call__(self, plan: CallPlan) -> Materialized:
-        m = Materialized(plan, ())
-        regs = tuple(self._one(i, a, m) for i, a in enumerate(plan.args))
-        return Materialized(plan, regs, m.fds, m.bufs, m.paths)
+        fds: dict[int, int] = {}
+        bufs: dict[int, tuple[int, int]] = {}
+        paths: dict[int, bytes] = {}
+        regs: list[int] = []
+        cache = self._args
+        for i, a in enumerate(plan.args):
+            hit = cache.get(a)
+            if hit is None:
+                if isinstance(a, PathPlan) and a.kind is PathKind.NEW:
+                    hit = self._one(a)  # a new name each time: not cached
+                else:
+                    hit = cache[a] = self._one(a)
+            reg, what, payload = hit
+            regs.append(reg)
+            if what == "fd":
+                fds[i] = payload
+            elif what == "buf":
+                bufs[i] = payload
+            elif what == "path" and payload is not None:
+                paths[i] = payload
+        return Materialized(plan, tuple(regs), fds, bufs, paths)
 
-    def _one(self, i: int, a: ArgPlan, m: Materialized) -> int:
+    def _one(self, a: ArgPlan) -> tuple[int, str, Any]:
+        # (register, what it names, the fd / (addr, size) / path text)
         man = self.manifest
         if isinstance(a, Lit):
-            return a.value & _M64
+            return a.value & _M64, "lit", None
         if isinstance(a, Fd):
             fd = man.fds[a.kind]
-            m.fds[i] = fd
-            return (fd + (a.high << 32)) & _M64
+            return (fd + (a.high << 32)) & _M64, "fd", fd
         if isinstance(a, Buf):
             addr = self._buf(a)
-            m.bufs[i] = (addr, a.size)
-            return addr
+            return addr, "buf", (addr, a.size)
         addr = self._path(a)
         s = man.strings.get(addr)
-        if s is not None and s[1]:
-            m.paths[i] = s[0][:-1]
-        return addr
+        return addr, "path", (s[0][:-1] if s is not None and s[1] else None)
 
     def _buf(self, b: Buf) -> int:
         man, size = self.manifest, b.size

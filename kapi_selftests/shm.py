@@ -72,7 +72,7 @@ class Channel:
             if time.monotonic() - t0 > timeout_s:
                 raise TimeoutError(f"no {what} in {timeout_s:.0f} s")
             time.sleep(nap)
-            nap = min(nap * 2, 0.01)
+            nap = min(nap * 2, 0.002)  # a batch takes ~0.1 s: oversleeping is lost time
 
     # --- guest side --------------------------------------------------------------------
 
