@@ -1,0 +1,60 @@
+"""The batch engine's agent on the running kernel: real resources, real calls, real trace,
+judged on "the host" side (here the same process) over shared memory."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from kapi_selftests import agent, cexec, remote, shm
+from kapi_selftests.executor import SPEC_SYSCALLS, EventSource
+from kapi_selftests.generate import PlanGenerator
+from kapi_selftests.tracefs import find_tracefs, missing_syscall_events
+
+
+@pytest.fixture
+def generic(tracefs_root: object) -> EventSource:
+    reason = missing_syscall_events(find_tracefs(), SPEC_SYSCALLS)
+    if reason:
+        pytest.skip(reason)
+    return EventSource.SYSCALLS
+
+
+def test_resources_keep_their_numbers_and_addresses_across_resets(generic: EventSource
+                                                                  ) -> None:
+    with agent.Agent(None, generic) as ag:
+        assert ag.resources is not None
+        before = ag.manifest()
+        ag.resources.reset()
+        after = ag.manifest()
+    assert before["fds"] == after["fds"] and before["paths"] == after["paths"]
+    strings = {int(a): s for a, s in before["strings"].items()}
+    assert strings[before["paths"]["len_4096"]]["terminated"]
+    assert len(bytes.fromhex(strings[before["paths"]["len_4096"]]["hex"])) == 4097
+    assert not strings[before["paths"]["unterminated"]]["terminated"]
+
+
+def test_agent_over_shared_memory_judges_a_campaign_batch(generic: EventSource,
+                                                          tmp_path: Path) -> None:
+    # serve_shm in a thread (as in a guest) and a RemoteHarness over ShmLink (as on the
+    # host), one shared file between them: 300 generated calls, every one traced and
+    # judged, none failing on a correct kernel.
+    ch_host = shm.create_host(tmp_path / "chan")
+    lib = cexec.build_library(tmp_path / "cache")
+    with agent.Agent(lib, generic) as ag:
+        ch_agent = shm.Channel(ch_host.mm)  # the same mapping: both ends in one process
+        served: list[int] = []
+        t = threading.Thread(target=lambda: served.append(agent.serve_shm(ag, ch_agent)),
+                             daemon=True)
+        t.start()
+        link = remote.ShmLink(ch_host, tmp_path / "kapi", timeout_s=60)
+        with remote.RemoteHarness(link) as h:
+            gen = PlanGenerator(h.specs, seed=5)
+            result = h.run(gen.batch(0, 300))
+        t.join(timeout=30)
+    assert served == [1]
+    assert len(result.checks) == 300
+    assert not result.failures, result.failures[0].explain()
+    assert all(c.events for c in result.checks)  # every call was traced
