@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import resource
-import shutil
 import struct
 import threading
 import time
@@ -215,17 +214,11 @@ class Agent:
 
 def copy_specs(dest: Path, root: Path = DEBUGFS_ROOT) -> bool:
     """Copy the kernel's debugfs spec dump to ``dest`` (for the host's spec loader)."""
-    if not (root / "list").is_file():
-        return False
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(root / "list", dest / "list")
-    for sub in ("specs", "specs-json"):
-        if (root / sub).is_dir():
-            (dest / sub).mkdir(exist_ok=True)
-            for f in (root / sub).iterdir():
-                with contextlib.suppress(OSError):
-                    (dest / sub / f.name).write_bytes(f.read_bytes())
-    return True
+    files = specs_files(root)
+    for rel, text in files.items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_text(text)
+    return bool(files)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -7,8 +7,8 @@ against the agent's fixed resources (its manifest: :class:`ManifestMaterializer`
 predicted by the oracle with the manifest's memory facts
 (:class:`ManifestMemory`), sent as one table, and the results and raw trace that
 come back are decoded, paired and judged here. The agent is in the same process
-(:class:`LocalLink`, ``fuzz --local``) or in a guest behind a directory on the
-output share (:class:`DirLink`).
+(:class:`LocalLink`, ``fuzz --local``) or in a guest, behind shared memory
+(:class:`ShmLink`, the default) or a directory on the output share (:class:`DirLink`).
 
 Side effects (check 5) are measured by the executor around each call the oracle
 expects to be rejected (``cexec`` watches: fd open/offset/size, buffer hash, path
@@ -294,10 +294,22 @@ class Link(Protocol):
     """How tables reach an agent and results come back."""
 
     def manifest(self) -> Mapping[str, Any]: ...
-    def specs_dir(self) -> Path | None: ...
+    def specs(self) -> Mapping[str, Spec]: ...
     def send(self, n: int, table: bytes, calls: int) -> None: ...
     def receive(self, n: int) -> tuple[bytes, int, RawCapture]: ...
     def close(self) -> None: ...
+
+
+def _guest_specs(d: Path) -> Mapping[str, Spec]:
+    # the guest kernel's debugfs dump, as the agent copied it; else the built-in model
+    # (never this host's specs: its kernel is not the one under test)
+    from kapi_selftests.spec import builtin_specs, load_debugfs
+
+    if (d / "list").is_file():
+        specs = load_debugfs(d)
+        if specs:
+            return specs
+    return builtin_specs()
 
 
 class LocalLink:
@@ -310,8 +322,9 @@ class LocalLink:
     def manifest(self) -> Mapping[str, Any]:
         return dict(self.agent.manifest())
 
-    def specs_dir(self) -> Path | None:
-        return None
+    def specs(self) -> Mapping[str, Spec]:
+        from kapi_selftests.harness import load_specs
+        return load_specs()[0]  # the running kernel's: the agent is here
 
     def send(self, n: int, table: bytes, calls: int) -> None:
         self._pending[n] = (table, calls)
@@ -360,9 +373,8 @@ class DirLink:
         self._wait(p, "manifest")
         return dict(json.loads(p.read_text()))
 
-    def specs_dir(self) -> Path | None:
-        p = self.d / "kapi"
-        return p if (p / "list").is_file() else None
+    def specs(self) -> Mapping[str, Spec]:
+        return _guest_specs(self.d / "kapi")
 
     def send(self, n: int, table: bytes, calls: int) -> None:
         tmp = self.d / f"in-{n}.tmp"
@@ -420,8 +432,8 @@ class ShmLink:
             p.write_text(text)
         return man
 
-    def specs_dir(self) -> Path | None:
-        return self.spec_dir if (self.spec_dir / "list").is_file() else None
+    def specs(self) -> Mapping[str, Spec]:
+        return _guest_specs(self.spec_dir)
 
     def _drain(self) -> None:
         # copy every posted result out, so its slot can take a new table
@@ -451,7 +463,8 @@ class RemoteHarness:
     """``Harness.run`` over a link: judge on this side, issue on the agent's.
 
     :param link: the agent
-    :param specs: the spec model (the agent's debugfs dump when None and it sent one)
+    :param specs: the spec model (None: the agent's kernel's, from its debugfs dump,
+        else the built-in model)
     """
 
     def __init__(self, link: Link, specs: Mapping[str, Spec] | None = None, *,
@@ -459,13 +472,7 @@ class RemoteHarness:
         self.link = link
         self.man = Manifest.from_json(link.manifest())
         self.source = self.man.source
-        if specs is None:
-            from kapi_selftests.harness import load_specs
-            from kapi_selftests.spec import builtin_specs, load_debugfs
-            d = link.specs_dir()
-            specs = load_debugfs(d) if d is not None else None
-            specs = specs or (builtin_specs() if d is not None else load_specs()[0])
-        self.specs = dict(specs)
+        self.specs = dict(specs if specs is not None else link.specs())
         self.strict = strict
         self.materialize: Any = ManifestMaterializer(self.man)
         self._n = 0
