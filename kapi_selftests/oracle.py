@@ -668,8 +668,11 @@ def _pairs(spec: Spec, events: Sequence[EventLike],
 
 def _args_of(e: EventLike) -> tuple[int, ...] | None:
     a = e.fields.get("args")
-    if type(a) is tuple and all(type(x) is int for x in a):
-        return tuple(x & MASK64 for x in a)
+    if type(a) is tuple:  # the decoders' form: ints
+        try:
+            return tuple([x & MASK64 for x in a])
+        except TypeError:
+            pass
     if not isinstance(a, Iterable) or isinstance(a, str | bytes):
         return None
     return tuple(_int(x) & MASK64 for x in a)
