@@ -13,9 +13,10 @@ the oracle needs (the bytes of every path string). Between batches
 pipes, written files, created names), keeping the numbers and addresses.
 
 :class:`Agent` runs one table per capture window (:mod:`kapi_selftests.cexec`)
-and hands back the results and the raw trace pages; :func:`serve` does that
-over a directory (the guest's output share) for the host's
-:class:`~kapi_selftests.remote.DirLink`.
+and hands back the results and the raw trace pages; :func:`serve_shm` does that
+over shared memory (:mod:`kapi_selftests.shm`, the host's
+:class:`~kapi_selftests.remote.ShmLink`) and :func:`serve` over a directory (the
+guest's output share, :class:`~kapi_selftests.remote.DirLink`).
 """
 
 from __future__ import annotations
@@ -64,14 +65,16 @@ class Resources:
 
     def __init__(self) -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = SLOT_BASE + 64
-        if soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(want, soft), hard), hard))
+        base = SLOT_BASE
+        if hard != resource.RLIM_INFINITY and hard < base + 64:
+            base = max(hard - 64, 256)  # a low hard limit: slots just below it
+        if soft < base + 64:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (base + 64, hard))
         self.arena = Arena()
         self.pool = FdPool()
         self.scratch = self.pool.scratch
-        self.slots: dict[FdKind, int] = {k: SLOT_BASE + i for i, k in enumerate(_FD_KINDS)}
-        self.slots[FdKind.CLOSED] = SLOT_BASE + 63
+        self.slots: dict[FdKind, int] = {k: base + i for i, k in enumerate(_FD_KINDS)}
+        self.slots[FdKind.CLOSED] = base + 63
         ar = self.arena
         self.rw = ar.guard_tail(REGION_SIZE)
         self.ro = ar.readonly(REGION_SIZE)

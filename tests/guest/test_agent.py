@@ -58,3 +58,16 @@ def test_agent_over_shared_memory_judges_a_campaign_batch(generic: EventSource,
     assert len(result.checks) == 300
     assert not result.failures, result.failures[0].explain()
     assert all(c.events for c in result.checks)  # every call was traced
+
+
+def test_resources_fit_under_a_low_fd_limit() -> None:
+    # slots go just below a hard RLIMIT_NOFILE lower than the default slot numbers
+    import subprocess
+    import sys
+
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512)); "
+            "from kapi_selftests.agent import Resources; r = Resources(); "
+            "print(min(r.slots.values()), max(r.slots.values())); r.close()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert [int(x) for x in out] == [448, 511]
