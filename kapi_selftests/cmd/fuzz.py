@@ -4,11 +4,12 @@ QEMU guests (``--kernel``).
 ``--local`` runs one shard on the running kernel as root (inside a scratch
 directory and on fds and mappings the harness owns). ``--kernel PATH`` boots
 ``--guests N`` guests, one shard (seed stream) each, shard directory
-``<out>/shard-<i>``. Two engines: ``batch`` (default) runs the campaign here and
-only the issuing in the guest (:mod:`kapi_selftests.agent`: call tables through
-a compiled executor, raw traces back over the output share,
-:mod:`kapi_selftests.remote`); ``harness`` runs ``fuzz --local`` in the guest
-with the suite's harness (every call materialised and judged in the guest). A
+``<out>/shard-<i>``. Two engines: ``batch`` (default) runs each shard's campaign in
+a process here and only the issuing in its guest (:mod:`kapi_selftests.agent`: call
+tables through a compiled executor, results and raw traces back over shared memory,
+:mod:`kapi_selftests.remote`, :mod:`kapi_selftests.shm`); ``harness`` runs ``fuzz
+--local`` in the guest with the suite's harness (every call materialised and judged
+in the guest). A
 guest that oopses, warns, panics or hangs is recorded (console excerpt, the
 batch it was issuing) and booted again, and the campaign goes on. Ctrl-C stops
 cleanly (a guest is asked to stop through a ``stop`` file in its share); a rerun
@@ -562,9 +563,13 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
                 argv=tuple(argv), env=runner.guest_env()))
         except KapiError as e:
             errq.put(f"shard {shard}: {e}")
+            if chan is not None:
+                chan.close()
+                shm_path.unlink(missing_ok=True)
             return
         th, box = _boot_in_thread(gcfg, qargv, sys.stderr if args.console else None,
                                   lock, alive)
+
         def gone(t: threading.Thread = th) -> str | None:
             return None if t.is_alive() else "the guest exited"
 
@@ -584,6 +589,10 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
                 camp.run(stop=lambda: stop.is_set() or (sdir / STOP_FILE).exists())
         except LostGuest as e:
             lost = str(e)
+        except Exception as e:  # one line in the summary, not a traceback from a child
+            log.debug("shard %d failed", shard, exc_info=True)  # -v shows the traceback
+            errq.put(f"shard {shard}: {type(e).__name__}: {e}")
+            return
         finally:
             link.close()
             th.join(timeout=120)
