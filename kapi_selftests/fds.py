@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["FdKind", "FdPool", "INVALID_FDS"]
+__all__ = ["FdKind", "FdPool", "INVALID_FDS", "max_offset"]
 
 #: Register values for fds that are never valid: -1, INT_MAX, INT_MAX+1, 2^32-1, huge.
 INVALID_FDS = (-1 & 0xFFFFFFFF, 2**31 - 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1)
@@ -35,7 +35,27 @@ class FdKind(enum.Enum):
     DEV_FULL = "dev_full"
     EVENTFD = "eventfd"
     O_PATH = "o_path"
+    PIPE_BROKEN = "pipe_broken"  # write end of a pipe whose read end is closed: EPIPE
+    REGULAR_AT_MAX = "regular_at_max"  # offset at the file system's size limit (EFBIG/EINVAL)
+    SOCKET_DGRAM = "socket_dgram"  # an unconnected UDP socket: EDESTADDRREQ, EAGAIN
     CLOSED = "closed"  # a number that was an fd a moment ago
+
+
+def max_offset(fd: int) -> int:
+    """The largest offset ``lseek`` accepts on ``fd`` (the file system's ``s_maxbytes``)."""
+    lo, hi = 0, (1 << 63) - 1
+    try:
+        return os.lseek(fd, hi, os.SEEK_SET)  # tmpfs and most: LLONG_MAX
+    except OSError:
+        pass
+    while lo < hi:  # EINVAL above the limit: bisect it
+        mid = (lo + hi + 1) // 2
+        try:
+            os.lseek(fd, mid, os.SEEK_SET)
+            lo = mid
+        except OSError:
+            hi = mid - 1
+    return lo
 
 
 class FdPool:
@@ -126,6 +146,21 @@ class FdPool:
             return self._track(os.open(dev, os.O_RDWR | os.O_CLOEXEC))
         if kind is FdKind.EVENTFD:
             return self._track(os.eventfd(1, os.EFD_CLOEXEC | os.EFD_NONBLOCK))
+        if kind is FdKind.PIPE_BROKEN:
+            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            os.close(r)  # (Python ignores SIGPIPE: a write fails with EPIPE)
+            return self._track(w)
+        if kind is FdKind.REGULAR_AT_MAX:
+            path = self.new_path()
+            path.write_bytes(self.CONTENT)
+            fd = self._track(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+            os.lseek(fd, max_offset(fd), os.SEEK_SET)
+            return fd
+        if kind is FdKind.SOCKET_DGRAM:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            self._keep.append(s)
+            return self._track(os.dup(s.fileno()))
         if kind is FdKind.O_PATH:
             path = self.new_path()
             path.write_bytes(self.CONTENT)

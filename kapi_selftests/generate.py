@@ -21,9 +21,10 @@ from their valid pools; a valid-side goal draws every parameter valid.
 
 from __future__ import annotations
 
+import errno as errno_mod
 import functools
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from kapi_selftests import arch
 from kapi_selftests.coverage import Side, Target
@@ -55,6 +56,54 @@ _BIG_BUFFER = 64 << 10
 STEER_ATTEMPTS = 400
 
 
+_O_WRONLY, _O_CREAT, _O_EXCL, _O_DIRECTORY = 0o1, 0o100, 0o200, 0o200000
+
+
+_Recipe = Callable[[random.Random], CallPlan]
+
+
+def _rw(name: str, fd: FdKind, buf: BufKind = BufKind.MAPPED,
+        counts: tuple[int, ...] = (1, 64, arch.PAGE_SIZE)) -> _Recipe:
+    def recipe(rng: random.Random) -> CallPlan:
+        n = rng.choice(counts)
+        return CallPlan(name, (Fd(fd), Buf(buf, n), Lit(n)))
+    return recipe
+
+
+def _open(path: PathKind, flags: int) -> _Recipe:
+    return lambda rng: CallPlan("open", (Path(path), Lit(flags), Lit(0o600)))
+
+
+#: Calls aimed at one listed error each, with the harness's own fds and paths only:
+#: (spec, errno name) -> recipe. A fixed share of every batch (``error_rate``) is drawn
+#: from here whether or not the error was seen yet: what the kernel returned never
+#: steers generation, so a seed gives the same calls on every kernel (the gate compares
+#: them). Errors that need conditions a scratch directory cannot make (quotas, ETXTBSY,
+#: read-only mounts, signals) have no recipe; nor has write's EFBIG: on tmpfs the size
+#: limit is LLONG_MAX, where pos + count overflows first (EINVAL; the REGULAR_AT_MAX fd
+#: kind still exercises that edge).
+ERROR_RECIPES: dict[tuple[str, str], _Recipe] = {
+    ("sys_write", "EPIPE"): _rw("write", FdKind.PIPE_BROKEN),
+    ("sys_write", "EDESTADDRREQ"): _rw("write", FdKind.SOCKET_DGRAM),
+    ("sys_write", "ENOSPC"): _rw("write", FdKind.DEV_FULL),
+    ("sys_write", "EBADF"): _rw("write", FdKind.REGULAR_RDONLY),
+    ("sys_write", "EINVAL"): _rw("write", FdKind.EVENTFD, counts=(1, 4)),
+    ("sys_write", "EFAULT"): _rw("write", FdKind.REGULAR, BufKind.UNMAPPED),
+    ("sys_read", "EISDIR"): _rw("read", FdKind.DIRECTORY),
+    ("sys_read", "EAGAIN"): _rw("read", FdKind.SOCKET_DGRAM),
+    ("sys_read", "EINVAL"): _rw("read", FdKind.EVENTFD, counts=(1, 4)),
+    ("sys_read", "EBADF"): _rw("read", FdKind.REGULAR_WRONLY),
+    ("sys_read", "EFAULT"): _rw("read", FdKind.REGULAR, BufKind.UNMAPPED),
+    ("sys_open", "EEXIST"): _open(PathKind.EXISTING, _O_CREAT | _O_EXCL | _O_WRONLY),
+    ("sys_open", "EISDIR"): _open(PathKind.DIRECTORY, _O_WRONLY),
+    ("sys_open", "ENOTDIR"): _open(PathKind.EXISTING, _O_DIRECTORY),
+    ("sys_open", "ENOENT"): _open(PathKind.MISSING, 0),
+    ("sys_open", "ELOOP"): _open(PathKind.SYMLINK_LOOP, 0),
+    ("sys_open", "ENAMETOOLONG"): _open(PathKind.COMPONENT_TOO_LONG, 0),
+    ("sys_close", "EBADF"): lambda rng: CallPlan("close", (Fd(FdKind.CLOSED),)),
+}
+
+
 def batch_seed(seed: int, shard: int, batch: int) -> str:
     """The string a batch's :class:`random.Random` is seeded with (stable across Pythons)."""
     return f"kapi-fuzz:{seed}:{shard}:{batch}"
@@ -84,6 +133,11 @@ def _is_address(p: ParamSpec) -> bool:
         p.type in (ParamType.PTR, ParamType.USER_PTR)
 
 
+def _lists(spec: Spec, errname: str) -> bool:
+    code = getattr(errno_mod, errname, None)
+    return code is not None and any(abs(e.code) == code for e in spec.errors)
+
+
 def _kind(p: ParamSpec) -> str:
     # how the generator draws a parameter: fd, path, address (a buffer) or scalar
     if p.type is ParamType.FD:
@@ -105,17 +159,24 @@ class PlanGenerator:
     :param shard: shard number (disjoint random streams per shard)
     :param invalid_rate: chance an unsteered parameter comes from its invalid pool
     :param steer_rate: share of calls aimed at missing coverage goals
+    :param error_rate: share of calls drawn from :data:`ERROR_RECIPES` (listed errors)
     """
 
     def __init__(self, specs: Mapping[str, Spec], seed: int, shard: int = 0, *,
-                 invalid_rate: float = 0.3, steer_rate: float = 0.5) -> None:
+                 invalid_rate: float = 0.3, steer_rate: float = 0.5,
+                 error_rate: float = 0.05) -> None:
         self.specs = {n: s for n, s in sorted(specs.items())
                       if arch.find_syscall(n) is not None and s.params}
         self.seed = seed
         self.shard = shard
         self.invalid_rate = invalid_rate
         self.steer_rate = steer_rate
+        self.error_rate = error_rate
         self._kinds: dict[str, list[str]] = {}
+        # recipes for the listed errors of the specs in the model (sorted: deterministic)
+        self._recipes = [(spec, ERROR_RECIPES[(spec, name)])
+                         for spec, name in sorted(ERROR_RECIPES)
+                         if spec in self.specs and _lists(self.specs[spec], name)]
 
     def batch(self, index: int, n: int, missing: Sequence[Target] = (),
               attempts: dict[Target, int] | None = None) -> list[CallPlan]:
@@ -130,8 +191,12 @@ class PlanGenerator:
                  and tries.get(t, 0) < STEER_ATTEMPTS]
         names = list(self.specs)
         out: list[CallPlan] = []
+        recipes = self._recipes
         for _ in range(n):
-            if goals and rng.random() < self.steer_rate:
+            if recipes and rng.random() < self.error_rate:
+                spec_name, recipe = rng.choice(recipes)
+                out.append(_make_safe(self.specs[spec_name], recipe(rng)))
+            elif goals and rng.random() < self.steer_rate:
                 t = rng.choice(goals)
                 tries[t] = tries.get(t, 0) + 1
                 out.append(self.plan(rng, self.specs[t.spec], t))

@@ -143,6 +143,7 @@ _C_PRELUDE = r'''#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -376,6 +377,30 @@ static UNUSED int fd_of(const char *kind)
 		return eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (!strcmp(kind, "o_path"))
 		return open(file_with_content(), O_PATH | O_CLOEXEC);
+	if (!strcmp(kind, "pipe_broken")) {
+		if (pipe2(p, O_CLOEXEC | O_NONBLOCK))
+			die("pipe2");
+		close(p[0]); /* main() ignores SIGPIPE: a write fails with EPIPE */
+		return p[1];
+	}
+	if (!strcmp(kind, "regular_at_max")) {
+		long long lo = 0, hi = LLONG_MAX, mid;
+
+		fd = open(file_with_content(), O_RDWR | O_CLOEXEC);
+		if (fd < 0 || lseek(fd, hi, SEEK_SET) == hi)
+			return fd;
+		while (lo < hi) { /* EINVAL above the file system's limit: bisect it */
+			mid = lo + (hi - lo + 1) / 2;
+			if (lseek(fd, mid, SEEK_SET) == mid)
+				lo = mid;
+			else
+				hi = mid - 1;
+		}
+		lseek(fd, lo, SEEK_SET);
+		return fd;
+	}
+	if (!strcmp(kind, "socket_dgram"))
+		return socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	/* closed: a number that was an fd a moment ago */
 	fd = fcntl(0, F_DUPFD_CLOEXEC, 512 + counter++);
 	if (fd < 0)
@@ -525,6 +550,7 @@ def render_c(r: Reproducer) -> str:
     lines += [f"\tlong ret[{len(r.plans)}];", f"\tint err[{len(r.plans)}];",
               "\tchar want[512], got[512], *trace;", "\tconst char *line;",
               "\tint n_enter = 0, n_exit = 0;", "",
+              "\tsignal(SIGPIPE, SIG_IGN);  /* a broken pipe is an errno to check */",
               "\tif (!mkdtemp(scratch))", "\t\tdie(\"mkdtemp\");",
               "\tsnprintf(instance, sizeof(instance), "
               "\"/sys/kernel/tracing/instances/kapi-repro-%d\", getpid());",

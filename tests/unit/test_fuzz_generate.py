@@ -31,7 +31,7 @@ def test_every_spec_gets_plans_and_they_round_trip_through_json() -> None:
 
 def test_steering_aims_at_the_missing_goal() -> None:
     goal = Target("sys_madvise", "start", Side.INVALID)
-    plans = PlanGenerator(SPECS, 1, steer_rate=1.0).batch(0, 50, [goal])
+    plans = PlanGenerator(SPECS, 1, steer_rate=1.0, error_rate=0.0).batch(0, 50, [goal])
     assert all(p.name == "madvise" for p in plans)
     assert all(isinstance(p.args[0], Buf) and p.args[0].kind in (BufKind.UNALIGNED,
                                                                  BufKind.SHORT) for p in plans)
@@ -58,7 +58,7 @@ def test_steering_gives_up_on_a_goal_after_its_attempts() -> None:
 
     goal = Target("sys_read", "count", Side.INVALID)  # never the rejected parameter
     tries: dict[Target, int] = {}
-    g = PlanGenerator(SPECS, 1, steer_rate=1.0)
+    g = PlanGenerator(SPECS, 1, steer_rate=1.0, error_rate=0.0)
     g.batch(0, STEER_ATTEMPTS, [goal], tries)
     assert tries[goal] == STEER_ATTEMPTS
     names = {p.name for p in g.batch(1, 100, [goal], tries)}
@@ -71,3 +71,21 @@ def test_huge_counts_get_a_bounded_buffer() -> None:
         for a in p.args:
             if isinstance(a, Buf):
                 assert a.size <= 1 << 20
+
+
+def test_error_recipes_aim_at_listed_errors_only() -> None:
+    import errno
+    import random
+
+    from kapi_selftests.generate import ERROR_RECIPES
+
+    shapes = set()
+    for (spec, name), recipe in ERROR_RECIPES.items():
+        assert any(abs(e.code) == getattr(errno, name) for e in SPECS[spec].errors), (spec, name)
+        plan = recipe(random.Random(0))
+        assert f"sys_{plan.name}" == spec
+        shapes.add((plan.name, plan.args[0]))
+    plans = PlanGenerator(SPECS, 3, error_rate=1.0).batch(0, 300)
+    assert {(p.name, p.args[0]) for p in plans} == shapes  # only recipes, and all of them
+    # the same seed, the same calls: recipes do not look at what the kernel returned
+    assert PlanGenerator(SPECS, 3, error_rate=1.0).batch(0, 300) == plans

@@ -60,4 +60,5 @@ def test_pack_out_round_trips_a_capture() -> None:
 def test_qemu_args_name_the_file_and_a_power_of_two_size(tmp_path: Path) -> None:
     args = shm.qemu_args(tmp_path / "f")
     assert args[0] == "-object" and f"mem-path={tmp_path / 'f'}" in args[1]
-    assert shm.SIZE & (shm.SIZE - 1) == 0 and args[2:] == ("-device", "ivshmem-plain,memdev=kapishm")
+    assert shm.SIZE & (shm.SIZE - 1) == 0
+    assert args[2:] == ("-device", "ivshmem-plain,memdev=kapishm")
