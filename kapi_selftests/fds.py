@@ -74,6 +74,7 @@ class FdPool:
         self.scratch = scratch
         self._open: dict[int, tuple[int, int]] = {}  # fd -> (st_dev, st_ino) at creation
         self._keep: list[socket.socket] = []
+        self._sock: dict[int, tuple[int, int]] = {}  # socket fd -> (st_ino, st_dev)
         self._n = 0
 
     def __enter__(self) -> FdPool:
@@ -98,8 +99,20 @@ class FdPool:
                 os.close(fd)
         self._open.clear()
         for s in self._keep:
-            s.close()
+            # the syscall under test may have closed the socket's own fd (a "closed" fd
+            # number reused, say) and another file may have its number now: close it
+            # only if it still names this socket, else just forget the number
+            fd = s.fileno()
+            try:
+                same = fd >= 0 and (os.fstat(fd).st_ino, os.fstat(fd).st_dev) == self._sock[fd]
+            except (OSError, KeyError):
+                same = False
+            if same:
+                s.close()
+            else:
+                s.detach()
         self._keep.clear()
+        self._sock.clear()
 
     def close(self) -> None:
         self.release()
@@ -110,6 +123,11 @@ class FdPool:
     def new_path(self, stem: str = "f") -> Path:
         self._n += 1
         return self.scratch / f"{stem}{self._n}"
+
+    def _keep_socket(self, s: socket.socket) -> None:
+        st = os.fstat(s.fileno())
+        self._keep.append(s)
+        self._sock[s.fileno()] = (st.st_ino, st.st_dev)
 
     def _track(self, fd: int) -> int:
         st = os.fstat(fd)
@@ -137,7 +155,8 @@ class FdPool:
         if kind is FdKind.SOCKET:
             a, b = socket.socketpair()
             a.setblocking(False)  # shared with the dup: a large write must not block
-            self._keep += [a, b]
+            self._keep_socket(a)
+            self._keep_socket(b)
             b.send(b"socket data")
             return self._track(os.dup(a.fileno()))
         if kind in (FdKind.DEV_NULL, FdKind.DEV_ZERO, FdKind.DEV_FULL):
@@ -159,7 +178,7 @@ class FdPool:
         if kind is FdKind.SOCKET_DGRAM:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.setblocking(False)
-            self._keep.append(s)
+            self._keep_socket(s)
             return self._track(os.dup(s.fileno()))
         if kind is FdKind.O_PATH:
             path = self.new_path()
