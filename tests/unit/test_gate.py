@@ -449,11 +449,17 @@ def test_cli_gate_series_takes_several_files(tmp_path: Path) -> None:
     assert args.series == [a, b, a]
 
 
-def test_gate_stage_failing_on_both_is_a_note(kapi: KernelRun) -> None:
-    run = dataclasses.replace(kapi, health=Health(stages={"probe": 1, "suite": 1}))
-    v = compare(run, dataclasses.replace(run, label="patched"))
-    assert v.status is GateStatus.PASS
-    assert "base: the probe stage exited 1 (see its console log)" in v.notes
+def test_gate_stage_failing_on_the_base_cannot_be_judged(kapi: KernelRun) -> None:
+    # what the stage should have issued on the base was never compared: no PASS
+    # (a real run: the base's fuzz stage died after 50 of 200 calls, reported as a note)
+    for patched_rc in (0, 1):
+        base = dataclasses.replace(kapi, health=Health(stages={"probe": 1, "suite": 1}))
+        patched = dataclasses.replace(kapi, label="patched",
+                                      health=Health(stages={"probe": patched_rc, "suite": 1}))
+        v = compare(base, patched)
+        assert v.status is GateStatus.UNJUDGED and v.exit_code == 4
+        assert any("probe stage failed on the base kernel" in r for r in v.reasons)
+        assert "base: the probe stage exited 1 (see its console log)" in v.notes
 
 
 def test_gate_calls_whose_fds_diverged_are_not_compared(kapi: KernelRun) -> None:
