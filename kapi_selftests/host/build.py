@@ -511,6 +511,34 @@ def _untracked_rejects(src: Path) -> list[str]:
     return _git(src, "ls-files", "--others", "--", "*.rej", check=False).stdout.split()
 
 
+def _stopped_am(src: Path, patches: Sequence[Patch], applied: int) -> BuildError:
+    # A git am stopped earlier (by us, or by a hand `git am --continue` that failed
+    # again): name the patch and, on a clean tree, leave its failed hunks as .rej files
+    # as the first stop did, so the hint below is true.
+    n = applied + 1
+    subject = patches[applied].subject if applied < len(patches) else "?"
+    dirty = [ln for ln in _git(src, "status", "--porcelain", check=False).stdout.splitlines()
+             if not ln.startswith("??")]
+    where = f"{src}: a git am is in progress, stopped at patch {n}/{len(patches)} '{subject}'"
+    rejects = _untracked_rejects(src)
+    if dirty or rejects:  # a person is fixing it: leave the tree alone
+        state = ", ".join(filter(None, [f"{len(dirty)} changed file(s)" if dirty else "",
+                                        "left: " + " ".join(rejects) if rejects else ""]))
+        return BuildError(f"{where} ({state})",
+                          hint="finish the fix (apply the hunks of the *.rej files, delete "
+                               "them), stage what the patch touches: " + shlex.join(
+                              ["git", "-C", str(src), "add", "-f", "-A", "--",
+                               *_patch_files(src)]) + ", then --continue "
+                          "(or git am --abort to start over)")
+    failure = PatchFailure(n, len(patches), subject, _failed_hunks(src))
+    return BuildError(failure.describe() + f" (tree left in {src})",
+                      hint="apply the hunks of the *.rej files by hand, delete them, stage "
+                           "what the patch touches: " + shlex.join(
+                               ["git", "-C", str(src), "add", "-f", "-A", "--",
+                                *_patch_files(src)]) + ", then --continue "
+                           "(or git am --abort to start over)")
+
+
 def apply_series(src: Path, patches: Sequence[Patch], *, resume: bool = False) -> tuple[str, ...]:
     """Apply the patches of a series not yet on HEAD with ``git am``.
 
@@ -535,8 +563,7 @@ def apply_series(src: Path, patches: Sequence[Patch], *, resume: bool = False) -
                                   "git add the fixed files, then --continue")
         proc = _git(src, "am", "--continue", check=False, env=env)
     elif in_progress:
-        raise BuildError(f"{src}: a git am is in progress",
-                         hint="fix it and pass --continue, or run git am --abort")
+        raise _stopped_am(src, patches, already)
     elif already == len(patches):
         return ()
     else:

@@ -262,9 +262,12 @@ def test_apply_series_stops_at_conflict_and_continues(tmp_path: Path) -> None:
     assert (tree / "b.txt.rej").is_file()
     assert (tree / ".git" / "rebase-apply").is_dir()
 
-    # Running again without --continue refuses to start another am.
-    with pytest.raises(BuildError, match="git am is in progress"):
+    # Running again without --continue refuses to start another am, names the patch
+    # and what is left, and leaves the tree alone.
+    with pytest.raises(BuildError, match=r"git am is in progress, stopped at patch 2/2 "
+                                         r"'two: touch b' \(left: b\.txt\.rej\)"):
         apply_series(tree, patches)
+    assert (tree / "b.txt.rej").is_file()
     # --continue while the .rej file is still there: refused, naming it.
     with pytest.raises(BuildError, match=r"b\.txt\.rej"):
         apply_series(tree, patches, resume=True)
@@ -284,6 +287,23 @@ def test_apply_series_stops_at_conflict_and_continues(tmp_path: Path) -> None:
     assert "added by two" in (tree / "b.txt").read_text()
     # Everything applied: a further call does nothing.
     assert apply_series(tree, patches) == ()
+
+
+def test_apply_series_names_the_hunks_after_a_hand_continue_failed_again(
+        tmp_path: Path) -> None:
+    # A person ran plain `git am --continue` / `git am` themselves and it stopped again:
+    # no .rej files, a clean tree. The next run names the patch and makes the .rej files.
+    tree, mboxes = _make_series(tmp_path)
+    patches = read_series(mboxes)
+    with pytest.raises(BuildError):
+        apply_series(tree, patches)
+    (tree / "b.txt.rej").unlink()  # as if git am had stopped without leaving any
+    with pytest.raises(BuildError) as exc:
+        apply_series(tree, patches)
+    assert "patch 2/2 'two: touch b'" in str(exc.value)
+    assert "b.txt: @@ -8,6 +8,7 @@" in str(exc.value)
+    assert (tree / "b.txt.rej").is_file()
+    assert exc.value.hint is not None and "*.rej" in exc.value.hint
 
 
 def test_apply_series_resume_without_am_in_progress(tmp_path: Path) -> None:
