@@ -180,8 +180,11 @@ def time_mix(rounds: int) -> dict[str, object]:
         buf = arena.buffer(8192, b"x" * 8192)
         path = arena.cstring(b"/dev/null")
         fd = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-        # a number no fd has (closed at once): close() of it passes the fd check, EBADF
-        free = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 4000)
+        # a number no fd has (closed at once): close() of it passes the fd check, EBADF;
+        # high, but under the soft fd limit (F_DUPFD above it is EINVAL)
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        free = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, min(4000, max(soft // 2, 64)))
         os.close(free)
         try:
             mix: dict[str, list[tuple[int, ...]]] = {

@@ -39,7 +39,7 @@ def test_resources_keep_their_numbers_and_addresses_across_resets(generic: Event
 def test_agent_over_shared_memory_judges_a_campaign_batch(generic: EventSource,
                                                           tmp_path: Path) -> None:
     # serve_shm in a thread (as in a guest) and a RemoteHarness over ShmLink (as on the
-    # host), one shared file between them: 300 generated calls, every one traced and
+    # host), one shared file between them: 150 generated calls, every one traced and
     # judged, none failing on a correct kernel.
     ch_host = shm.create_host(tmp_path / "chan")
     lib = cexec.build_library(tmp_path / "cache")
@@ -52,10 +52,10 @@ def test_agent_over_shared_memory_judges_a_campaign_batch(generic: EventSource,
         link = remote.ShmLink(ch_host, tmp_path / "kapi", timeout_s=60)
         with remote.RemoteHarness(link) as h:
             gen = PlanGenerator(h.specs, seed=5)
-            result = h.run(gen.batch(0, 300))
+            result = h.run(gen.batch(0, 150))
         t.join(timeout=30)
     assert served == [1]
-    assert len(result.checks) == 300
+    assert len(result.checks) == 150
     assert not result.failures, result.failures[0].explain()
     assert all(c.events for c in result.checks)  # every call was traced
 
