@@ -607,6 +607,40 @@ def apply_series(src: Path, patches: Sequence[Patch], *, resume: bool = False) -
 # The build
 
 
+def tree_hash(src: Path) -> str | None:
+    """What a build of ``src`` compiles: HEAD's tree object plus any local edits (git).
+
+    The cache key names the base commit and the series; this also tells two trees
+    apart whose series was applied with different hand fixes.
+    """
+    if not _is_git_repo(src):
+        return None
+    head = _git(src, "rev-parse", "HEAD^{tree}", check=False).stdout.strip()
+    if not head:
+        return None
+    diff = _git(src, "diff", "HEAD", "--binary", check=False).stdout
+    return head + (":dirty:" + hashlib.sha256(diff.encode()).hexdigest() if diff else "")
+
+
+def cached_image(out: Path, key: str, tree: str | None) -> Path | None:
+    """The image a build left in ``out`` for ``key`` and source ``tree``, if still there.
+
+    A record that names its tree is used only for that tree (``tree`` None: not known
+    yet, so not used); a record from before trees were recorded matches on the key.
+    """
+    state = _read_state(out)
+    image = out / IMAGE_PATH
+    if state.get("key") != key or not image.is_file() \
+            or state.get("image_sha256") != _hash_file(image):
+        return None
+    recorded = state.get("tree")
+    if recorded and recorded != tree:
+        log.info("%s: the cached build is of another tree%s", out,
+                 "" if tree is None else " (the series fixed up differently?)")
+        return None
+    return image
+
+
 def _hash_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -712,12 +746,11 @@ def build_kernel(src: Path, out: Path, *, series: Sequence[Path] = (), fragment:
 
     key = cache_key(_tree_identity(src, len(patches)), series_bytes, fragment_bytes)
     image = out / IMAGE_PATH
-    state = _read_state(out)
-    if (state.get("key") == key and image.is_file()
-            and state.get("image_sha256") == _hash_file(image)):
+    tree = tree_hash(src)
+    if cached_image(out, key, tree) is not None:
         log.info("cached: %s (key %s)", image, key[:12])
         return BuildResult(image, out / ".config", key, True, time.monotonic() - start,
-                           applied, tuple(state.get("absent", "").split()))
+                           applied, tuple(_read_state(out).get("absent", "").split()))
 
     out.mkdir(parents=True, exist_ok=True)
     check = _configure(src, out, fragment)
@@ -730,6 +763,7 @@ def build_kernel(src: Path, out: Path, *, series: Sequence[Path] = (), fragment:
                          hint=f"full log: {build_log}")
     (out / STATE_FILE).write_text(json.dumps({
         "key": key, "image_sha256": _hash_file(image), "absent": " ".join(check.absent),
+        **({"tree": tree} if tree else {}),
         "src": str(src), "fragment": str(fragment),
         "series": " ".join(str(p) for p in series)}, indent=1) + "\n")
     elapsed = time.monotonic() - start

@@ -264,17 +264,6 @@ def _worktree(src: Path, dest: Path, commit: str,
     return dest
 
 
-def _cached_image(out: Path, key: str) -> Path | None:
-    """The image ``build_kernel`` left in ``out`` for this cache key, if it is still there
-    (the same test as its own cache: key and image checksum)."""
-    state = build._read_state(out)
-    image = out / build.IMAGE_PATH
-    if state.get("key") == key and image.is_file() \
-            and state.get("image_sha256") == build._hash_file(image):
-        return image
-    return None
-
-
 def _gate_resume_hint(wt: Path) -> str:
     files = build._patch_files(wt) if build._am_in_progress(wt) else []
     add = shlex.join(["git", "-C", str(wt), "add", "-f", "-A", "--", *files]) if files \
@@ -328,7 +317,11 @@ def build_pair(src: Path, series: Sequence[Path], build_dir: Path, *, fragment: 
     base_out, patched_out = build_dir / "base", build_dir / "patched"
     patched_key = build.cache_key(f"git:{base_commit}", [p.read_bytes() for p in series],
                                   fragment_bytes)
-    patched_image = _cached_image(patched_out, patched_key)
+    # the patched tree is known before any worktree only when the tree carries the series
+    # (its worktree is HEAD as committed: the tree's own uncommitted edits stay out)
+    patched_image = build.cached_image(patched_out, patched_key,
+                                       _git(src, "rev-parse", "HEAD^{tree}") if applied
+                                       else None)
     patched_src: Path | None = None
     if patched_image is not None:
         log.info("patched kernel: cached %s (key %s)", patched_image, patched_key[:12])
@@ -340,7 +333,8 @@ def build_pair(src: Path, series: Sequence[Path], build_dir: Path, *, fragment: 
         _apply_in_worktree(patched_src, patches)
     if base_image is None:
         base_key = build.cache_key(f"git:{base_commit}", [], fragment_bytes)
-        base_image = _cached_image(base_out, base_key)
+        base_image = build.cached_image(base_out, base_key,
+                                        _git(src, "rev-parse", f"{base_commit}^{{tree}}"))
         if base_image is not None:
             log.info("base kernel: cached %s (key %s)", base_image, base_key[:12])
         else:

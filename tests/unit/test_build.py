@@ -508,3 +508,45 @@ def test_plan_commands_tarball_with_series(tmp_path: Path) -> None:
     assert plan[3] == ("git", "-C", s, "am", *map(str, mboxes))
     assert plan[-1] == ("make", "-C", s, f"O={o}", "-j2", "bzImage")
     assert not (src / ".git").exists()          # a dry run changes nothing
+
+
+def _record(out: Path, key: str, tree: str | None) -> Path:
+    import json
+
+    image = out / build.IMAGE_PATH
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(b"bzImage")
+    state = {"key": key, "image_sha256": build._hash_file(image), **({"tree": tree} if tree
+                                                                      else {})}
+    (out / build.STATE_FILE).write_text(json.dumps(state))
+    return image
+
+
+def test_cached_image_is_used_only_for_the_tree_it_was_built_from(tmp_path: Path) -> None:
+    image = _record(tmp_path / "a", "k", "tree-1")
+    assert build.cached_image(tmp_path / "a", "k", "tree-1") == image
+    assert build.cached_image(tmp_path / "a", "k", "tree-2") is None  # fixed up differently
+    assert build.cached_image(tmp_path / "a", "k", None) is None  # tree not known yet
+    assert build.cached_image(tmp_path / "a", "other-key", "tree-1") is None
+    image.write_bytes(b"changed")
+    assert build.cached_image(tmp_path / "a", "k", "tree-1") is None
+    # a record from before trees were recorded: the key alone, as then
+    old = _record(tmp_path / "b", "k", None)
+    assert build.cached_image(tmp_path / "b", "k", "anything") == old
+
+
+def test_tree_hash_tells_hand_fixes_apart(tmp_path: Path) -> None:
+    trees = []
+    for fix in ("fixed one way\n", "fixed another way\n"):
+        repo = tmp_path / fix.split()[1]
+        repo.mkdir()
+        _git(repo, "init", "-q")
+        (repo / "f").write_text("base\n")
+        _git(repo, "add", "f")
+        _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+        (repo / "f").write_text(fix)
+        _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "patch 1")
+        trees.append(build.tree_hash(repo))
+        (repo / "f").write_text("edited\n")
+        assert build.tree_hash(repo) != trees[-1] and ":dirty:" in str(build.tree_hash(repo))
+    assert trees[0] != trees[1] and None not in trees
