@@ -340,10 +340,20 @@ def build_pair(src: Path, series: Sequence[Path], build_dir: Path, *, fragment: 
         else:
             base_src = _worktree(src, build_dir / "src" / "base", base_commit)
             log.info("base kernel: %s at %s", base_src, base_commit[:12])
+            _say_building("base", base_src, base_out)
             base_image = build.build_kernel(base_src, base_out, fragment=fragment,
                                             jobs=jobs).image
     if patched_image is None:
         assert patched_src is not None
+        _say_building("patched", patched_src, patched_out)
         patched_image = build.build_kernel(patched_src, patched_out, series=series,
                                            fragment=fragment, jobs=jobs).image
     return base_image, patched_image
+
+
+def _say_building(which: str, src: Path, out: Path) -> None:
+    # A kernel build takes tens of minutes on a small machine: say so on stderr (stdout
+    # carries the report), with where its log goes, whatever the log level.
+    print(f"gate: building the {which} kernel from {src} in {out} (make output: "
+          f"{out / build.BUILD_LOG}); this takes a while unless the build is cached",
+          file=sys.stderr, flush=True)
