@@ -70,6 +70,7 @@ CALLS_FORMAT = 1
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
+    # through a temporary file, synced, and a rename: a crash leaves the old or the new
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w") as f:
         f.write(text)
@@ -86,15 +87,7 @@ def write_json_atomic(path: Path, data: Any, *, indent: int | None = 1) -> None:
 
     :param indent: None for big payloads (json's C encoder only runs without indent)
     """
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write(json.dumps(data, indent=indent))
-        f.flush()
-        try:
-            os.fsync(f.fileno())
-        except OSError:
-            pass
-    os.replace(tmp, path)
+    _write_text_atomic(path, json.dumps(data, indent=indent))
 
 
 @dataclass(frozen=True, slots=True)

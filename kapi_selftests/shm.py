@@ -88,14 +88,17 @@ class Channel:
         off = IN_OFF + k * (IN_MAX // 2)
         return bytes(self.mm[off:off + length]), calls
 
-    def put_out(self, n: int, data: bytes) -> None:
-        if len(data) > OUT_MAX // 2:
-            raise ValueError(f"batch output of {len(data)} bytes exceeds {OUT_MAX // 2}: "
+    def _fill_slot(self, base: int, size: int, n: int, data: bytes, what: str) -> None:
+        # batch n uses slot n % 2 of the area at base (two slots of size // 2)
+        if len(data) > size // 2:
+            raise ValueError(f"{what} of {len(data)} bytes exceeds {size // 2}: "
                              "use smaller batches")
-        k = n % 2
-        off = OUT_OFF + k * (OUT_MAX // 2)
+        off = base + (n % 2) * (size // 2)
         self.mm[off:off + len(data)] = data
-        self.set_word(_W_OUT + k, len(data))
+
+    def put_out(self, n: int, data: bytes) -> None:
+        self._fill_slot(OUT_OFF, OUT_MAX, n, data, "batch output")
+        self.set_word(_W_OUT + n % 2, len(data))
         self.set_word(_W_DONE, n + 1)
 
     # --- host side ---------------------------------------------------------------------
@@ -105,12 +108,8 @@ class Channel:
         return bytes(self.mm[MAN_OFF:MAN_OFF + n]) if n else None
 
     def put_table(self, n: int, table: bytes, calls: int) -> None:
-        if len(table) > IN_MAX // 2:
-            raise ValueError(f"table of {len(table)} bytes exceeds {IN_MAX // 2}: "
-                             "use smaller batches")
+        self._fill_slot(IN_OFF, IN_MAX, n, table, "table")
         k = n % 2
-        off = IN_OFF + k * (IN_MAX // 2)
-        self.mm[off:off + len(table)] = table
         self.set_word(_W_IN + 2 * k, len(table))
         self.set_word(_W_IN + 2 * k + 1, calls)
         self.set_word(_W_POSTED, n + 1)
