@@ -47,7 +47,7 @@ from kapi_selftests.findings import (
 )
 from kapi_selftests.generate import PlanGenerator
 from kapi_selftests.materialize import Materialized
-from kapi_selftests.oracle import ENTER, EXIT, Prediction, predict
+from kapi_selftests.oracle import ENTER, EXIT, Prediction
 from kapi_selftests.plan import CallPlan, plan_from_json, plan_to_json
 from kapi_selftests.spec import Spec
 
@@ -225,16 +225,13 @@ class _PredictingMaterializer:
     def memory(self) -> Any:
         return self.inner.memory
 
+    def predict(self, spec: Spec, regs: tuple[int, ...]) -> Prediction:
+        return self.inner.predict(spec, regs)  # type: ignore[no-any-return]
+
     def __call__(self, plan: CallPlan) -> Materialized:
         m: Materialized = self.inner(plan)
         spec = self.specs.get(f"sys_{plan.name}") if self.enabled else None
-        cached = getattr(self.inner, "predict", None)  # the batch engine's, fixed memory
-        if spec is None:
-            self.predictions.append(None)
-        elif cached is not None:
-            self.predictions.append(cached(spec, m.regs))
-        else:
-            self.predictions.append(predict(spec, m.regs, self.inner.memory))
+        self.predictions.append(self.inner.predict(spec, m.regs) if spec is not None else None)
         return m
 
 

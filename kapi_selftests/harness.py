@@ -29,7 +29,7 @@ from kapi_selftests.materialize import (
     snapshot,
 )
 from kapi_selftests.memory import Arena
-from kapi_selftests.oracle import Prediction, predict
+from kapi_selftests.oracle import Prediction
 from kapi_selftests.plan import CallPlan
 from kapi_selftests.spec import Spec, builtin_specs, load_debugfs, missing_kapi_specs
 from kapi_selftests.syscalls import SyscallRecord
@@ -117,7 +117,7 @@ class Harness:
                 spec = self.specs.get(f"sys_{m.plan.name}")
                 if spec is None:
                     continue
-                pred = preds[i] = predict(spec, m.regs, self.arena)
+                pred = preds[i] = self.materialize.predict(spec, m.regs)
                 if pred.rejected:
                     snaps[i] = snapshot(m, self.pool, self.arena)
         batch = self.executor.run([(m.plan.nr, m.regs) for m in mats])

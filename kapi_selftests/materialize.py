@@ -23,7 +23,9 @@ from typing import Any, Protocol
 from kapi_selftests.arch import PATH_MAX
 from kapi_selftests.fds import FdPool
 from kapi_selftests.memory import Arena
+from kapi_selftests.oracle import Prediction, predict
 from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
+from kapi_selftests.spec import Spec
 
 __all__ = ["Materialized", "Materializer", "PlanMaterializer", "Snapshot", "snapshot",
            "side_effects"]
@@ -53,6 +55,10 @@ class PlanMaterializer(Protocol):
 
     def __call__(self, plan: CallPlan) -> Materialized: ...
 
+    def predict(self, spec: Spec, regs: tuple[int, ...]) -> Prediction:
+        """The oracle's prediction for registers this materialiser made."""
+        ...
+
 
 class Materializer:
     """Makes the memory, fds and files a plan names, owned by ``arena`` and ``pool``."""
@@ -66,6 +72,10 @@ class Materializer:
     def memory(self) -> Arena:
         """What the oracle may ask about the memory plans point at."""
         return self.arena
+
+    def predict(self, spec: Spec, regs: tuple[int, ...]) -> Prediction:
+        """The oracle's prediction, while the memory the registers name is live."""
+        return predict(spec, regs, self.arena)
 
     def __call__(self, plan: CallPlan) -> Materialized:
         m = Materialized(plan, ())

@@ -36,7 +36,7 @@ from kapi_selftests.events import RawCapture, decode, read_capture_dir
 from kapi_selftests.executor import Batch, EventSource
 from kapi_selftests.fds import FdKind
 from kapi_selftests.harness import BatchResult
-from kapi_selftests.materialize import Materialized
+from kapi_selftests.materialize import Materialized, PlanMaterializer
 from kapi_selftests.oracle import Prediction, predict
 from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, PathKind
 from kapi_selftests.plan import Path as PathPlan
@@ -212,19 +212,22 @@ def _watches(m: Materialized, mat: ManifestMaterializer) -> list[tuple[int, int,
 
 
 def _watch_args(m: Materialized, watches: Sequence[tuple[int, int, int]]) -> list[int]:
-    # the argument index of each watch (same order as _watches built them)
+    # The argument each watch is on: _watches made them in argument order, one at most
+    # per argument, each naming its fd, buffer address or path address.
+    def named(kind: int, i: int) -> int | None:
+        if kind == cexec.WATCH_FD:
+            return m.fds.get(i)
+        if kind == cexec.WATCH_BUF:
+            return m.bufs[i][0] if i in m.bufs else None
+        return m.regs[i] if i in m.paths else None
+
     idx: list[int] = []
+    i = 0
     for kind, x, _ in watches:
-        for i in range(len(m.regs)):
-            if kind == cexec.WATCH_FD and m.fds.get(i) == x and i not in idx:
-                idx.append(i)
-                break
-            if kind == cexec.WATCH_BUF and i in m.bufs and m.bufs[i][0] == x and i not in idx:
-                idx.append(i)
-                break
-            if kind == cexec.WATCH_PATH and i in m.paths and m.regs[i] == x and i not in idx:
-                idx.append(i)
-                break
+        while named(kind, i) != x:
+            i += 1
+        idx.append(i)
+        i += 1
     return idx
 
 
@@ -474,10 +477,12 @@ class RemoteHarness:
         self.source = self.man.source
         self.specs = dict(specs if specs is not None else link.specs())
         self.strict = strict
-        self.materialize: Any = ManifestMaterializer(self.man)
+        self._mat = ManifestMaterializer(self.man)
+        #: what makes plans concrete (a campaign may wrap it; see fuzz.Campaign)
+        self.materialize: PlanMaterializer = self._mat
         self._n = 0
         self._sent: dict[int, tuple[list[Materialized], list[Prediction | None],
-                                    list[list[tuple[int, int, int]]], tuple[CallPlan, ...]]] = {}
+                                    list[list[tuple[int, int, int]]]]] = {}
 
     def __enter__(self) -> RemoteHarness:
         return self
@@ -488,9 +493,7 @@ class RemoteHarness:
 
     def submit(self, plans: Sequence[CallPlan]) -> int:
         """Materialise, predict and send ``plans``; returns the batch number to collect."""
-        mat = self.materialize
-        mats = [mat(p) for p in plans]
-        base = getattr(mat, "inner", mat)
+        mats = [self.materialize(p) for p in plans]
         preds: list[Prediction | None] = [None] * len(mats)
         watches: list[list[tuple[int, int, int]]] = [[] for _ in mats]
         if self.source is EventSource.KAPI:
@@ -499,27 +502,26 @@ class RemoteHarness:
                 spec = self.specs.get(abi.spec_name) if abi else None
                 if spec is None:
                     continue
-                pred = preds[i] = base.predict(spec, m.regs)
+                pred = preds[i] = self.materialize.predict(spec, m.regs)
                 if pred.rejected:
-                    watches[i] = _watches(m, base)
+                    watches[i] = _watches(m, self._mat)
         n = self._n
         self._n += 1
         self.link.send(n, pack_table(mats, watches), len(mats))
-        self._sent[n] = (mats, preds, watches, tuple(plans))
+        self._sent[n] = (mats, preds, watches)
         return n
 
     def collect(self, n: int) -> BatchResult:
         """Receive, decode and judge batch ``n``."""
-        mats, preds, watches, plans = self._sent.pop(n)
+        mats, preds, watches = self._sent.pop(n)
         data, tid, raw = self.link.receive(n)
         records, effects = unpack_results(data, tid, mats, watches)
         capture = decode(raw)
-        checks = check_calls(records, capture, self.source, self.specs,
-                             memory=self.materialize.memory if hasattr(
-                                 self.materialize, "memory") else None,
+        checks = check_calls(records, capture, self.source, self.specs, memory=self._mat.memory,
                              side_effects=effects, strict=self.strict, predictions=preds)
         batch = Batch(tuple(records), raw, self.source)
-        return BatchResult(plans, tuple(mats), batch, capture, tuple(checks))
+        return BatchResult(tuple(m.plan for m in mats), tuple(mats), batch, capture,
+                           tuple(checks))
 
     def run(self, plans: Sequence[CallPlan]) -> BatchResult:
         return self.collect(self.submit(plans))
