@@ -411,20 +411,14 @@ def run_kernel(args: argparse.Namespace) -> int:
                 shutil.copy(args.corpus, sdir / "corpus" / "repro.json")
         restarts = 0
         while not stop.is_set():
-            for stale in ("status", "console.log"):
-                (sdir / stale).unlink(missing_ok=True)
+            _clear_guest_files(sdir)
             gcfg = dataclasses.replace(cfg, out_dir=sdir)
             spec = runner.GuestSpec(argv=tuple(_guest_argv(args, shard, n)),
                                     env=runner.guest_env())
             try:
                 gcfg, argv = runner.prepare(kimg, gcfg, spec)
-                with lock:
-                    alive.value += 1
-                try:
-                    run = runner.boot(gcfg, argv, echo=sys.stderr if args.console else None)
-                finally:
-                    with lock:
-                        alive.value -= 1
+                run = _counted_boot(gcfg, argv, sys.stderr if args.console else None,
+                                    lock, alive)
             except KapiError as e:
                 errq.put(f"shard {shard}: {e}")
                 return
@@ -432,16 +426,15 @@ def run_kernel(args: argparse.Namespace) -> int:
             if crash is None:
                 if run.status is None:
                     errq.put(f"shard {shard}: guest returned no status "
-                                  f"(console {run.console})")
+                             f"(console {run.console})")
                 elif run.status not in (0, 1):
                     errq.put(f"shard {shard}: guest exited {run.status} "
-                                  f"(console {run.console})")
+                             f"(console {run.console})")
                 return  # done: budget spent, stopped, or failed to run
-            log.warning("shard %d: kernel crash: %s; restarting the guest", shard, crash)
-            restarts += 1
-            if restarts > args.max_restarts:
-                errq.put(f"shard {shard}: gave up after {restarts} crashed guests")
+            nxt = _restart_after_crash(args, shard, crash, restarts, errq)
+            if nxt is None:
                 return
+            restarts = nxt
 
     threads: list[Any] = [
         ctx.Process(target=_shard_process, args=(one, s)) if args.engine == "batch"
@@ -502,26 +495,49 @@ def _shard_process(one: Any, shard: int) -> None:
     one(shard)
 
 
-def _boot_in_thread(gcfg: Any, qargv: Sequence[str], echo: Any, lock: Any,
-                    alive: Any) -> tuple[threading.Thread, dict[str, Any]]:
+def _counted_boot(gcfg: Any, qargv: Sequence[str], echo: Any, lock: Any, alive: Any) -> Any:
+    # runner.boot, with the live count of guests (for the progress line) kept
     from kapi_selftests.host import runner
 
+    with lock:
+        alive.value += 1
+    try:
+        return runner.boot(gcfg, qargv, echo=echo)
+    finally:
+        with lock:
+            alive.value -= 1
+
+
+def _boot_in_thread(gcfg: Any, qargv: Sequence[str], echo: Any, lock: Any,
+                    alive: Any) -> tuple[threading.Thread, dict[str, Any]]:
     box: dict[str, Any] = {}
 
     def boot() -> None:
-        with lock:
-            alive.value += 1
         try:
-            box["run"] = runner.boot(gcfg, qargv, echo=echo)
+            box["run"] = _counted_boot(gcfg, qargv, echo, lock, alive)
         except BaseException as e:  # the campaign side sees the guest gone
             box["error"] = e
-        finally:
-            with lock:
-                alive.value -= 1
 
     th = threading.Thread(target=boot, daemon=True)
     th.start()
     return th, box
+
+
+def _clear_guest_files(sdir: Path) -> None:
+    # what a previous guest of the shard left that the next one writes anew
+    for stale in ("status", "console.log"):
+        (sdir / stale).unlink(missing_ok=True)
+
+
+def _restart_after_crash(args: argparse.Namespace, shard: int, crash: str, restarts: int,
+                         errq: Any) -> int | None:
+    """After a recorded crash: the next restart count, or None when the shard has had
+    ``--max-restarts`` of them."""
+    log.warning("shard %d: kernel crash: %s; restarting the guest", shard, crash)
+    if restarts + 1 > args.max_restarts:
+        errq.put(f"shard {shard}: gave up after {restarts + 1} crashed guests")
+        return None
+    return restarts + 1
 
 
 def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard: int,
@@ -540,8 +556,7 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
     (sdir / STOP_FILE).unlink(missing_ok=True)
     restarts = 0
     while not stop.is_set():
-        for stale in ("status", "console.log"):
-            (sdir / stale).unlink(missing_ok=True)
+        _clear_guest_files(sdir)
         adir = sdir / "agent"
         shutil.rmtree(adir, ignore_errors=True)
         adir.mkdir()
@@ -606,11 +621,10 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
         if crash is None:
             errq.put(f"shard {shard}: {lost}" + (f" (console {run.console})" if run else ""))
             return
-        log.warning("shard %d: kernel crash: %s; restarting the guest", shard, crash)
-        restarts += 1
-        if restarts > args.max_restarts:
-            errq.put(f"shard {shard}: gave up after {restarts} crashed guests")
+        nxt = _restart_after_crash(args, shard, crash, restarts, errq)
+        if nxt is None:
             return
+        restarts = nxt
 
 
 def _live(out: Path, shards: Sequence[int], specs: Any, elapsed_s: float, alive: int,
