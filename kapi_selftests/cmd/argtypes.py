@@ -34,26 +34,24 @@ def existing_dir(s: str) -> Path:
     return p
 
 
-def positive_int(s: str) -> int:
-    """An integer > 0."""
+def _int_at_least(s: str, low: int, what: str) -> int:
     try:
         v = int(s, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {s}")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"{what}: {s}")
     return v
+
+
+def positive_int(s: str) -> int:
+    """An integer > 0 (decimal or 0x...)."""
+    return _int_at_least(s, 1, "must be positive")
 
 
 def nonneg_int(s: str) -> int:
     """An integer >= 0 (decimal or 0x...)."""
-    try:
-        v = int(s, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {s}")
-    return v
+    return _int_at_least(s, 0, "must be >= 0")
 
 
 def guest_entry(prog: str, add_arguments: Callable[[argparse.ArgumentParser], None],

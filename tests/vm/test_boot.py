@@ -8,15 +8,15 @@ with the reason. Each test boots one TCG guest (10-30 s).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from kapi_selftests.errors import KSFT_FAIL, MissingFeature
-from kapi_selftests.host import initramfs, kernel, qemu, runner
+from kapi_selftests.errors import KSFT_FAIL
+from kapi_selftests.host import kernel, qemu, runner
 from kapi_selftests.host.console import SplatKind
 from kapi_selftests.report import Outcome, exit_code
+from kapi_selftests.testing import missing_vm_tools
 
 pytestmark = [pytest.mark.vm]
 
@@ -31,12 +31,9 @@ def vm_kernel(request: pytest.FixtureRequest) -> kernel.KernelImage:
             pytest.skip("no kernel to boot: pass --kernel, set KAPI_KERNEL, or run "
                         "vm/get-stock-kernel")
         path = str(_STOCK)
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
-    try:
-        initramfs.find_busybox()
-    except MissingFeature as e:
-        pytest.skip(str(e))
+    reason = missing_vm_tools()
+    if reason:
+        pytest.skip(reason)
     return kernel.find_kernel(path, request.config.getoption("--modules"))
 
 

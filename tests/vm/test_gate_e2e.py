@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kapi_selftests.cli import main
-from kapi_selftests.errors import MissingFeature
-from kapi_selftests.host import initramfs
+from kapi_selftests.testing import missing_vm_tools
 
 pytestmark = [pytest.mark.vm]
 
@@ -50,12 +48,9 @@ def _need(*kernels: Path) -> None:
         if not k.is_file():
             pytest.skip(f"kernel {k} not found (build it with kapi-selftests build-kernel, or "
                         "set KAPI_GATE_KERNEL / KAPI_GATE_VARIANT / KAPI_GATE_BASE)")
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
-    try:
-        initramfs.find_busybox()
-    except MissingFeature as e:
-        pytest.skip(str(e))
+    reason = missing_vm_tools()
+    if reason:
+        pytest.skip(reason)
 
 
 def _gate(base: Path, patched: Path, out: Path) -> tuple[int, dict[str, Any]]:
