@@ -243,32 +243,95 @@ def serve(agent: Agent, d: Path, *, idle_timeout_s: float = 600.0,
     d.mkdir(parents=True, exist_ok=True)
     copy_specs(d / "kapi")
     _write_atomic(d / "manifest.json", json.dumps(agent.manifest()).encode())
+    return _serve(agent, _DirEnd(d), idle_timeout_s, stop)
+
+
+def serve_shm(agent: Agent, ch: Any, *, idle_timeout_s: float = 600.0,
+              stop: Callable[[], bool] = lambda: False) -> int:
+    """Serve tables over a :class:`kapi_selftests.shm.Channel` until the host stops it."""
+    man = agent.manifest()
+    man["specs_files"] = specs_files()
+    ch.put_manifest(json.dumps(man).encode())
+    return _serve(agent, _ShmEnd(ch), idle_timeout_s, stop)
+
+
+class _DirEnd:
+    """The agent's end of a directory link."""
+
+    def __init__(self, d: Path) -> None:
+        self.d = d
+        self.nap = 0.001
+
+    def posted(self, n: int) -> bool:
+        return (self.d / f"in-{n}.bin").is_file()
+
+    def stopped(self) -> bool:
+        return (self.d / "stop").exists()
+
+    def wait(self, n: int) -> None:
+        time.sleep(self.nap)
+        self.nap = min(self.nap * 2, 0.02)
+
+    def get(self, n: int) -> tuple[bytes, int]:
+        self.nap = 0.001
+        data = (self.d / f"in-{n}.bin").read_bytes()
+        return data[8:], int(struct.unpack_from("<Q", data)[0])
+
+    def put(self, n: int, results: bytes, tid: int, raw: RawCapture) -> None:
+        tmp = self.d / f"out-{n}.tmp"
+        write_capture_dir(raw, tmp)
+        (tmp / "results.bin").write_bytes(struct.pack("<Q", tid) + results)
+        os.replace(tmp, self.d / f"out-{n}")
+        (self.d / f"in-{n}.bin").unlink()
+
+
+class _ShmEnd:
+    """The agent's end of a shared-memory channel."""
+
+    def __init__(self, ch: Any) -> None:
+        self.ch = ch
+
+    def posted(self, n: int) -> bool:
+        return bool(self.ch.posted > n)
+
+    def stopped(self) -> bool:
+        return bool(self.ch.stopped)
+
+    def wait(self, n: int) -> None:
+        with contextlib.suppress(TimeoutError):  # short waits: stop() runs between
+            self.ch.wait(lambda: self.posted(n) or self.stopped(), timeout_s=2.0)
+
+    def get(self, n: int) -> tuple[bytes, int]:
+        table, calls = self.ch.get_table(n)
+        return table, int(calls)
+
+    def put(self, n: int, results: bytes, tid: int, raw: RawCapture) -> None:
+        from kapi_selftests import shm
+
+        self.ch.put_out(n, shm.pack_out(results, tid, raw))
+
+
+def _serve(agent: Agent, end: _DirEnd | _ShmEnd, idle_timeout_s: float,
+           stop: Callable[[], bool]) -> int:
+    # Tables in order until the host stops the link, or none came for idle_timeout_s.
     n = 0
     idle_since = time.monotonic()
-    nap = 0.001
     while not stop():
-        src = d / f"in-{n}.bin"
-        if not src.is_file():
-            if (d / "stop").exists():
+        if not end.posted(n):
+            if end.stopped():
                 break
             if time.monotonic() - idle_since > idle_timeout_s:
                 log.warning("agent: no table for %.0f s: stopping", idle_timeout_s)
                 break
-            time.sleep(nap)
-            nap = min(nap * 2, 0.02)
+            end.wait(n)
             continue
-        nap = 0.001
         _test_crash(n)
         t0 = time.monotonic()
-        data = src.read_bytes()
+        table, calls = end.get(n)
         t1 = time.monotonic()
-        results, tid, raw = agent.run(data[8:], struct.unpack_from("<Q", data)[0])
+        results, tid, raw = agent.run(table, calls)
         t2 = time.monotonic()
-        tmp = d / f"out-{n}.tmp"
-        write_capture_dir(raw, tmp)
-        (tmp / "results.bin").write_bytes(struct.pack("<Q", tid) + results)
-        os.replace(tmp, d / f"out-{n}")
-        src.unlink()
+        end.put(n, results, tid, raw)
         agent.times["io"] += t1 - t0 + time.monotonic() - t2
         n += 1
         idle_since = time.monotonic()
@@ -285,39 +348,6 @@ def _test_crash(n: int) -> None:
     marker.touch()
     os.sync()
     Path("/proc/sysrq-trigger").write_text("c")
-
-
-def serve_shm(agent: Agent, ch: Any, *, idle_timeout_s: float = 600.0,
-              stop: Callable[[], bool] = lambda: False) -> int:
-    """Serve tables over a :class:`kapi_selftests.shm.Channel` until the host stops it."""
-    from kapi_selftests import shm
-
-    man = agent.manifest()
-    man["specs_files"] = specs_files()
-    ch.put_manifest(json.dumps(man).encode())
-    n = 0
-    idle_since = time.monotonic()
-    while not stop():
-        if ch.posted <= n:
-            if ch.stopped:
-                break
-            if time.monotonic() - idle_since > idle_timeout_s:
-                log.warning("agent: no table for %.0f s: stopping", idle_timeout_s)
-                break
-            with contextlib.suppress(TimeoutError):  # short waits: stop() runs between
-                ch.wait(lambda k=n: bool(ch.posted > k or ch.stopped), timeout_s=2.0)
-            continue
-        idle_since = time.monotonic()
-        _test_crash(n)
-        t0 = time.monotonic()
-        table, calls = ch.get_table(n)
-        t1 = time.monotonic()
-        results, tid, raw = agent.run(table, calls)
-        t2 = time.monotonic()
-        ch.put_out(n, shm.pack_out(results, tid, raw))
-        agent.times["io"] += t1 - t0 + time.monotonic() - t2
-        n += 1
-    return n
 
 
 def specs_files(root: Path = DEBUGFS_ROOT) -> dict[str, str]:

@@ -71,3 +71,19 @@ def test_resources_fit_under_a_low_fd_limit() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert [int(x) for x in out] == [448, 511]
+
+
+def test_agent_over_a_directory_judges_a_campaign_batch(generic: EventSource,
+                                                        tmp_path: Path) -> None:
+    # the --transport dir path: tables and results as files (a guest's output share)
+    d = tmp_path / "agent"
+    with agent.Agent(None, generic) as ag:
+        served: list[int] = []
+        t = threading.Thread(target=lambda: served.append(agent.serve(ag, d)), daemon=True)
+        t.start()
+        with remote.RemoteHarness(remote.DirLink(d, timeout_s=60)) as h:
+            result = h.run(PlanGenerator(h.specs, seed=6).batch(0, 100))
+        t.join(timeout=30)
+    assert served == [1]
+    assert len(result.checks) == 100 and not result.failures
+    assert not list(d.glob("in-*")) and not list(d.glob("out-*"))
