@@ -10,7 +10,9 @@ window (:mod:`kapi_selftests.window`) are judged:
 4. ``spec_match`` against the oracle (KAPI events only);
 5. no side effect of a rejected call (KAPI only: only there is a call rejected).
 
-On a kernel without the kapi events the same calls are judged against the
+A batch decoded to columns goes through :mod:`kapi_selftests.bulk` first, which
+clears in bulk every call traced exactly as predicted; the rest are judged here one
+by one. On a kernel without the kapi events the same calls are judged against the
 generic ``syscalls:sys_enter_*/sys_exit_*`` events (checks 1-3). A call whose
 window a loss gap overlaps is not judged for missing events (it gets a note).
 """
@@ -21,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kapi_selftests.arch import find_syscall
+from kapi_selftests.bulk import clean_calls
 from kapi_selftests.events import Capture, TraceEvent
 from kapi_selftests.executor import EventSource
 from kapi_selftests.oracle import (
@@ -45,14 +48,19 @@ _EINTR = 4
 
 @dataclass(frozen=True, slots=True)
 class CallCheck:
-    """One call, its events and what the checks found."""
+    """One call, its events and what the checks found.
+
+    :param traced: the last exit's ``spec_match`` (None: no kapi exit) and the number of
+        enter/exit pairs, when the checker summarised them (else read from ``events``)
+    """
 
     record: SyscallRecord
-    events: tuple[TraceEvent, ...]
+    events: Sequence[TraceEvent]
     findings: tuple[Finding, ...] = ()
     notes: tuple[str, ...] = ()
     prediction: Prediction | None = None
     strict: bool = False
+    traced: tuple[int | None, int] | None = None
 
     @property
     def failures(self) -> tuple[Finding, ...]:
@@ -149,14 +157,29 @@ def check_calls(records: Sequence[SyscallRecord], capture: Capture, source: Even
     :param strict: spec drift fails
     :param predictions: per record, the oracle's prediction made before the call
     """
+    kapi_source = source is EventSource.KAPI
+    rec_specs: list[Spec | None] = []
+    if kapi_source:
+        for rec in records:
+            abi = find_syscall(rec.nr)
+            rec_specs.append(specs.get(abi.spec_name) if abi else None)
+    bulk = clean_calls(records, capture, rec_specs, predictions, side_effects) \
+        if kapi_source and predictions else None
+    windows: Sequence[Sequence[TraceEvent]] = bulk if bulk is not None else \
+        events_by_call(records, capture.events)  # type: ignore[assignment]
     out: list[CallCheck] = []
-    windows = events_by_call(records, capture.events)
     for n, (rec, evs) in enumerate(zip(records, windows, strict=True)):
+        if bulk is not None:
+            w = bulk[n]
+            if w.clean:
+                out.append(CallCheck(rec, w.events, (), (), predictions[n],  # type: ignore[index]
+                                     strict, (w.spec_match, w.pairs)))
+                continue
+            evs = tuple(w.events)
         notes: list[str] = []
         lossy = capture.loss.explains(rec.t_ns, rec.t_end_ns)
-        if source is EventSource.KAPI:
-            abi = find_syscall(rec.nr)
-            spec = specs.get(abi.spec_name) if abi else None
+        if kapi_source:
+            spec = rec_specs[n]
             kapi = tuple(e for e in evs if e.name in (ENTER, EXIT))
             if spec is None:
                 findings = [Finding(FindingKind.PAIRING, f"{rec.name} has no spec but traced "

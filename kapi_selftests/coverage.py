@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,19 @@ def listed_errors(spec: Spec) -> dict[int, str]:
     return out
 
 
+def _outcome(p: Prediction | None) -> int | None:
+    # What coverage counts of a prediction: None (none, or undetermined), -1 (the
+    # validator accepts: every parameter passed) or the index of the rejected
+    # parameter (those before it passed). A rejection with no index (the parameter
+    # count) names no parameter: its parameters count on their valid side.
+    if p is None or p.undetermined is not None:
+        return None
+    rej = p.rejection
+    if rej is None or rej.index is None:
+        return -1
+    return rej.index
+
+
 class Coverage:
     """Counts per (spec, parameter, side) and per (spec, errno); mergeable, JSON round trip.
 
@@ -129,34 +143,46 @@ class Coverage:
 
         :return: the targets this call hit for the first time
         """
+        return self._add(spec_name, _outcome(prediction), err, 1)
+
+    def add_many(self, calls: Iterable[tuple[str, Prediction | None, int]]) -> list[Target]:
+        """:meth:`add` for many calls (a batch): equal outcomes are counted once.
+
+        :return: the targets the calls hit for the first time
+        """
+        counts = Counter((s, _outcome(p), e) for s, p, e in calls)
+        new: list[Target] = []
+        for (spec_name, outcome, err), n in counts.items():
+            new += self._add(spec_name, outcome, err, n)
+        return new
+
+    def _add(self, spec_name: str, outcome: int | None, err: int, n: int) -> list[Target]:
+        # outcome: None (not predicted), -1 (accepted) or the rejected parameter's index
         spec = self.specs.get(spec_name)
         if spec is None:
             return []
-        self.calls[spec_name] = self.calls.get(spec_name, 0) + 1
+        self.calls[spec_name] = self.calls.get(spec_name, 0) + n
         new: list[Target] = []
-        if prediction is not None and prediction.undetermined is None:
-            rej = prediction.rejection
+        if outcome is not None:
             targets = self._param_targets.get(spec.name)
             if targets is None:
                 targets = self._param_targets[spec.name] = [
                     (Target(spec.name, p.name, Side.VALID), Target(spec.name, p.name, Side.INVALID))
                     for p in spec.params]
             for i, (valid, invalid) in enumerate(targets):
-                if rej is not None and rej.index is not None and rej.index < i:
+                if 0 <= outcome < i:
                     break
-                t = invalid if rej is not None and rej.index == i else valid
+                t = invalid if outcome == i else valid
                 if t in self.sides:
                     if self.sides[t] == 0:
                         new.append(t)
-                    self.sides[t] += 1
-                if rej is not None and rej.index == i:
-                    break
+                    self.sides[t] += n
         if err:
             key = (spec.name, err)
             if key in self.errors:
-                self.errors[key] += 1
+                self.errors[key] += n
             else:
-                self.unlisted[key] = self.unlisted.get(key, 0) + 1
+                self.unlisted[key] = self.unlisted.get(key, 0) + n
         return new
 
     def missing(self) -> list[Target]:

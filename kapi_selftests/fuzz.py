@@ -48,7 +48,7 @@ from kapi_selftests.findings import (
 from kapi_selftests.generate import PlanGenerator
 from kapi_selftests.materialize import Materialized
 from kapi_selftests.oracle import ENTER, EXIT, Prediction
-from kapi_selftests.plan import CallPlan, plan_from_json, plan_to_json
+from kapi_selftests.plan import CallPlan, plan_from_json, plan_json_text, plan_to_json
 from kapi_selftests.spec import Spec
 
 if TYPE_CHECKING:
@@ -191,6 +191,8 @@ def call_line(seed: int, shard: int, batch: int, index: int, n: int, plan_json: 
 
 
 def _match_and_pairs(check: CallCheck) -> tuple[int | None, int]:
+    if check.traced is not None:
+        return check.traced
     enters = exits = 0
     last_exit = None
     for e in check.events:
@@ -208,7 +210,7 @@ def _match_and_pairs(check: CallCheck) -> tuple[int | None, int]:
 
 
 def _plans_json(plans: Sequence[CallPlan]) -> list[str]:
-    return [json.dumps(plan_to_json(p), separators=(",", ":")) for p in plans]
+    return [plan_json_text(p) for p in plans]
 
 
 class _PredictingMaterializer:
@@ -416,10 +418,11 @@ class Campaign:
         plan_json = plan_json or _plans_json(plans)
         rows: list[str] = []
         found: list[tuple[FindingKey, Example]] = []
-        seed, shard, n0, add = self.cfg.seed, self.cfg.shard, self.state.calls, self.coverage.add
+        seed, shard, n0 = self.cfg.seed, self.cfg.shard, self.state.calls
+        outcomes: list[tuple[str, Prediction | None, int]] = []
         for i, (plan, check) in enumerate(zip(plans, result.checks, strict=True)):
             pred = check.prediction or (preds[i] if i < len(preds) else None)
-            add(f"sys_{plan.name}", pred, check.record.errno)
+            outcomes.append((f"sys_{plan.name}", pred, check.record.errno))
             rows.append(call_line(seed, shard, b, i, n0 + i, plan_json[i], check))
             if not check.failures:
                 continue
@@ -429,6 +432,7 @@ class Campaign:
                                          regs=check.record.args, ret=check.record.ret,
                                          message=msg, evidence=tuple(check.explain().splitlines()),
                                          shard=self.cfg.shard, batch=b, index=i)))
+        self.coverage.add_many(outcomes)
         append_lines(self.out / CALLS_FILE, rows)
         new = self.store.add(found, now_iso())
         for k in new:

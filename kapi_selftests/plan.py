@@ -9,6 +9,7 @@ JSON.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,24 @@ def plan_to_json(p: CallPlan) -> dict[str, Any]:
             return {"buf": a.kind.value, "size": a.size}
         return {"path": a.kind.value}
     return {"name": p.name, "args": [one(a) for a in p.args]}
+
+
+_ARG_TEXT: dict[ArgPlan, str] = {}
+
+
+def plan_json_text(p: CallPlan) -> str:
+    """``json.dumps(plan_to_json(p), separators=(",", ":"))``, with each argument's text
+    made once (a campaign writes every plan it issues)."""
+    parts = []
+    for a in p.args:
+        t = _ARG_TEXT.get(a)
+        if t is None:
+            if len(_ARG_TEXT) > 1 << 16:
+                _ARG_TEXT.clear()
+            t = _ARG_TEXT[a] = json.dumps(plan_to_json(CallPlan(p.name, (a,)))["args"][0],
+                                          separators=(",", ":"))
+        parts.append(t)
+    return f'{{"name":{json.dumps(p.name)},"args":[{",".join(parts)}]}}'
 
 
 def plan_from_json(d: dict[str, Any]) -> CallPlan:

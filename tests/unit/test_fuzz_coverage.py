@@ -90,3 +90,17 @@ def test_coverage_table_marks_unhit_sides() -> None:
     assert "### sys_read (0 calls)" in text
     assert "| fd | range [0, 2147483647] | **0** | **0** |" in text
     assert "| behavior | none | **0** | n/a |" in text
+
+
+def test_coverage_add_many_counts_as_add_one_by_one() -> None:
+    calls = [("sys_read", predict(READ, regs, MEM), err)
+             for regs, err in (((3, 0x10000, 16), 0), ((3, 0, 16), 22), ((-1, 0x10000, 1), 22),
+                               ((3, 0x10000, 16), 0), ((3, 0x10000, 16), 9))]
+    calls += [("sys_read", None, 999), ("sys_open", None, 2), ("sys_nosuch", None, 1)]
+    one, many = _cov(), _cov()
+    new_one = [t for c in calls for t in one.add(*c)]
+    new_many = many.add_many(calls)
+    assert many.to_json() == one.to_json()
+    assert set(new_many) == set(new_one) and len(new_many) == len(new_one)
+    assert many.sides[Target("sys_read", "fd", Side.VALID)] == 4  # one rejected at fd
+    assert many.sides[Target("sys_read", "fd", Side.INVALID)] == 1
