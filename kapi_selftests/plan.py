@@ -114,6 +114,7 @@ def plan_to_json(p: CallPlan) -> dict[str, Any]:
 
 
 _ARG_TEXT: dict[ArgPlan, str] = {}
+_NAME_TEXT: dict[str, str] = {}
 
 
 def plan_json_text(p: CallPlan) -> str:
@@ -121,6 +122,9 @@ def plan_json_text(p: CallPlan) -> str:
     made once (a campaign writes every plan it issues)."""
     parts = []
     for a in p.args:
+        if type(a) is Lit:
+            parts.append(f'{{"lit":{a.value}}}')  # an int's repr is its JSON
+            continue
         t = _ARG_TEXT.get(a)
         if t is None:
             if len(_ARG_TEXT) > 1 << 16:
@@ -128,7 +132,10 @@ def plan_json_text(p: CallPlan) -> str:
             t = _ARG_TEXT[a] = json.dumps(plan_to_json(CallPlan(p.name, (a,)))["args"][0],
                                           separators=(",", ":"))
         parts.append(t)
-    return f'{{"name":{json.dumps(p.name)},"args":[{",".join(parts)}]}}'
+    name = _NAME_TEXT.get(p.name)
+    if name is None:
+        name = _NAME_TEXT[p.name] = json.dumps(p.name)
+    return f'{{"name":{name},"args":[{",".join(parts)}]}}'
 
 
 def plan_from_json(d: dict[str, Any]) -> CallPlan:

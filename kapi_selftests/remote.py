@@ -111,6 +111,7 @@ class ManifestMaterializer:
         self._new = 0
         self._predictions: dict[tuple[str, tuple[int, ...]], Prediction] = {}
         self._args: dict[ArgPlan, tuple[int, str, Any]] = {}
+        self._plans: dict[CallPlan, Materialized] = {}
 
     def predict(self, spec: Spec, regs: tuple[int, ...]) -> Prediction:
         """The oracle's prediction, cached: the memory facts are fixed for the session."""
@@ -123,6 +124,18 @@ class ManifestMaterializer:
         return p
 
     def __call__(self, plan: CallPlan) -> Materialized:
+        # Equal plans make equal calls (the resources are fixed), but for a new path's
+        # name, which changes each time: half a campaign's plans repeat an earlier one.
+        m = self._plans.get(plan)
+        if m is None:
+            m = self._make(plan)
+            if not any(type(a) is PathPlan and a.kind is PathKind.NEW for a in plan.args):
+                if len(self._plans) > 1 << 16:
+                    self._plans.clear()
+                self._plans[plan] = m
+        return m
+
+    def _make(self, plan: CallPlan) -> Materialized:
         fds: dict[int, int] = {}
         bufs: dict[int, tuple[int, int]] = {}
         paths: dict[int, bytes] = {}
