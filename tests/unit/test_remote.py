@@ -69,6 +69,7 @@ def test_materializer_fds_high_bits_and_paths() -> None:
     mat = ManifestMaterializer(manifest())
     m = mat(CallPlan("close", (Fd(FdKind.PIPE_READ, 1),)))
     assert m.regs == ((1 << 32) + 1500 + list(FdKind).index(FdKind.PIPE_READ),)
+    assert mat(CallPlan("close", (Fd(FdKind.PIPE_READ, 1),))) is m  # made once per plan
     m = mat(CallPlan("open", (Path(PathKind.EXISTING), Lit(0), Lit(-1))))
     assert m.regs == (EXISTING, 0, 2**64 - 1) and m.paths == {0: b"/tmp/s/existing"}
     assert mat(CallPlan("open", (Path(PathKind.UNTERMINATED), Lit(0), Lit(0)))).paths == {}
