@@ -7,7 +7,7 @@ campaign draws plans here, from a :class:`random.Random` keyed by
 ``(seed, shard, batch)``, walking the same tables the strategies in
 :mod:`kapi_selftests.strategies` use (``FD_EDGES``, the size edges, mask bits,
 range edges, ``KNOWN_VALUES``) and applying the same safety rules
-(``strategies._make_safe``: madvise only inside harness mappings). Batch ``k``
+(``plan.make_safe``: madvise only inside harness mappings). Batch ``k``
 of shard ``s`` of seed ``S`` is the same list of plans on every machine and
 every kernel, given the same specs and the same coverage steering input.
 
@@ -29,9 +29,21 @@ from collections.abc import Callable, Mapping, Sequence
 from kapi_selftests import arch
 from kapi_selftests.coverage import Side, Target
 from kapi_selftests.fds import FdKind
-from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
+from kapi_selftests.plan import (
+    FD_EDGES,
+    KNOWN_VALUES,
+    MAX_MAPPING,
+    ArgPlan,
+    Buf,
+    BufKind,
+    CallPlan,
+    Fd,
+    Lit,
+    Path,
+    PathKind,
+    make_safe,
+)
 from kapi_selftests.spec import ConstraintType, ParamSpec, ParamType, Spec
-from kapi_selftests.strategies import FD_EDGES, KNOWN_VALUES, MAX_MAPPING, _make_safe
 
 __all__ = ["PlanGenerator", "SIZE_EDGES", "STEER_ATTEMPTS", "batch_seed"]
 
@@ -195,7 +207,7 @@ class PlanGenerator:
         for _ in range(n):
             if recipes and rng.random() < self.error_rate:
                 spec_name, recipe = rng.choice(recipes)
-                out.append(_make_safe(self.specs[spec_name], recipe(rng)))
+                out.append(make_safe(recipe(rng)))
             elif goals and rng.random() < self.steer_rate:
                 t = rng.choice(goals)
                 tries[t] = tries.get(t, 0) + 1
@@ -242,7 +254,7 @@ class PlanGenerator:
                 args.append(Buf(self._buf_kind(rng, p, valid), size))
             else:
                 args.append(Lit(scalars[i]))
-        return _make_safe(spec, CallPlan(abi.name, tuple(args)))
+        return make_safe(CallPlan(abi.name, tuple(args)))
 
     def _valid(self, rng: random.Random, forced: bool | None) -> bool:
         if forced is not None:

@@ -13,11 +13,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from kapi_selftests import arch
 from kapi_selftests.arch import NR
 from kapi_selftests.fds import FdKind
 
 __all__ = ["BufKind", "PathKind", "Lit", "Fd", "Buf", "Path", "ArgPlan", "CallPlan",
-           "plan_to_json", "plan_from_json"]
+           "MAX_MAPPING", "KNOWN_VALUES", "FD_EDGES", "make_safe", "plan_to_json",
+           "plan_from_json", "plan_json_text"]
 
 
 class BufKind(enum.Enum):
@@ -99,6 +101,44 @@ class CallPlan:
                 return f"buf:{a.kind.value}[{a.size}]"
             return f"path:{a.kind.value}"
         return f"{self.name}({', '.join(one(a) for a in self.args)})"
+
+
+# --- the harness's safety rules (shared by the hypothesis strategies and the fuzzer)
+
+_U64 = (1 << 64) - 1
+#: Largest mapping the harness makes for one buffer or madvise range.
+MAX_MAPPING = 16 << 20
+
+#: Known values of unconstrained parameters, by (spec name, parameter name).
+KNOWN_VALUES: dict[tuple[str, str], tuple[int, ...]] = {
+    ("sys_madvise", "behavior"): tuple(v for v in arch.MADV.values()
+                                       if v not in arch.MADV_UNSAFE),
+}
+
+#: fd register values that are never open: -1 as int and as u64, INT_MAX, INT_MAX+1,
+#: 2^32-1, huge. Small numbers (0, 1, 2, 3...) are never drawn: they are the harness's own.
+FD_EDGES = (_U64, 0xFFFFFFFF, arch.INT_MAX, arch.INT_MAX + 1, 1 << 63 | 0xFFFFFFFF, (1 << 32) - 2)
+
+
+def make_safe(plan: CallPlan) -> CallPlan:
+    """``plan``, or the same call with ``MADV_NORMAL`` where its advice is not safe.
+
+    An madvise range longer than the harness's mapping reaches memory the harness
+    does not own: that is allowed only with hint-only advice (or advice the kernel
+    must refuse); advice that destroys or poisons memory is never issued.
+    """
+    if plan.name != "madvise":
+        return plan
+    start, length, advice = plan.args
+    assert isinstance(length, Lit) and isinstance(advice, Lit)
+    inside = isinstance(start, Buf) and start.kind in (BufKind.MAPPED, BufKind.GUARD_TAIL) \
+        and length.value <= start.size
+    known = (advice.value & 0xFFFFFFFF) in arch.MADV.values()
+    if not inside and known and (advice.value & 0xFFFFFFFF) not in arch.MADV_HINTS:
+        return CallPlan(plan.name, (start, length, Lit(arch.MADV["MADV_NORMAL"])))
+    if (advice.value & 0xFFFFFFFF) in arch.MADV_UNSAFE:
+        return CallPlan(plan.name, (start, length, Lit(arch.MADV["MADV_NORMAL"])))
+    return plan
 
 
 def plan_to_json(p: CallPlan) -> dict[str, Any]:

@@ -6,8 +6,9 @@ the edge that matters). :func:`call_plans` combines them per spec, couples a
 buffer with the parameter that sizes it, and applies the harness's safety rules
 (never an fd number the harness does not own, madvise only on its own
 mappings with lengths that stay inside them unless the advice is a mere hint).
-Nothing here names one of the five v4 syscalls except the table of known
-argument values (:data:`KNOWN_VALUES`): any spec with an x86-64 number gets plans.
+The values and the safety rule are :mod:`kapi_selftests.plan`'s, shared with the
+fuzzer's generator (which needs no hypothesis). Nothing here names one of the five
+v4 syscalls: any spec with an x86-64 number gets plans.
 """
 
 from __future__ import annotations
@@ -19,7 +20,20 @@ from hypothesis import strategies as st
 from kapi_selftests import arch
 from kapi_selftests.errors import UsageError
 from kapi_selftests.fds import FdKind
-from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
+from kapi_selftests.plan import (
+    FD_EDGES,
+    KNOWN_VALUES,
+    MAX_MAPPING,
+    ArgPlan,
+    Buf,
+    BufKind,
+    CallPlan,
+    Fd,
+    Lit,
+    Path,
+    PathKind,
+    make_safe,
+)
 from kapi_selftests.spec import ConstraintType, ParamSpec, ParamType, Spec
 
 __all__ = [
@@ -35,19 +49,7 @@ __all__ = [
 ]
 
 U64 = (1 << 64) - 1
-#: Largest mapping the harness makes for one buffer or madvise range.
-MAX_MAPPING = 16 << 20
-
-#: Known values of unconstrained parameters, by (spec name, parameter name).
-KNOWN_VALUES: dict[tuple[str, str], tuple[int, ...]] = {
-    ("sys_madvise", "behavior"): tuple(v for v in arch.MADV.values()
-                                       if v not in arch.MADV_UNSAFE),
-}
-
 _VALID_FD_KINDS = tuple(k for k in FdKind if k is not FdKind.CLOSED)
-#: fd register values that are never open: -1 as int and as u64, INT_MAX, INT_MAX+1,
-#: 2^32-1, huge. Small numbers (0, 1, 2, 3...) are never drawn: they are the harness's own.
-FD_EDGES = (U64, 0xFFFFFFFF, arch.INT_MAX, arch.INT_MAX + 1, 1 << 63 | 0xFFFFFFFF, (1 << 32) - 2)
 
 
 def fds() -> st.SearchStrategy[ArgPlan]:
@@ -193,23 +195,6 @@ def call_plans(spec: Spec) -> st.SearchStrategy[CallPlan]:
                 args.append(draw(buffers(min(size, MAX_MAPPING)), label=p.name))
             else:
                 args.append(Lit(scalars[i]))
-        return _make_safe(spec, CallPlan(abi.name, tuple(args)))
+        return make_safe(CallPlan(abi.name, tuple(args)))
 
     return plan()
-
-
-def _make_safe(spec: Spec, plan: CallPlan) -> CallPlan:
-    # An address range longer than the harness's mapping reaches memory it does not
-    # own: allow that only with hint-only advice (or advice the kernel must refuse).
-    if spec.name != "sys_madvise":
-        return plan
-    start, length, advice = plan.args
-    assert isinstance(length, Lit) and isinstance(advice, Lit)
-    inside = isinstance(start, Buf) and start.kind in (BufKind.MAPPED, BufKind.GUARD_TAIL) \
-        and length.value <= start.size
-    known = (advice.value & 0xFFFFFFFF) in arch.MADV.values()
-    if not inside and known and (advice.value & 0xFFFFFFFF) not in arch.MADV_HINTS:
-        return CallPlan(plan.name, (start, length, Lit(arch.MADV["MADV_NORMAL"])))
-    if (advice.value & 0xFFFFFFFF) in arch.MADV_UNSAFE:
-        return CallPlan(plan.name, (start, length, Lit(arch.MADV["MADV_NORMAL"])))
-    return plan
