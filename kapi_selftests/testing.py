@@ -1,10 +1,10 @@
-"""pytest glue shared by the root conftest and the in-guest suite: the skip/strict policy."""
+"""pytest glue shared by the conftests: the skip/strict policy, the hypothesis profiles."""
 
 from __future__ import annotations
 
 import pytest
 
-__all__ = ["require", "missing_vm_tools"]
+__all__ = ["require", "missing_vm_tools", "hypothesis_profiles", "hypothesis_seed"]
 
 
 def require(config: pytest.Config, reason: str | None) -> None:
@@ -31,3 +31,47 @@ def missing_vm_tools() -> str | None:
     except MissingFeature as e:
         return str(e)
     return None
+
+
+def hypothesis_profiles() -> None:
+    """Register the hypothesis profiles and load ``KAPI_HYPOTHESIS_PROFILE`` (``ci``).
+
+    ``ci``: derandomised, 20 examples; ``dev``: 200; ``fuzz``: 20,000 and every phase.
+    The conftest of each directory whose tests use hypothesis calls this, so that a
+    session collecting none of them never imports hypothesis (under TCG that import
+    is seconds of a guest's time to its first test).
+    """
+    import os
+
+    from hypothesis import HealthCheck, Phase, settings
+
+    quiet = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    settings.register_profile("ci", derandomize=True, max_examples=20, deadline=None,
+                              print_blob=True, suppress_health_check=quiet)
+    settings.register_profile("dev", max_examples=200, deadline=None, print_blob=True,
+                              suppress_health_check=quiet)
+    settings.register_profile(
+        "fuzz", max_examples=20_000, deadline=None, print_blob=True,
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+        suppress_health_check=list(HealthCheck))
+    settings.load_profile(os.environ.get("KAPI_HYPOTHESIS_PROFILE", "ci"))
+
+
+def hypothesis_seed(config: pytest.Config) -> None:
+    """Give the run a hypothesis seed (``--hypothesis-seed``, else a random one).
+
+    Every failure then prints the line that replays it (the root conftest adds it).
+    For the conftests that call :func:`hypothesis_profiles`, from ``pytest_configure``.
+    """
+    import os
+
+    from hypothesis import core
+
+    seed = config.option.hypothesis_seed
+    if seed is None:
+        seed = config.option.hypothesis_seed = int.from_bytes(os.urandom(4), "little")
+    try:
+        seed = int(seed)
+    except ValueError:
+        pass  # hypothesis takes a string seed as it is
+    core.global_force_seed = seed  # what its plugin does with --hypothesis-seed

@@ -37,7 +37,7 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 
 # The 87 tests of the recorded full-suite gate (kapi vs variant, docs/gate.md), by module.
 _TESTS = {
-    "tests/guest/test_calls.py": (
+    "tests/guest/pbt/test_calls.py": (
         'test_calls_generated[kapi-sys_close]',
         'test_calls_generated[kapi-sys_madvise]',
         'test_calls_generated[kapi-sys_open]',
@@ -73,7 +73,7 @@ _TESTS = {
         'test_smoke_tracefs_mounted',
         'test_smoke_kapi_events_present',
     ),
-    "tests/guest/test_stateful.py": (
+    "tests/guest/pbt/test_stateful.py": (
         'test_stateful_file_model[kapi]',
         'test_stateful_file_model[generic]',
     ),
@@ -136,7 +136,7 @@ _TESTS = {
         'test_upstream[generic-28-normal syscall path (open/read/write/close) works]',
         'test_upstream_29_dmesg_has_validator_warnings',
     ),
-    "tests/guest/test_witness.py": (
+    "tests/guest/pbt/test_witness.py": (
         'test_witness_ptrace_agrees_with_tracepoints[kapi]',
         'test_witness_ptrace_agrees_with_tracepoints[generic]',
     ),
@@ -146,8 +146,8 @@ _NAMES = [f"{m}::{t}" for m, ts in _TESTS.items() for t in ts]
 # Their failures as recorded (reason lines verbatim, diagnostics cut to the assertion).
 
 # Their failures as recorded (reason lines verbatim but for the cut fuzz summary).
-CLOSE = "tests/guest/test_calls.py::test_calls_generated[kapi-sys_close]"
-OPEN = "tests/guest/test_calls.py::test_calls_generated[kapi-sys_open]"
+CLOSE = "tests/guest/pbt/test_calls.py::test_calls_generated[kapi-sys_close]"
+OPEN = "tests/guest/pbt/test_calls.py::test_calls_generated[kapi-sys_open]"
 FUZZ = "tests/guest/test_fuzz_local.py::test_fuzz_local_campaign_passes_on_a_correct_kernel"
 MODE = "tests/guest/test_upstream.py::test_upstream[kapi-06-open with invalid mode returns EINVAL]"
 _FAILED: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {

@@ -354,6 +354,30 @@ def test_run_local_failure_message_in_ktap(tmp_path: Path,
     assert "not ok 1 " in out and "values differ" in out
 
 
+def test_run_local_runs_the_pbt_directory_in_a_second_session(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the first session records whether pbt/'s module was imported; pbt/ fails once
+    pbt_mod = "test_pbt_" + "".join(c if c.isalnum() else "_" for c in tmp_path.name)
+    tests = _suite(tmp_path, "import sys\n"
+                   "def test_first():\n"
+                   f"    open({str(tmp_path / 'seen')!r}, 'w').write("
+                   f"'pbt' if {pbt_mod!r} in sys.modules else 'alone')\n")
+    pbt = tests / "pbt"
+    pbt.mkdir()
+    (pbt / f"{pbt_mod}.py").write_text(
+        "def test_second():\n    pass\n\ndef test_third():\n    assert 0, 'pbt fails'\n")
+    code, out, _ = _main(["run", "--local", "--tests", str(tests), "--junit",
+                          str(tmp_path / "j.xml")], capsys)
+    assert code == KSFT_FAIL
+    assert (tmp_path / "seen").read_text() == "alone"  # pbt/ was not collected with it
+    assert "1..3" in out and "ok 1 " in out and "ok 2 " in out and "not ok 3 " in out
+    from kapi_selftests.host.runner import parse_junit
+    junit = parse_junit(tmp_path / "j.xml")  # both sessions in one file, parts gone
+    assert [r.name.rsplit("::", 1)[1] for r in junit] == ["test_first", "test_second",
+                                                          "test_third"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("j.")) == ["j.xml"]
+
+
 def test_run_local_missing_tests_dir_says_so(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = _main(["run", "--local", "--tests", str(tmp_path / "nope")], capsys)
