@@ -48,6 +48,10 @@ def _shard(s: str) -> tuple[int, int]:
     return i, n
 
 
+def _guests(s: str) -> int | str:
+    return "auto" if s == "auto" else positive_int(s)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--kernel", type=existing_path, metavar="PATH",
@@ -76,8 +80,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="kill the guest after this long without console output (default 300)")
     vm.add_argument("--append", default="", metavar="CMDLINE",
                     help="extra kernel command line")
-    vm.add_argument("--guests", type=positive_int, default=1, metavar="N",
-                    help="boot N guests at once, each running a shard of the suite")
+    vm.add_argument("--guests", type=_guests, metavar="N|auto",
+                    help="boot N guests at once, each running a shard of the suite (default "
+                         "auto: one per host core a guest keeps busy, at most 4; 1 with "
+                         "--console)")
     vm.add_argument("--runner", choices=("qemu", "vng"), default="qemu",
                     help="boot with QEMU directly (default) or with virtme-ng (needs udev)")
     vm.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
@@ -148,7 +154,10 @@ def run_kernel(args: argparse.Namespace) -> int:
         _cfg, argv = runner.prepare(kimg, cfg, spec, runner=args.runner)
         print(shlex.join(argv))
         return 0
-    req = runner.SuiteRequest(kernel=kimg, config=cfg, guests=args.guests,
+    guests = None if args.guests in (None, "auto") else int(args.guests)
+    if args.guests is None and args.console:
+        guests = 1  # one console to echo
+    req = runner.SuiteRequest(kernel=kimg, config=cfg, guests=guests,
                               require_kapi=args.require_kapi, save_trace=args.save_trace,
                               runner=args.runner, work_dir=args.work_dir,
                               keyword=args.keyword)

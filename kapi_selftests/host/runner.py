@@ -39,7 +39,7 @@ from kapi_selftests.report import Outcome, TestResult
 
 __all__ = ["BootTimings", "GuestRun", "GuestSpec", "guest_command", "guest_env", "prepare",
            "boot", "collect_results", "host_results", "parse_junit", "write_junit",
-           "run_guests", "PROJECT", "GUEST_TESTS"]
+           "run_guests", "auto_guests", "PROJECT", "GUEST_TESTS"]
 
 log = logging.getLogger(__name__)
 
@@ -401,13 +401,35 @@ class SuiteRequest:
 
     kernel: kernel.KernelImage
     config: qemu.GuestConfig
-    guests: int = 1
+    guests: int | None = None  # None: as many as the host runs at once (auto_guests)
     require_kapi: bool = False
     save_trace: Path | None = None
     runner: str = "qemu"
     keep: bool = False
     work_dir: Path | None = None
     keyword: str | None = None
+
+
+#: The most guests ``auto_guests`` boots: each boot and start-up is paid again, so past a
+#: few guests the suite's shards get too short to gain.
+MAX_AUTO_GUESTS = 4
+
+
+def auto_guests(cfg: qemu.GuestConfig, accel: qemu.Accel, *, cores: int | None = None,
+                free_mb: int | None = None) -> int:
+    """How many guests run the suite at once by default: one per host core they keep busy.
+
+    Under TCG (``thread=single``) a guest runs on one host core whatever its vCPU
+    count; with KVM it keeps ``cfg.cpus`` cores busy. At most :data:`MAX_AUTO_GUESTS`,
+    and no more than the free memory holds (each guest's RAM plus QEMU's own).
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0))
+    if free_mb is None:
+        free_mb = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+    per_guest = cfg.cpus if accel is qemu.Accel.KVM else 1
+    by_memory = free_mb // (cfg.memory_mb + 256)
+    return max(1, min(cores // max(per_guest, 1), MAX_AUTO_GUESTS, by_memory))
 
 
 def run_guests(req: SuiteRequest, *, echo: IO[str] | None = None,
@@ -418,14 +440,14 @@ def run_guests(req: SuiteRequest, *, echo: IO[str] | None = None,
 
     :raises LostGuest: no guest returned anything usable
     """
-    n = req.guests
+    accel = req.config.accel
+    if accel is qemu.Accel.AUTO and req.runner == "qemu":
+        accel = qemu.choose_accel(req.config, qemu.find_qemu(req.config.arch))
+    n = req.guests if req.guests is not None else auto_guests(req.config, accel)
     if n < 1:
         raise UsageError(f"--guests {n}: must be at least 1")
     base = req.work_dir or Path(tempfile.mkdtemp(prefix="kapi-run-"))
     base.mkdir(parents=True, exist_ok=True)
-    accel = req.config.accel
-    if accel is qemu.Accel.AUTO and req.runner == "qemu":
-        accel = qemu.choose_accel(req.config, qemu.find_qemu(req.config.arch))
 
     def one(i: int) -> GuestRun:
         out = base / (f"guest{i}" if n > 1 else "guest")

@@ -197,6 +197,7 @@ def kernel_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(initramfs, "find_busybox", lambda: bb)
     monkeypatch.setattr(runner, "_guest_pyzip", lambda project: None)
     monkeypatch.setattr(os, "access", lambda p, m: True)
+    monkeypatch.setattr(runner, "auto_guests", lambda cfg, accel: 1)  # one fake guest
     return d
 
 
@@ -411,6 +412,41 @@ def test_run_kernel_guests_each_get_a_scratch_dir_and_a_shard(kernel_dir: Path, 
     inits = [(tmp_path / "w" / f"guest{i}" / "initramfs.cpio").read_bytes() for i in range(2)]
     assert b"--shard 0/2" in inits[0] and b"--shard 1/2" in inits[1]
     assert "1..6" in out  # both guests' results merged
+
+
+@pytest.mark.parametrize(("accel", "cpus", "cores", "free_mb", "n"), [
+    (qemu.Accel.TCG, 1, 2, 24_000, 2),  # this project's machines: one guest per core
+    (qemu.Accel.TCG, 4, 2, 24_000, 2),  # TCG thread=single: one core whatever the vCPUs
+    (qemu.Accel.KVM, 2, 8, 24_000, 4),  # KVM: each guest keeps its vCPUs' cores busy
+    (qemu.Accel.KVM, 2, 2, 24_000, 1),
+    (qemu.Accel.TCG, 1, 64, 1_000_000, runner.MAX_AUTO_GUESTS),
+    (qemu.Accel.TCG, 1, 8, 5_000, 2),  # as many as the free memory holds
+    (qemu.Accel.TCG, 1, 8, 100, 1),  # at least one
+])
+def test_auto_guests_one_per_busy_core_within_memory(accel: qemu.Accel, cpus: int, cores: int,
+                                                     free_mb: int, n: int) -> None:
+    cfg = qemu.GuestConfig(kernel=Path("bzImage"), cpus=cpus)
+    assert runner.auto_guests(cfg, accel, cores=cores, free_mb=free_mb) == n
+
+
+def test_run_kernel_guests_auto_and_console_pick_the_count(
+        kernel_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    asked: list[int | None] = []
+
+    def run_guests(req: runner.SuiteRequest, **kw: Any) -> Any:
+        asked.append(req.guests)
+        raise LostGuest("stop here")
+
+    monkeypatch.setattr(runner, "run_guests", run_guests)
+    for extra in ([], ["--guests", "auto"], ["--guests", "3"], ["--console"],
+                  ["--console", "--guests", "2"]):
+        _main(["run", "--kernel", str(kernel_dir), "--work-dir", str(tmp_path), *extra], capsys)
+    assert asked == [None, None, 3, 1, 2]
+    for bad in ("0", "many"):
+        with pytest.raises(SystemExit) as ei:
+            cli.main(["run", "--kernel", str(kernel_dir), "--guests", bad])
+        assert ei.value.code == 2 and "--guests" in capsys.readouterr().err
 
 
 def test_run_kernel_kvm_dying_before_the_kernel_retries_with_tcg(

@@ -40,7 +40,8 @@ def vm_kernel(request: pytest.FixtureRequest) -> kernel.KernelImage:
 def _run(k: kernel.KernelImage, tmp_path: Path, argv: tuple[str, ...] | None = None,
          **cfg: int) -> tuple[list, runner.GuestRun]:  # type: ignore[type-arg]
     config = qemu.GuestConfig(kernel=k.image, timeout_s=cfg.pop("timeout_s", 240), **cfg)
-    req = runner.SuiteRequest(kernel=k, config=config, work_dir=tmp_path, keyword="smoke")
+    req = runner.SuiteRequest(kernel=k, config=config, work_dir=tmp_path, keyword="smoke",
+                              guests=1)
     spec = None if argv is None else runner.GuestSpec(argv=argv, env=runner.guest_env())
     results, runs = runner.run_guests(req, spec_for=(lambda i, n: spec) if spec else None)
     return results, runs[0]
