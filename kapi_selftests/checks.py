@@ -165,17 +165,16 @@ def check_calls(records: Sequence[SyscallRecord], capture: Capture, source: Even
             rec_specs.append(specs.get(abi.spec_name) if abi else None)
     bulk = clean_calls(records, capture, rec_specs, predictions, side_effects) \
         if kapi_source and predictions else None
-    windows: Sequence[Sequence[TraceEvent]] = bulk if bulk is not None else \
-        events_by_call(records, capture.events)  # type: ignore[assignment]
+    windows: Sequence[Sequence[TraceEvent]] = (
+        events_by_call(records, capture.events) if bulk is None else [w.events for w in bulk])
     out: list[CallCheck] = []
     for n, (rec, evs) in enumerate(zip(records, windows, strict=True)):
-        if bulk is not None:
-            w = bulk[n]
-            if w.clean:
-                out.append(CallCheck(rec, w.events, (), (), predictions[n],  # type: ignore[index]
-                                     strict, (w.spec_match, w.pairs)))
-                continue
-            evs = tuple(w.events)
+        w = bulk[n] if bulk is not None else None
+        if w is not None and w.clean:
+            out.append(CallCheck(rec, w.events, (), (), predictions[n] if predictions else None,
+                                 strict, (w.spec_match, w.pairs)))
+            continue
+        evs = tuple(evs)
         notes: list[str] = []
         lossy = capture.loss.explains(rec.t_ns, rec.t_end_ns)
         if kapi_source:

@@ -67,11 +67,11 @@ def hypothesis_seed(config: pytest.Config) -> None:
 
     from hypothesis import core
 
-    seed = config.option.hypothesis_seed
-    if seed is None:
+    seed: int | str | None = getattr(config.option, "hypothesis_seed", None)
+    if seed is None:  # none given (or no hypothesis plugin to take one)
         seed = config.option.hypothesis_seed = int.from_bytes(os.urandom(4), "little")
     try:
         seed = int(seed)
     except ValueError:
         pass  # hypothesis takes a string seed as it is
-    core.global_force_seed = seed  # what its plugin does with --hypothesis-seed
+    core.global_force_seed = seed  # type: ignore[assignment]  # as its plugin does
