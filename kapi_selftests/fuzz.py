@@ -20,11 +20,12 @@ when the process died (a kernel crash) is skipped and recorded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -257,6 +258,8 @@ class Campaign:
                  on_progress: Callable[[Progress], None] | None = None) -> None:
         self.cfg = cfg
         self.h = harness
+        #: which engine issues the calls (the batch engine's harness takes tables ahead)
+        self.engine = "batch" if hasattr(harness, "submit") else "harness"
         self.specs = harness.specs
         self.on_progress = on_progress
         self.out = cfg.out
@@ -483,7 +486,7 @@ class Campaign:
                              evidence=ex.evidence, seed=self.cfg.seed, shard=self.cfg.shard,
                              batch=ex.batch, source=self.h.source.value,
                              rejected=None if pred is None else pred.rejected,
-                             spec=spec)
+                             spec=spec, engine=self.engine)
         paths = repro.save(r, self.out / REPRO_DIR)
         # relative to the shard directory: the same in the guest and on the host
         self.store.set_reproducer(key, [str(p.relative_to(self.out)) for p in paths], plans)
@@ -505,20 +508,44 @@ def load_shard(out: Path, specs: Mapping[str, Spec]) -> tuple[FindingStore, Cove
     return store, cov, state
 
 
+@contextlib.contextmanager
+def local_harness(engine: str = "harness", *, source: Any = None,
+                  specs: Mapping[str, Spec] | None = None, strict: bool = False) -> Iterator[Any]:
+    """A harness on the running kernel (``fuzz --local``, replays).
+
+    :param engine: ``harness`` (fresh resources per call, judged in this process) or
+        ``batch`` (an agent in this process behind the batch engine's link: one fd per
+        kind shared by the calls, one table per capture window)
+    :param source: the :class:`~kapi_selftests.executor.EventSource` (probed when None)
+    :param specs: the spec model (None: the running kernel's)
+    """
+    if engine == "harness":
+        from kapi_selftests.harness import Harness
+
+        with Harness(source, specs=specs) as h:
+            yield h
+        return
+    from kapi_selftests import agent, cexec, remote
+
+    with agent.Agent(cexec.build_library(cexec.CACHE_DIR), source) as ag, \
+            remote.RemoteHarness(remote.LocalLink(ag), specs, strict=strict) as rh:
+        yield rh
+
+
 def replay_plans(plans: Sequence[CallPlan], key: FindingKey,
-                 source: Any = None, *, specs: Mapping[str, Spec] | None = None
-                 ) -> tuple[bool, str]:
+                 source: Any = None, *, specs: Mapping[str, Spec] | None = None,
+                 engine: str = "harness") -> tuple[bool, str]:
     """Run ``plans`` once on the running kernel: does the last call still give ``key``?
 
     :param source: the :class:`~kapi_selftests.executor.EventSource` (probed when None)
+    :param engine: the engine that found it (see :func:`local_harness`): a batch-engine
+        finding may depend on the state its calls share
     :return: whether it still fails, and the last call's explanation
     """
-    from kapi_selftests.harness import Harness
-
-    with Harness(source, specs=specs) as h:
+    with local_harness(engine, source=source, specs=specs) as h:
         pm = _PredictingMaterializer(h.materialize, h.specs)
         h.materialize = pm
         result = h.run(list(plans))
         last = result.checks[-1]
-        pred = pm.predictions[-1] if pm.predictions else None
+        pred = last.prediction or (pm.predictions[-1] if pm.predictions else None)
         return key in finding_keys(last, pred), last.explain()

@@ -5,14 +5,19 @@ Each reproducer directory ``repro/<slug>/`` holds:
 
 * ``repro.json`` -- the plans (the failing call last), the finding key, the seed,
   shard and batch, the event source; what ``kapi-selftests replay`` reads;
-* ``test_repro.py`` -- a pytest test that runs the plans through the harness and
-  fails while the finding is still there;
+* ``test_repro.py`` -- a pytest test that runs the plans through the engine that
+  found them and fails while the finding is still there;
 * ``repro.c`` -- a program with no dependency but libc: it makes the fds, files
   and mappings the plans name in a scratch directory of its own, creates its
   own tracefs instance, enables the events (toggling with ``writev(2)``, which
   has no KAPI spec), issues the calls with raw ``syscall()``, reads ``trace``
   back, prints expected vs got for the last call, and exits 1 while the bug is
   present (0 when fixed, 4 when it cannot run: not root, no tracefs/events).
+
+A finding of the batch engine (``engine: batch``) replays as it was found: the
+pytest test through the batch engine, whose calls share one fd per kind (a call sees
+what an earlier one did to it: closed it, moved its offset), and the C program with
+one fd per kind too (its buffers and paths are made per call, as before).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class Reproducer:
     :param rejected: the oracle's verdict on the last call (None: not predicted)
     :param spec: the last call's spec (for the C program's expected ``params``)
     :param source: ``kapi`` or ``syscalls``: which events show the finding
+    :param engine: ``harness`` or ``batch``: the engine that found it (see
+        :func:`kapi_selftests.fuzz.local_harness`), and replays it
     """
 
     key: FindingKey
@@ -54,6 +61,7 @@ class Reproducer:
     source: str = "kapi"
     rejected: bool | None = None
     spec: Spec | None = None
+    engine: str = "harness"
 
     @property
     def replay_line(self) -> str:
@@ -64,7 +72,7 @@ def render_json(r: Reproducer) -> dict[str, Any]:
     return {"format": REPRO_FORMAT, "key": r.key.to_json(),
             "plans": [plan_to_json(p) for p in r.plans], "message": r.message,
             "evidence": list(r.evidence), "seed": r.seed, "shard": r.shard, "batch": r.batch,
-            "source": r.source, "rejected": r.rejected}
+            "source": r.source, "rejected": r.rejected, "engine": r.engine}
 
 
 def load(path: Path) -> Reproducer:
@@ -81,7 +89,8 @@ def load(path: Path) -> Reproducer:
                           message=str(d.get("message", "")),
                           evidence=tuple(d.get("evidence", ())), seed=int(d.get("seed", 0)),
                           shard=int(d.get("shard", 0)), batch=int(d.get("batch", 0)),
-                          source=str(d.get("source", "kapi")), rejected=d.get("rejected"))
+                          source=str(d.get("source", "kapi")), rejected=d.get("rejected"),
+                          engine=str(d.get("engine", "harness")))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{path}: not a kapi-selftests reproducer ({e})",
                          hint="pass a repro.json written by kapi-selftests fuzz") from e
@@ -124,6 +133,7 @@ from kapi_selftests.tracefs import find_tracefs, missing_kapi_events, missing_tr
 PLANS = [plan_from_json(p) for p in json.loads({plans!r})]
 KEY = FindingKey({r.key.kind!r}, {r.key.syscall!r}, {r.key.where!r})
 SOURCE = EventSource({r.source!r})
+ENGINE = {r.engine!r}  # the engine that found it: "batch" calls share one fd per kind
 
 
 def test_repro() -> None:
@@ -132,7 +142,7 @@ def test_repro() -> None:
         reason = missing_kapi_events(find_tracefs())
     if reason:
         pytest.skip(reason)
-    failing, explain = replay_plans(PLANS, KEY, SOURCE)
+    failing, explain = replay_plans(PLANS, KEY, SOURCE, engine=ENGINE)
     assert not failing, explain
 '''
 
@@ -409,6 +419,21 @@ static UNUSED int fd_of(const char *kind)
 	return fd;
 }
 
+/* The batch engine's calls share one fd per kind: made once, then handed out again. */
+static UNUSED int shared_fd_of(const char *kind)
+{
+	static const char *kinds[64];
+	static int fds[64], n;
+
+	for (int i = 0; i < n; i++)
+		if (!strcmp(kinds[i], kind))
+			return fds[i];
+	if (n == 64)
+		return fd_of(kind);
+	kinds[n] = kind;
+	return fds[n++] = fd_of(kind);
+}
+
 /* writev(2) has no KAPI spec: toggling tracefs files with it leaves no half pairs. */
 static int tfs(const char *file, const char *val)
 {
@@ -486,11 +511,12 @@ def _c_str(s: str) -> str:
     return json.dumps(s)  # a JSON string is a valid C string literal for ASCII text
 
 
-def _c_arg(a: ArgPlan, cname: str) -> list[str]:
+def _c_arg(a: ArgPlan, cname: str, shared_fds: bool = False) -> list[str]:
     if isinstance(a, Lit):
         return [f"\t{cname} = {a.value & ((1 << 64) - 1):#x}UL;"]
     if isinstance(a, Fd):
-        line = f"\t{cname} = (unsigned long)(unsigned int)fd_of({_c_str(a.kind.value)})"
+        fd_of = "shared_fd_of" if shared_fds else "fd_of"
+        line = f"\t{cname} = (unsigned long)(unsigned int){fd_of}({_c_str(a.kind.value)})"
         if a.high:
             line += f" + ((unsigned long){a.high:#x}UL << 32)"
         return [line + ";"]
@@ -541,6 +567,8 @@ def render_c(r: Reproducer) -> str:
     lines = [f"/* Reproducer: {r.key.describe()}",
              f" * found by kapi-selftests fuzz: seed {r.seed}, shard {r.shard}, batch {r.batch}",
              f" * {r.message}".replace("*/", "* /"),
+             *([" * Found by the batch engine: the calls share one fd per kind."]
+               if r.engine == "batch" else []),
              " * Build: gcc -Wall -O2 -o repro repro.c; run as root.",
              " * Exit: 1 the finding is still there, 0 fixed, 2 setup failed,",
              " *       4 cannot run here (not root, no tracefs, no events). */", _C_PRELUDE]
@@ -571,7 +599,7 @@ def render_c(r: Reproducer) -> str:
     for i, p in enumerate(r.plans):
         lines.append(f"\t/* {p.describe()} */")
         for j, a in enumerate(p.args):
-            lines += _c_arg(a, f"c{i}[{j}]")
+            lines += _c_arg(a, f"c{i}[{j}]", shared_fds=r.engine == "batch")
     lines += ["", "\ttfs(\"tracing_on\", \"1\");"]
     for i, p in enumerate(r.plans):
         lines += ["\terrno = 0;",

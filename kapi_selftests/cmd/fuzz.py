@@ -208,7 +208,7 @@ def run_local(args: argparse.Namespace) -> int:
     (out / STOP_FILE).unlink(missing_ok=True)
     ticker = _Ticker(every_s=1.0 if sys.stderr.isatty() else 10.0)
     stop_file = out / STOP_FILE
-    with _local_harness(args.engine, args.strict) as h:
+    with fuzz.local_harness(args.engine, strict=args.strict) as h:
         cfg = fuzz.CampaignConfig(out=out, seed=args.seed, shard=args.shard, calls=args.calls,
                                   duration_s=args.duration, batch_size=args.batch_size,
                                   minimize=args.minimize, strict=args.strict)
@@ -240,21 +240,6 @@ def run_local(args: argparse.Namespace) -> int:
     md, _ = campaign_report.write_outputs(out, data, header=header)
     _print_summary(args, data, header, md)
     return KSFT_FAIL if interrupted else _status(data.store.records, data.crashes)
-
-
-@contextlib.contextmanager
-def _local_harness(engine: str, strict: bool) -> Any:
-    # the harness engine, or an agent in this process behind the batch engine's link
-    if engine == "harness":
-        from kapi_selftests.harness import Harness
-        with Harness() as h:
-            yield h
-        return
-    from kapi_selftests import agent, cexec, remote
-
-    with agent.Agent(cexec.build_library(cexec.CACHE_DIR)) as ag, \
-            remote.RemoteHarness(remote.LocalLink(ag), strict=strict) as rh:
-        yield rh
 
 
 def _status(findings: Any, crashes: Sequence[Any]) -> int:
@@ -311,8 +296,11 @@ def _shard_calls(args: argparse.Namespace, shard: int, guests: int) -> int | Non
     return max(per, 1)
 
 
-def _record_guest_crash(shard_dir: Path, shard: int, run: Any) -> str | None:
-    """Append a crash record for a guest that splatted or hung; return its summary."""
+def _record_guest_crash(shard_dir: Path, shard: int, run: Any, engine: str) -> str | None:
+    """Append a crash record for a guest that splatted or hung; return its summary.
+
+    The batches in flight become a reproducer that replays through ``engine``.
+    """
     from kapi_selftests.findings import (
         CRASHES_FILE,
         INFLIGHT_FILE,
@@ -351,7 +339,8 @@ def _record_guest_crash(shard_dir: Path, shard: int, run: Any) -> str | None:
             "format": 1, "key": {"kind": "kernel crash", "syscall": plans[-1].name,
                                  "where": summary[:80]},
             "plans": [plan_to_json(p) for p in plans], "message": summary,
-            "seed": 0, "shard": shard, "batch": batch, "source": "kapi", "crash": True},
+            "seed": 0, "shard": shard, "batch": batch, "source": "kapi", "crash": True,
+            "engine": engine},
             indent=1) + "\n")
         repro = str(rdir / "repro.json")
     rec = CrashRecord(summary=summary, excerpt=tuple(excerpt), last_plans=plans, shard=shard,
@@ -422,7 +411,7 @@ def run_kernel(args: argparse.Namespace) -> int:
             except KapiError as e:
                 errq.put(f"shard {shard}: {e}")
                 return
-            crash = _record_guest_crash(sdir, shard, run)
+            crash = _record_guest_crash(sdir, shard, run, "harness")
             if crash is None:
                 if run.status is None:
                     errq.put(f"shard {shard}: guest returned no status "
@@ -617,7 +606,7 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
         if lost is None:
             return
         run = box.get("run")
-        crash = _record_guest_crash(sdir, shard, run) if run is not None else None
+        crash = _record_guest_crash(sdir, shard, run, "batch") if run is not None else None
         if crash is None:
             errq.put(f"shard {shard}: {lost}" + (f" (console {run.console})" if run else ""))
             return

@@ -77,7 +77,7 @@ def _replay_local(path: Path, r: object) -> tuple[bool, str]:
         reason = missing_kapi_events(find_tracefs())
     if reason:
         raise MissingFeature(reason)
-    return replay_plans(r.plans, r.key, source)
+    return replay_plans(r.plans, r.key, source, engine=r.engine)
 
 
 def _replay_kernel(args: argparse.Namespace, r: object) -> tuple[bool, str]:
@@ -124,7 +124,8 @@ def guest_main(argv: Sequence[str]) -> int:
 
         r = repro.load(args.repro)
         failing, explain = replay_plans(r.plans, r.key, EventSource(r.source)
-                                        if r.source in ("kapi", "syscalls") else None)
+                                        if r.source in ("kapi", "syscalls") else None,
+                                        engine=r.engine)
         if args.result is not None:
             args.result.write_text(json.dumps({"failing": failing, "explain": explain}) + "\n")
         return KSFT_FAIL if failing else KSFT_PASS

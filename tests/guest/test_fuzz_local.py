@@ -88,3 +88,26 @@ def test_fuzz_local_both_engines_agree(tracefs_root: object, tmp_path: Path,
     # (errnos may differ: in the batch engine the calls of a batch share one fd per
     # kind, so a read at EOF or on an fd an earlier call closed behaves accordingly)
     assert all(r["pairs"] >= 1 for r in rows["batch"])
+
+
+def test_replay_follows_the_engine_that_found_the_finding(tracefs_root: object) -> None:
+    # In the batch engine the calls share one fd per kind: a read after a close of the
+    # same kind sees the closed fd. The harness engine gives every call fresh fds.
+    from kapi_selftests.fds import FdKind
+    from kapi_selftests.findings import FindingKey
+    from kapi_selftests.fuzz import replay_plans
+    from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit
+
+    reason = missing_syscall_events(find_tracefs(), SPEC_SYSCALLS)
+    if reason:
+        pytest.skip(reason)
+    plans = [CallPlan("close", (Fd(FdKind.REGULAR),)),
+             CallPlan("read", (Fd(FdKind.REGULAR), Buf(BufKind.MAPPED, 16), Lit(16)))]
+    key = FindingKey("ret mismatch", "read", "accepted")  # not on a correct kernel
+    calls = {}
+    for engine in ("batch", "harness"):
+        failing, explain = replay_plans(plans, key, engine=engine)
+        assert not failing, explain
+        calls[engine] = explain.splitlines()[0]
+    assert calls["batch"].startswith("call: read(") and ") = -EBADF " in calls["batch"], calls
+    assert calls["harness"].startswith("call: read(") and "EBADF" not in calls["harness"], calls

@@ -23,10 +23,11 @@ PLANS = (CallPlan("open", (PathArg(PathKind.UNTERMINATED), Lit(0x40), Lit(0o600)
          CallPlan("read", (Fd(FdKind.SOCKET, 1), Buf(BufKind.SHORT, 64), Lit(64))))
 
 
-def _repro(source: str = "kapi", plans: tuple[CallPlan, ...] = PLANS) -> Reproducer:
+def _repro(source: str = "kapi", plans: tuple[CallPlan, ...] = PLANS,
+           engine: str = "harness") -> Reproducer:
     return Reproducer(KEY, plans, "exit spec_match=1, oracle says 0 */ (comment end)", ("ev",),
                       seed=3, shard=1, batch=9, source=source, rejected=True,
-                      spec=SPECS[f"sys_{plans[-1].name}"])
+                      spec=SPECS[f"sys_{plans[-1].name}"], engine=engine)
 
 
 def test_save_writes_three_files_and_json_round_trips(tmp_path: Path) -> None:
@@ -35,6 +36,30 @@ def test_save_writes_three_files_and_json_round_trips(tmp_path: Path) -> None:
     r = load(paths[0])
     assert r.plans == PLANS and r.key == KEY and r.seed == 3 and r.rejected is True
     assert load(paths[0].parent).plans == PLANS  # the directory works too
+
+
+def test_the_engine_that_found_it_is_kept_and_replays_it(tmp_path: Path) -> None:
+    import json
+
+    paths = save(_repro(engine="batch"), tmp_path)
+    assert load(paths[0]).engine == "batch"
+    assert "ENGINE = 'batch'" in paths[1].read_text()
+    assert "engine=ENGINE" in paths[1].read_text()
+    d = json.loads(paths[0].read_text())
+    del d["engine"]  # written before reproducers named their engine: the harness's
+    paths[0].write_text(json.dumps(d))
+    assert load(paths[0]).engine == "harness"
+
+
+def test_c_reproducer_of_the_batch_engine_shares_one_fd_per_kind() -> None:
+    plans = (CallPlan("close", (Fd(FdKind.REGULAR),)),
+             CallPlan("read", (Fd(FdKind.REGULAR), Buf(BufKind.MAPPED, 16), Lit(16))))
+    batch, harness = render_c(_repro(plans=plans, engine="batch")), \
+        render_c(_repro(plans=plans))
+    assert batch.count('shared_fd_of("regular")') == 2 and ' fd_of("regular")' not in batch
+    assert harness.count('(unsigned int)fd_of("regular")') == 2
+    assert "shared_fd_of(" not in harness.split("int main(void)")[1]
+    assert "calls share one fd per kind" in batch.split("#define")[0]
 
 
 def test_load_rejects_a_file_that_is_not_a_reproducer(tmp_path: Path) -> None:
@@ -70,8 +95,9 @@ def test_c_reproducer_for_generic_events_enables_each_syscall() -> None:
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
-@pytest.mark.parametrize("source", ["kapi", "syscalls"])
-def test_c_reproducer_compiles_with_gcc_wall(tmp_path: Path, source: str) -> None:
+@pytest.mark.parametrize(("source", "engine"), [("kapi", "harness"), ("syscalls", "harness"),
+                                                ("kapi", "batch")])
+def test_c_reproducer_compiles_with_gcc_wall(tmp_path: Path, source: str, engine: str) -> None:
     # every argument kind the generator makes, in one program
     plans = tuple(PlanGenerator(SPECS, seed=5).batch(0, 60))
     kinds = {PathArg(k) for k in PathKind} | {Fd(k) for k in FdKind}
@@ -79,7 +105,7 @@ def test_c_reproducer_compiles_with_gcc_wall(tmp_path: Path, source: str) -> Non
                   CallPlan("open", (a, Lit(0), Lit(0))) for a in sorted(kinds, key=repr))
     extra += tuple(CallPlan("read", (Fd(FdKind.REGULAR), Buf(k, 16), Lit(16))) for k in BufKind)
     c = tmp_path / "repro.c"
-    c.write_text(render_c(_repro(source, plans + extra)))
+    c.write_text(render_c(_repro(source, plans + extra, engine)))
     r = subprocess.run(["gcc", "-Wall", "-Wextra", "-Werror", "-O2", "-o", str(tmp_path / "r"),
                         str(c)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
