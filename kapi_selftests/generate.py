@@ -206,7 +206,7 @@ class PlanGenerator:
         recipes = self._recipes
         for _ in range(n):
             if recipes and rng.random() < self.error_rate:
-                spec_name, recipe = rng.choice(recipes)
+                _, recipe = rng.choice(recipes)
                 out.append(make_safe(recipe(rng)))
             elif goals and rng.random() < self.steer_rate:
                 t = rng.choice(goals)
