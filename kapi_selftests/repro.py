@@ -16,8 +16,9 @@ Each reproducer directory ``repro/<slug>/`` holds:
 
 A finding of the batch engine (``engine: batch``) replays as it was found: the
 pytest test through the batch engine, whose calls share one fd per kind (a call sees
-what an earlier one did to it: closed it, moved its offset), and the C program with
-one fd per kind too (its buffers and paths are made per call, as before).
+what an earlier one did to it: closed it, moved its offset) and the agent's two
+128 KiB regions, and the C program with the same fds and regions (its paths are made
+per call).
 """
 
 from __future__ import annotations
@@ -269,6 +270,36 @@ static UNUSED unsigned long buf_of(const char *kind, size_t n)
 	return 0xffff800000001000UL; /* kernel half */
 }
 
+/* The batch engine's buffers: its agent's 128 KiB read-write region ending at a guard
+ * page and its read-only region, shared by the calls; a buffer is placed in them as the
+ * host places it (a larger one is the whole region: the call runs past its end). */
+#define REGION ((size_t)128 << 10)
+static UNUSED unsigned long shared_buf_of(const char *kind, size_t n)
+{
+	static char *rw, *ro;
+	size_t k;
+
+	if (!rw) {
+		rw = guard_tail(REGION);
+		ro = map(REGION, PROT_READ | PROT_WRITE);
+		if (mprotect(ro, REGION, PROT_READ))
+			die("mprotect");
+	}
+	if (!strcmp(kind, "mapped"))
+		return (unsigned long)rw;
+	if (!strcmp(kind, "guard_tail"))
+		return (unsigned long)(rw + REGION - (n < REGION ? n : REGION));
+	if (!strcmp(kind, "short")) {
+		k = n ? n - 1 : 0;
+		return (unsigned long)(rw + REGION - (k < REGION ? k : REGION));
+	}
+	if (!strcmp(kind, "unaligned"))
+		return (unsigned long)(rw + 1);
+	if (!strcmp(kind, "readonly"))
+		return (unsigned long)ro;
+	return buf_of(kind, n); /* unmapped, NULL, kernel half: as for any call */
+}
+
 static unsigned long cstring(const char *s)
 {
 	size_t n = strlen(s) + 1;
@@ -511,17 +542,19 @@ def _c_str(s: str) -> str:
     return json.dumps(s)  # a JSON string is a valid C string literal for ASCII text
 
 
-def _c_arg(a: ArgPlan, cname: str, shared_fds: bool = False) -> list[str]:
+def _c_arg(a: ArgPlan, cname: str, shared: bool = False) -> list[str]:
+    # shared: the batch engine's resources (one fd per kind, its agent's two regions)
     if isinstance(a, Lit):
         return [f"\t{cname} = {a.value & ((1 << 64) - 1):#x}UL;"]
     if isinstance(a, Fd):
-        fd_of = "shared_fd_of" if shared_fds else "fd_of"
+        fd_of = "shared_fd_of" if shared else "fd_of"
         line = f"\t{cname} = (unsigned long)(unsigned int){fd_of}({_c_str(a.kind.value)})"
         if a.high:
             line += f" + ((unsigned long){a.high:#x}UL << 32)"
         return [line + ";"]
     if isinstance(a, Buf):
-        return [f"\t{cname} = buf_of({_c_str(a.kind.value)}, {a.size}UL);"]
+        buf_of = "shared_buf_of" if shared else "buf_of"
+        return [f"\t{cname} = {buf_of}({_c_str(a.kind.value)}, {a.size}UL);"]
     return [f"\t{cname} = path_of({_c_str(a.kind.value)});"]
 
 
@@ -567,7 +600,7 @@ def render_c(r: Reproducer) -> str:
     lines = [f"/* Reproducer: {r.key.describe()}",
              f" * found by kapi-selftests fuzz: seed {r.seed}, shard {r.shard}, batch {r.batch}",
              f" * {r.message}".replace("*/", "* /"),
-             *([" * Found by the batch engine: the calls share one fd per kind."]
+             *([" * Found by the batch engine: the calls share one fd per kind and two regions."]
                if r.engine == "batch" else []),
              " * Build: gcc -Wall -O2 -o repro repro.c; run as root.",
              " * Exit: 1 the finding is still there, 0 fixed, 2 setup failed,",
@@ -599,7 +632,7 @@ def render_c(r: Reproducer) -> str:
     for i, p in enumerate(r.plans):
         lines.append(f"\t/* {p.describe()} */")
         for j, a in enumerate(p.args):
-            lines += _c_arg(a, f"c{i}[{j}]", shared_fds=r.engine == "batch")
+            lines += _c_arg(a, f"c{i}[{j}]", shared=r.engine == "batch")
     lines += ["", "\ttfs(\"tracing_on\", \"1\");"]
     for i, p in enumerate(r.plans):
         lines += ["\terrno = 0;",

@@ -111,3 +111,52 @@ def test_replay_follows_the_engine_that_found_the_finding(tracefs_root: object) 
         calls[engine] = explain.splitlines()[0]
     assert calls["batch"].startswith("call: read(") and ") = -EBADF " in calls["batch"], calls
     assert calls["harness"].startswith("call: read(") and "EBADF" not in calls["harness"], calls
+
+
+@pytest.mark.parametrize("engine", ["batch", "harness"])
+def test_c_reproducer_issues_the_calls_as_its_engine_does(tracefs_root: object, tmp_path: Path,
+                                                         engine: str) -> None:
+    # The C program of a reproducer sees what the engine that found it saw: for the
+    # batch engine one fd per kind (a read after a close of the same kind: EBADF) and
+    # its agent's 128 KiB region (a 1 MiB read into the region's tail stops at its end).
+    import errno
+    import os
+    import shutil
+    import subprocess
+
+    from kapi_selftests.fds import FdKind
+    from kapi_selftests.findings import FindingKey
+    from kapi_selftests.fuzz import replay_plans
+    from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit
+    from kapi_selftests.repro import Reproducer, render_c
+    from kapi_selftests.spec import builtin_specs
+
+    if os.environ.get("KAPI_IN_GUEST"):
+        pytest.skip("compiles C: run on the host as root (gcc under TCG takes tens of seconds)")
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed")
+    reason = missing_syscall_events(find_tracefs(), SPEC_SYSCALLS)
+    if reason:
+        pytest.skip(reason)
+    key = FindingKey("ret mismatch", "read", "accepted")  # not on a correct kernel
+    sequences = (
+        [CallPlan("close", (Fd(FdKind.REGULAR),)),
+         CallPlan("read", (Fd(FdKind.REGULAR), Buf(BufKind.MAPPED, 16), Lit(16)))],
+        [CallPlan("read", (Fd(FdKind.DEV_ZERO), Buf(BufKind.GUARD_TAIL, 1 << 20),
+                           Lit(1 << 20)))])
+    seen = []
+    for n, plans in enumerate(sequences):
+        r = Reproducer(key, tuple(plans), "test", source="syscalls",
+                       spec=builtin_specs()["sys_read"], engine=engine)
+        src, exe = tmp_path / f"r{n}.c", tmp_path / f"r{n}"
+        src.write_text(render_c(r))
+        subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+        out = subprocess.run([str(exe)], capture_output=True, text=True)
+        assert out.returncode in (0, 1), out.stdout + out.stderr
+        # "call: read(...) = RET (errno E)" against the engine's own replay
+        ret, err = out.stdout.splitlines()[0].rsplit(" = ", 1)[1].split(" (errno ")
+        c_result = f"-{errno.errorcode[int(err[:-1])]}" if int(err[:-1]) else ret
+        _, explain = replay_plans(plans, key, engine=engine)
+        assert f") = {c_result} " in explain.splitlines()[0], (out.stdout, explain)
+        seen.append(c_result)
+    assert seen == (["-EBADF", "131072"] if engine == "batch" else ["16", "1048576"])

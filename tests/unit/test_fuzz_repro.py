@@ -60,6 +60,8 @@ def test_c_reproducer_of_the_batch_engine_shares_one_fd_per_kind() -> None:
     assert harness.count('(unsigned int)fd_of("regular")') == 2
     assert "shared_fd_of(" not in harness.split("int main(void)")[1]
     assert "calls share one fd per kind" in batch.split("#define")[0]
+    assert 'shared_buf_of("mapped", 16UL)' in batch and 'buf_of("mapped", 16UL)' in harness
+    assert "shared_buf_of(" not in harness.split("int main(void)")[1]
 
 
 def test_load_rejects_a_file_that_is_not_a_reproducer(tmp_path: Path) -> None:
