@@ -41,6 +41,7 @@ from kapi_selftests.executor import SPEC_SYSCALLS, EventSource, find_event_sourc
 from kapi_selftests.fds import FdKind, FdPool
 from kapi_selftests.memory import Arena
 from kapi_selftests.plan import PathKind
+from kapi_selftests.shm import wait_until
 from kapi_selftests.spec import DEBUGFS_ROOT
 from kapi_selftests.tracefs import KAPI_EVENTS, TraceInstance, syscall_events
 
@@ -258,9 +259,11 @@ def serve_shm(agent: Agent, ch: Any, *, idle_timeout_s: float = 600.0,
 class _DirEnd:
     """The agent's end of a directory link."""
 
+    #: longest nap while polling the directory (each poll is a 9p round trip)
+    nap_max_s = 0.02
+
     def __init__(self, d: Path) -> None:
         self.d = d
-        self.nap = 0.001
 
     def posted(self, n: int) -> bool:
         return (self.d / f"in-{n}.bin").is_file()
@@ -268,12 +271,7 @@ class _DirEnd:
     def stopped(self) -> bool:
         return (self.d / "stop").exists()
 
-    def wait(self, n: int) -> None:
-        time.sleep(self.nap)
-        self.nap = min(self.nap * 2, 0.02)
-
     def get(self, n: int) -> tuple[bytes, int]:
-        self.nap = 0.001
         data = (self.d / f"in-{n}.bin").read_bytes()
         return data[8:], int(struct.unpack_from("<Q", data)[0])
 
@@ -288,6 +286,8 @@ class _DirEnd:
 class _ShmEnd:
     """The agent's end of a shared-memory channel."""
 
+    nap_max_s = 0.002
+
     def __init__(self, ch: Any) -> None:
         self.ch = ch
 
@@ -297,10 +297,6 @@ class _ShmEnd:
     def stopped(self) -> bool:
         return bool(self.ch.stopped)
 
-    def wait(self, n: int) -> None:
-        with contextlib.suppress(TimeoutError):  # short waits: stop() runs between
-            self.ch.wait(lambda: self.posted(n) or self.stopped(), timeout_s=2.0)
-
     def get(self, n: int) -> tuple[bytes, int]:
         table, calls = self.ch.get_table(n)
         return table, int(calls)
@@ -309,6 +305,13 @@ class _ShmEnd:
         from kapi_selftests import shm
 
         self.ch.put_out(n, shm.pack_out(results, tid, raw))
+
+
+def _await_table(end: _DirEnd | _ShmEnd, n: int) -> None:
+    # a short wait: the serving loop checks stop() and the idle time in between
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: end.posted(n) or end.stopped(), timeout_s=2.0,
+                   nap_max_s=end.nap_max_s)
 
 
 def _serve(agent: Agent, end: _DirEnd | _ShmEnd, idle_timeout_s: float,
@@ -323,7 +326,7 @@ def _serve(agent: Agent, end: _DirEnd | _ShmEnd, idle_timeout_s: float,
             if time.monotonic() - idle_since > idle_timeout_s:
                 log.warning("agent: no table for %.0f s: stopping", idle_timeout_s)
                 break
-            end.wait(n)
+            _await_table(end, n)
             continue
         _test_crash(n)
         t0 = time.monotonic()

@@ -40,6 +40,7 @@ from kapi_selftests.materialize import Materialized, PlanMaterializer
 from kapi_selftests.oracle import Prediction, predict
 from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, PathKind
 from kapi_selftests.plan import Path as PathPlan
+from kapi_selftests.shm import wait_until
 from kapi_selftests.spec import Spec
 from kapi_selftests.syscalls import SyscallRecord
 
@@ -328,6 +329,18 @@ def _guest_specs(d: Path) -> Mapping[str, Spec]:
     return builtin_specs()
 
 
+def _wait_for_agent(link: DirLink | ShmLink, ready: Any, what: str, timeout_s: float,
+                    nap_max_s: float = 0.002) -> None:
+    # poll for the agent's answer; a dead guest or a timeout loses the agent
+    t0 = time.monotonic()
+    try:
+        wait_until(ready, timeout_s=timeout_s, alive=link.alive, what=what, nap_max_s=nap_max_s)
+    except (RuntimeError, TimeoutError) as e:
+        raise LostGuest(f"agent lost while waiting for {what}: {e}") from e
+    finally:
+        link.waited_s += time.monotonic() - t0
+
+
 class LocalLink:
     """The agent in this process (``fuzz --local``: the running kernel)."""
 
@@ -367,22 +380,7 @@ class DirLink:
         self.waited_s = 0.0
 
     def _wait(self, path: Path, what: str) -> None:
-        t0 = time.monotonic()
-        try:
-            self._wait_for(path, what, t0)
-        finally:
-            self.waited_s += time.monotonic() - t0
-
-    def _wait_for(self, path: Path, what: str, t0: float) -> None:
-        nap = 0.001
-        while not path.exists():
-            reason = self.alive()
-            if reason:
-                raise LostGuest(f"agent lost while waiting for {what}: {reason}")
-            if time.monotonic() - t0 > self.timeout_s:
-                raise LostGuest(f"agent gave no {what} in {self.timeout_s:.0f} s")
-            time.sleep(nap)
-            nap = min(nap * 2, 0.02)
+        _wait_for_agent(self, path.exists, what, self.timeout_s, nap_max_s=0.02)
 
     def manifest(self) -> Mapping[str, Any]:
         p = self.d / "manifest.json"
@@ -429,14 +427,7 @@ class ShmLink:
         self._copied = 0  # results of batches < this are in _got or were returned
 
     def _wait(self, ready: Any, what: str, timeout_s: float | None = None) -> None:
-        t0 = time.monotonic()
-        try:
-            self.ch.wait(ready, timeout_s=timeout_s or self.timeout_s, alive=self.alive,
-                         what=what)
-        except (RuntimeError, TimeoutError) as e:
-            raise LostGuest(f"agent lost while waiting for {what}: {e}") from e
-        finally:
-            self.waited_s += time.monotonic() - t0
+        _wait_for_agent(self, ready, what, timeout_s or self.timeout_s)
 
     def manifest(self) -> Mapping[str, Any]:
         self._wait(lambda: self.ch.manifest() is not None, "manifest", 900.0)

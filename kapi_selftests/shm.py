@@ -47,6 +47,28 @@ _W_OUT = 12  # 12, 13: result length per slot
 IVSHMEM_VENDOR, IVSHMEM_DEVICE = "0x1af4", "0x1110"
 
 
+def wait_until(ready: Callable[[], bool], *, timeout_s: float,
+               alive: Callable[[], str | None] = lambda: None, what: str = "the other side",
+               nap_max_s: float = 0.002) -> None:
+    """Poll until ``ready()``, napping 0.2 ms at first and doubling up to ``nap_max_s``.
+
+    A batch takes ~0.1 s: oversleeping is lost time, so the naps stay short.
+
+    :raises TimeoutError: not ready within ``timeout_s``
+    :raises RuntimeError: ``alive()`` gave a reason the other side cannot answer
+    """
+    t0 = time.monotonic()
+    nap = 0.0002
+    while not ready():
+        reason = alive()
+        if reason:
+            raise RuntimeError(reason)
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"no {what} in {timeout_s:.0f} s")
+        time.sleep(nap)
+        nap = min(nap * 2, nap_max_s)
+
+
 class Channel:
     """The shared region, with the protocol's reads and writes (both sides)."""
 
@@ -62,17 +84,8 @@ class Channel:
     def wait(self, ready: Callable[[], bool], *, timeout_s: float,
              alive: Callable[[], str | None] = lambda: None, what: str = "the other side"
              ) -> None:
-        """Poll until ``ready()``; raise TimeoutError, or RuntimeError when ``alive`` says why."""
-        t0 = time.monotonic()
-        nap = 0.0002
-        while not ready():
-            reason = alive()
-            if reason:
-                raise RuntimeError(reason)
-            if time.monotonic() - t0 > timeout_s:
-                raise TimeoutError(f"no {what} in {timeout_s:.0f} s")
-            time.sleep(nap)
-            nap = min(nap * 2, 0.002)  # a batch takes ~0.1 s: oversleeping is lost time
+        """:func:`wait_until`, with the short naps a shared-memory batch wants."""
+        wait_until(ready, timeout_s=timeout_s, alive=alive, what=what)
 
     # --- guest side --------------------------------------------------------------------
 
