@@ -40,7 +40,7 @@ from kapi_selftests.events import RawCapture, write_capture_dir
 from kapi_selftests.executor import SPEC_SYSCALLS, EventSource, find_event_source
 from kapi_selftests.fds import FdKind, FdPool
 from kapi_selftests.memory import Arena
-from kapi_selftests.plan import PathKind
+from kapi_selftests.plan import REGION_SIZE, PathKind
 from kapi_selftests.shm import wait_until
 from kapi_selftests.spec import DEBUGFS_ROOT
 from kapi_selftests.tracefs import KAPI_EVENTS, TraceInstance, syscall_events
@@ -50,10 +50,6 @@ __all__ = ["Resources", "Agent", "serve", "serve_shm", "specs_files", "REGION_SI
 
 log = logging.getLogger(__name__)
 
-#: the read-write and read-only regions. A buffer plan larger than this gets the whole
-#: region (as the harness caps its buffers): a write(2) of 2 GiB from it copies 128 KiB
-#: and faults, instead of copying megabytes per call under TCG.
-REGION_SIZE = 128 << 10
 #: distinct names for PathKind.NEW (the host cycles through them; unlinked per batch)
 NEW_NAMES = 256
 #: fds of the resource set live at SLOT_BASE + k, far above what a batch's opens reach
@@ -108,9 +104,7 @@ class Resources:
 
     def reset(self) -> None:
         """Re-make every slot fd and file (same numbers and paths), remove created names."""
-        for fd in self.slots.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._close_slots()
         self.pool.release()
         for k in _FD_KINDS:
             fd = self.pool.make(k)
@@ -124,11 +118,14 @@ class Resources:
                 os.unlink(path)
 
     def close(self) -> None:
-        for fd in self.slots.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._close_slots()
         self.pool.close()
         self.arena.close()
+
+    def _close_slots(self) -> None:
+        for fd in self.slots.values():
+            with contextlib.suppress(OSError):  # a call of the batch closed it
+                os.close(fd)
 
     def manifest(self) -> dict[str, Any]:
         """Where everything is, and what the oracle may know about it (JSON)."""

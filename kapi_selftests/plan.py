@@ -18,7 +18,7 @@ from kapi_selftests.arch import NR
 from kapi_selftests.fds import FdKind
 
 __all__ = ["BufKind", "PathKind", "Lit", "Fd", "Buf", "Path", "ArgPlan", "CallPlan",
-           "MAX_MAPPING", "KNOWN_VALUES", "FD_EDGES", "make_safe", "plan_to_json",
+           "MAX_MAPPING", "REGION_SIZE", "KNOWN_VALUES", "FD_EDGES", "make_safe", "plan_to_json",
            "plan_from_json", "plan_json_text"]
 
 
@@ -108,6 +108,11 @@ class CallPlan:
 _U64 = (1 << 64) - 1
 #: Largest mapping the harness makes for one buffer or madvise range.
 MAX_MAPPING = 16 << 20
+#: The batch engine's read-write and read-only regions (its agent's, and a batch-engine
+#: C reproducer's). A buffer plan larger than this gets the whole region (as the harness
+#: caps its buffers): a write(2) of 2 GiB from it copies 128 KiB and faults, instead of
+#: copying megabytes per call under TCG.
+REGION_SIZE = 128 << 10
 
 #: Known values of unconstrained parameters, by (spec name, parameter name).
 KNOWN_VALUES: dict[tuple[str, str], tuple[int, ...]] = {

@@ -130,7 +130,7 @@ class ManifestMaterializer:
         m = self._plans.get(plan)
         if m is None:
             m = self._make(plan)
-            if not any(type(a) is PathPlan and a.kind is PathKind.NEW for a in plan.args):
+            if not any(_is_new(a) for a in plan.args):
                 if len(self._plans) > 1 << 16:
                     self._plans.clear()
                 self._plans[plan] = m
@@ -145,7 +145,7 @@ class ManifestMaterializer:
         for i, a in enumerate(plan.args):
             hit = cache.get(a)
             if hit is None:
-                if isinstance(a, PathPlan) and a.kind is PathKind.NEW:
+                if _is_new(a):
                     hit = self._one(a)  # a new name each time: not cached
                 else:
                     hit = cache[a] = self._one(a)
@@ -209,6 +209,17 @@ class ManifestMaterializer:
         return False
 
 
+def _is_new(a: ArgPlan) -> bool:
+    # a PathKind.NEW path: the materialiser hands out the next name of its ring each time
+    return type(a) is PathPlan and a.kind is PathKind.NEW
+
+
+def _six(regs: Sequence[int]) -> tuple[int, int, int, int, int, int]:
+    # a call's registers padded to the six the table and the records carry
+    r = (*regs, 0, 0, 0, 0, 0, 0)
+    return r[0], r[1], r[2], r[3], r[4], r[5]
+
+
 def _watches(m: Materialized, mat: ManifestMaterializer) -> list[tuple[int, int, int]]:
     # What a call predicted to be rejected could change, in argument order.
     out: list[tuple[int, int, int]] = []
@@ -251,8 +262,7 @@ def pack_table(mats: Sequence[Materialized],
     out = bytearray(cexec.table_size([len(w) for w in watches]))
     off = 0
     for m, ws in zip(mats, watches, strict=True):
-        regs = (list(m.regs) + [0] * 6)[:6]
-        cexec.CALL.pack_into(out, off, m.plan.nr, *regs, len(ws))
+        cexec.CALL.pack_into(out, off, m.plan.nr, *_six(m.regs), len(ws))
         off += cexec.CALL.size
         for w in ws:
             cexec.WATCH.pack_into(out, off, *w)
@@ -272,8 +282,7 @@ def unpack_results(data: bytes, tid: int, mats: Sequence[Materialized],
     for m, ws in zip(mats, watches, strict=True):
         ret, t0, t1 = cexec.RESULT.unpack_from(data, off)
         off += cexec.RESULT.size
-        regs = (list(m.regs) + [0] * 6)[:6]
-        records.append(SyscallRecord(nr=m.plan.nr, args=tuple(regs),  # type: ignore[arg-type]
+        records.append(SyscallRecord(nr=m.plan.nr, args=_six(m.regs),
                                      ret=ret, errno=-ret if -4096 < ret < 0 else 0, tid=tid,
                                      t_ns=t0, t_end_ns=t1))
         lines: list[str] = []

@@ -32,7 +32,16 @@ from kapi_selftests.arch import NR, SYSCALLS
 from kapi_selftests.ctype import CKind, parse_ctype
 from kapi_selftests.errors import UsageError
 from kapi_selftests.findings import FindingKey
-from kapi_selftests.plan import ArgPlan, Buf, CallPlan, Fd, Lit, plan_from_json, plan_to_json
+from kapi_selftests.plan import (
+    REGION_SIZE,
+    ArgPlan,
+    Buf,
+    CallPlan,
+    Fd,
+    Lit,
+    plan_from_json,
+    plan_to_json,
+)
 from kapi_selftests.spec import Spec
 
 __all__ = ["Reproducer", "save", "load", "render_json", "render_pytest", "render_c",
@@ -270,10 +279,9 @@ static UNUSED unsigned long buf_of(const char *kind, size_t n)
 	return 0xffff800000001000UL; /* kernel half */
 }
 
-/* The batch engine's buffers: its agent's 128 KiB read-write region ending at a guard
+/* The batch engine's buffers: its agent's REGION-byte read-write region ending at a guard
  * page and its read-only region, shared by the calls; a buffer is placed in them as the
  * host places it (a larger one is the whole region: the call runs past its end). */
-#define REGION ((size_t)128 << 10)
 static UNUSED unsigned long shared_buf_of(const char *kind, size_t n)
 {
 	static char *rw, *ro;
@@ -604,7 +612,9 @@ def render_c(r: Reproducer) -> str:
                if r.engine == "batch" else []),
              " * Build: gcc -Wall -O2 -o repro repro.c; run as root.",
              " * Exit: 1 the finding is still there, 0 fixed, 2 setup failed,",
-             " *       4 cannot run here (not root, no tracefs, no events). */", _C_PRELUDE]
+             " *       4 cannot run here (not root, no tracefs, no events). */",
+             f"#define REGION ((size_t){REGION_SIZE}) /* the batch engine's region size */",
+             _C_PRELUDE]
     lines += ["int main(void)", "{"]
     for i in range(len(r.plans)):
         lines.append(f"\tunsigned long c{i}[6] = {{0}};")
