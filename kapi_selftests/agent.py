@@ -29,7 +29,7 @@ import resource
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -45,7 +45,7 @@ from kapi_selftests.shm import wait_until
 from kapi_selftests.spec import DEBUGFS_ROOT
 from kapi_selftests.tracefs import KAPI_EVENTS, TraceInstance, syscall_events
 
-__all__ = ["Resources", "Agent", "serve", "serve_shm", "specs_files", "REGION_SIZE", "NEW_NAMES",
+__all__ = ["Resources", "Agent", "serve", "serve_shm", "specs_files", "write_specs", "NEW_NAMES",
            "SLOT_BASE"]
 
 log = logging.getLogger(__name__)
@@ -216,10 +216,15 @@ class Agent:
 def copy_specs(dest: Path, root: Path = DEBUGFS_ROOT) -> bool:
     """Copy the kernel's debugfs spec dump to ``dest`` (for the host's spec loader)."""
     files = specs_files(root)
+    write_specs(files, dest)
+    return bool(files)
+
+
+def write_specs(files: Mapping[str, str], dest: Path) -> None:
+    """Write a spec dump (:func:`specs_files`) under ``dest``, as the debugfs lays it out."""
     for rel, text in files.items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         (dest / rel).write_text(text)
-    return bool(files)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

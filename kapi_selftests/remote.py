@@ -441,11 +441,9 @@ class ShmLink:
     def manifest(self) -> Mapping[str, Any]:
         self._wait(lambda: self.ch.manifest() is not None, "manifest", 900.0)
         man = dict(json.loads(self.ch.manifest()))
-        files = man.pop("specs_files", {})
-        for rel, text in files.items():
-            p = self.spec_dir / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(text)
+        from kapi_selftests.agent import write_specs
+
+        write_specs(man.pop("specs_files", {}), self.spec_dir)
         return man
 
     def specs(self) -> Mapping[str, Spec]:
