@@ -334,14 +334,12 @@ def _record_guest_crash(shard_dir: Path, shard: int, run: Any, engine: str) -> s
     if plans:
         rdir = shard_dir / "repro" / f"crash_shard{shard}_batch{batch}"
         rdir.mkdir(parents=True, exist_ok=True)
-        from kapi_selftests.plan import plan_to_json
-        (rdir / "repro.json").write_text(json.dumps({
-            "format": 1, "key": {"kind": "kernel crash", "syscall": plans[-1].name,
-                                 "where": summary[:80]},
-            "plans": [plan_to_json(p) for p in plans], "message": summary,
-            "seed": 0, "shard": shard, "batch": batch, "source": "kapi", "crash": True,
-            "engine": engine},
-            indent=1) + "\n")
+        from kapi_selftests.findings import FindingKey
+        from kapi_selftests.repro import Reproducer, render_json
+        r = Reproducer(FindingKey("kernel crash", plans[-1].name, summary[:80]), plans,
+                       summary, shard=shard, batch=batch, source="kapi", engine=engine)
+        (rdir / "repro.json").write_text(
+            json.dumps({**render_json(r), "crash": True}, indent=1) + "\n")
         repro = str(rdir / "repro.json")
     rec = CrashRecord(summary=summary, excerpt=tuple(excerpt), last_plans=plans, shard=shard,
                       batch=batch, when=now_iso(), console=str(console_copy), reproducer=repro)

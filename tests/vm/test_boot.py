@@ -107,6 +107,9 @@ def test_fuzz_batch_engine_restarts_after_a_real_crash(
     (crash,) = read_jsonl(out / "shard-0" / "crashes.jsonl")
     assert "sysrq" in "\n".join(crash["excerpt"]).lower(), crash["excerpt"]
     assert crash["batch"] == 1 and len(crash["last_plans"]) >= 1000
+    from kapi_selftests.repro import load
+    r = load(Path(crash["reproducer"]))  # replays the batches in flight, as they ran
+    assert r.engine == "batch" and r.key.kind == "kernel crash" and len(r.plans) >= 1000
     state = json.loads((out / "shard-0" / "state.json").read_text())
     assert state["skipped_batches"] == [1]
     assert summary["calls"] == 3000 and summary["findings"] == []
