@@ -527,6 +527,13 @@ def _restart_after_crash(args: argparse.Namespace, shard: int, crash: str, resta
     return restarts + 1
 
 
+def _drop_channel(chan: Any, path: Path) -> None:
+    # a shard's shared-memory channel, when it has one, and its file in /dev/shm
+    if chan is not None:
+        chan.close()
+        path.unlink(missing_ok=True)
+
+
 def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard: int,
                  guests: int, lib: Path | None, stop: Any, alive: Any, lock: Any,
                  errq: Any) -> None:
@@ -550,8 +557,8 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
         argv = [sys.executable, "-S", "-c", _AGENT_ENTRY]
         gcfg = dataclasses.replace(cfg, out_dir=sdir)
         chan = None
+        shm_path = Path("/dev/shm") / f"kapi-selftests-{os.getpid()}-{shard}"
         if args.transport == "shm":
-            shm_path = Path("/dev/shm") / f"kapi-selftests-{os.getpid()}-{shard}"
             chan = shm.create_host(shm_path)
             gcfg = dataclasses.replace(gcfg, extra_qemu=(*gcfg.extra_qemu,
                                                          *shm.qemu_args(shm_path)))
@@ -565,9 +572,7 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
                 argv=tuple(argv), env=runner.guest_env()))
         except KapiError as e:
             errq.put(f"shard {shard}: {e}")
-            if chan is not None:
-                chan.close()
-                shm_path.unlink(missing_ok=True)
+            _drop_channel(chan, shm_path)
             return
         th, box = _boot_in_thread(gcfg, qargv, sys.stderr if args.console else None,
                                   lock, alive)
@@ -598,9 +603,7 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
         finally:
             link.close()
             th.join(timeout=120)
-            if chan is not None:
-                chan.close()
-                shm_path.unlink(missing_ok=True)
+            _drop_channel(chan, shm_path)
         if lost is None:
             return
         run = box.get("run")
