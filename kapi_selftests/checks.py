@@ -50,8 +50,8 @@ _EINTR = 4
 class CallCheck:
     """One call, its events and what the checks found.
 
-    :param traced: the last exit's ``spec_match`` (None: no kapi exit) and the number of
-        enter/exit pairs, when the checker summarised them (else read from ``events``)
+    :param traced: :attr:`summary`, when the checker already knows it (else it is read
+        from ``events``)
     """
 
     record: SyscallRecord
@@ -70,6 +70,27 @@ class CallCheck:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @property
+    def summary(self) -> tuple[int | None, int]:
+        """The last kapi exit's ``spec_match`` (None: no kapi exit) and the number of
+        enter/exit pairs (kapi or generic), as ``calls.jsonl`` records them."""
+        if self.traced is not None:
+            return self.traced
+        enters = exits = 0
+        last_exit = None
+        for e in self.events:
+            name = e.name
+            if name == EXIT or name.startswith("sys_exit_"):
+                exits += 1
+                last_exit = e
+            elif name == ENTER or name.startswith("sys_enter_"):
+                enters += 1
+        spec_match: int | None = None
+        if last_exit is not None and last_exit.name == EXIT:
+            v = last_exit.fields.get("spec_match")
+            spec_match = int(v) if isinstance(v, int) else None
+        return spec_match, min(enters, exits)
 
     def explain(self) -> str:
         """The call, its events, the oracle's reasoning and the findings, for a failure."""

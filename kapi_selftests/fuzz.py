@@ -48,7 +48,7 @@ from kapi_selftests.findings import (
 )
 from kapi_selftests.generate import PlanGenerator
 from kapi_selftests.materialize import Materialized
-from kapi_selftests.oracle import ENTER, EXIT, Prediction
+from kapi_selftests.oracle import Prediction
 from kapi_selftests.plan import CallPlan, plan_from_json, plan_json_text, plan_to_json
 from kapi_selftests.spec import Spec
 
@@ -169,7 +169,7 @@ def call_row(seed: int, shard: int, batch: int, index: int, n: int, plan: CallPl
              check: CallCheck, plan_json: dict[str, Any] | None = None) -> dict[str, Any]:
     """One ``calls.jsonl`` row (format ``CALLS_FORMAT``; see docs/fuzz.md)."""
     rec = check.record
-    spec_match, pairs = _match_and_pairs(check)
+    spec_match, pairs = check.summary
     return {"v": CALLS_FORMAT, "seed": seed, "shard": shard, "batch": batch, "index": index,
             "n": n, "plan": plan_json or plan_to_json(plan), "regs": list(rec.args),
             "ret": rec.ret, "errno": rec.errno, "spec_match": spec_match, "pairs": pairs,
@@ -180,7 +180,7 @@ def call_line(seed: int, shard: int, batch: int, index: int, n: int, plan_json: 
               check: CallCheck) -> str:
     """:func:`call_row` as its JSON line, with the plan already in JSON (the fast path)."""
     rec = check.record
-    spec_match, pairs = _match_and_pairs(check)
+    spec_match, pairs = check.summary
     fails = check.failures
     found = json.dumps(sorted({f.kind.value for f in fails})) if fails else "[]"
     sm = "null" if spec_match is None else str(spec_match)
@@ -189,25 +189,6 @@ def call_line(seed: int, shard: int, batch: int, index: int, n: int, plan_json: 
             f'"index":{index},"n":{n},"plan":{plan_json},'
             f'"regs":[{a[0]},{a[1]},{a[2]},{a[3]},{a[4]},{a[5]}],"ret":{rec.ret},'
             f'"errno":{rec.errno},"spec_match":{sm},"pairs":{pairs},"findings":{found}}}')
-
-
-def _match_and_pairs(check: CallCheck) -> tuple[int | None, int]:
-    if check.traced is not None:
-        return check.traced
-    enters = exits = 0
-    last_exit = None
-    for e in check.events:
-        name = e.name
-        if name == EXIT or name.startswith("sys_exit_"):
-            exits += 1
-            last_exit = e
-        elif name == ENTER or name.startswith("sys_enter_"):
-            enters += 1
-    spec_match: int | None = None
-    if last_exit is not None and last_exit.name == EXIT:
-        v = last_exit.fields.get("spec_match")
-        spec_match = int(v) if isinstance(v, int) else None
-    return spec_match, min(enters, exits)
 
 
 def _plans_json(plans: Sequence[CallPlan]) -> list[str]:

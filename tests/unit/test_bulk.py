@@ -19,7 +19,6 @@ from kapi_selftests.bulk import clean_calls
 from kapi_selftests.checks import CallCheck, check_calls
 from kapi_selftests.events import Capture, TraceEvent, _LazyEvents, decode, read_capture_dir
 from kapi_selftests.executor import EventSource
-from kapi_selftests.fuzz import _match_and_pairs
 from kapi_selftests.oracle import ENTER, EXIT, CheckKind, FindingKind, Prediction, Rejection
 from kapi_selftests.spec import builtin_specs
 from kapi_selftests.syscalls import MASK64, SyscallRecord
@@ -71,7 +70,7 @@ def _per_call(cap: Capture) -> Capture:
 
 def _summary(c: CallCheck) -> tuple[object, ...]:
     return (c.record, list(c.events), [(f.kind, f.message) for f in c.findings], c.notes,
-            _match_and_pairs(c), c.prediction)
+            c.summary, c.prediction)
 
 
 def _judged(records: list[SyscallRecord], cap: Capture, preds: list[Prediction],
