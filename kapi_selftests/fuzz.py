@@ -166,12 +166,12 @@ def finding_keys(check: CallCheck, prediction: Prediction | None) -> list[Findin
 
 
 def call_row(seed: int, shard: int, batch: int, index: int, n: int, plan: CallPlan,
-             check: CallCheck, plan_json: dict[str, Any] | None = None) -> dict[str, Any]:
+             check: CallCheck) -> dict[str, Any]:
     """One ``calls.jsonl`` row (format ``CALLS_FORMAT``; see docs/fuzz.md)."""
     rec = check.record
     spec_match, pairs = check.summary
     return {"v": CALLS_FORMAT, "seed": seed, "shard": shard, "batch": batch, "index": index,
-            "n": n, "plan": plan_json or plan_to_json(plan), "regs": list(rec.args),
+            "n": n, "plan": plan_to_json(plan), "regs": list(rec.args),
             "ret": rec.ret, "errno": rec.errno, "spec_match": spec_match, "pairs": pairs,
             "findings": sorted({f.kind.value for f in check.failures})}
 
@@ -239,8 +239,10 @@ class Campaign:
                  on_progress: Callable[[Progress], None] | None = None) -> None:
         self.cfg = cfg
         self.h = harness
-        #: which engine issues the calls (the batch engine's harness takes tables ahead)
-        self.engine = "batch" if hasattr(harness, "submit") else "harness"
+        #: the batch engine's harness takes a table before the previous one is judged
+        self._submit: Callable[[list[CallPlan]], int] | None = getattr(harness, "submit", None)
+        #: which engine issues the calls
+        self.engine = "batch" if self._submit is not None else "harness"
         self.specs = harness.specs
         self.on_progress = on_progress
         self.out = cfg.out
@@ -360,7 +362,7 @@ class Campaign:
         from the coverage before this one (the same every run: seeds still replay).
         """
         b = self.state.batches
-        submit = getattr(self.h, "submit", None)
+        submit = self._submit
         ticket: int | None = None
         if self._ahead is not None and self._ahead[0] == b:
             _, plans, ticket = self._ahead
