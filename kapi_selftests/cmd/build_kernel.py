@@ -10,6 +10,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from kapi_selftests.errors import KSFT_PASS, UsageError
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 
 # vm/kapi.config of this checkout (the package sits next to vm/).
 DEFAULT_FRAGMENT = Path(__file__).resolve().parents[2] / "vm" / "kapi.config"
+#: where several --config fragments are merged, in the build directory
+MERGED_FRAGMENT = "kapi-selftests-fragment.config"
 
 
 class PathArgumentError(UsageError, argparse.ArgumentTypeError):
@@ -78,8 +81,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="patch mbox to apply with git am, in order (repeatable)")
     p.add_argument("--out", metavar="DIR", type=_out_dir, required=True,
                    help="build directory (make O=DIR); the image is DIR/arch/x86/boot/bzImage")
-    p.add_argument("--config", metavar="FRAGMENT", type=existing_file, default=None,
-                   help=f"Kconfig fragment merged on top of defconfig (default {DEFAULT_FRAGMENT})")
+    p.add_argument("--config", metavar="FRAGMENT", type=existing_file, action="append",
+                   default=[],
+                   help=f"Kconfig fragment merged on top of defconfig (default "
+                        f"{DEFAULT_FRAGMENT}); repeatable, later ones win (e.g. "
+                        f"vm/kapi.config then vm/kcov.config for a KCOV kernel)")
     p.add_argument("-j", "--jobs", type=_jobs, default=os.cpu_count() or 1,
                    help="parallel make jobs (default: all cores)")
     p.add_argument("--continue", dest="resume", action="store_true",
@@ -88,17 +94,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the commands that would run, run nothing")
 
 
+def merged_fragment(fragments: Sequence[Path], out: Path) -> tuple[Path, bytes | None]:
+    """One fragment for the build: the only one, or ``out/MERGED_FRAGMENT`` holding them
+    all in order (later values win, as in merge_config.sh).
+
+    :return: its path, and the bytes to write there first (None: nothing to write)
+    """
+    if len(fragments) == 1:
+        return fragments[0], None
+    text = b"".join(t if t.endswith(b"\n") else t + b"\n"
+                    for t in (f.read_bytes() for f in fragments))
+    return out / MERGED_FRAGMENT, text
+
+
 def run(args: argparse.Namespace) -> int:
     """Build (or find cached) the kernel; print the image path on stdout."""
-    fragment: Path = args.config if args.config is not None else DEFAULT_FRAGMENT
-    if not fragment.is_file():
-        raise UsageError(f"--config: default fragment {fragment} not found",
+    fragments: list[Path] = args.config or [DEFAULT_FRAGMENT]
+    if not fragments[0].is_file():
+        raise UsageError(f"--config: default fragment {fragments[0]} not found",
                          hint="pass --config FRAGMENT")
+    fragment, text = merged_fragment(fragments, args.out)
     if args.dry_run:
+        if text is not None:
+            print(f"# {fragment}: " + " + ".join(str(f) for f in fragments))
         for argv in plan_commands(args.src, args.out, series=args.series, fragment=fragment,
                                   jobs=args.jobs, resume=args.resume):
             print(shlex.join(argv))
         return KSFT_PASS
+    if text is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        fragment.write_bytes(text)
     result = build_kernel(args.src, args.out, series=args.series, fragment=fragment,
                           jobs=args.jobs, resume=args.resume)
     log.info("%s: %s in %.0f s", result.image,

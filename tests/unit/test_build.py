@@ -452,6 +452,26 @@ def test_cli_built_then_cached(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert (tmp_path / "o" / "builds").read_text() == "built\n"
 
 
+def test_cli_several_fragments_merge_in_order(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # vm/kapi.config then vm/kcov.config: one fragment holding both, the later winning
+    src, a, b = _fake_tree(tmp_path), tmp_path / "a.config", tmp_path / "b.config"
+    a.write_text("CONFIG_DEBUG_FS=y\n# CONFIG_KCOV is not set")  # no final newline
+    b.write_text("CONFIG_KCOV=y\n")
+    out = tmp_path / "o"
+    argv = ["build-kernel", "--src", str(src), "--out", str(out), "--config", str(a),
+            "--config", str(b), "-j", "1"]
+    assert main([*argv, "--dry-run"]) == 0
+    dry = capsys.readouterr().out.splitlines()
+    merged = out / "kapi-selftests-fragment.config"
+    assert dry[0] == f"# {merged}: {a} + {b}"
+    assert any(line.endswith(str(merged.resolve())) for line in dry)
+    assert not out.exists()  # a dry run writes nothing
+    assert main(argv) == 0
+    assert merged.read_text() == "CONFIG_DEBUG_FS=y\n# CONFIG_KCOV is not set\nCONFIG_KCOV=y\n"
+    assert "CONFIG_KCOV=y" in (out / ".config").read_text()
+
+
 def test_build_kernel_tarball_tree_with_series(tmp_path: Path) -> None:
     """A tree that is no git repository yet (Debian tarball): git init after dropping the
     `/*` .gitignore block, apply the series, build; the second call is cached."""
