@@ -16,6 +16,12 @@ exists and its size), with calls that have no KAPI spec (``fcntl``, ``lseek``,
 successful ``open`` returned is closed at once with ``close_range`` (no spec, so
 untraced), so a batch of thousands of opens cannot fill the fd table.
 
+With KCOV on (:func:`cov_open`, a kernel with ``CONFIG_KCOV``) ``kx_run`` also
+reads, right after each call, the program counters the call ran in the kernel,
+hashes each pair of consecutive ones into a 32-bit *edge*, and reports the
+edges this process has not reported before (:data:`COV_HEAD`, :data:`COV_CALL`):
+the host keeps the plans that reached new kernel code (:mod:`kapi_selftests.kcov`).
+
 The table layout (:data:`CALL`, :data:`RESULT`) is shared with the host, which
 builds tables with :mod:`struct` and never needs ``ctypes``.
 """
@@ -23,6 +29,7 @@ builds tables with :mod:`struct` and never needs ``ctypes``.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import hashlib
 import logging
@@ -38,7 +45,8 @@ from kapi_selftests.arch import NR
 
 __all__ = ["CACHE_DIR", "CALL", "WATCH", "RESULT", "WATCH_RESULT", "table_size",
            "result_size", "watch_counts", "WATCH_FD", "WATCH_BUF", "WATCH_PATH", "MAX_WATCH",
-           "build_library", "load", "run_table", "HASH_LIMIT"]
+           "build_library", "load", "run_table", "HASH_LIMIT", "KCOV_PATH", "COV_WORDS",
+           "MAX_COV_IDS", "COV_HEAD", "COV_CALL", "cov_open", "cov_edges"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,16 @@ WATCH = struct.Struct("<I4xQQ")
 RESULT = struct.Struct("<qqq")
 WATCH_RESULT = struct.Struct("<6q")
 
+#: KCOV: where the kernel offers it, its trace size in 64-bit words (PCs per call + 1)
+KCOV_PATH = "/sys/kernel/debug/kcov"
+COV_WORDS = 256 << 10
+#: most new edge ids one batch reports (the rest are counted, not listed)
+MAX_COV_IDS = 256 << 10
+#: a batch's coverage after its results: ids stored, new edges not stored ...
+COV_HEAD = struct.Struct("<II")
+#: ... per call: new edges, PCs traced, ids stored; then the ids (u32), in call order
+COV_CALL = struct.Struct("<III")
+
 
 def table_size(nwatch: Sequence[int]) -> int:
     """Bytes of a table whose calls have ``nwatch`` watches each."""
@@ -77,6 +95,9 @@ _SOURCE = r"""
 #include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -128,12 +149,102 @@ static void measure(const struct kx_watch *w, int64_t out[3])
 	}
 }
 
-/* Issue the n calls of table; write their results; return the caller's tid. */
-int kx_run(const unsigned char *table, int n, unsigned char *results)
+/* KCOV (CONFIG_KCOV): the PCs the calling task runs in the kernel, KX_COV_WORDS - 1 at
+ * most per call; an edge is a pair of consecutive PCs, hashed to 32 bits. kx_seen holds
+ * the edges this thread has reported (2^KX_SEEN_BITS bits, indexed by the hash's top
+ * bits), so each edge goes to the host once per agent. KCOV follows a task, so both are
+ * per thread: an agent is one thread, and two agents in one process do not mix. */
+#define KX_KCOV_INIT_TRACE _IOR('c', 1, unsigned long)
+#define KX_KCOV_ENABLE _IO('c', 100)
+#define KX_KCOV_TRACE_PC 0
+#define KX_SEEN_BITS 24
+
+static __thread uint64_t *kx_cover;
+static __thread uint8_t *kx_seen;
+
+/* Turn KCOV on for the calling thread (the one that runs kx_run); 0 or -errno. */
+int kx_cov_open(void)
+{
+	void *area;
+	int fd, err;
+
+	if (kx_cover)
+		return 0;
+	fd = open("/sys/kernel/debug/kcov", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (ioctl(fd, KX_KCOV_INIT_TRACE, (unsigned long)KX_COV_WORDS))
+		goto fail;
+	area = mmap(NULL, KX_COV_WORDS * sizeof(uint64_t), PROT_READ | PROT_WRITE, MAP_SHARED,
+			fd, 0);
+	if (area == MAP_FAILED)
+		goto fail;
+	if (ioctl(fd, KX_KCOV_ENABLE, KX_KCOV_TRACE_PC)) {
+		err = errno;
+		munmap(area, KX_COV_WORDS * sizeof(uint64_t));
+		close(fd);
+		return -err;
+	}
+	kx_seen = calloc((size_t)1 << (KX_SEEN_BITS - 3), 1);
+	if (!kx_seen)
+		return -ENOMEM;
+	kx_cover = area; /* the fd stays open: coverage lasts as long as the process */
+	return 0;
+fail:
+	err = errno;
+	close(fd);
+	return -err;
+}
+
+static uint32_t kx_mix(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ULL;
+	x ^= x >> 33;
+	return (uint32_t)x;
+}
+
+/* Fold the n PCs of one call into kx_seen. Return how many of its edges are new; the
+ * first max of them go to ids, *stored says how many. */
+uint32_t kx_cov_edges(const uint64_t *pc, uint64_t n, uint32_t *ids, uint32_t max,
+			uint32_t *stored)
+{
+	uint64_t i, prev = 0;
+	uint32_t id, b, fresh = 0, k = 0;
+
+	if (!kx_seen)
+		kx_seen = calloc((size_t)1 << (KX_SEEN_BITS - 3), 1);
+	if (!kx_seen)
+		n = 0;
+	for (i = 0; i < n; i++) {
+		id = kx_mix(pc[i] ^ prev * 0x9e3779b97f4a7c15ULL);
+		prev = pc[i];
+		b = id >> (32 - KX_SEEN_BITS);
+		if (kx_seen[b >> 3] & (1u << (b & 7)))
+			continue;
+		kx_seen[b >> 3] |= 1u << (b & 7);
+		fresh++;
+		if (k < max)
+			ids[k++] = id;
+	}
+	*stored = k;
+	return fresh;
+}
+
+/* Issue the n calls of table; write their results; return the caller's tid. With cov
+ * (KCOV on): cov[0] edge ids stored, cov[1] new edges not stored (over max_ids), then
+ * per call {new edges, PCs, ids stored}, then the ids, in call order. */
+int kx_run(const unsigned char *table, int n, unsigned char *results, uint32_t *cov,
+		uint32_t max_ids)
 {
 	int32_t tid = syscall(SYS_gettid);
+	uint32_t *per = cov ? cov + 2 : NULL, *ids = cov ? cov + 2 + 3 * (size_t)n : NULL;
+	uint32_t used = 0, dropped = 0, st;
 	const struct kx_call *c;
 	struct kx_result *r;
+	uint64_t pcs;
 	int i, k;
 	long ret;
 
@@ -142,16 +253,33 @@ int kx_run(const unsigned char *table, int n, unsigned char *results)
 		r = (struct kx_result *)results;
 		for (k = 0; k < (int)c->nwatch; k++)
 			measure(&c->w[k], &r->m[6 * k]);
+		if (per && kx_cover)
+			__atomic_store_n(&kx_cover[0], 0, __ATOMIC_RELAXED);
 		r->t0 = now();
 		ret = syscall(c->nr, c->a[0], c->a[1], c->a[2], c->a[3], c->a[4], c->a[5]);
 		r->t1 = now();
 		r->ret = ret < 0 ? -errno : ret;
+		if (per) { /* before the watches' own syscalls add their PCs */
+			pcs = kx_cover ? __atomic_load_n(&kx_cover[0], __ATOMIC_RELAXED) : 0;
+			if (pcs > KX_COV_WORDS - 1)
+				pcs = KX_COV_WORDS - 1;
+			per[3 * i] = kx_cov_edges(kx_cover ? kx_cover + 1 : NULL, pcs,
+						ids + used, max_ids - used, &st);
+			per[3 * i + 1] = (uint32_t)pcs;
+			per[3 * i + 2] = st;
+			used += st;
+			dropped += per[3 * i] - st;
+		}
 		for (k = 0; k < (int)c->nwatch; k++)
 			measure(&c->w[k], &r->m[6 * k + 3]);
 		if (c->nr == OPEN_NR && ret >= 0)
 			syscall(SYS_close_range, (unsigned)ret, (unsigned)ret, 0);
 		table += sizeof(*c) + c->nwatch * sizeof(c->w[0]);
 		results += sizeof(*r) + c->nwatch * 6 * sizeof(r->m[0]);
+	}
+	if (cov) {
+		cov[0] = used;
+		cov[1] = dropped;
 	}
 	return tid;
 }
@@ -160,7 +288,7 @@ int kx_run(const unsigned char *table, int n, unsigned char *results)
 
 def _source() -> str:
     return (f"#define HASH_LIMIT {HASH_LIMIT}ULL\n#define OPEN_NR {NR['open']}\n"
-            + _SOURCE)
+            f"#define KX_COV_WORDS {COV_WORDS}UL\n" + _SOURCE)
 
 
 def build_library(cache_dir: Path, cc: str | None = None) -> Path | None:
@@ -193,7 +321,16 @@ class _Lib:
         self.cdll = ctypes.CDLL(str(path))
         self.fn = self.cdll.kx_run
         self.fn.restype = ctypes.c_int
-        self.fn.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+        self.fn.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_uint32]
+        self.cdll.kx_cov_open.restype = ctypes.c_int
+        self.cdll.kx_cov_open.argtypes = []
+        self.cdll.kx_cov_edges.restype = ctypes.c_uint32
+        self.cdll.kx_cov_edges.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p,
+                                           ctypes.c_uint32, ctypes.c_void_p]
+        #: KCOV's per-batch output buffer (made once: a megabyte, zeroed, per batch costs
+        #: more than the copy out)
+        self.cov_buf: ctypes.Array[ctypes.c_uint32] | None = None
 
 
 _loaded: dict[Path, _Lib] = {}
@@ -222,13 +359,53 @@ def watch_counts(table: bytes, n: int) -> list[int]:
     return out
 
 
-def run_table(lib: _Lib | None, table: bytes, n: int) -> tuple[bytes, int]:
-    """Issue the ``n`` calls of ``table``; return the results and the caller's tid."""
+def cov_open(lib: _Lib | None) -> None:
+    """Turn KCOV on for the calling thread (the one that will issue the tables).
+
+    :raise OSError: no C executor (``ENOEXEC``), or the kernel's ``kcov`` refused (its
+        errno: ``ENOENT`` without ``CONFIG_KCOV`` or debugfs)
+    """
+    if lib is None:
+        raise OSError(errno.ENOEXEC, "KCOV needs the C batch executor (no C compiler)")
+    err = lib.cdll.kx_cov_open()
+    if err < 0:
+        raise OSError(-err, f"{KCOV_PATH}: {os.strerror(-err)}")
+
+
+def cov_edges(lib: _Lib, pcs: Sequence[int], max_ids: int = 1 << 16) -> tuple[int, list[int]]:
+    """Fold ``pcs`` (one call's trace) into this process's seen edges, as ``kx_run`` does.
+
+    :return: the count of new edges and the ids stored (at most ``max_ids``)
+    """
+    arr = (ctypes.c_uint64 * max(len(pcs), 1))(*pcs)
+    ids = (ctypes.c_uint32 * max(max_ids, 1))()
+    stored = ctypes.c_uint32()
+    new = lib.cdll.kx_cov_edges(arr, len(pcs), ids, max_ids, ctypes.byref(stored))
+    return int(new), list(ids[:stored.value])
+
+
+def run_table(lib: _Lib | None, table: bytes, n: int, *,
+              kcov: bool = False) -> tuple[bytes, int]:
+    """Issue the ``n`` calls of ``table``; return the results and the caller's tid.
+
+    :param kcov: KCOV is on (:func:`cov_open`): the results are followed by the
+        batch's coverage (:data:`COV_HEAD`, ``n`` :data:`COV_CALL`, the edge ids)
+    """
     counts = watch_counts(table, n)
     if lib is not None:
         out = ctypes.create_string_buffer(result_size(counts))
-        tid = lib.fn(table, n, out)
-        return out.raw, int(tid)
+        if not kcov:
+            tid = lib.fn(table, n, out, None, 0)
+            return out.raw, int(tid)
+        words = 2 + 3 * n + MAX_COV_IDS
+        if lib.cov_buf is None or len(lib.cov_buf) < words:
+            lib.cov_buf = (ctypes.c_uint32 * words)()
+        tid = lib.fn(table, n, out, lib.cov_buf, MAX_COV_IDS)
+        used = lib.cov_buf[0]
+        cov = ctypes.string_at(lib.cov_buf, 4 * (2 + 3 * n + used))
+        return out.raw + cov, int(tid)
+    if kcov:
+        raise OSError(errno.ENOEXEC, "KCOV needs the C batch executor (no C compiler)")
     return _run_python(table, counts), threading.get_native_id()
 
 
