@@ -17,6 +17,10 @@ classifies every call afterwards. Steering: part of each batch is aimed at
 the coverage goals still missing (:class:`~kapi_selftests.coverage.Target`):
 an invalid-side goal draws that parameter from its invalid pool and the others
 from their valid pools; a valid-side goal draws every parameter valid.
+
+With KCOV (``fuzz --kcov``) a share of each batch mutates plans that reached
+new kernel code (:mod:`kapi_selftests.kcov`): then what the kernel ran does
+steer generation, and a seed replays the same calls only with the same corpus.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from kapi_selftests.plan import (
 )
 from kapi_selftests.spec import ConstraintType, ParamSpec, ParamType, Spec
 
-__all__ = ["PlanGenerator", "SIZE_EDGES", "STEER_ATTEMPTS", "batch_seed"]
+__all__ = ["PlanGenerator", "SIZE_EDGES", "STEER_ATTEMPTS", "RECENT", "batch_seed"]
 
 U64 = (1 << 64) - 1
 SIZE_EDGES = (0, 1, arch.PAGE_SIZE, arch.PAGE_SIZE + 1, arch.MAX_RW_COUNT,
@@ -66,6 +70,8 @@ _BIG_BUFFER = 64 << 10
 #: steered calls a goal gets before steering gives up on it (some sides cannot be hit:
 #: read's count is never the rejected parameter, buf's size check comes first)
 STEER_ATTEMPTS = 400
+#: corpus entries (the newest) that get half of the mutations
+RECENT = 64
 
 
 _O_WRONLY, _O_CREAT, _O_EXCL, _O_DIRECTORY = 0o1, 0o100, 0o200, 0o200000
@@ -163,6 +169,16 @@ def _width(p: ParamSpec) -> int:
     return 32 if p.ctype.strip() in ("int", "unsigned int", "umode_t", "u32") else 64
 
 
+def _buf_size(p: ParamSpec, i: int, scalars: Mapping[int, int]) -> int:
+    # A buffer is as long as the count that sizes it (its size_param, else the next
+    # parameter). A count beyond what any harness mapping holds gets a buffer of
+    # _BIG_BUFFER: the call still runs past its end, and the harness does not fill a
+    # megabyte per call (the bulk of a campaign's time otherwise).
+    j = p.size_param if p.size_param is not None else i + 1
+    size = scalars.get(j, arch.PAGE_SIZE)
+    return size if size <= min(MAX_MAPPING, 1 << 20) else _BIG_BUFFER
+
+
 class PlanGenerator:
     """Draws batches of plans for ``specs`` (those with an x86-64 number) from a seed.
 
@@ -191,11 +207,16 @@ class PlanGenerator:
                          if spec in self.specs and _lists(self.specs[spec], name)]
 
     def batch(self, index: int, n: int, missing: Sequence[Target] = (),
-              attempts: dict[Target, int] | None = None) -> list[CallPlan]:
+              attempts: dict[Target, int] | None = None, corpus: Sequence[CallPlan] = (),
+              mutate_rate: float = 0.5) -> list[CallPlan]:
         """Batch ``index``: ``n`` plans, part of them aimed at the ``missing`` goals.
 
         :param attempts: steered calls per goal so far, updated here; a goal that had
             :data:`STEER_ATTEMPTS` is no longer aimed at
+        :param corpus: plans that reached new kernel code (KCOV): a ``mutate_rate``
+            share of the calls are copies of them changed by :meth:`mutate`, half of those of
+            the newest :data:`RECENT` entries (a rate of 0 draws exactly the plans a
+            campaign without KCOV draws: the unguided baseline)
         """
         rng = random.Random(batch_seed(self.seed, self.shard, index))
         tries = attempts if attempts is not None else {}
@@ -204,10 +225,14 @@ class PlanGenerator:
         names = list(self.specs)
         out: list[CallPlan] = []
         recipes = self._recipes
+        recent = corpus[-RECENT:]
         for _ in range(n):
             if recipes and rng.random() < self.error_rate:
                 _, recipe = rng.choice(recipes)
                 out.append(make_safe(recipe(rng)))
+            elif corpus and mutate_rate > 0 and rng.random() < mutate_rate:
+                base = rng.choice(recent if rng.random() < 0.5 else corpus)
+                out.append(self.mutate(rng, base))
             elif goals and rng.random() < self.steer_rate:
                 t = rng.choice(goals)
                 tries[t] = tries.get(t, 0) + 1
@@ -245,16 +270,59 @@ class PlanGenerator:
             elif kind == "path":
                 args.append(Path(rng.choice(_VALID_PATHS if valid else _INVALID_PATHS)))
             elif kind == "address":
-                j = p.size_param if p.size_param is not None else i + 1
-                size = scalars.get(j, arch.PAGE_SIZE)
-                # A count beyond what any harness mapping holds gets a buffer of
-                # _BIG_BUFFER: the call still runs past its end, and the harness does
-                # not fill a megabyte per call (the bulk of a campaign's time otherwise).
-                size = size if size <= min(MAX_MAPPING, 1 << 20) else _BIG_BUFFER
-                args.append(Buf(self._buf_kind(rng, p, valid), size))
+                args.append(Buf(self._buf_kind(rng, p, valid), _buf_size(p, i, scalars)))
             else:
                 args.append(Lit(scalars[i]))
         return make_safe(CallPlan(abi.name, tuple(args)))
+
+    def mutate(self, rng: random.Random, plan: CallPlan) -> CallPlan:
+        """``plan`` with one argument (sometimes two) drawn again or nudged.
+
+        A scalar gets a bit flipped, a small step, a value from its valid or invalid
+        pool, or a random one; an fd, path or buffer is drawn again from either pool
+        (a buffer keeps its size). Buffers stay sized by their count, as :meth:`plan`
+        sizes them, and the harness's safety rules hold (``make_safe``).
+        """
+        abi = arch.find_syscall(plan.name)
+        spec = self.specs.get(abi.spec_name) if abi is not None else None
+        if spec is None or len(spec.params) != len(plan.args):
+            return plan
+        kinds = self._kinds.get(spec.name)
+        if kinds is None:
+            kinds = self._kinds[spec.name] = [_kind(p) for p in spec.params]
+        args = list(plan.args)
+        for _ in range(1 if rng.random() < 0.75 else 2):
+            i = rng.randrange(len(args))
+            p, a = spec.params[i], args[i]
+            valid = rng.random() >= 0.5
+            if kinds[i] == "fd":
+                args[i] = self._fd(rng, valid)
+            elif kinds[i] == "path":
+                args[i] = Path(rng.choice(_VALID_PATHS if valid else _INVALID_PATHS))
+            elif kinds[i] == "address":
+                size = a.size if isinstance(a, Buf) else arch.PAGE_SIZE
+                args[i] = Buf(self._buf_kind(rng, p, valid), size)
+            else:
+                old = a.value if isinstance(a, Lit) else 0
+                args[i] = Lit(self._nudge(rng, spec, p, old, valid))
+        scalars = {i: a.value for i, a in enumerate(args) if isinstance(a, Lit)}
+        for i, p in enumerate(spec.params):
+            a = args[i]
+            if kinds[i] == "address" and isinstance(a, Buf):
+                args[i] = Buf(a.kind, _buf_size(p, i, scalars))
+        return make_safe(CallPlan(plan.name, tuple(args)))
+
+    def _nudge(self, rng: random.Random, spec: Spec, p: ParamSpec, old: int,
+               valid: bool) -> int:
+        width = _width(p)
+        r = rng.random()
+        if r < 0.3:
+            return (old ^ 1 << rng.randrange(width)) & U64
+        if r < 0.5:
+            return (old + rng.choice((-1, 1, -8, 8, arch.PAGE_SIZE, -arch.PAGE_SIZE))) & U64
+        if r < 0.9:
+            return self._scalar(rng, spec, p, valid)
+        return rng.getrandbits(width)
 
     def _valid(self, rng: random.Random, forced: bool | None) -> bool:
         if forced is not None:

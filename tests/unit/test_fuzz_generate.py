@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import json
+import random
 
 from kapi_selftests.coverage import Side, Target
+from kapi_selftests.fds import FdKind
 from kapi_selftests.generate import PlanGenerator
-from kapi_selftests.plan import Buf, BufKind, Lit, plan_from_json, plan_json_text, plan_to_json
+from kapi_selftests.plan import (
+    Buf,
+    BufKind,
+    CallPlan,
+    Fd,
+    Lit,
+    plan_from_json,
+    plan_json_text,
+    plan_to_json,
+)
 from kapi_selftests.spec import builtin_specs
 
 SPECS = builtin_specs()
@@ -43,12 +54,14 @@ def test_steering_aims_at_the_missing_goal() -> None:
                                                                  BufKind.SHORT) for p in plans)
 
 
-def test_madvise_never_leaves_harness_mappings_with_destructive_advice() -> None:
+def _assert_safe_madvise(plans: list[CallPlan]) -> int:
     from kapi_selftests import arch
 
-    for p in PlanGenerator(SPECS, 2).batch(0, 2000):
+    seen = 0
+    for p in plans:
         if p.name != "madvise":
             continue
+        seen += 1
         start, length, advice = p.args
         assert isinstance(length, Lit) and isinstance(advice, Lit)
         assert advice.value & 0xFFFFFFFF not in arch.MADV_UNSAFE
@@ -57,6 +70,70 @@ def test_madvise_never_leaves_harness_mappings_with_destructive_advice() -> None
         known = advice.value & 0xFFFFFFFF in arch.MADV.values()
         if not inside and known:
             assert advice.value & 0xFFFFFFFF in arch.MADV_HINTS or advice.value == 0
+    return seen
+
+
+def test_madvise_never_leaves_harness_mappings_with_destructive_advice() -> None:
+    assert _assert_safe_madvise(PlanGenerator(SPECS, 2).batch(0, 2000)) > 100
+
+
+def _mutants(seed: int, n: int) -> list[tuple[CallPlan, CallPlan]]:
+    g = PlanGenerator(SPECS, seed)
+    rng = random.Random(seed)
+    bases = g.batch(0, n)
+    return [(b, g.mutate(rng, b)) for b in bases]
+
+
+def test_mutation_changes_one_or_two_arguments_and_keeps_the_call() -> None:
+    pairs = _mutants(5, 3000)
+    changed = 0
+    for base, m in pairs:
+        assert m.name == base.name and len(m.args) == len(base.args)
+        diff = sum(a != b for a, b in zip(base.args, m.args, strict=True))
+        # a buffer resized with its count is part of the same change; make_safe may
+        # reset madvise's advice
+        assert diff <= 3, (base.describe(), m.describe())
+        changed += diff > 0
+    assert changed > 0.8 * len(pairs)  # a redraw can land on the same value
+
+
+def test_mutants_obey_the_harness_safety_rules() -> None:
+    mutants = [m for _, m in _mutants(6, 4000)]
+    g = PlanGenerator(SPECS, 6)
+    rng = random.Random(1)
+    deep = []
+    for m in mutants[:500]:  # mutants of mutants, as a long campaign makes them
+        for _ in range(20):
+            m = g.mutate(rng, m)
+        deep.append(m)
+    assert _assert_safe_madvise(mutants + deep) > 100
+    for p in mutants + deep:
+        for a in p.args:
+            if isinstance(a, Buf):
+                assert a.size <= 1 << 20
+
+
+def test_mutated_buffers_follow_their_count() -> None:
+    for _, m in _mutants(7, 3000):
+        if m.name in ("read", "write") and isinstance(m.args[1], Buf):
+            count = m.args[2]
+            assert isinstance(count, Lit)
+            want = count.value if count.value <= 1 << 20 else 64 << 10
+            assert m.args[1].size == want, m.describe()
+
+
+def test_corpus_gets_the_mutate_rate_share_and_replays_from_the_seed() -> None:
+    corpus = [CallPlan("read", (Fd(FdKind.PIPE_READ), Buf(BufKind.MAPPED, 7), Lit(7)))]
+    g = PlanGenerator(SPECS, 3, steer_rate=0.0, error_rate=0.0)
+    a = g.batch(0, 2000, corpus=corpus, mutate_rate=0.5)
+    assert a == PlanGenerator(SPECS, 3, steer_rate=0.0, error_rate=0.0).batch(
+        0, 2000, corpus=corpus, mutate_rate=0.5)
+    # mutants of the one entry: reads with at least two of its three arguments
+    near = [p for p in a if p.name == "read"
+            and sum(x == y for x, y in zip(p.args, corpus[0].args, strict=True)) >= 1]
+    assert 0.4 * len(a) < len(near) < 0.7 * len(a)  # 0.5, plus random reads that match
+    plain = g.batch(0, 2000, corpus=corpus, mutate_rate=0.0)
+    assert plain == g.batch(0, 2000)  # rate 0: the corpus changes nothing
 
 
 def test_steering_gives_up_on_a_goal_after_its_attempts() -> None:
