@@ -7,7 +7,6 @@ with the reason. Each test boots one TCG guest (10-30 s).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -16,26 +15,8 @@ from kapi_selftests.errors import KSFT_FAIL
 from kapi_selftests.host import kernel, qemu, runner
 from kapi_selftests.host.console import SplatKind
 from kapi_selftests.report import Outcome, exit_code
-from kapi_selftests.testing import missing_vm_tools
 
 pytestmark = [pytest.mark.vm]
-
-_STOCK = Path(__file__).resolve().parents[2] / ".cache" / "kernels" / "stock"
-
-
-@pytest.fixture(scope="module")
-def vm_kernel(request: pytest.FixtureRequest) -> kernel.KernelImage:
-    path = request.config.getoption("--kernel") or os.environ.get("KAPI_KERNEL")
-    if not path:
-        if not _STOCK.exists():
-            pytest.skip("no kernel to boot: pass --kernel, set KAPI_KERNEL, or run "
-                        "vm/get-stock-kernel")
-        path = str(_STOCK)
-    reason = missing_vm_tools()
-    if reason:
-        pytest.skip(reason)
-    return kernel.find_kernel(path, request.config.getoption("--modules"))
-
 
 def _run(k: kernel.KernelImage, tmp_path: Path, argv: tuple[str, ...] | None = None,
          **cfg: int) -> tuple[list, runner.GuestRun]:  # type: ignore[type-arg]
