@@ -22,6 +22,7 @@ guest's output share, :class:`~kapi_selftests.remote.DirLink`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from typing import Any
 
 from kapi_selftests import cexec
 from kapi_selftests.arch import PATH_MAX
+from kapi_selftests.errors import MissingFeature
 from kapi_selftests.events import RawCapture, write_capture_dir
 from kapi_selftests.executor import SPEC_SYSCALLS, EventSource, find_event_source
 from kapi_selftests.fds import FdKind, FdPool
@@ -160,12 +162,16 @@ class Agent:
 
     :param lib: the compiled executor (None: the ctypes loop)
     :param source: event source (probed when None)
+    :param kcov: report each call's kernel coverage (KCOV; needs ``lib``, and a kernel
+        with ``CONFIG_KCOV``); turned on for the thread that enters the agent, which
+        must be the one that runs the tables
     """
 
     def __init__(self, lib: Path | None = None, source: EventSource | None = None, *,
-                 buffer_kb: int = 16384) -> None:
+                 buffer_kb: int = 16384, kcov: bool = False) -> None:
         self.source = source or find_event_source()
         self.lib = cexec.load(lib)
+        self.kcov = kcov
         events = KAPI_EVENTS if self.source is EventSource.KAPI else syscall_events(SPEC_SYSCALLS)
         self.trace = TraceInstance(events, pids=[threading.get_native_id()],
                                    buffer_kb=buffer_kb)
@@ -174,6 +180,13 @@ class Agent:
         self.times = {"issue": 0.0, "drain": 0.0, "reset": 0.0, "io": 0.0}
 
     def __enter__(self) -> Agent:
+        if self.kcov:  # first: a kernel without KCOV leaves nothing behind
+            try:
+                cexec.cov_open(self.lib)
+            except OSError as e:
+                raise MissingFeature(f"kernel has no KCOV ({e.strerror})" if e.errno in (
+                    errno.ENOENT, errno.ENODEV) else f"KCOV: {e.strerror}",
+                    hint="build the kernel with vm/kcov.config (CONFIG_KCOV=y)") from e
         self.trace.create()
         self.resources = Resources()
         return self
@@ -189,7 +202,7 @@ class Agent:
     def manifest(self) -> dict[str, Any]:
         assert self.resources is not None
         return {**self.resources.manifest(), "source": self.source.value,
-                "executor": "c" if self.lib is not None else "ctypes"}
+                "executor": "c" if self.lib is not None else "ctypes", "kcov": self.kcov}
 
     def run(self, table: bytes, n: int) -> tuple[bytes, int, RawCapture]:
         """Issue the ``n`` calls of ``table`` in one capture window; reset the resources.
@@ -200,7 +213,7 @@ class Agent:
         t0 = time.monotonic()
         self.trace.start()
         try:
-            results, tid = cexec.run_table(self.lib, table, n)
+            results, tid = cexec.run_table(self.lib, table, n, kcov=self.kcov)
         finally:
             self.trace.stop()
         t1 = time.monotonic()
@@ -277,6 +290,10 @@ class _DirEnd:
         data = (self.d / f"in-{n}.bin").read_bytes()
         return data[8:], int(struct.unpack_from("<Q", data)[0])
 
+    def put_error(self, d: Mapping[str, Any]) -> None:
+        self.d.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.d / "manifest.json", json.dumps(d).encode())
+
     def put(self, n: int, results: bytes, tid: int, raw: RawCapture) -> None:
         tmp = self.d / f"out-{n}.tmp"
         write_capture_dir(raw, tmp)
@@ -302,6 +319,9 @@ class _ShmEnd:
     def get(self, n: int) -> tuple[bytes, int]:
         table, calls = self.ch.get_table(n)
         return table, int(calls)
+
+    def put_error(self, d: Mapping[str, Any]) -> None:
+        self.ch.put_manifest(json.dumps(d).encode())
 
     def put(self, n: int, results: bytes, tid: int, raw: RawCapture) -> None:
         from kapi_selftests import shm
@@ -382,15 +402,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lib", type=Path, help="the compiled batch executor (default: ctypes)")
     p.add_argument("--source", choices=[s.value for s in EventSource])
     p.add_argument("--heartbeat-s", type=float, default=10.0)
+    p.add_argument("--kcov", action="store_true",
+                   help="report each call's kernel coverage (CONFIG_KCOV)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="agent: %(message)s")
     lib = a.lib if a.lib is not None and a.lib.is_file() else None
     if a.lib is not None and lib is None:
         log.warning("%s not readable here: using ctypes", a.lib)
     try:
-        with Agent(lib, EventSource(a.source) if a.source else None) as ag:
+        end: _DirEnd | _ShmEnd
+        if a.shm:
+            from kapi_selftests import shm
+            dev = shm.find_guest_device()
+            if dev is None:
+                raise RuntimeError("no ivshmem-plain device (start QEMU with "
+                                   "kapi_selftests.shm.qemu_args)")
+            end = _ShmEnd(shm.open_guest(dev))
+        else:
+            end = _DirEnd(a.dir)
+    except Exception as e:  # one line for the host's log, never a bare traceback
+        print(f"kapi-selftests agent: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 4
+    try:
+        with Agent(lib, EventSource(a.source) if a.source else None, kcov=a.kcov) as ag:
             last = [time.monotonic()]
-            count = [0]
 
             def beat() -> bool:
                 # the host's watchdog wants console output now and then
@@ -399,18 +434,15 @@ def main(argv: list[str] | None = None) -> int:
                     last[0] = time.monotonic()
                 return False
 
-            if a.shm:
-                from kapi_selftests import shm
-                dev = shm.find_guest_device()
-                if dev is None:
-                    raise RuntimeError("no ivshmem-plain device (start QEMU with "
-                                       "kapi_selftests.shm.qemu_args)")
-                count[0] = serve_shm(ag, shm.open_guest(dev), stop=beat)
-            else:
-                count[0] = serve(ag, a.dir, stop=beat)
+            count = (serve_shm(ag, end.ch, stop=beat) if isinstance(end, _ShmEnd)
+                     else serve(ag, end.d, stop=beat))
     except Exception as e:  # one line for the host's log, never a bare traceback
         print(f"kapi-selftests agent: error: {type(e).__name__}: {e}", file=sys.stderr)
+        # and the same line where the host waits for the manifest (it says what to do)
+        with contextlib.suppress(Exception):
+            end.put_error({"error": str(e), "hint": getattr(e, "hint", None),
+                           "missing": isinstance(e, MissingFeature)})
         return 4
     times = ", ".join(f"{k} {v:.2f} s" for k, v in ag.times.items())
-    print(f"kapi-selftests agent: served {count[0]} batches ({times})", file=sys.stderr)
+    print(f"kapi-selftests agent: served {count} batches ({times})", file=sys.stderr)
     return 0

@@ -63,6 +63,21 @@ class CampaignData:
     def calls_per_s(self) -> float:
         return sum(float(s.get("calls_per_s", 0.0)) for s in self.states)
 
+    @property
+    def kcov(self) -> dict[str, int] | None:
+        """Kernel coverage (KCOV) over the shards: distinct ``edges``, ``corpus`` plans
+        kept; None when no shard measured it."""
+        if not any(s.get("kcov") for s in self.states):
+            return None
+        from kapi_selftests.kcov import union_edges
+
+        return {"edges": union_edges(self.shard_dirs),
+                "corpus": sum(int((s.get("kcov") or {}).get("corpus", 0)) for s in self.states)}
+
+    def kcov_text(self) -> str:
+        k = self.kcov
+        return f"{k['edges']} distinct kernel edges, {k['corpus']} calls kept" if k else "-"
+
 
 def _is_store(d: Path) -> bool:
     return any((d / f).is_file() for f in (STATE_FILE, FINDINGS_FILE, COVERAGE_FILE))
@@ -145,6 +160,7 @@ def summary(data: CampaignData, *, header: Sequence[str] = ()) -> dict[str, Any]
         "calls_per_s": round(data.calls_per_s, 1),
         "shards": [{k: v for k, v in s.items()} for s in data.states],
         "coverage": data.coverage.figure().to_json(),
+        "kcov": data.kcov,
         "findings": [
             {"key": r.key.to_json(), "count": r.count, "first_seen": r.first_seen,
              "message": r.first.message, "reproducers": list(r.reproducers),
@@ -168,6 +184,7 @@ def render_markdown(data: CampaignData, *, title: str = "kapi-selftests fuzz cam
     lines += [f"- calls: {data.calls} in {data.elapsed_s:.1f} s "
               f"({data.calls_per_s:.1f} calls/s over {len(data.states)} shard(s))",
               f"- spec coverage: {fig.describe()}",
+              *([f"- kernel coverage (KCOV): {data.kcov_text()}"] if data.kcov else []),
               f"- findings: {len(data.store.records)} distinct, "
               f"{sum(r.count for r in data.store.records.values())} occurrences",
               f"- kernel crashes: {len(data.crashes)}"]

@@ -54,6 +54,7 @@ from kapi_selftests.spec import Spec
 
 if TYPE_CHECKING:
     from kapi_selftests.harness import Harness
+    from kapi_selftests.kcov import KcovCorpus
     from kapi_selftests.remote import RemoteHarness
 
 __all__ = ["CampaignConfig", "Progress", "Campaign", "finding_keys", "call_row",
@@ -105,6 +106,9 @@ class CampaignConfig:
     :param minimize_budget: most runs spent shrinking one finding
     :param strict: spec drift counts as a finding
     :param replay_line: how to replay a reproducer (printed in reports)
+    :param mutate_rate: with KCOV (the harness reports kernel coverage), the share of
+        calls that mutate a plan which reached new kernel code (0: coverage is only
+        measured, as a baseline)
     """
 
     out: Path
@@ -117,6 +121,8 @@ class CampaignConfig:
     minimize_budget: int = 80
     strict: bool = False
     steer_rate: float = 0.5
+    #: with KCOV, the share of calls that mutate a corpus entry
+    mutate_rate: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,8 @@ class Progress:
     coverage: CoverageFigure
     skipped_batches: tuple[int, ...] = ()
     done: bool = False
+    #: kernel coverage (KCOV) when the harness reports it: edges, corpus, pcs_per_call
+    kcov: Mapping[str, Any] | None = None
 
     @property
     def calls_per_s(self) -> float:
@@ -142,7 +150,7 @@ class Progress:
                 "calls": self.calls, "elapsed_s": round(self.elapsed_s, 3),
                 "calls_per_s": round(self.calls_per_s, 1), "findings": dict(self.findings),
                 "coverage": self.coverage.to_json(), "skipped_batches": list(self.skipped_batches),
-                "done": self.done}
+                "done": self.done, **({"kcov": dict(self.kcov)} if self.kcov is not None else {})}
 
 
 def finding_keys(check: CallCheck, prediction: Prediction | None) -> list[FindingKey]:
@@ -249,6 +257,12 @@ class Campaign:
         self.out.mkdir(parents=True, exist_ok=True)
         self.gen = PlanGenerator(self.specs, cfg.seed, cfg.shard, steer_rate=cfg.steer_rate)
         self.coverage = Coverage(self.specs)
+        #: kernel edges reached and the plans that reached new ones (KCOV kernels only)
+        self.kcov: KcovCorpus | None = None
+        if getattr(harness, "kcov", False):
+            from kapi_selftests.kcov import KcovCorpus  # numpy: only where KCOV is on
+
+            self.kcov = KcovCorpus(self.out)
         self.store = FindingStore.load(self.out / FINDINGS_FILE)
         self.state = _State()
         self._ahead: tuple[int, list[CallPlan], int] | None = None
@@ -305,7 +319,8 @@ class Campaign:
     def progress(self, done: bool = False) -> Progress:
         return Progress(self.cfg.seed, self.cfg.shard, self.state.batches, self.state.calls,
                         self.state.elapsed_s, self.store.by_kind(), self.coverage.figure(),
-                        tuple(self.state.skipped), done)
+                        tuple(self.state.skipped), done,
+                        self.kcov.figure() if self.kcov is not None else None)
 
     def _commit(self) -> None:
         write_json_atomic(self.out / COVERAGE_FILE, self.coverage.to_json())
@@ -368,14 +383,14 @@ class Campaign:
             _, plans, ticket = self._ahead
             self._ahead = None
         else:
-            plans = self.gen.batch(b, n, self.coverage.missing(), self.coverage.attempts)
+            plans = self._generate(b, n)
             if submit is not None:
                 ticket = submit(plans)
         # each plan goes to JSON once: for inflight.json (one or two batches) and calls.jsonl
         js = self._json.pop(b, None) or _plans_json(plans)
         flight = list(js)
         if submit is not None and next_n > 0:
-            nxt = self.gen.batch(b + 1, next_n, self.coverage.missing(), self.coverage.attempts)
+            nxt = self._generate(b + 1, next_n)
             self._ahead = (b + 1, nxt, submit(nxt))
             self._json[b + 1] = _plans_json(nxt)
             flight += self._json[b + 1]
@@ -389,6 +404,11 @@ class Campaign:
         self.state.calls += len(plans)
         return checks
 
+    def _generate(self, b: int, n: int) -> list[CallPlan]:
+        corpus = self.kcov.plans if self.kcov is not None else ()
+        return self.gen.batch(b, n, self.coverage.missing(), self.coverage.attempts,
+                              corpus=corpus, mutate_rate=self.cfg.mutate_rate)
+
     def run_corpus(self, plans: Sequence[CallPlan]) -> list[CallCheck]:
         """Run saved plans (a corpus entry) as batch -1: judged, counted, not numbered."""
         return self._run_judge(-1, list(plans))
@@ -399,8 +419,9 @@ class Campaign:
             result = self.h.collect(ticket)  # type: ignore[union-attr]
             preds: list[Prediction | None] = list(self._pm.predictions[:len(plans)])
             del self._pm.predictions[:len(plans)]
+            self._count_cover(b, result)
         else:
-            result, preds = self._run_now(plans)
+            result, preds = self._run_now(plans, b)
         plan_json = plan_json or _plans_json(plans)
         rows: list[str] = []
         found: list[tuple[FindingKey, Example]] = []
@@ -434,16 +455,24 @@ class Campaign:
         result, preds = self._run_now(list(plans))
         return key in finding_keys(result.checks[-1], preds[-1] if preds else None)
 
-    def _run_now(self, plans: list[CallPlan]) -> tuple[Any, list[Prediction | None]]:
+    def _run_now(self, plans: list[CallPlan], b: int = -2) -> tuple[Any, list[Prediction | None]]:
         # Run and judge at once; a pipelined batch's predictions (queued in the
-        # materialiser before this) are kept for it.
+        # materialiser before this) are kept for it. Shrinking runs are batch -2.
         queued = self._pm.predictions
         self._pm.predictions = []
         try:
             result = self.h.run(plans)
+            self._count_cover(b, result)
             return result, self._pm.predictions
         finally:
             self._pm.predictions = queued
+
+    def _count_cover(self, b: int, result: Any) -> None:
+        # every run's coverage counts (the guest reports an edge once, whichever run
+        # reached it first: a shrinking run too)
+        cover = getattr(result, "kcov", None)
+        if self.kcov is not None and cover is not None:
+            self.kcov.add(b, result.plans, cover)
 
     def _save_reproducer(self, key: FindingKey) -> None:
         from kapi_selftests import minimize, repro
@@ -493,7 +522,8 @@ def load_shard(out: Path, specs: Mapping[str, Spec]) -> tuple[FindingStore, Cove
 
 @contextlib.contextmanager
 def local_harness(engine: str = "harness", *, source: Any = None,
-                  specs: Mapping[str, Spec] | None = None, strict: bool = False) -> Iterator[Any]:
+                  specs: Mapping[str, Spec] | None = None, strict: bool = False,
+                  kcov: bool = False) -> Iterator[Any]:
     """A harness on the running kernel (``fuzz --local``, replays).
 
     :param engine: ``harness`` (fresh resources per call, judged in this process) or
@@ -501,6 +531,7 @@ def local_harness(engine: str = "harness", *, source: Any = None,
         kind shared by the calls, one table per capture window)
     :param source: the :class:`~kapi_selftests.executor.EventSource` (probed when None)
     :param specs: the spec model (None: the running kernel's)
+    :param kcov: the batch engine's agent reports kernel coverage (KCOV)
     """
     if engine == "harness":
         from kapi_selftests.harness import Harness
@@ -510,7 +541,7 @@ def local_harness(engine: str = "harness", *, source: Any = None,
         return
     from kapi_selftests import agent, cexec, remote
 
-    with agent.Agent(cexec.build_library(cexec.CACHE_DIR), source) as ag, \
+    with agent.Agent(cexec.build_library(cexec.CACHE_DIR), source, kcov=kcov) as ag, \
             remote.RemoteHarness(remote.LocalLink(ag), specs, strict=strict) as rh:
         yield rh
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from kapi_selftests.checks import CallCheck, check_calls
 from kapi_selftests.events import Capture, decode, write_capture_dir
@@ -33,6 +34,9 @@ from kapi_selftests.oracle import Prediction
 from kapi_selftests.plan import CallPlan
 from kapi_selftests.spec import Spec, builtin_specs, load_debugfs, missing_kapi_specs
 from kapi_selftests.syscalls import SyscallRecord
+
+if TYPE_CHECKING:
+    from kapi_selftests.kcov import BatchCover
 
 __all__ = ["BatchResult", "Harness", "load_specs"]
 
@@ -65,6 +69,8 @@ class BatchResult:
     batch: Batch
     capture: Capture
     checks: tuple[CallCheck, ...]
+    #: the calls' kernel coverage (the batch engine with KCOV on)
+    kcov: BatchCover | None = None
 
     @property
     def failures(self) -> list[CallCheck]:

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from kapi_selftests import cexec
 from kapi_selftests.arch import find_syscall
 from kapi_selftests.checks import check_calls
-from kapi_selftests.errors import LostGuest
+from kapi_selftests.errors import LostGuest, MissingFeature
 from kapi_selftests.events import RawCapture, decode, read_capture_dir
 from kapi_selftests.executor import Batch, EventSource
 from kapi_selftests.fds import FdKind
@@ -67,6 +67,8 @@ class Manifest:
     new_paths: tuple[int, ...]
     strings: Mapping[int, tuple[bytes, bool]]  # addr -> (bytes up to NUL/fault, terminated)
     executor: str = "c"
+    #: the agent reports each batch's kernel coverage (KCOV) after its results
+    kcov: bool = False
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Manifest:
@@ -78,7 +80,7 @@ class Manifest:
                    new_paths=tuple(int(a) for a in d["new_paths"]),
                    strings={int(a): (bytes.fromhex(s["hex"]), bool(s["terminated"]))
                             for a, s in d["strings"].items()},
-                   executor=str(d.get("executor", "c")))
+                   executor=str(d.get("executor", "c")), kcov=bool(d.get("kcov", False)))
 
 
 class ManifestMemory:
@@ -484,7 +486,11 @@ class RemoteHarness:
     def __init__(self, link: Link, specs: Mapping[str, Spec] | None = None, *,
                  strict: bool = False) -> None:
         self.link = link
-        self.man = Manifest.from_json(link.manifest())
+        man = link.manifest()
+        if "error" in man:  # the agent could not start: it says why
+            cls = MissingFeature if man.get("missing") else LostGuest
+            raise cls(f"agent: {man['error']}", hint=man.get("hint"))
+        self.man = Manifest.from_json(man)
         self.source = self.man.source
         self.specs = dict(specs if specs is not None else link.specs())
         self.strict = strict
@@ -494,6 +500,11 @@ class RemoteHarness:
         self._n = 0
         self._sent: dict[int, tuple[list[Materialized], list[Prediction | None],
                                     list[list[tuple[int, int, int]]]]] = {}
+
+    @property
+    def kcov(self) -> bool:
+        """The agent reports kernel coverage (KCOV) with every batch."""
+        return self.man.kcov
 
     def __enter__(self) -> RemoteHarness:
         return self
@@ -526,13 +537,22 @@ class RemoteHarness:
         """Receive, decode and judge batch ``n``."""
         mats, preds, watches = self._sent.pop(n)
         data, tid, raw = self.link.receive(n)
+        cover = None
+        if self.man.kcov:
+            from kapi_selftests.kcov import split
+
+            try:
+                data, cover = split(data, cexec.result_size([len(w) for w in watches]),
+                                    len(mats))
+            except ValueError as e:
+                raise LostGuest(f"agent's answer to batch {n}: {e}") from e
         records, effects = unpack_results(data, tid, mats, watches)
         capture = decode(raw)
         checks = check_calls(records, capture, self.source, self.specs, memory=self._mat.memory,
                              side_effects=effects, strict=self.strict, predictions=preds)
         batch = Batch(tuple(records), raw, self.source)
         return BatchResult(tuple(m.plan for m in mats), tuple(mats), batch, capture,
-                           tuple(checks))
+                           tuple(checks), cover)
 
     def run(self, plans: Sequence[CallPlan]) -> BatchResult:
         return self.collect(self.submit(plans))

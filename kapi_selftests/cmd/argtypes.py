@@ -14,8 +14,8 @@ from pathlib import Path
 
 from kapi_selftests.errors import KSFT_FAIL, KapiError
 
-__all__ = ["existing_path", "existing_dir", "positive_int", "nonneg_int", "guest_entry",
-           "call_reporting"]
+__all__ = ["existing_path", "existing_dir", "positive_int", "nonneg_int", "fraction",
+           "guest_entry", "call_reporting"]
 
 
 def existing_path(s: str) -> Path:
@@ -52,6 +52,17 @@ def positive_int(s: str) -> int:
 def nonneg_int(s: str) -> int:
     """An integer >= 0 (decimal or 0x...)."""
     return _int_at_least(s, 0, "must be >= 0")
+
+
+def fraction(s: str) -> float:
+    """A number from 0 to 1."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1: {s}")
+    return v
 
 
 def guest_entry(prog: str, add_arguments: Callable[[argparse.ArgumentParser], None],

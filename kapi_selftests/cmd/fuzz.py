@@ -35,8 +35,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from kapi_selftests.cmd.argtypes import existing_path, guest_entry, nonneg_int, positive_int
-from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KapiError, LostGuest
+from kapi_selftests.cmd.argtypes import (
+    existing_path,
+    fraction,
+    guest_entry,
+    nonneg_int,
+    positive_int,
+)
+from kapi_selftests.errors import (
+    KSFT_FAIL,
+    KSFT_PASS,
+    KapiError,
+    LostGuest,
+    MissingFeature,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from kapi_selftests.plan import CallPlan
@@ -105,6 +118,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batch (default): generate, predict, decode and judge here, issue call "
                         "tables through a compiled executor in the guest; harness: the whole "
                         "campaign in the guest, every call through the suite's harness")
+    p.add_argument("--kcov", action="store_true",
+                   help="KCOV-guided (batch engine; a kernel with CONFIG_KCOV, see "
+                        "vm/kcov.config): keep the calls that reach new kernel code and "
+                        "mutate them")
+    p.add_argument("--mutate-rate", type=fraction, default=0.5, metavar="R",
+                   help="with --kcov, the share of calls that mutate a kept call (default "
+                        "0.5; 0 measures kernel coverage without guidance)")
     p.add_argument("--no-minimize", dest="minimize", action="store_false",
                    help="save findings unshrunk")
     p.add_argument("--strict", action="store_true", help="spec drift is a finding")
@@ -125,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
         args.calls = _DEFAULT_CALLS
     if args.batch_size is None:
         args.batch_size = _BATCH[args.engine]
+    if args.kcov and args.engine != "batch":
+        raise UsageError("--kcov needs the batch engine (its executor reads KCOV)",
+                         hint="drop --engine harness")
     if args.local:
         return run_local(args)
     return run_kernel(args)
@@ -165,11 +188,19 @@ class _Ticker:
 
 
 def _progress_text(elapsed_s: float, calls: int, findings: dict[str, int], coverage: str,
-                   alive: str = "") -> str:
+                   alive: str = "", kcov: str = "") -> str:
     rate = calls / elapsed_s if elapsed_s > 0 else 0.0
     fk = ", ".join(f"{k} {n}" for k, n in sorted(findings.items())) or "none"
     return (f"fuzz: {elapsed_s:7.0f} s  {calls} calls  {rate:.0f}/s  findings: {fk}  "
-            f"coverage {coverage}" + (f"  guests {alive}" if alive else ""))
+            f"coverage {coverage}" + (f"  kcov {kcov}" if kcov else "")
+            + (f"  guests {alive}" if alive else ""))
+
+
+def _kcov_text(fig: Any) -> str:
+    # a KcovCorpus figure (or state.json's "kcov") for the progress line
+    if not fig:
+        return ""
+    return f"{fig['edges']} edges, corpus {fig['corpus']}"
 
 
 # --- local (and in each guest) ----------------------------------------------------------
@@ -194,7 +225,6 @@ def _corpus_plans(d: Path | None) -> list[list[CallPlan]]:
 
 def run_local(args: argparse.Namespace) -> int:
     from kapi_selftests import campaign_report, fuzz
-    from kapi_selftests.errors import MissingFeature
     from kapi_selftests.tracefs import find_tracefs, missing_tracefs
 
     if os.geteuid() != 0:
@@ -208,15 +238,16 @@ def run_local(args: argparse.Namespace) -> int:
     (out / STOP_FILE).unlink(missing_ok=True)
     ticker = _Ticker(every_s=1.0 if sys.stderr.isatty() else 10.0)
     stop_file = out / STOP_FILE
-    with fuzz.local_harness(args.engine, strict=args.strict) as h:
+    with fuzz.local_harness(args.engine, strict=args.strict, kcov=args.kcov) as h:
         cfg = fuzz.CampaignConfig(out=out, seed=args.seed, shard=args.shard, calls=args.calls,
                                   duration_s=args.duration, batch_size=args.batch_size,
-                                  minimize=args.minimize, strict=args.strict)
+                                  minimize=args.minimize, strict=args.strict,
+                                  mutate_rate=args.mutate_rate)
         h.strict = args.strict
 
         def show(p: fuzz.Progress) -> None:
             ticker.show(_progress_text(p.elapsed_s, p.calls, dict(p.findings),
-                                       p.coverage.describe()))
+                                       p.coverage.describe(), kcov=_kcov_text(p.kcov)))
 
         camp = fuzz.Campaign(cfg, h, on_progress=show)
         if camp.state.batches == 0:
@@ -255,6 +286,7 @@ def _print_summary(args: argparse.Namespace, data: Any, header: Sequence[str], m
     fig = data.coverage.figure()
     lines = [*header, f"calls: {data.calls} in {data.elapsed_s:.1f} s "
              f"({data.calls_per_s:.1f}/s)", f"spec coverage: {fig.describe()}",
+             *([f"kernel coverage (KCOV): {data.kcov_text()}"] if data.kcov else []),
              f"findings: {len(data.store.records)} distinct, crashes: {len(data.crashes)}"]
     for r in sorted(data.store.records.values(), key=lambda r: r.key):
         lines.append(f"  {r.key.describe()} x{r.count}: {r.first.message}")
@@ -355,6 +387,8 @@ def run_kernel(args: argparse.Namespace) -> int:
     from kapi_selftests.spec import builtin_specs
 
     kimg = kernel.find_kernel(args.kernel, args.modules)
+    if args.kcov:
+        _check_kcov_config(kimg)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg = qemu.config_from_env(qemu.GuestConfig(kernel=kimg.image))
@@ -362,6 +396,8 @@ def run_kernel(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, timeout_s=timeout_s, cpus=1,
                               progress_timeout_s=args.progress_timeout_s,
                               **({"memory_mb": args.memory_mb} if args.memory_mb else {}))
+    if args.kcov:  # the same edge ids in every boot, whatever CONFIG_RANDOMIZE_BASE is
+        cfg = dataclasses.replace(cfg, append=(*cfg.append, "nokaslr"))
     accel = cfg.accel
     if accel is qemu.Accel.AUTO:
         accel = qemu.choose_accel(cfg, qemu.find_qemu(cfg.arch))
@@ -475,6 +511,19 @@ def run_kernel(args: argparse.Namespace) -> int:
     return _status(data.store.records, data.crashes)
 
 
+def _check_kcov_config(kimg: Any) -> None:
+    """--kcov on a kernel whose config is known not to have KCOV: say so before booting."""
+    from kapi_selftests.host.kernel import read_kconfig
+
+    if kimg.config is None:
+        return  # a bare image: the agent finds out in the guest, and says so
+    if read_kconfig(kimg.config).get("CONFIG_KCOV") != "y":
+        raise MissingFeature(f"--kcov: kernel has no KCOV (CONFIG_KCOV is not set in "
+                             f"{kimg.config})",
+                             hint="build one with kapi-selftests build-kernel --config "
+                                  "vm/kapi.config --config vm/kcov.config")
+
+
 def _shard_process(one: Any, shard: int) -> None:
     # a batch-engine shard in its own process: Ctrl-C is the parent's to handle (it sets
     # the stop event and writes the stop file; the campaign stops after its batch)
@@ -567,6 +616,8 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
             argv += ["--dir", f"{GUEST_OUT}/agent"]
         if lib is not None:
             argv += ["--lib", str(lib)]
+        if args.kcov:
+            argv.append("--kcov")
         try:
             gcfg, qargv = runner.prepare(kimg, gcfg, runner.GuestSpec(
                 argv=tuple(argv), env=runner.guest_env()))
@@ -588,7 +639,8 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
                 ccfg = fuzz.CampaignConfig(out=sdir, seed=args.seed, shard=shard,
                                            calls=_shard_calls(args, shard, guests),
                                            duration_s=args.duration, batch_size=args.batch_size,
-                                           minimize=args.minimize, strict=args.strict)
+                                           minimize=args.minimize, strict=args.strict,
+                                           mutate_rate=args.mutate_rate)
                 camp = fuzz.Campaign(ccfg, h)
                 if camp.state.batches == 0 and args.corpus is not None:
                     for plans in _corpus_plans(args.corpus):
@@ -596,6 +648,9 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
                 camp.run(stop=lambda: stop.is_set() or (sdir / STOP_FILE).exists())
         except LostGuest as e:
             lost = str(e)
+        except MissingFeature as e:  # the agent cannot start here (no KCOV): no restart
+            errq.put(f"shard {shard}: {e}" + (f" ({e.hint})" if e.hint else ""))
+            return
         except Exception as e:  # one line in the summary, not a traceback from a child
             log.debug("shard %d failed", shard, exc_info=True)  # -v shows the traceback
             errq.put(f"shard {shard}: {type(e).__name__}: {e}")
@@ -620,7 +675,8 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
 def _live(out: Path, shards: Sequence[int], specs: Any, elapsed_s: float, alive: int,
           n: int) -> str:
     calls, findings = 0, dict[str, int]()
-    cov_hit = cov_total = 0
+    cov_hit = cov_total = edges = 0
+    kcov: dict[str, int] | None = None
     for s in shards:
         st = out / f"shard-{s}" / "state.json"
         try:
@@ -633,5 +689,10 @@ def _live(out: Path, shards: Sequence[int], specs: Any, elapsed_s: float, alive:
         f = d.get("coverage", {})
         cov_hit = max(cov_hit, int(f.get("sides_hit", 0)) + int(f.get("errors_hit", 0)))
         cov_total = max(cov_total, int(f.get("sides_total", 0)) + int(f.get("errors_total", 0)))
+        k = d.get("kcov")
+        if k:
+            edges = max(edges, int(k.get("edges", 0)))
+            kcov = {"edges": edges, "corpus": (kcov or {}).get("corpus", 0) + int(k["corpus"])}
     cov = f"{100 * cov_hit / cov_total:.1f}% (best shard)" if cov_total else "-"
-    return _progress_text(elapsed_s, calls, findings, cov, f"{alive}/{n}")
+    kc = f"{kcov['edges']} edges (best shard), corpus {kcov['corpus']}" if kcov else ""
+    return _progress_text(elapsed_s, calls, findings, cov, f"{alive}/{n}", kc)

@@ -1,0 +1,174 @@
+"""KCOV on the running kernel: the coverage ``fuzz --kcov`` is guided by, on real traces.
+
+Skips on kernels without CONFIG_KCOV (every stock kernel; build one with
+vm/kcov.config). KCOV follows a thread, so each scenario runs in a thread of
+its own: the suite's thread is never traced.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import fcntl
+import mmap
+import os
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from kapi_selftests import cexec, fuzz
+from kapi_selftests.arch import NR
+from kapi_selftests.executor import EventSource, find_event_source
+from kapi_selftests.generate import PlanGenerator
+from kapi_selftests.syscalls import invoke
+
+# <linux/kcov.h>
+KCOV_INIT_TRACE, KCOV_ENABLE, KCOV_DISABLE, KCOV_TRACE_PC = 0x80086301, 0x6364, 0x6365, 0
+WORDS = 1 << 16
+O_RDONLY, FLAG_BIT_30 = 0, 0x40000000
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def kcov_kernel(tracefs_root: object) -> None:
+    if not os.path.exists(cexec.KCOV_PATH):
+        pytest.skip(f"kernel has no KCOV (no {cexec.KCOV_PATH}: CONFIG_KCOV is not set)")
+
+
+def _in_thread(fn: Callable[[], T]) -> T:
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # re-raised in the test's thread
+            box["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(timeout=300)
+    assert not t.is_alive(), "the KCOV scenario did not finish"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def _traced(calls: list[tuple[int, tuple[int, ...]]]) -> list[tuple[int, list[int]]]:
+    # each call's return value and kernel PCs, read with KCOV directly (not through the
+    # executor under test)
+    fd = os.open(cexec.KCOV_PATH, os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, KCOV_INIT_TRACE, WORDS)
+        area = mmap.mmap(fd, WORDS * 8, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        fcntl.ioctl(fd, KCOV_ENABLE, KCOV_TRACE_PC)
+        out = []
+        try:
+            for nr, regs in calls:
+                struct.pack_into("<Q", area, 0, 0)
+                rec = invoke(nr, *regs)
+                n = min(struct.unpack_from("<Q", area, 0)[0], WORDS - 1)
+                out.append((rec.ret, list(struct.unpack_from(f"<{n}Q", area, 8))))
+        finally:
+            fcntl.ioctl(fd, KCOV_DISABLE, 0)
+            area.close()
+        return out
+    finally:
+        os.close(fd)
+
+
+def _symbols(names: set[str]) -> dict[str, tuple[int, int]]:
+    # [start, end) of each named text symbol, from /proc/kallsyms
+    text: list[tuple[int, str]] = []
+    for line in Path("/proc/kallsyms").read_text().splitlines():
+        addr, kind, name = line.split()[:3]
+        if kind in "tT":
+            text.append((int(addr, 16), name))
+    text.sort()
+    starts = [a for a, _ in text]
+    if not starts or starts[-1] == 0:
+        pytest.skip("/proc/kallsyms hides addresses (kptr_restrict)")
+    out = {}
+    for a, name in text:
+        if name in names and name not in out:
+            nxt = bisect.bisect_right(starts, a)
+            out[name] = (a, starts[nxt] if nxt < len(starts) else a + 4096)
+    missing = names - out.keys()
+    assert not missing, f"no such kernel functions: {sorted(missing)}"
+    return out
+
+
+def _ran(pcs: list[int], rng: tuple[int, int]) -> bool:
+    return any(rng[0] <= pc < rng[1] for pc in pcs)
+
+
+def test_a_spec_rejected_open_runs_the_validator_and_no_open_code(kcov_kernel: None) -> None:
+    # KAPI's promise, seen in the kernel's own coverage: a call whose parameter breaks
+    # its spec returns -EINVAL "without running the real handler". open(2) of /dev/null
+    # with flag bit 30 set: without KAPI the kernel ignores the bit and opens the file.
+    if find_event_source() is not EventSource.KAPI:
+        pytest.skip("kernel has no kapi tracepoints")
+    path = ctypes.create_string_buffer(b"/dev/null")
+    addr = ctypes.addressof(path)
+    (ok_ret, ok), (bad_ret, bad) = _in_thread(lambda: _traced([
+        (NR["open"], (addr, O_RDONLY, 0)), (NR["open"], (addr, FLAG_BIT_30, 0))]))
+    os.close(ok_ret)
+    assert bad_ret == -22  # -EINVAL
+    sym = _symbols({"kapi_validate_syscall_params", "do_filp_open", "getname_flags"})
+    assert _ran(ok, sym["kapi_validate_syscall_params"])
+    assert _ran(bad, sym["kapi_validate_syscall_params"])
+    assert _ran(ok, sym["do_filp_open"]) and _ran(ok, sym["getname_flags"])
+    assert not _ran(bad, sym["do_filp_open"]) and not _ran(bad, sym["getname_flags"])
+    assert len(bad) < len(ok)
+
+
+def test_the_executor_reports_each_kernel_edge_once(kcov_kernel: None) -> None:
+    # The batch engine with KCOV on, as a guest runs it: the same 300 generated calls
+    # twice. The first pass reaches thousands of edges, each reported by one call; the
+    # second adds few (the same code, but for state the first pass left behind).
+    if cexec.build_library(cexec.CACHE_DIR) is None:
+        pytest.skip("no C compiler for the batch executor")
+
+    def scenario() -> tuple[Any, Any]:
+        with fuzz.local_harness("batch", kcov=True) as h:
+            plans = PlanGenerator(h.specs, seed=11).batch(0, 300)
+            return h.run(plans), h.run(plans)
+
+    first, second = _in_thread(scenario)
+    assert first.kcov is not None and second.kcov is not None
+    assert not first.failures, first.failures[0].explain()  # KCOV changes no outcome
+    assert all(n > 0 for n in first.kcov.pcs)  # every call ran kernel code
+    ids = [e for call in first.kcov.ids for e in call]
+    assert len(ids) == len(set(ids)) == sum(first.kcov.new) > 1000
+    assert sum(second.kcov.new) < sum(first.kcov.new) / 10
+    assert not set(e for call in second.kcov.ids for e in call) & set(ids)
+
+
+def test_a_kcov_campaign_keeps_calls_that_reach_new_code(kcov_kernel: None,
+                                                         tmp_path: Path) -> None:
+    # Three batches with the corpus steering the later ones: the corpus and the edge set
+    # grow, are on disk, and a resumed campaign starts from them.
+    if cexec.build_library(cexec.CACHE_DIR) is None:
+        pytest.skip("no C compiler for the batch executor")
+    out = tmp_path / "camp"
+
+    def campaign(calls: int) -> Any:
+        with fuzz.local_harness("batch", kcov=True) as h:
+            cfg = fuzz.CampaignConfig(out=out, seed=3, calls=calls, batch_size=300,
+                                      minimize=False)
+            camp = fuzz.Campaign(cfg, h)
+            start = None if camp.kcov is None else camp.kcov.figure()
+            return start, camp.run()
+
+    start, p = _in_thread(lambda: campaign(900))
+    assert start == {"edges": 0, "corpus": 0, "pcs_per_call": None}
+    assert p.kcov is not None and p.kcov["edges"] > 1000 and p.kcov["corpus"] > 10
+    assert not p.findings
+    assert (out / "kcov-edges.bin").stat().st_size == 4 * p.kcov["edges"]
+    start2, p2 = _in_thread(lambda: campaign(1200))
+    assert start2["edges"] == p.kcov["edges"] and start2["corpus"] == p.kcov["corpus"]
+    assert p2.calls == 1200 and p2.kcov["edges"] >= p.kcov["edges"]
