@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,86 @@ def test_merge_reports_the_union_of_the_shards_edges(
     assert summary["kcov"] == {"edges": 4, "corpus": 2}
     md = (tmp_path / "m" / "report.md").read_text()
     assert "kernel coverage (KCOV): 4 distinct kernel edges, 2 calls kept" in md
+
+
+# --- the campaign's use of it (the harness faked; the real kernel: tests/guest, tests/vm) --
+
+class CoverHarness:
+    """Reports, for each call, one edge per distinct (syscall, argument kinds and values
+    of its first argument): a stand-in for coverage that tests the wiring, not KCOV."""
+
+    kcov = True
+
+    def __init__(self) -> None:
+        from kapi_selftests.executor import EventSource
+        from kapi_selftests.materialize import Materializer
+        from kapi_selftests.spec import builtin_specs
+
+        self.specs = builtin_specs()
+        self.source = EventSource.SYSCALLS
+        self.materialize = Materializer(None, None)  # type: ignore[arg-type]
+        self.strict = False
+        self.seen: set[int] = set()  # what the "guest" reported already
+        self.runs: list[list[CallPlan]] = []
+
+    def run(self, plans: list[CallPlan]) -> object:
+        from types import SimpleNamespace
+
+        from kapi_selftests.checks import CallCheck
+        from kapi_selftests.syscalls import SyscallRecord
+
+        self.runs.append(list(plans))
+        new, ids = [], []
+        for p in plans:
+            e = zlib.crc32(f"{p.name} {p.args[0]!r}".encode())
+            fresh = [] if e in self.seen else [e]
+            self.seen.update(fresh)
+            new.append(len(fresh))
+            ids.append(tuple(fresh))
+        checks = tuple(CallCheck(SyscallRecord(nr=p.nr, args=(0,) * 6, ret=0, errno=0, tid=1),
+                                 (), ()) for p in plans)
+        cover = kcov.BatchCover(tuple(new), tuple(10 for _ in plans), tuple(ids))
+        return SimpleNamespace(checks=checks, plans=tuple(plans), kcov=cover)
+
+
+def test_campaign_keeps_new_coverage_mutates_it_and_resumes(tmp_path: Path) -> None:
+    from kapi_selftests.fuzz import Campaign, CampaignConfig
+
+    cfg = CampaignConfig(out=tmp_path, seed=2, calls=600, batch_size=200, minimize=False)
+    h = CoverHarness()
+    camp = Campaign(cfg, h)  # type: ignore[arg-type]
+    assert camp.kcov is not None
+    p = camp.run()
+    assert p.kcov is not None and p.kcov["edges"] == len(h.seen) > 20
+    assert p.kcov["corpus"] == len(camp.kcov.plans) > 20
+    kept = set(camp.kcov.plans)
+    # later batches mutate kept calls: many share all but one or two arguments with one
+    first = h.runs[0]
+    later = [q for q in h.runs[2] if q not in first]
+    near = [q for q in later if any(q.name == k.name and sum(
+        a == b for a, b in zip(q.args, k.args, strict=True)) >= len(k.args) - 2 and q != k
+        for k in kept)]
+    assert len(near) > 0.3 * len(later)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["kcov"]["edges"] == p.kcov["edges"]
+    # resumed: the corpus and edges come back from the shard's files
+    h2 = CoverHarness()
+    again = Campaign(CampaignConfig(out=tmp_path, seed=2, calls=800, batch_size=200,
+                                    minimize=False), h2)  # type: ignore[arg-type]
+    assert again.kcov is not None
+    assert again.kcov.plans == camp.kcov.plans and again.kcov.edges == camp.kcov.edges
+    again.run()
+    assert again.state.calls == 800
+
+
+def test_campaign_without_kcov_has_no_corpus(tmp_path: Path) -> None:
+    from kapi_selftests.fuzz import Campaign, CampaignConfig
+
+    h = CoverHarness()
+    h.kcov = False  # type: ignore[misc]
+    camp = Campaign(CampaignConfig(out=tmp_path, calls=200, batch_size=200,
+                                   minimize=False), h)  # type: ignore[arg-type]
+    p = camp.run()
+    assert camp.kcov is None and p.kcov is None
+    assert "kcov" not in json.loads((tmp_path / "state.json").read_text())
+    assert not (tmp_path / kcov.EDGES_FILE).exists()
