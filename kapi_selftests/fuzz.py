@@ -405,9 +405,10 @@ class Campaign:
         return checks
 
     def _generate(self, b: int, n: int) -> list[CallPlan]:
-        corpus = self.kcov.plans if self.kcov is not None else ()
+        k = self.kcov
         return self.gen.batch(b, n, self.coverage.missing(), self.coverage.attempts,
-                              corpus=corpus, mutate_rate=self.cfg.mutate_rate)
+                              corpus=k.plans if k else (), costs=k.costs if k else (),
+                              mutate_rate=self.cfg.mutate_rate)
 
     def run_corpus(self, plans: Sequence[CallPlan]) -> list[CallCheck]:
         """Run saved plans (a corpus entry) as batch -1: judged, counted, not numbered."""

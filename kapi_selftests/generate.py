@@ -208,7 +208,7 @@ class PlanGenerator:
 
     def batch(self, index: int, n: int, missing: Sequence[Target] = (),
               attempts: dict[Target, int] | None = None, corpus: Sequence[CallPlan] = (),
-              mutate_rate: float = 0.5) -> list[CallPlan]:
+              mutate_rate: float = 0.5, costs: Sequence[int] = ()) -> list[CallPlan]:
         """Batch ``index``: ``n`` plans, part of them aimed at the ``missing`` goals.
 
         :param attempts: steered calls per goal so far, updated here; a goal that had
@@ -217,6 +217,8 @@ class PlanGenerator:
             share of the calls are copies of them changed by :meth:`mutate`, half of those of
             the newest :data:`RECENT` entries (a rate of 0 draws exactly the plans a
             campaign without KCOV draws: the unguided baseline)
+        :param costs: each corpus entry's cost (kernel PCs it ran): of two entries drawn,
+            the cheaper is mutated, so slow calls do not take over a campaign
         """
         rng = random.Random(batch_seed(self.seed, self.shard, index))
         tries = attempts if attempts is not None else {}
@@ -225,14 +227,16 @@ class PlanGenerator:
         names = list(self.specs)
         out: list[CallPlan] = []
         recipes = self._recipes
-        recent = corpus[-RECENT:]
+        cost = costs if len(costs) == len(corpus) else [0] * len(corpus)
+        first_recent = max(len(corpus) - RECENT, 0)
         for _ in range(n):
             if recipes and rng.random() < self.error_rate:
                 _, recipe = rng.choice(recipes)
                 out.append(make_safe(recipe(rng)))
             elif corpus and mutate_rate > 0 and rng.random() < mutate_rate:
-                base = rng.choice(recent if rng.random() < 0.5 else corpus)
-                out.append(self.mutate(rng, base))
+                lo = first_recent if rng.random() < 0.5 else 0
+                i, j = rng.randrange(lo, len(corpus)), rng.randrange(lo, len(corpus))
+                out.append(self.mutate(rng, corpus[j if cost[j] < cost[i] else i]))
             elif goals and rng.random() < self.steer_rate:
                 t = rng.choice(goals)
                 tries[t] = tries.get(t, 0) + 1

@@ -12,7 +12,7 @@ as syzkaller keeps programs that reach new kernel code.
 Files in the shard directory (see ``docs/fuzz.md``), both append-only so a
 resumed campaign keeps its corpus: ``kcov-edges.bin`` (the edge ids, u32
 little-endian) and ``kcov-corpus.jsonl`` (one kept plan per line: ``batch``,
-``index``, ``new`` edges, ``plan``).
+``index``, ``new`` edges, ``pcs`` it ran, ``plan``).
 """
 
 from __future__ import annotations
@@ -82,6 +82,9 @@ class KcovCorpus:
         self.out = out
         self.edges: set[int] = set()
         self.plans: list[CallPlan] = []
+        #: the kernel PCs each kept plan ran when it was kept (its cost: the generator
+        #: mutates cheap entries more often)
+        self.costs: list[int] = []
         self._known: set[CallPlan] = set()
         #: program counters of every call seen (for the mean per call)
         self.pcs = 0
@@ -98,12 +101,14 @@ class KcovCorpus:
         if c.is_file():
             for line in c.read_text().splitlines():
                 try:
-                    plan = plan_from_json(json.loads(line)["plan"])
+                    row = json.loads(line)
+                    plan = plan_from_json(row["plan"])
                 except (ValueError, KeyError, TypeError):
                     continue  # a line cut by a crash
                 if plan not in self._known:
                     self._known.add(plan)
                     self.plans.append(plan)
+                    self.costs.append(int(row.get("pcs", 0)))
 
     def add(self, batch: int, plans: Sequence[CallPlan], cover: BatchCover) -> list[int]:
         """Count a batch's coverage; keep the plans that reached edges new to this shard.
@@ -116,7 +121,8 @@ class KcovCorpus:
         rows: list[str] = []
         self.calls += len(plans)
         self.pcs += sum(cover.pcs)
-        for i, (plan, new, ids) in enumerate(zip(plans, cover.new, cover.ids, strict=True)):
+        for i, (plan, new, ids, pcs) in enumerate(zip(plans, cover.new, cover.ids, cover.pcs,
+                                                      strict=True)):
             if not new:
                 continue
             mine = [e for e in ids if e not in self.edges]
@@ -128,8 +134,9 @@ class KcovCorpus:
                 continue
             self._known.add(plan)
             self.plans.append(plan)
+            self.costs.append(pcs)
             kept.append(i)
-            rows.append(f'{{"batch":{batch},"index":{i},"new":{len(mine) or new},'
+            rows.append(f'{{"batch":{batch},"index":{i},"new":{len(mine) or new},"pcs":{pcs},'
                         f'"plan":{plan_json_text(plan)}}}\n')
         if self.out is not None:
             if fresh:

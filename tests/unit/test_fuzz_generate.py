@@ -172,3 +172,16 @@ def test_error_recipes_aim_at_listed_errors_only() -> None:
     assert {(p.name, p.args[0]) for p in plans} == shapes  # only recipes, and all of them
     # the same seed, the same calls: recipes do not look at what the kernel returned
     assert PlanGenerator(SPECS, 3, error_rate=1.0).batch(0, 300) == plans
+
+
+def test_cheaper_corpus_entries_are_mutated_more_often() -> None:
+    # two entries, one of which ran ten times the kernel code: of two drawn, the
+    # cheaper is mutated (3 of 4 mutations, where a uniform choice gives 1 of 2)
+    cheap = CallPlan("close", (Fd(FdKind.PIPE_READ),))
+    dear = CallPlan("read", (Fd(FdKind.PIPE_READ), Buf(BufKind.MAPPED, 7), Lit(7)))
+    g = PlanGenerator(SPECS, 3, steer_rate=0.0, error_rate=0.0)
+    plans = g.batch(0, 4000, corpus=[cheap, dear], costs=[100, 1000], mutate_rate=1.0)
+    closes = sum(p.name == "close" for p in plans)
+    assert 0.7 * len(plans) < closes < 0.8 * len(plans)
+    even = g.batch(0, 4000, corpus=[cheap, dear], mutate_rate=1.0)  # no costs: uniform
+    assert 0.45 * len(even) < sum(p.name == "close" for p in even) < 0.55 * len(even)

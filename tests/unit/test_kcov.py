@@ -135,6 +135,7 @@ def test_corpus_keeps_plans_that_reach_new_edges_and_resumes(tmp_path: Path) -> 
     assert fig["edges"] == 4 and fig["corpus"] == 3 and fig["pcs_per_call"] == 100.0
     again = kcov.KcovCorpus(tmp_path)
     assert again.edges == c.edges and again.plans == c.plans
+    assert again.costs == c.costs == [100, 100, 100]  # the PCs each kept call ran
     rows = [json.loads(line) for line in (tmp_path / kcov.CORPUS_FILE).read_text().splitlines()]
     assert [(r["batch"], r["index"], r["new"]) for r in rows] == [(0, 0, 2), (0, 2, 1), (3, 0, 4)]
     assert kcov.union_edges([tmp_path]) == 4
