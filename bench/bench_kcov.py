@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """KCOV guidance: kernel edges reached with and without it, and what measuring costs.
 
-Usage: python bench/bench_kcov.py --kernel PATH [--calls N] [--rounds R] [--json FILE]
+Usage: python bench/bench_kcov.py --kernel PATH [--calls N | --duration T] [--rounds R]
+                                  [--json FILE]
 
 On a KCOV kernel (``build-kernel --config vm/kapi.config --config vm/kcov.config``)
-each round runs three campaigns of ``--calls`` calls with the same seed, one TCG guest
-each, in this order (alternated, so a drift of the machine's speed hits all three):
+each round runs three campaigns of ``--calls`` calls (or ``--duration``: what a fuzzer
+is worth is coverage per unit of time) with the same seed, one TCG guest each, in this
+order (alternated, so a drift of the machine's speed hits all three):
 
 * **off**: ``fuzz`` without ``--kcov`` (the batch engine as usual);
 * **measured**: ``fuzz --kcov --mutate-rate 0``: the same calls as *off*, kernel
@@ -32,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"off": [], "measured": ["--kcov", "--mutate-rate", "0"], "guided": ["--kcov"]}
 
 
-def campaign(kernel: Path, calls: int, seed: int, extra: list[str],
+def campaign(kernel: Path, budget: list[str], seed: int, extra: list[str],
              out: Path) -> dict[str, Any]:
     argv = [sys.executable, "-m", "kapi_selftests", "fuzz", "--kernel", str(kernel),
-            "--calls", str(calls), "--seed", str(seed), "--no-minimize", "--json",
+            *budget, "--seed", str(seed), "--no-minimize", "--json",
             "--out", str(out), *extra]
     r = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     if r.returncode not in (0, 1):
@@ -61,17 +63,20 @@ def at(curve: list[tuple[int, int]], batch: int) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernel", type=Path, required=True, help="a KCOV kernel")
-    ap.add_argument("--calls", type=int, default=60000)
+    budget = ap.add_mutually_exclusive_group()
+    budget.add_argument("--calls", type=int, default=60000)
+    budget.add_argument("--duration", help="e.g. 30s: each campaign runs this long instead")
     ap.add_argument("--rounds", type=int, default=2, help="rounds (seed 1, 2, ...)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    batches = -(-a.calls // 2000)
+    budget = ["--duration", a.duration] if a.duration else ["--calls", str(a.calls)]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="kapi-bench-kcov-") as tmp:
         for seed in range(1, a.rounds + 1):
             for name, extra in VARIANTS.items():
                 out = Path(tmp) / f"{name}-{seed}"
-                s = campaign(a.kernel, a.calls, seed, extra, out)
+                s = campaign(a.kernel, budget, seed, extra, out)
+                batches = -(-s["calls"] // 2000)
                 row: dict[str, Any] = {"variant": name, "seed": seed, "calls": s["calls"],
                                        "calls_per_s": s["calls_per_s"],
                                        "findings": len(s["findings"])}
@@ -83,13 +88,13 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
                 shutil.rmtree(out, ignore_errors=True)
-    print(f"| seed | variant | calls/s | edges at {a.calls // 4} | at {a.calls // 2} | "
-          f"at {a.calls} | calls kept |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print("| seed | variant | calls | calls/s | edges at 1/4 of the calls | at 1/2 | at the end "
+          "| calls kept |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         e = (f"{r['quarter']} | {r['half']} | {r['edges']} | {r['corpus']}" if "edges" in r
              else "- | - | - | -")
-        print(f"| {r['seed']} | {r['variant']} | {r['calls_per_s']:.0f} | {e} |")
+        print(f"| {r['seed']} | {r['variant']} | {r['calls']} | {r['calls_per_s']:.0f} | {e} |")
     for seed in range(1, a.rounds + 1):
         by = {r["variant"]: r for r in rows if r["seed"] == seed}
         g, m, o = by["guided"], by["measured"], by["off"]
