@@ -28,7 +28,8 @@ import numpy as np
 from kapi_selftests.cexec import COV_CALL, COV_HEAD
 from kapi_selftests.plan import CallPlan, plan_from_json, plan_json_text
 
-__all__ = ["BatchCover", "KcovCorpus", "split", "EDGES_FILE", "CORPUS_FILE", "union_edges"]
+__all__ = ["BatchCover", "KcovCorpus", "split", "EDGES_FILE", "CORPUS_FILE", "read_corpus",
+           "union_edges"]
 
 EDGES_FILE = "kcov-edges.bin"
 CORPUS_FILE = "kcov-corpus.jsonl"
@@ -97,18 +98,11 @@ class KcovCorpus:
         if f.is_file():
             raw = f.read_bytes()
             self.edges.update(np.frombuffer(raw[:len(raw) // 4 * 4], dtype="<u4").tolist())
-        c = out / CORPUS_FILE
-        if c.is_file():
-            for line in c.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                    plan = plan_from_json(row["plan"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut by a crash
-                if plan not in self._known:
-                    self._known.add(plan)
-                    self.plans.append(plan)
-                    self.costs.append(int(row.get("pcs", 0)))
+        for plan, pcs in read_corpus(out / CORPUS_FILE):
+            if plan not in self._known:
+                self._known.add(plan)
+                self.plans.append(plan)
+                self.costs.append(pcs)
 
     def add(self, batch: int, plans: Sequence[CallPlan], cover: BatchCover) -> list[int]:
         """Count a batch's coverage; keep the plans that reached edges new to this shard.
@@ -151,6 +145,21 @@ class KcovCorpus:
         """``edges``, ``corpus`` (plans kept), ``pcs_per_call`` (this run's calls)."""
         return {"edges": len(self.edges), "corpus": len(self.plans),
                 "pcs_per_call": round(self.pcs / self.calls, 1) if self.calls else None}
+
+
+def read_corpus(path: Path) -> list[tuple[CallPlan, int]]:
+    """The plans of a ``kcov-corpus.jsonl`` with their costs (PCs); none when it is
+    missing. A line cut by a crash is left out."""
+    out: list[tuple[CallPlan, int]] = []
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            out.append((plan_from_json(row["plan"]), int(row.get("pcs", 0))))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
 
 
 def union_edges(dirs: Iterable[Path]) -> int:

@@ -103,8 +103,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="first shard number (guest i runs shard I+i); give CI jobs "
                         "disjoint shards or seeds")
     p.add_argument("--corpus", type=existing_path, metavar="DIR",
-                   help="run these saved plans (repro.json files, searched recursively) "
-                        "before generating")
+                   help="run these saved plans (repro.json and kcov-corpus.jsonl files, "
+                        "searched recursively) before generating")
     p.add_argument("--out", type=Path, default=Path("kapi-fuzz"), metavar="DIR",
                    help="campaign directory (default ./kapi-fuzz); a rerun resumes it")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -205,8 +205,12 @@ def _kcov_text(fig: Any) -> str:
 
 # --- local (and in each guest) ----------------------------------------------------------
 
-def _corpus_plans(d: Path | None) -> list[list[CallPlan]]:
+def _corpus_plans(d: Path | None, batch_size: int = _BATCH["batch"]) -> list[list[CallPlan]]:
+    """The ``--corpus`` runs: each reproducer's plans, then the plans of every
+    ``kcov-corpus.jsonl`` (another campaign's KCOV corpus: with ``--kcov`` the calls that
+    reach code new to this campaign join its corpus) in batches of ``batch_size``."""
     from kapi_selftests import repro
+    from kapi_selftests.kcov import CORPUS_FILE, read_corpus
 
     if d is None:
         return []
@@ -220,6 +224,10 @@ def _corpus_plans(d: Path | None) -> list[list[CallPlan]]:
             log.warning("corpus: skipping %s (a kernel crash reproducer)", f)
             continue
         out.append(list(repro.load(f).plans))
+    if d.is_dir():
+        kept = [p for f in sorted(d.rglob(CORPUS_FILE)) for p, _ in read_corpus(f)]
+        kept = list(dict.fromkeys(kept))
+        out += [kept[i:i + batch_size] for i in range(0, len(kept), batch_size)]
     return out
 
 
@@ -251,7 +259,7 @@ def run_local(args: argparse.Namespace) -> int:
 
         camp = fuzz.Campaign(cfg, h, on_progress=show)
         if camp.state.batches == 0:
-            for plans in _corpus_plans(args.corpus):
+            for plans in _corpus_plans(args.corpus, args.batch_size):
                 camp.run_corpus(plans)
         interrupted = False
         try:
@@ -643,7 +651,7 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
                                            mutate_rate=args.mutate_rate)
                 camp = fuzz.Campaign(ccfg, h)
                 if camp.state.batches == 0 and args.corpus is not None:
-                    for plans in _corpus_plans(args.corpus):
+                    for plans in _corpus_plans(args.corpus, args.batch_size):
                         camp.run_corpus(plans)
                 camp.run(stop=lambda: stop.is_set() or (sdir / STOP_FILE).exists())
         except LostGuest as e:

@@ -319,3 +319,15 @@ def test_campaign_without_kcov_has_no_corpus(tmp_path: Path) -> None:
     assert camp.kcov is None and p.kcov is None
     assert "kcov" not in json.loads((tmp_path / "state.json").read_text())
     assert not (tmp_path / kcov.EDGES_FILE).exists()
+
+
+def test_corpus_flag_reads_another_campaigns_kcov_corpus(tmp_path: Path) -> None:
+    from kapi_selftests.cmd import fuzz as fuzz_cmd
+
+    for shard, sizes in ((0, [1, 2, 3]), (1, [3, 4])):  # read(3) is in both shards
+        d = tmp_path / "old" / f"shard-{shard}"
+        d.mkdir(parents=True)
+        kcov.KcovCorpus(d).add(0, [_read(n) for n in sizes],
+                               _cover(*((1, [shard * 10 + n]) for n in sizes)))
+    runs = fuzz_cmd._corpus_plans(tmp_path / "old", batch_size=3)
+    assert runs == [[_read(1), _read(2), _read(3)], [_read(4)]]  # each plan once
