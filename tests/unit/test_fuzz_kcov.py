@@ -3,7 +3,7 @@ coverage layout after a batch's results, the shard's corpus and its files, the
 campaign's use of them, and the errors a kernel without KCOV gives.
 
 The kernel's side (a real KCOV trace) is in tests/guest/test_kcov.py and
-tests/vm/test_kcov.py; they skip on kernels without CONFIG_KCOV.
+tests/vm/test_kcov_e2e.py; they skip on kernels without CONFIG_KCOV.
 """
 
 from __future__ import annotations
