@@ -13,7 +13,8 @@ into a deduplicated finding, every new finding shrunk on the live kernel
 Files in the shard directory (see ``docs/fuzz.md``): ``inflight.json`` (the
 batch being issued, written and synced *before* it runs: what a crashed guest
 was doing), ``calls.jsonl``, ``findings.jsonl``, ``coverage.json``,
-``state.json`` (the commit point of a batch), ``repro/``. A rerun on the same
+``state.json`` (the commit point of a batch), ``repro/``; with KCOV
+``kcov-edges.bin`` and ``kcov-corpus.jsonl`` (:mod:`kapi_selftests.kcov`). A rerun on the same
 directory resumes after the last committed batch; a batch that was in flight
 when the process died (a kernel crash) is skipped and recorded.
 """
