@@ -49,6 +49,10 @@ class CampaignData:
     states: list[dict[str, Any]] = field(default_factory=list)
     shard_dirs: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the kernel's function addresses (System.map, or /proc/kallsyms for --local): with
+    #: KCOV, the report names the kernel functions the campaign ran
+    system_map: Path | None = None
+    _kcov: tuple[Any, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def calls(self) -> int:
@@ -64,19 +68,43 @@ class CampaignData:
         return sum(float(s.get("calls_per_s", 0.0)) for s in self.states)
 
     @property
-    def kcov(self) -> dict[str, int] | None:
-        """Kernel coverage (KCOV) over the shards: distinct ``edges``, ``corpus`` plans
-        kept; None when no shard measured it."""
+    def kcov(self) -> dict[str, Any] | None:
+        """Kernel coverage (KCOV) over the shards: distinct ``edges`` and ``pcs``,
+        ``corpus`` plans kept, and with a :attr:`system_map` the ``functions`` reached
+        and KAPI's own (``kapi_functions``: reached, not reached); None when no shard
+        measured it."""
         if not any(s.get("kcov") for s in self.states):
             return None
-        from kapi_selftests.kcov import union_edges
+        key = (self.system_map, tuple(self.shard_dirs))
+        if self._kcov is None or self._kcov[0] != key:  # the shards' files, read once
+            self._kcov = (key, self._read_kcov())
+        return self._kcov[1]
 
-        return {"edges": union_edges(self.shard_dirs),
-                "corpus": sum(int((s.get("kcov") or {}).get("corpus", 0)) for s in self.states)}
+    def _read_kcov(self) -> dict[str, Any]:
+        from kapi_selftests.kcov import functions_reached, union_edges, union_pcs
+
+        pcs = union_pcs(self.shard_dirs)
+        out: dict[str, Any] = {
+            "edges": union_edges(self.shard_dirs), "pcs": len(pcs),
+            "corpus": sum(int((s.get("kcov") or {}).get("corpus", 0)) for s in self.states)}
+        if self.system_map is not None and pcs:
+            f = functions_reached(pcs, self.system_map)
+            reached, missed = f.kapi()
+            out["functions"] = len(f.reached)
+            out["kapi_functions"] = {"reached": reached, "not_reached": missed}
+        return out
 
     def kcov_text(self) -> str:
         k = self.kcov
-        return f"{k['edges']} distinct kernel edges, {k['corpus']} calls kept" if k else "-"
+        if not k:
+            return "-"
+        text = f"{k['edges']} distinct kernel edges, {k['pcs']} PCs"
+        if "functions" in k:
+            kf = k["kapi_functions"]
+            n = len(kf["reached"]) + len(kf["not_reached"])
+            text += (f" in {k['functions']} functions (KAPI's own: {len(kf['reached'])} "
+                     f"of {n})")
+        return text + f", {k['corpus']} calls kept"
 
 
 def _is_store(d: Path) -> bool:
@@ -154,13 +182,14 @@ def merge_into(dirs: Sequence[Path], into: Path, specs: Mapping[str, Spec], *,
 
 def summary(data: CampaignData, *, header: Sequence[str] = ()) -> dict[str, Any]:
     """The campaign as one JSON object (``--json`` output and ``summary.json``)."""
+    kcov = data.kcov
     return {
         "header": list(header),
         "calls": data.calls, "elapsed_s": round(data.elapsed_s, 3),
         "calls_per_s": round(data.calls_per_s, 1),
         "shards": [{k: v for k, v in s.items()} for s in data.states],
         "coverage": data.coverage.figure().to_json(),
-        "kcov": data.kcov,
+        "kcov": kcov,
         "findings": [
             {"key": r.key.to_json(), "count": r.count, "first_seen": r.first_seen,
              "message": r.first.message, "reproducers": list(r.reproducers),
@@ -179,12 +208,13 @@ def summary(data: CampaignData, *, header: Sequence[str] = ()) -> dict[str, Any]
 def render_markdown(data: CampaignData, *, title: str = "kapi-selftests fuzz campaign",
                     header: Sequence[str] = ()) -> str:
     fig = data.coverage.figure()
+    k = data.kcov
     lines = [f"# {title}", ""]
     lines += [f"- {h}" for h in header]
     lines += [f"- calls: {data.calls} in {data.elapsed_s:.1f} s "
               f"({data.calls_per_s:.1f} calls/s over {len(data.states)} shard(s))",
               f"- spec coverage: {fig.describe()}",
-              *([f"- kernel coverage (KCOV): {data.kcov_text()}"] if data.kcov else []),
+              *([f"- kernel coverage (KCOV): {data.kcov_text()}"] if k else []),
               f"- findings: {len(data.store.records)} distinct, "
               f"{sum(r.count for r in data.store.records.values())} occurrences",
               f"- kernel crashes: {len(data.crashes)}"]
@@ -218,6 +248,18 @@ def render_markdown(data: CampaignData, *, title: str = "kapi-selftests fuzz cam
                   f"last batch: {len(c.last_plans)} calls"
                   + (f"; reproducer `{c.reproducer}`" if c.reproducer else ""),
                   "", "```", *c.excerpt[:60], "```", ""]
+    if k is not None:
+        lines += ["## Kernel code reached (KCOV)", "", f"{data.kcov_text()}.", ""]
+        if "kapi_functions" in k:
+            kf = k["kapi_functions"]
+            lines += [f"KAPI's own functions (`kapi_*` in `{data.system_map}`) the "
+                      "campaign ran:", ""]
+            lines += [f"- reached: {', '.join(f'`{n}`' for n in kf['reached']) or 'none'}",
+                      f"- not reached: "
+                      f"{', '.join(f'`{n}`' for n in kf['not_reached']) or 'none'}", ""]
+        else:
+            lines += ["(No System.map of the kernel was found: functions are not named.)",
+                      ""]
     lines += ["## Spec coverage", "",
               "Valid side: calls where the parameter passed validation; invalid side: calls "
               "the oracle predicted are rejected because of it. Errors: listed codes userspace "

@@ -19,8 +19,9 @@ untraced), so a batch of thousands of opens cannot fill the fd table.
 With KCOV on (:func:`cov_open`, a kernel with ``CONFIG_KCOV``) ``kx_run`` also
 reads, right after each call, the program counters the call ran in the kernel,
 hashes each pair of consecutive ones into a 32-bit *edge*, and reports the
-edges this process has not reported before (:data:`COV_HEAD`, :data:`COV_CALL`):
-the host keeps the plans that reached new kernel code (:mod:`kapi_selftests.kcov`).
+edges this thread has not reported before (:data:`COV_HEAD`, :data:`COV_CALL`),
+and the PCs it has not reported before (for the kernel functions reached): the
+host keeps the plans that reached new kernel code (:mod:`kapi_selftests.kcov`).
 
 The table layout (:data:`CALL`, :data:`RESULT`) is shared with the host, which
 builds tables with :mod:`struct` and never needs ``ctypes``.
@@ -73,9 +74,11 @@ KCOV_PATH = "/sys/kernel/debug/kcov"
 COV_WORDS = 256 << 10
 #: most new edge ids one batch reports (the rest are counted, not listed)
 MAX_COV_IDS = 256 << 10
-#: a batch's coverage after its results: ids stored, new edges not stored ...
-COV_HEAD = struct.Struct("<II")
-#: ... per call: new edges, PCs traced, ids stored; then the ids (u32), in call order
+#: a batch's coverage after its results: edge ids stored, new edges not stored, new PCs
+#: stored, new PCs not stored ...
+COV_HEAD = struct.Struct("<IIII")
+#: ... per call: new edges, PCs traced, ids stored; then the edge ids (u32), in call
+#: order; then the new PCs (their low 32 bits)
 COV_CALL = struct.Struct("<III")
 
 
@@ -160,7 +163,7 @@ static void measure(const struct kx_watch *w, int64_t out[3])
 #define KX_SEEN_BITS 24
 
 static __thread uint64_t *kx_cover;
-static __thread uint8_t *kx_seen;
+static __thread uint8_t *kx_seen, *kx_seen_pc;
 
 /* Turn KCOV on for the calling thread (the one that runs kx_run); 0 or -errno. */
 int kx_cov_open(void)
@@ -233,15 +236,43 @@ uint32_t kx_cov_edges(const uint64_t *pc, uint64_t n, uint32_t *ids, uint32_t ma
 	return fresh;
 }
 
+/* The same for single PCs (kx_seen_pc): the PCs new to this thread go to out (their low
+ * 32 bits: kernel text lies in one 4-GiB window), at most max. Returns the count new. */
+uint32_t kx_cov_pcs(const uint64_t *pc, uint64_t n, uint32_t *out, uint32_t max,
+			uint32_t *stored)
+{
+	uint64_t i;
+	uint32_t b, fresh = 0, k = 0;
+
+	if (!kx_seen_pc)
+		kx_seen_pc = calloc((size_t)1 << (KX_SEEN_BITS - 3), 1);
+	if (!kx_seen_pc)
+		n = 0;
+	for (i = 0; i < n; i++) {
+		b = kx_mix(pc[i]) >> (32 - KX_SEEN_BITS);
+		if (kx_seen_pc[b >> 3] & (1u << (b & 7)))
+			continue;
+		kx_seen_pc[b >> 3] |= 1u << (b & 7);
+		fresh++;
+		if (k < max)
+			out[k++] = (uint32_t)pc[i];
+	}
+	*stored = k;
+	return fresh;
+}
+
 /* Issue the n calls of table; write their results; return the caller's tid. With cov
- * (KCOV on): cov[0] edge ids stored, cov[1] new edges not stored (over max_ids), then
- * per call {new edges, PCs, ids stored}, then the ids, in call order. */
+ * (KCOV on): cov[0] edge ids stored, cov[1] new edges not stored (over max_ids),
+ * cov[2] new PCs stored, cov[3] new PCs not stored; then per call {new edges, PCs,
+ * ids stored}; then max_ids words for the edge ids, in call order; then max_ids words
+ * for the new PCs. */
 int kx_run(const unsigned char *table, int n, unsigned char *results, uint32_t *cov,
 		uint32_t max_ids)
 {
 	int32_t tid = syscall(SYS_gettid);
-	uint32_t *per = cov ? cov + 2 : NULL, *ids = cov ? cov + 2 + 3 * (size_t)n : NULL;
-	uint32_t used = 0, dropped = 0, st;
+	uint32_t *per = cov ? cov + 4 : NULL, *ids = cov ? cov + 4 + 3 * (size_t)n : NULL;
+	uint32_t *newpc = ids ? ids + max_ids : NULL;
+	uint32_t used = 0, dropped = 0, pcused = 0, pcdropped = 0, st, fresh;
 	const struct kx_call *c;
 	struct kx_result *r;
 	uint64_t pcs;
@@ -269,6 +300,10 @@ int kx_run(const unsigned char *table, int n, unsigned char *results, uint32_t *
 			per[3 * i + 2] = st;
 			used += st;
 			dropped += per[3 * i] - st;
+			fresh = kx_cov_pcs(kx_cover ? kx_cover + 1 : NULL, pcs, newpc + pcused,
+					max_ids - pcused, &st);
+			pcused += st;
+			pcdropped += fresh - st;
 		}
 		for (k = 0; k < (int)c->nwatch; k++)
 			measure(&c->w[k], &r->m[6 * k + 3]);
@@ -280,6 +315,8 @@ int kx_run(const unsigned char *table, int n, unsigned char *results, uint32_t *
 	if (cov) {
 		cov[0] = used;
 		cov[1] = dropped;
+		cov[2] = pcused;
+		cov[3] = pcdropped;
 	}
 	return tid;
 }
@@ -325,9 +362,10 @@ class _Lib:
                             ctypes.c_uint32]
         self.cdll.kx_cov_open.restype = ctypes.c_int
         self.cdll.kx_cov_open.argtypes = []
-        self.cdll.kx_cov_edges.restype = ctypes.c_uint32
-        self.cdll.kx_cov_edges.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p,
-                                           ctypes.c_uint32, ctypes.c_void_p]
+        for fold in (self.cdll.kx_cov_edges, self.cdll.kx_cov_pcs):
+            fold.restype = ctypes.c_uint32
+            fold.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p,
+                             ctypes.c_uint32, ctypes.c_void_p]
         #: KCOV's per-batch output buffer (made once: a megabyte, zeroed, per batch costs
         #: more than the copy out)
         self.cov_buf: ctypes.Array[ctypes.c_uint32] | None = None
@@ -372,15 +410,19 @@ def cov_open(lib: _Lib | None) -> None:
         raise OSError(-err, f"{KCOV_PATH}: {os.strerror(-err)}")
 
 
-def cov_edges(lib: _Lib, pcs: Sequence[int], max_ids: int = 1 << 16) -> tuple[int, list[int]]:
-    """Fold ``pcs`` (one call's trace) into this process's seen edges, as ``kx_run`` does.
+def cov_edges(lib: _Lib, pcs: Sequence[int], max_ids: int = 1 << 16, *,
+              single: bool = False) -> tuple[int, list[int]]:
+    """Fold ``pcs`` (one call's trace) into this thread's seen edges (``single``: seen
+    PCs), as ``kx_run`` does.
 
-    :return: the count of new edges and the ids stored (at most ``max_ids``)
+    :return: the count new and the ids (edges) or low 32 bits (PCs) stored, at most
+        ``max_ids``
     """
     arr = (ctypes.c_uint64 * max(len(pcs), 1))(*pcs)
     ids = (ctypes.c_uint32 * max(max_ids, 1))()
     stored = ctypes.c_uint32()
-    new = lib.cdll.kx_cov_edges(arr, len(pcs), ids, max_ids, ctypes.byref(stored))
+    fold = lib.cdll.kx_cov_pcs if single else lib.cdll.kx_cov_edges
+    new = fold(arr, len(pcs), ids, max_ids, ctypes.byref(stored))
     return int(new), list(ids[:stored.value])
 
 
@@ -389,7 +431,8 @@ def run_table(lib: _Lib | None, table: bytes, n: int, *,
     """Issue the ``n`` calls of ``table``; return the results and the caller's tid.
 
     :param kcov: KCOV is on (:func:`cov_open`): the results are followed by the
-        batch's coverage (:data:`COV_HEAD`, ``n`` :data:`COV_CALL`, the edge ids)
+        batch's coverage (:data:`COV_HEAD`, ``n`` :data:`COV_CALL`, the edge ids, the
+        new PCs)
     """
     counts = watch_counts(table, n)
     if lib is not None:
@@ -397,12 +440,14 @@ def run_table(lib: _Lib | None, table: bytes, n: int, *,
         if not kcov:
             tid = lib.fn(table, n, out, None, 0)
             return out.raw, int(tid)
-        words = 2 + 3 * n + MAX_COV_IDS
+        head = 4 + 3 * n
+        words = head + 2 * MAX_COV_IDS
         if lib.cov_buf is None or len(lib.cov_buf) < words:
             lib.cov_buf = (ctypes.c_uint32 * words)()
         tid = lib.fn(table, n, out, lib.cov_buf, MAX_COV_IDS)
-        used = lib.cov_buf[0]
-        cov = ctypes.string_at(lib.cov_buf, 4 * (2 + 3 * n + used))
+        buf = lib.cov_buf
+        pcs_at = ctypes.addressof(buf) + 4 * (head + MAX_COV_IDS)
+        cov = ctypes.string_at(buf, 4 * (head + buf[0])) + ctypes.string_at(pcs_at, 4 * buf[2])
         return out.raw + cov, int(tid)
     if kcov:
         raise OSError(errno.ENOEXEC, "KCOV needs the C batch executor (no C compiler)")

@@ -9,10 +9,11 @@ and, for each call that reached an edge the shard had not seen, its plan: the
 *corpus* the generator mutates (:meth:`~kapi_selftests.generate.PlanGenerator.batch`),
 as syzkaller keeps programs that reach new kernel code.
 
-Files in the shard directory (see ``docs/fuzz.md``), both append-only so a
+Files in the shard directory (see ``docs/fuzz.md``), all append-only so a
 resumed campaign keeps its corpus: ``kcov-edges.bin`` (the edge ids, u32
-little-endian) and ``kcov-corpus.jsonl`` (one kept plan per line: ``batch``,
-``index``, ``new`` edges, ``pcs`` it ran, ``plan``).
+little-endian), ``kcov-pcs.bin`` (the kernel PCs reached, their low 32 bits: the
+functions a campaign ran, :func:`functions_reached`) and ``kcov-corpus.jsonl`` (one
+kept plan per line: ``batch``, ``index``, ``new`` edges, ``pcs`` it ran, ``plan``).
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ import numpy as np
 from kapi_selftests.cexec import COV_CALL, COV_HEAD
 from kapi_selftests.plan import CallPlan, plan_from_json, plan_json_text
 
-__all__ = ["BatchCover", "KcovCorpus", "split", "EDGES_FILE", "CORPUS_FILE", "read_corpus",
-           "union_edges"]
+__all__ = ["BatchCover", "KcovCorpus", "split", "EDGES_FILE", "CORPUS_FILE", "PCS_FILE",
+           "read_corpus", "union_edges", "union_pcs", "FunctionCover", "functions_reached"]
 
 EDGES_FILE = "kcov-edges.bin"
 CORPUS_FILE = "kcov-corpus.jsonl"
+PCS_FILE = "kcov-pcs.bin"
+#: the kernel's text lies in the top 4 GiB (x86-64): a PC is reported by its low 32 bits
+TEXT_BASE = 0xFFFFFFFF00000000
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +46,14 @@ class BatchCover:
     :param new: edges new to the guest
     :param pcs: program counters the call ran in the kernel
     :param ids: the new edges' ids (fewer than ``new`` when the batch overflowed)
+    :param new_pcs: the batch's PCs new to the guest (low 32 bits), in no call's name
     """
 
     new: tuple[int, ...]
     pcs: tuple[int, ...]
     ids: tuple[tuple[int, ...], ...]
     dropped: int = 0
+    new_pcs: tuple[int, ...] = ()
 
 
 def split(data: bytes, result_bytes: int, n: int) -> tuple[bytes, BatchCover]:
@@ -60,17 +66,20 @@ def split(data: bytes, result_bytes: int, n: int) -> tuple[bytes, BatchCover]:
     head = COV_HEAD.size + COV_CALL.size * n
     if len(cov) < head:
         raise ValueError(f"coverage of {len(cov)} bytes for {n} calls")
-    stored, dropped = COV_HEAD.unpack_from(cov)
+    stored, dropped, pcs_stored, _ = COV_HEAD.unpack_from(cov)
     per = np.frombuffer(cov, dtype="<u4", count=3 * n, offset=COV_HEAD.size).reshape(n, 3)
-    if len(cov) != head + 4 * stored or int(per[:, 2].sum()) != stored:
-        raise ValueError(f"coverage of {len(cov)} bytes does not hold {stored} edge ids")
+    if len(cov) != head + 4 * (stored + pcs_stored) or int(per[:, 2].sum()) != stored:
+        raise ValueError(f"coverage of {len(cov)} bytes does not hold {stored} edge ids and "
+                         f"{pcs_stored} PCs")
     flat = np.frombuffer(cov, dtype="<u4", count=stored, offset=head)
+    new_pcs = np.frombuffer(cov, dtype="<u4", count=pcs_stored, offset=head + 4 * stored)
     ends = np.cumsum(per[:, 2])
     starts = ends - per[:, 2]
     ids = tuple(tuple(flat[a:b].tolist()) if b > a else () for a, b in
                 zip(starts.tolist(), ends.tolist(), strict=True))
     return (bytes(data[:result_bytes]),
-            BatchCover(tuple(per[:, 0].tolist()), tuple(per[:, 1].tolist()), ids, dropped))
+            BatchCover(tuple(per[:, 0].tolist()), tuple(per[:, 1].tolist()), ids, dropped,
+                       tuple(new_pcs.tolist())))
 
 
 class KcovCorpus:
@@ -82,6 +91,8 @@ class KcovCorpus:
     def __init__(self, out: Path | None = None) -> None:
         self.out = out
         self.edges: set[int] = set()
+        #: kernel PCs reached (low 32 bits)
+        self.blocks: set[int] = set()
         self.plans: list[CallPlan] = []
         #: the kernel PCs each kept plan ran when it was kept (its cost: the generator
         #: mutates cheap entries more often)
@@ -94,10 +105,8 @@ class KcovCorpus:
             self._load(out)
 
     def _load(self, out: Path) -> None:
-        f = out / EDGES_FILE
-        if f.is_file():
-            raw = f.read_bytes()
-            self.edges.update(np.frombuffer(raw[:len(raw) // 4 * 4], dtype="<u4").tolist())
+        self.edges.update(_read_u32(out / EDGES_FILE).tolist())
+        self.blocks.update(_read_u32(out / PCS_FILE).tolist())
         for plan, pcs in read_corpus(out / CORPUS_FILE):
             if plan not in self._known:
                 self._known.add(plan)
@@ -113,6 +122,8 @@ class KcovCorpus:
         kept: list[int] = []
         fresh: list[int] = []
         rows: list[str] = []
+        blocks = [pc for pc in cover.new_pcs if pc not in self.blocks]
+        self.blocks.update(blocks)
         self.calls += len(plans)
         self.pcs += sum(cover.pcs)
         for i, (plan, new, ids, pcs) in enumerate(zip(plans, cover.new, cover.ids, cover.pcs,
@@ -133,17 +144,19 @@ class KcovCorpus:
             rows.append(f'{{"batch":{batch},"index":{i},"new":{len(mine) or new},"pcs":{pcs},'
                         f'"plan":{plan_json_text(plan)}}}\n')
         if self.out is not None:
-            if fresh:
-                with (self.out / EDGES_FILE).open("ab") as f:
-                    f.write(np.asarray(fresh, dtype="<u4").tobytes())
+            for name, vals in ((EDGES_FILE, fresh), (PCS_FILE, blocks)):
+                if vals:
+                    with (self.out / name).open("ab") as f:
+                        f.write(np.asarray(vals, dtype="<u4").tobytes())
             if rows:
                 with (self.out / CORPUS_FILE).open("a") as f:
                     f.write("".join(rows))
         return kept
 
     def figure(self) -> dict[str, Any]:
-        """``edges``, ``corpus`` (plans kept), ``pcs_per_call`` (this run's calls)."""
-        return {"edges": len(self.edges), "corpus": len(self.plans),
+        """``edges``, ``pcs`` (distinct PCs reached), ``corpus`` (plans kept),
+        ``pcs_per_call`` (this run's calls)."""
+        return {"edges": len(self.edges), "pcs": len(self.blocks), "corpus": len(self.plans),
                 "pcs_per_call": round(self.pcs / self.calls, 1) if self.calls else None}
 
 
@@ -162,12 +175,63 @@ def read_corpus(path: Path) -> list[tuple[CallPlan, int]]:
     return out
 
 
+def _read_u32(path: Path) -> np.ndarray[Any, np.dtype[np.uint32]]:
+    # an append-only file of u32 ids; a half-written last id (a crash) is left out
+    if not path.is_file():
+        return np.zeros(0, dtype="<u4")
+    raw = path.read_bytes()
+    return np.frombuffer(raw[:len(raw) // 4 * 4], dtype="<u4")
+
+
+def _union(dirs: Iterable[Path], name: str) -> np.ndarray[Any, np.dtype[np.uint32]]:
+    parts = [_read_u32(d / name) for d in dirs]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype="<u4")
+
+
 def union_edges(dirs: Iterable[Path]) -> int:
     """Distinct edges over the shard directories ``dirs`` (their ``kcov-edges.bin``)."""
-    parts = []
-    for d in dirs:
-        f = d / EDGES_FILE
-        if f.is_file():
-            raw = f.read_bytes()
-            parts.append(np.frombuffer(raw[:len(raw) // 4 * 4], dtype="<u4"))
-    return int(np.unique(np.concatenate(parts)).size) if parts else 0
+    return int(_union(dirs, EDGES_FILE).size)
+
+
+def union_pcs(dirs: Iterable[Path]) -> list[int]:
+    """Distinct kernel PCs reached over the shard directories ``dirs``, as addresses."""
+    return [TEXT_BASE | int(pc) for pc in _union(dirs, PCS_FILE).tolist()]
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCover:
+    """Kernel functions a campaign ran, by name (from a System.map).
+
+    :param reached: function name -> distinct PCs reached in it
+    :param text: every text symbol of the map (functions the campaign could reach)
+    """
+
+    reached: dict[str, int]
+    text: frozenset[str]
+
+    def kapi(self) -> tuple[list[str], list[str]]:
+        """KAPI's own functions (``kapi_*``): reached and not reached, sorted."""
+        mine = sorted(n for n in self.text if n.startswith("kapi_"))
+        return [n for n in mine if n in self.reached], [n for n in mine if n not in self.reached]
+
+
+def functions_reached(pcs: Iterable[int], system_map: Path) -> FunctionCover:
+    """Map PCs to the text symbols of ``system_map`` (the kernel's ``System.map``) that
+    hold them: each PC belongs to the nearest symbol at or below it."""
+    starts: list[int] = []
+    names: list[str] = []
+    for line in system_map.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] in ("t", "T"):
+            starts.append(int(parts[0], 16))
+            names.append(parts[2])
+    order = np.argsort(np.asarray(starts, dtype=np.uint64), kind="stable")
+    addr = np.asarray(starts, dtype=np.uint64)[order]
+    pcs_arr = np.asarray(sorted(pcs), dtype=np.uint64)
+    idx = np.searchsorted(addr, pcs_arr, side="right") - 1
+    reached: dict[str, int] = {}
+    for i in idx.tolist():
+        if i >= 0:
+            name = names[int(order[i])]
+            reached[name] = reached.get(name, 0) + 1
+    return FunctionCover(reached, frozenset(names))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from kapi_selftests.errors import KSFT_FAIL, KapiError
 
-__all__ = ["existing_path", "existing_dir", "positive_int", "nonneg_int", "fraction",
-           "guest_entry", "call_reporting"]
+__all__ = ["existing_path", "existing_dir", "existing_file", "positive_int", "nonneg_int",
+           "fraction", "guest_entry", "call_reporting"]
 
 
 def existing_path(s: str) -> Path:
@@ -31,6 +31,14 @@ def existing_dir(s: str) -> Path:
     p = existing_path(s)
     if not p.is_dir():
         raise argparse.ArgumentTypeError(f"not a directory: {s}")
+    return p
+
+
+def existing_file(s: str) -> Path:
+    """A regular file that exists."""
+    p = existing_path(s)
+    if not p.is_file():
+        raise argparse.ArgumentTypeError(f"not a file: {s}")
     return p
 
 

@@ -276,6 +276,8 @@ def run_local(args: argparse.Namespace) -> int:
     if args.guest_out is not None:
         return KSFT_FAIL if interrupted else _status(camp.store.records, [])
     data = campaign_report.load_dirs([out], h.specs)
+    if args.kcov and os.access("/proc/kallsyms", os.R_OK):
+        data.system_map = Path("/proc/kallsyms")  # the running kernel's function addresses
     md, _ = campaign_report.write_outputs(out, data, header=header)
     _print_summary(args, data, header, md)
     return KSFT_FAIL if interrupted else _status(data.store.records, data.crashes)
@@ -510,6 +512,8 @@ def run_kernel(args: argparse.Namespace) -> int:
         header.append(f"interrupted: rerun with --out {out} to resume")
     data = campaign_report.merge_into([out], out, specs, header=header)
     data.notes += errors
+    if args.kcov:  # names the kernel functions the campaign ran
+        data.system_map = kernel.find_system_map(kimg)
     md, _ = campaign_report.write_outputs(out, data, header=header)
     _print_summary(args, data, header, md)
     if errors and not data.states:

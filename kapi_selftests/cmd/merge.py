@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from kapi_selftests.cmd.argtypes import existing_dir
+from kapi_selftests.cmd.argtypes import existing_dir, existing_file
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, UsageError
 
 
@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--into", type=Path, required=True, metavar="DIR",
                    help="write the merged campaign here")
     p.add_argument("--json", action="store_true", help="print the merged summary as JSON")
+    p.add_argument("--system-map", type=existing_file, metavar="FILE",
+                   help="the campaign kernel's System.map: with KCOV shards, the report "
+                        "names the kernel functions they ran")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,10 +39,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"no campaign shards under {', '.join(map(str, args.dirs))}",
                          hint="pass directories written by kapi-selftests fuzz --out")
     try:
+        header = [f"merged from {len(shards)} shard(s)"]
         data = campaign_report.merge_into(args.dirs, args.into, builtin_specs(),
-                                          header=[f"merged from {len(shards)} shard(s)"])
+                                          header=header)
     except ValueError as e:
         raise UsageError(str(e), hint="merge into a new directory") from e
+    if args.system_map is not None:
+        data.system_map = args.system_map
+        campaign_report.write_outputs(args.into, data, header=header)
     if args.json:
         print(json.dumps(campaign_report.summary(data), indent=1))
     else:

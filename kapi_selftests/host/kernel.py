@@ -230,6 +230,21 @@ def _config_next_to(image: Path, release: str) -> Path | None:
     return next((c for c in cands if c.is_file()), None)
 
 
+def find_system_map(k: KernelImage) -> Path | None:
+    """The kernel's ``System.map`` (its function addresses): in the build directory of
+    ``arch/x86/boot/bzImage``, next to the image, or ``System.map-<release>`` of a
+    package; None when there is none."""
+    img = k.image
+    cands = [img.parent / "System.map"]
+    if img.parent.name == "boot" and img.parent.parent.name == "x86":
+        cands.insert(0, img.parents[3] / "System.map")  # <build>/arch/x86/boot/bzImage
+    if k.release:
+        cands.insert(0, img.parent / f"System.map-{k.release}")
+    if img.name.startswith("vmlinuz-"):
+        cands.insert(0, img.parent / ("System.map-" + img.name[len("vmlinuz-"):]))
+    return next((c for c in cands if c.is_file()), None)
+
+
 def find_modules_dir(image: Path, release: str) -> Path | None:
     """Find ``lib/modules/<release>`` for a kernel image.
 

@@ -156,6 +156,9 @@ def test_the_executor_reports_each_kernel_edge_once(kcov_kernel: None) -> None:
     assert len(ids) == len(set(ids)) == sum(first.kcov.new) > 1000
     assert sum(second.kcov.new) < sum(first.kcov.new) / 10
     assert not set(e for call in second.kcov.ids for e in call) & set(ids)
+    # and each PC once (by its low 32 bits)
+    assert len(set(first.kcov.new_pcs)) == len(first.kcov.new_pcs) > 1000
+    assert not set(second.kcov.new_pcs) & set(first.kcov.new_pcs)
 
 
 def test_a_kcov_campaign_keeps_calls_that_reach_new_code(kcov_kernel: None,
@@ -175,7 +178,7 @@ def test_a_kcov_campaign_keeps_calls_that_reach_new_code(kcov_kernel: None,
             return start, camp.run()
 
     start, p = _in_thread(lambda: campaign(900))
-    assert start == {"edges": 0, "corpus": 0, "pcs_per_call": None}
+    assert start == {"edges": 0, "pcs": 0, "corpus": 0, "pcs_per_call": None}
     assert p.kcov is not None and p.kcov["edges"] > 1000 and p.kcov["corpus"] > 10
     assert not p.findings
     assert (out / "kcov-edges.bin").stat().st_size == 4 * p.kcov["edges"]

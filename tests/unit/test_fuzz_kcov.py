@@ -51,6 +51,15 @@ def test_edges_are_reported_once_per_process(lib: object) -> None:
 
 
 @needs_cc
+def test_pcs_are_reported_once_by_their_low_32_bits(lib: object) -> None:
+    new, low = cexec.cov_edges(lib, PCS + PCS[:5], single=True)  # type: ignore[arg-type]
+    assert new == len(PCS) and low == [pc & 0xFFFFFFFF for pc in PCS]
+    assert cexec.cov_edges(lib, PCS, single=True) == (0, [])  # type: ignore[arg-type]
+    # edges and PCs are seen apart: the PCs above are still new edges
+    assert cexec.cov_edges(lib, PCS)[0] == len(PCS)  # type: ignore[arg-type]
+
+
+@needs_cc
 def test_edge_ids_beyond_the_limit_are_counted_not_listed(lib: object) -> None:
     new, ids = cexec.cov_edges(lib, PCS, max_ids=7)  # type: ignore[arg-type]
     assert new == len(PCS) and len(ids) == 7
@@ -67,20 +76,24 @@ def test_cov_open_names_the_missing_kcov(lib: object) -> None:
         cexec.cov_open(None)
 
 
-def _cov_section(calls: list[tuple[int, int, list[int]]], dropped: int = 0) -> bytes:
+def _cov_section(calls: list[tuple[int, int, list[int]]], dropped: int = 0,
+                 new_pcs: tuple[int, ...] = ()) -> bytes:
     stored = sum(len(ids) for _, _, ids in calls)
-    out = cexec.COV_HEAD.pack(stored, dropped)
+    out = cexec.COV_HEAD.pack(stored, dropped, len(new_pcs), 0)
     out += b"".join(cexec.COV_CALL.pack(new, pcs, len(ids)) for new, pcs, ids in calls)
-    return out + b"".join(struct.pack("<I", i) for _, _, ids in calls for i in ids)
+    out += b"".join(struct.pack("<I", i) for _, _, ids in calls for i in ids)
+    return out + b"".join(struct.pack("<I", pc) for pc in new_pcs)
 
 
 def test_split_gives_each_call_its_edges() -> None:
     results = b"r" * 48
-    cov = _cov_section([(2, 300, [11, 12]), (0, 120, []), (5, 900, [13, 14, 15])], dropped=2)
+    cov = _cov_section([(2, 300, [11, 12]), (0, 120, []), (5, 900, [13, 14, 15])], dropped=2,
+                       new_pcs=(0x81000010, 0x81000020))
     res, c = kcov.split(results + cov, len(results), 3)
     assert res == results
     assert c.new == (2, 0, 5) and c.pcs == (300, 120, 900) and c.dropped == 2
     assert c.ids == ((11, 12), (), (13, 14, 15))
+    assert c.new_pcs == (0x81000010, 0x81000020)
 
 
 @pytest.mark.parametrize("cut", [1, 4, 13])
@@ -226,16 +239,27 @@ def test_merge_reports_the_union_of_the_shards_edges(
         d = tmp_path / "camp" / f"shard-{shard}"
         d.mkdir(parents=True)
         c = kcov.KcovCorpus(d)
-        c.add(0, [_read(shard + 1)], _cover((len(ids), ids)))
+        c.add(0, [_read(shard + 1)], kcov.BatchCover(
+            (len(ids),), (100,), (tuple(ids),),
+            new_pcs=tuple(0x81000000 + 0x10 * i for i in ids)))
         write_json_atomic(d / "state.json", {
             "seed": 1, "shard": shard, "batches": 1, "calls": 1, "elapsed_s": 1.0,
             "calls_per_s": 1.0, "kcov": c.figure()})
-    rc = cli.main(["merge", str(tmp_path / "camp"), "--into", str(tmp_path / "m"), "--json"])
+    smap = tmp_path / "System.map"
+    smap.write_text("ffffffff81000000 T kapi_validate_fd\n"
+                    "ffffffff81000038 T do_sys_open\n"
+                    "ffffffff81000100 T kapi_validate_path\n")
+    rc = cli.main(["merge", str(tmp_path / "camp"), "--into", str(tmp_path / "m"), "--json",
+                   "--system-map", str(smap)])
     assert rc == KSFT_PASS
     summary = json.loads(capsys.readouterr().out)
-    assert summary["kcov"] == {"edges": 4, "corpus": 2}
+    assert summary["kcov"] == {
+        "edges": 4, "pcs": 4, "corpus": 2, "functions": 2,
+        "kapi_functions": {"reached": ["kapi_validate_fd"], "not_reached": ["kapi_validate_path"]}}
     md = (tmp_path / "m" / "report.md").read_text()
-    assert "kernel coverage (KCOV): 4 distinct kernel edges, 2 calls kept" in md
+    assert ("kernel coverage (KCOV): 4 distinct kernel edges, 4 PCs in 2 functions "
+            "(KAPI's own: 1 of 2), 2 calls kept") in md
+    assert "- not reached: `kapi_validate_path`" in md
 
 
 # --- the campaign's use of it (the harness faked; the real kernel: tests/guest, tests/vm) --
@@ -331,3 +355,24 @@ def test_corpus_flag_reads_another_campaigns_kcov_corpus(tmp_path: Path) -> None
                                _cover(*((1, [shard * 10 + n]) for n in sizes)))
     runs = fuzz_cmd._corpus_plans(tmp_path / "old", batch_size=3)
     assert runs == [[_read(1), _read(2), _read(3)], [_read(4)]]  # each plan once
+
+
+def test_pcs_reached_are_kept_and_mapped_to_functions(tmp_path: Path) -> None:
+    c = kcov.KcovCorpus(tmp_path)
+    cover = kcov.BatchCover((1,), (3,), ((7,),), new_pcs=(0x81000004, 0x81000008, 0x81000104))
+    c.add(0, [_read(1)], cover)
+    c.add(1, [_read(2)], kcov.BatchCover((0,), (3,), ((),), new_pcs=(0x81000004,)))  # known
+    assert kcov.KcovCorpus(tmp_path).blocks == {0x81000004, 0x81000008, 0x81000104}
+    assert c.figure()["pcs"] == 3
+    pcs = kcov.union_pcs([tmp_path])
+    assert pcs == [0xFFFFFFFF81000004, 0xFFFFFFFF81000008, 0xFFFFFFFF81000104]
+    smap = tmp_path / "System.map"  # the layout of a kernel build's System.map
+    smap.write_text("ffffffff81000000 T kapi_validate_fd\n"
+                    "ffffffff81000100 t kapi_validate_path\n"
+                    "ffffffff81000200 T kapi_validate_user_string\n"
+                    "ffffffff81000300 D kapi_data_not_text\n"
+                    "ffffffff80fff000 T _stext\n")
+    f = kcov.functions_reached(pcs, smap)
+    assert f.reached == {"kapi_validate_fd": 2, "kapi_validate_path": 1}
+    assert f.kapi() == (["kapi_validate_fd", "kapi_validate_path"],
+                        ["kapi_validate_user_string"])

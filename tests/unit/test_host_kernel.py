@@ -71,6 +71,21 @@ def test_kernel_build_dir_finds_bzimage_and_config(tmp_path: Path) -> None:
     assert k.config == (tmp_path / ".config").resolve()
 
 
+def test_system_map_of_a_build_dir_and_of_a_package(tmp_path: Path) -> None:
+    build = tmp_path / "build"
+    (build / "arch/x86/boot").mkdir(parents=True)
+    (build / "arch/x86/boot/bzImage").write_bytes(bzimage())
+    assert kernel.find_system_map(kernel.find_kernel(build)) is None
+    (build / "System.map").write_text("ffffffff81000000 T _stext\n")
+    assert kernel.find_system_map(kernel.find_kernel(build)) == (build / "System.map").resolve()
+    rel = "6.1.0-56-amd64"
+    (tmp_path / "pkg/boot").mkdir(parents=True)
+    (tmp_path / f"pkg/boot/vmlinuz-{rel}").write_bytes(bzimage(rel))
+    (tmp_path / f"pkg/boot/System.map-{rel}").write_text("ffffffff81000000 T _stext\n")
+    found = kernel.find_system_map(kernel.find_kernel(tmp_path / "pkg"))
+    assert found is not None and found.name == f"System.map-{rel}"
+
+
 def test_kernel_empty_dir_is_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no kernel found"):
         kernel.find_kernel(tmp_path)

@@ -47,8 +47,14 @@ def test_kcov_campaign_keeps_calls_that_reach_new_kernel_code(
     summary = json.loads(capsys.readouterr().out)
     assert rc == KSFT_PASS, summary
     assert summary["calls"] == 12000 and summary["findings"] == []
-    edges, corpus = summary["kcov"]["edges"], summary["kcov"]["corpus"]
-    assert edges > 2000 and corpus > 20
+    k = summary["kcov"]
+    edges, corpus = k["edges"], k["corpus"]
+    assert edges > 2000 and corpus > 20 and k["pcs"] > 2000
+    # named from the build directory's System.map: the validator ran, and the kernel
+    # functions of the five syscalls' paths
+    assert k["functions"] > 200
+    assert "kapi_validate_syscall_params" in k["kapi_functions"]["reached"]
+    assert "kapi_print_spec" in k["kapi_functions"]["not_reached"]  # no syscall prints a spec
     shard = out / "shard-0"
     assert kcov.union_edges([shard]) == edges
     assert len((shard / kcov.CORPUS_FILE).read_text().splitlines()) == corpus
