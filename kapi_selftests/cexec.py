@@ -20,7 +20,8 @@ With KCOV on (:func:`cov_open`, a kernel with ``CONFIG_KCOV``) ``kx_run`` also
 reads, right after each call, the program counters the call ran in the kernel,
 hashes each pair of consecutive ones into a 32-bit *edge*, and reports the
 edges this thread has not reported before (:data:`COV_HEAD`, :data:`COV_CALL`),
-and the PCs it has not reported before (for the kernel functions reached): the
+and the PCs it has not reported before (looked up only at new edges: a new PC
+makes a new edge; for the kernel functions reached): the
 host keeps the plans that reached new kernel code (:mod:`kapi_selftests.kcov`).
 
 The table layout (:data:`CALL`, :data:`RESULT`) is shared with the host, which
@@ -209,55 +210,51 @@ static uint32_t kx_mix(uint64_t x)
 	return (uint32_t)x;
 }
 
+static int kx_test_set(uint8_t *seen, uint32_t hash)
+{
+	uint32_t b = hash >> (32 - KX_SEEN_BITS);
+
+	if (seen[b >> 3] & (1u << (b & 7)))
+		return 1;
+	seen[b >> 3] |= 1u << (b & 7);
+	return 0;
+}
+
 /* Fold the n PCs of one call into kx_seen. Return how many of its edges are new; the
- * first max of them go to ids, *stored says how many. */
+ * first max of them go to ids, *stored says how many. A PC never seen makes a new edge
+ * (the edge into it), so only at new edges is it looked up in kx_seen_pc: the PCs new
+ * to this thread go to pcs (their low 32 bits: kernel text lies in one 4-GiB window),
+ * at most pcmax, *pcstored of them; *pcfresh counts them all. */
 uint32_t kx_cov_edges(const uint64_t *pc, uint64_t n, uint32_t *ids, uint32_t max,
-			uint32_t *stored)
+			uint32_t *stored, uint32_t *pcs, uint32_t pcmax, uint32_t *pcstored,
+			uint32_t *pcfresh)
 {
 	uint64_t i, prev = 0;
-	uint32_t id, b, fresh = 0, k = 0;
+	uint32_t id, fresh = 0, k = 0, kp = 0, fp = 0;
 
 	if (!kx_seen)
 		kx_seen = calloc((size_t)1 << (KX_SEEN_BITS - 3), 1);
-	if (!kx_seen)
+	if (!kx_seen_pc)
+		kx_seen_pc = calloc((size_t)1 << (KX_SEEN_BITS - 3), 1);
+	if (!kx_seen || !kx_seen_pc)
 		n = 0;
 	for (i = 0; i < n; i++) {
 		id = kx_mix(pc[i] ^ prev * 0x9e3779b97f4a7c15ULL);
 		prev = pc[i];
-		b = id >> (32 - KX_SEEN_BITS);
-		if (kx_seen[b >> 3] & (1u << (b & 7)))
+		if (kx_test_set(kx_seen, id))
 			continue;
-		kx_seen[b >> 3] |= 1u << (b & 7);
 		fresh++;
 		if (k < max)
 			ids[k++] = id;
-	}
-	*stored = k;
-	return fresh;
-}
-
-/* The same for single PCs (kx_seen_pc): the PCs new to this thread go to out (their low
- * 32 bits: kernel text lies in one 4-GiB window), at most max. Returns the count new. */
-uint32_t kx_cov_pcs(const uint64_t *pc, uint64_t n, uint32_t *out, uint32_t max,
-			uint32_t *stored)
-{
-	uint64_t i;
-	uint32_t b, fresh = 0, k = 0;
-
-	if (!kx_seen_pc)
-		kx_seen_pc = calloc((size_t)1 << (KX_SEEN_BITS - 3), 1);
-	if (!kx_seen_pc)
-		n = 0;
-	for (i = 0; i < n; i++) {
-		b = kx_mix(pc[i]) >> (32 - KX_SEEN_BITS);
-		if (kx_seen_pc[b >> 3] & (1u << (b & 7)))
+		if (kx_test_set(kx_seen_pc, kx_mix(pc[i])))
 			continue;
-		kx_seen_pc[b >> 3] |= 1u << (b & 7);
-		fresh++;
-		if (k < max)
-			out[k++] = (uint32_t)pc[i];
+		fp++;
+		if (kp < pcmax)
+			pcs[kp++] = (uint32_t)pc[i];
 	}
 	*stored = k;
+	*pcstored = kp;
+	*pcfresh = fp;
 	return fresh;
 }
 
@@ -272,7 +269,7 @@ int kx_run(const unsigned char *table, int n, unsigned char *results, uint32_t *
 	int32_t tid = syscall(SYS_gettid);
 	uint32_t *per = cov ? cov + 4 : NULL, *ids = cov ? cov + 4 + 3 * (size_t)n : NULL;
 	uint32_t *newpc = ids ? ids + max_ids : NULL;
-	uint32_t used = 0, dropped = 0, pcused = 0, pcdropped = 0, st, fresh;
+	uint32_t used = 0, dropped = 0, pcused = 0, pcdropped = 0, st, pst, pfresh;
 	const struct kx_call *c;
 	struct kx_result *r;
 	uint64_t pcs;
@@ -295,15 +292,14 @@ int kx_run(const unsigned char *table, int n, unsigned char *results, uint32_t *
 			if (pcs > KX_COV_WORDS - 1)
 				pcs = KX_COV_WORDS - 1;
 			per[3 * i] = kx_cov_edges(kx_cover ? kx_cover + 1 : NULL, pcs,
-						ids + used, max_ids - used, &st);
+						ids + used, max_ids - used, &st,
+						newpc + pcused, max_ids - pcused, &pst, &pfresh);
 			per[3 * i + 1] = (uint32_t)pcs;
 			per[3 * i + 2] = st;
 			used += st;
 			dropped += per[3 * i] - st;
-			fresh = kx_cov_pcs(kx_cover ? kx_cover + 1 : NULL, pcs, newpc + pcused,
-					max_ids - pcused, &st);
-			pcused += st;
-			pcdropped += fresh - st;
+			pcused += pst;
+			pcdropped += pfresh - pst;
 		}
 		for (k = 0; k < (int)c->nwatch; k++)
 			measure(&c->w[k], &r->m[6 * k + 3]);
@@ -362,10 +358,11 @@ class _Lib:
                             ctypes.c_uint32]
         self.cdll.kx_cov_open.restype = ctypes.c_int
         self.cdll.kx_cov_open.argtypes = []
-        for fold in (self.cdll.kx_cov_edges, self.cdll.kx_cov_pcs):
-            fold.restype = ctypes.c_uint32
-            fold.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p,
-                             ctypes.c_uint32, ctypes.c_void_p]
+        fold = self.cdll.kx_cov_edges
+        fold.restype = ctypes.c_uint32
+        fold.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint32,
+                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p,
+                         ctypes.c_void_p]
         #: KCOV's per-batch output buffer (made once: a megabyte, zeroed, per batch costs
         #: more than the copy out)
         self.cov_buf: ctypes.Array[ctypes.c_uint32] | None = None
@@ -410,20 +407,22 @@ def cov_open(lib: _Lib | None) -> None:
         raise OSError(-err, f"{KCOV_PATH}: {os.strerror(-err)}")
 
 
-def cov_edges(lib: _Lib, pcs: Sequence[int], max_ids: int = 1 << 16, *,
-              single: bool = False) -> tuple[int, list[int]]:
-    """Fold ``pcs`` (one call's trace) into this thread's seen edges (``single``: seen
-    PCs), as ``kx_run`` does.
+def cov_edges(lib: _Lib, pcs: Sequence[int],
+              max_ids: int = 1 << 16) -> tuple[int, list[int], int, list[int]]:
+    """Fold ``pcs`` (one call's trace) into this thread's seen edges and PCs, as
+    ``kx_run`` does.
 
-    :return: the count new and the ids (edges) or low 32 bits (PCs) stored, at most
-        ``max_ids``
+    :return: the count of new edges and the ids stored, the count of new PCs and their
+        low 32 bits stored (at most ``max_ids`` each)
     """
     arr = (ctypes.c_uint64 * max(len(pcs), 1))(*pcs)
     ids = (ctypes.c_uint32 * max(max_ids, 1))()
-    stored = ctypes.c_uint32()
-    fold = lib.cdll.kx_cov_pcs if single else lib.cdll.kx_cov_edges
-    new = fold(arr, len(pcs), ids, max_ids, ctypes.byref(stored))
-    return int(new), list(ids[:stored.value])
+    new_pcs = (ctypes.c_uint32 * max(max_ids, 1))()
+    stored, pc_stored, pc_new = ctypes.c_uint32(), ctypes.c_uint32(), ctypes.c_uint32()
+    new = lib.cdll.kx_cov_edges(arr, len(pcs), ids, max_ids, ctypes.byref(stored), new_pcs,
+                                max_ids, ctypes.byref(pc_stored), ctypes.byref(pc_new))
+    return (int(new), list(ids[:stored.value]), int(pc_new.value),
+            list(new_pcs[:pc_stored.value]))
 
 
 def run_table(lib: _Lib | None, table: bytes, n: int, *,

@@ -92,21 +92,21 @@ class KcovCorpus:
         self.out = out
         self.edges: set[int] = set()
         #: kernel PCs reached (low 32 bits)
-        self.blocks: set[int] = set()
+        self.reached: set[int] = set()
         self.plans: list[CallPlan] = []
         #: the kernel PCs each kept plan ran when it was kept (its cost: the generator
         #: mutates cheap entries more often)
         self.costs: list[int] = []
         self._known: set[CallPlan] = set()
-        #: program counters of every call seen (for the mean per call)
-        self.pcs = 0
+        #: PCs the calls of this run ran, and how many calls (for the mean per call)
+        self.traced = 0
         self.calls = 0
         if out is not None:
             self._load(out)
 
     def _load(self, out: Path) -> None:
         self.edges.update(_read_u32(out / EDGES_FILE).tolist())
-        self.blocks.update(_read_u32(out / PCS_FILE).tolist())
+        self.reached.update(_read_u32(out / PCS_FILE).tolist())
         for plan, pcs in read_corpus(out / CORPUS_FILE):
             if plan not in self._known:
                 self._known.add(plan)
@@ -122,10 +122,10 @@ class KcovCorpus:
         kept: list[int] = []
         fresh: list[int] = []
         rows: list[str] = []
-        blocks = [pc for pc in cover.new_pcs if pc not in self.blocks]
-        self.blocks.update(blocks)
+        new_pcs = [pc for pc in cover.new_pcs if pc not in self.reached]
+        self.reached.update(new_pcs)
         self.calls += len(plans)
-        self.pcs += sum(cover.pcs)
+        self.traced += sum(cover.pcs)
         for i, (plan, new, ids, pcs) in enumerate(zip(plans, cover.new, cover.ids, cover.pcs,
                                                       strict=True)):
             if not new:
@@ -144,7 +144,7 @@ class KcovCorpus:
             rows.append(f'{{"batch":{batch},"index":{i},"new":{len(mine) or new},"pcs":{pcs},'
                         f'"plan":{plan_json_text(plan)}}}\n')
         if self.out is not None:
-            for name, vals in ((EDGES_FILE, fresh), (PCS_FILE, blocks)):
+            for name, vals in ((EDGES_FILE, fresh), (PCS_FILE, new_pcs)):
                 if vals:
                     with (self.out / name).open("ab") as f:
                         f.write(np.asarray(vals, dtype="<u4").tobytes())
@@ -156,8 +156,8 @@ class KcovCorpus:
     def figure(self) -> dict[str, Any]:
         """``edges``, ``pcs`` (distinct PCs reached), ``corpus`` (plans kept),
         ``pcs_per_call`` (this run's calls)."""
-        return {"edges": len(self.edges), "pcs": len(self.blocks), "corpus": len(self.plans),
-                "pcs_per_call": round(self.pcs / self.calls, 1) if self.calls else None}
+        return {"edges": len(self.edges), "pcs": len(self.reached), "corpus": len(self.plans),
+                "pcs_per_call": round(self.traced / self.calls, 1) if self.calls else None}
 
 
 def read_corpus(path: Path) -> list[tuple[CallPlan, int]]:

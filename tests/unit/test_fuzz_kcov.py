@@ -40,29 +40,32 @@ def lib(tmp_path: Path) -> object:
 
 
 @needs_cc
-def test_edges_are_reported_once_per_process(lib: object) -> None:
-    new, ids = cexec.cov_edges(lib, PCS)  # type: ignore[arg-type]
+def test_edges_are_reported_once_per_thread(lib: object) -> None:
+    new, ids, _, _ = cexec.cov_edges(lib, PCS)  # type: ignore[arg-type]
     assert new == len(PCS) == len(set(ids))  # 49 pairs + the entry edge, all new
-    assert cexec.cov_edges(lib, PCS) == (0, [])  # type: ignore[arg-type]
+    assert cexec.cov_edges(lib, PCS) == (0, [], 0, [])  # type: ignore[arg-type]
     # the same PCs in another order are other edges; a prefix is not new
-    new2, ids2 = cexec.cov_edges(lib, PCS[::-1])  # type: ignore[arg-type]
+    new2, ids2, _, _ = cexec.cov_edges(lib, PCS[::-1])  # type: ignore[arg-type]
     assert new2 > 0 and not set(ids2) & set(ids)
-    assert cexec.cov_edges(lib, PCS[:10]) == (0, [])  # type: ignore[arg-type]
+    assert cexec.cov_edges(lib, PCS[:10]) == (0, [], 0, [])  # type: ignore[arg-type]
 
 
 @needs_cc
 def test_pcs_are_reported_once_by_their_low_32_bits(lib: object) -> None:
-    new, low = cexec.cov_edges(lib, PCS + PCS[:5], single=True)  # type: ignore[arg-type]
+    _, _, new, low = cexec.cov_edges(lib, PCS + PCS[:5])  # type: ignore[arg-type]
     assert new == len(PCS) and low == [pc & 0xFFFFFFFF for pc in PCS]
-    assert cexec.cov_edges(lib, PCS, single=True) == (0, [])  # type: ignore[arg-type]
-    # edges and PCs are seen apart: the PCs above are still new edges
-    assert cexec.cov_edges(lib, PCS)[0] == len(PCS)  # type: ignore[arg-type]
+    # known PCs in a new order: new edges, no new PC
+    new_edges, _, new_pcs, _ = cexec.cov_edges(lib, PCS[::-1])  # type: ignore[arg-type]
+    assert new_edges > 0 and new_pcs == 0
+    # one new PC amid known ones
+    _, _, new3, low3 = cexec.cov_edges(lib, [PCS[0], 0xFFFFFFFF82000000, PCS[1]])  # type: ignore[arg-type]
+    assert new3 == 1 and low3 == [0x82000000]
 
 
 @needs_cc
 def test_edge_ids_beyond_the_limit_are_counted_not_listed(lib: object) -> None:
-    new, ids = cexec.cov_edges(lib, PCS, max_ids=7)  # type: ignore[arg-type]
-    assert new == len(PCS) and len(ids) == 7
+    new, ids, pc_new, pcs = cexec.cov_edges(lib, PCS, max_ids=7)  # type: ignore[arg-type]
+    assert new == pc_new == len(PCS) and len(ids) == len(pcs) == 7
 
 
 @needs_cc
@@ -362,7 +365,7 @@ def test_pcs_reached_are_kept_and_mapped_to_functions(tmp_path: Path) -> None:
     cover = kcov.BatchCover((1,), (3,), ((7,),), new_pcs=(0x81000004, 0x81000008, 0x81000104))
     c.add(0, [_read(1)], cover)
     c.add(1, [_read(2)], kcov.BatchCover((0,), (3,), ((),), new_pcs=(0x81000004,)))  # known
-    assert kcov.KcovCorpus(tmp_path).blocks == {0x81000004, 0x81000008, 0x81000104}
+    assert kcov.KcovCorpus(tmp_path).reached == {0x81000004, 0x81000008, 0x81000104}
     assert c.figure()["pcs"] == 3
     pcs = kcov.union_pcs([tmp_path])
     assert pcs == [0xFFFFFFFF81000004, 0xFFFFFFFF81000008, 0xFFFFFFFF81000104]
