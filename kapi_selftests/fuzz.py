@@ -14,9 +14,10 @@ Files in the shard directory (see ``docs/fuzz.md``): ``inflight.json`` (the
 batch being issued, written and synced *before* it runs: what a crashed guest
 was doing), ``calls.jsonl``, ``findings.jsonl``, ``coverage.json``,
 ``state.json`` (the commit point of a batch), ``repro/``; with KCOV
-``kcov-edges.bin`` and ``kcov-corpus.jsonl`` (:mod:`kapi_selftests.kcov`). A rerun on the same
-directory resumes after the last committed batch; a batch that was in flight
-when the process died (a kernel crash) is skipped and recorded.
+``kcov-edges.bin``, ``kcov-pcs.bin`` and ``kcov-corpus.jsonl``
+(:mod:`kapi_selftests.kcov`). A rerun on the same directory resumes after the
+last committed batch; a batch that was in flight when the process died (a
+kernel crash) is skipped and recorded.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class Progress:
     coverage: CoverageFigure
     skipped_batches: tuple[int, ...] = ()
     done: bool = False
-    #: kernel coverage (KCOV) when the harness reports it: edges, corpus, pcs_per_call
+    #: kernel coverage (KCOV) when the harness reports it (``KcovCorpus.figure``)
     kcov: Mapping[str, Any] | None = None
 
     @property
