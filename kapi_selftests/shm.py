@@ -81,12 +81,6 @@ class Channel:
     def set_word(self, i: int, v: int) -> None:
         struct.pack_into("<Q", self.mm, 8 * i, v)
 
-    def wait(self, ready: Callable[[], bool], *, timeout_s: float,
-             alive: Callable[[], str | None] = lambda: None, what: str = "the other side"
-             ) -> None:
-        """:func:`wait_until`, with the short naps a shared-memory batch wants."""
-        wait_until(ready, timeout_s=timeout_s, alive=alive, what=what)
-
     # --- guest side --------------------------------------------------------------------
 
     def put_manifest(self, data: bytes) -> None:

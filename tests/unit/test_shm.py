@@ -44,9 +44,9 @@ def test_channel_carries_manifest_tables_and_results(tmp_path: Path) -> None:
 def test_wait_times_out_and_reports_a_dead_peer(tmp_path: Path) -> None:
     host = shm.create_host(tmp_path / "chan")
     with pytest.raises(TimeoutError, match="no results"):
-        host.wait(lambda: host.done > 0, timeout_s=0.05, what="results")
+        shm.wait_until(lambda: host.done > 0, timeout_s=0.05, what="results")
     with pytest.raises(RuntimeError, match="guest exited"):
-        host.wait(lambda: False, timeout_s=5, alive=lambda: "the guest exited")
+        shm.wait_until(lambda: False, timeout_s=5, alive=lambda: "the guest exited")
 
 
 def test_pack_out_round_trips_a_capture() -> None:
