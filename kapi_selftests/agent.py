@@ -44,11 +44,10 @@ from kapi_selftests.fds import FdKind, FdPool
 from kapi_selftests.memory import Arena
 from kapi_selftests.plan import REGION_SIZE, PathKind
 from kapi_selftests.shm import wait_until
-from kapi_selftests.spec import DEBUGFS_ROOT
+from kapi_selftests.spec import specs_files, write_specs
 from kapi_selftests.tracefs import KAPI_EVENTS, TraceInstance, syscall_events
 
-__all__ = ["Resources", "Agent", "serve", "serve_shm", "specs_files", "write_specs", "NEW_NAMES",
-           "SLOT_BASE"]
+__all__ = ["Resources", "Agent", "serve", "serve_shm", "NEW_NAMES", "SLOT_BASE"]
 
 log = logging.getLogger(__name__)
 
@@ -226,20 +225,6 @@ class Agent:
         return results, tid, raw
 
 
-def copy_specs(dest: Path, root: Path = DEBUGFS_ROOT) -> bool:
-    """Copy the kernel's debugfs spec dump to ``dest`` (for the host's spec loader)."""
-    files = specs_files(root)
-    write_specs(files, dest)
-    return bool(files)
-
-
-def write_specs(files: Mapping[str, str], dest: Path) -> None:
-    """Write a spec dump (:func:`specs_files`) under ``dest``, as the debugfs lays it out."""
-    for rel, text in files.items():
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        (dest / rel).write_text(text)
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -257,7 +242,7 @@ def serve(agent: Agent, d: Path, *, idle_timeout_s: float = 600.0,
     directory), renamed into place when complete.
     """
     d.mkdir(parents=True, exist_ok=True)
-    copy_specs(d / "kapi")
+    write_specs(specs_files(), d / "kapi")
     _write_atomic(d / "manifest.json", json.dumps(agent.manifest()).encode())
     return _serve(agent, _DirEnd(d), idle_timeout_s, stop)
 
@@ -373,20 +358,6 @@ def _test_crash(n: int) -> None:
     marker.touch()
     os.sync()
     Path("/proc/sysrq-trigger").write_text("c")
-
-
-def specs_files(root: Path = DEBUGFS_ROOT) -> dict[str, str]:
-    """The kernel's debugfs spec dump as {relative path: text} (empty without one)."""
-    out: dict[str, str] = {}
-    if not (root / "list").is_file():
-        return out
-    out["list"] = (root / "list").read_text()
-    for sub in ("specs", "specs-json"):
-        if (root / sub).is_dir():
-            for f in (root / sub).iterdir():
-                with contextlib.suppress(OSError):
-                    out[f"{sub}/{f.name}"] = f.read_text()
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

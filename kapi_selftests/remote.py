@@ -41,7 +41,7 @@ from kapi_selftests.oracle import Prediction, predict
 from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, PathKind
 from kapi_selftests.plan import Path as PathPlan
 from kapi_selftests.shm import wait_until
-from kapi_selftests.spec import Spec
+from kapi_selftests.spec import Spec, write_specs
 from kapi_selftests.syscalls import SyscallRecord
 
 __all__ = ["Manifest", "ManifestMemory", "ManifestMaterializer", "Link", "LocalLink", "DirLink",
@@ -443,8 +443,6 @@ class ShmLink:
     def manifest(self) -> Mapping[str, Any]:
         self._wait(lambda: self.ch.manifest() is not None, "manifest", 900.0)
         man = dict(json.loads(self.ch.manifest()))
-        from kapi_selftests.agent import write_specs
-
         write_specs(man.pop("specs_files", {}), self.spec_dir)
         return man
 

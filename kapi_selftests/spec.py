@@ -19,6 +19,7 @@ loaders (``load_debugfs``, ``find_source_hints``, ``missing_kapi_specs``).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -45,6 +46,8 @@ __all__ = [
     "SourceHint",
     "builtin_specs",
     "load_debugfs",
+    "specs_files",
+    "write_specs",
     "parse_text_dump",
     "parse_json_dump",
     "parse_list",
@@ -738,6 +741,29 @@ def _attach_abi(spec: Spec, numbers: Mapping[str, int] | None) -> Spec:
         except SpecError:
             unknowns.append(f"{p.name}: C type {p.ctype!r} unknown to the cast model")
     return replace(spec, nr=nr, nargs=nargs, unknowns=tuple(unknowns))
+
+
+def specs_files(root: Path = DEBUGFS_ROOT) -> dict[str, str]:
+    """The kernel's debugfs spec dump as {relative path: text} (empty without one): what
+    a guest's agent sends the host."""
+    out: dict[str, str] = {}
+    if not (root / "list").is_file():
+        return out
+    out["list"] = (root / "list").read_text()
+    for sub in ("specs", "specs-json"):
+        if (root / sub).is_dir():
+            for f in (root / sub).iterdir():
+                with contextlib.suppress(OSError):
+                    out[f"{sub}/{f.name}"] = f.read_text()
+    return out
+
+
+def write_specs(files: Mapping[str, str], dest: Path) -> None:
+    """Write a spec dump (:func:`specs_files`) under ``dest``, as the debugfs lays it out
+    (:func:`load_debugfs` reads it there)."""
+    for rel, text in files.items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_text(text)
 
 
 def load_debugfs(root: Path = DEBUGFS_ROOT, *, numbers: Mapping[str, int] | None = None,
