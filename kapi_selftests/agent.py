@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: distinct names for PathKind.NEW (the host cycles through them; unlinked per batch)
 NEW_NAMES = 256
+#: an agent with no table for this long stops (its host is gone)
+IDLE_TIMEOUT_S = 600.0
 #: fds of the resource set live at SLOT_BASE + k, far above what a batch's opens reach
 SLOT_BASE = 1500
 _FD_KINDS = [k for k in FdKind if k is not FdKind.CLOSED]
@@ -231,7 +233,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def serve(agent: Agent, d: Path, *, idle_timeout_s: float = 600.0,
+def serve(agent: Agent, d: Path, *, idle_timeout_s: float = IDLE_TIMEOUT_S,
           stop: Callable[[], bool] = lambda: False) -> int:
     """Serve tables from directory ``d`` until ``d/stop`` appears; return batches run.
 
@@ -241,18 +243,12 @@ def serve(agent: Agent, d: Path, *, idle_timeout_s: float = 600.0,
     ``out-N/`` (``results.bin``: u64 tid, then the ``cexec`` results; and a capture
     directory), renamed into place when complete.
     """
-    d.mkdir(parents=True, exist_ok=True)
-    write_specs(specs_files(), d / "kapi")
-    _write_atomic(d / "manifest.json", json.dumps(agent.manifest()).encode())
     return _serve(agent, _DirEnd(d), idle_timeout_s, stop)
 
 
-def serve_shm(agent: Agent, ch: Any, *, idle_timeout_s: float = 600.0,
+def serve_shm(agent: Agent, ch: Any, *, idle_timeout_s: float = IDLE_TIMEOUT_S,
               stop: Callable[[], bool] = lambda: False) -> int:
     """Serve tables over a :class:`kapi_selftests.shm.Channel` until the host stops it."""
-    man = agent.manifest()
-    man["specs_files"] = specs_files()
-    ch.put_manifest(json.dumps(man).encode())
     return _serve(agent, _ShmEnd(ch), idle_timeout_s, stop)
 
 
@@ -264,6 +260,12 @@ class _DirEnd:
 
     def __init__(self, d: Path) -> None:
         self.d = d
+
+    def publish(self, manifest: Mapping[str, Any]) -> None:
+        # the spec dump as files, then the manifest (the host waits for it)
+        self.d.mkdir(parents=True, exist_ok=True)
+        write_specs(specs_files(), self.d / "kapi")
+        _write_atomic(self.d / "manifest.json", json.dumps(manifest).encode())
 
     def posted(self, n: int) -> bool:
         return (self.d / f"in-{n}.bin").is_file()
@@ -295,6 +297,10 @@ class _ShmEnd:
     def __init__(self, ch: Any) -> None:
         self.ch = ch
 
+    def publish(self, manifest: Mapping[str, Any]) -> None:
+        # the spec dump travels in the manifest
+        self.ch.put_manifest(json.dumps({**manifest, "specs_files": specs_files()}).encode())
+
     def posted(self, n: int) -> bool:
         return bool(self.ch.posted > n)
 
@@ -323,7 +329,9 @@ def _await_table(end: _DirEnd | _ShmEnd, n: int) -> None:
 
 def _serve(agent: Agent, end: _DirEnd | _ShmEnd, idle_timeout_s: float,
            stop: Callable[[], bool]) -> int:
-    # Tables in order until the host stops the link, or none came for idle_timeout_s.
+    # The manifest, then tables in order until the host stops the link, or none came
+    # for idle_timeout_s.
+    end.publish(agent.manifest())
     n = 0
     idle_since = time.monotonic()
     while not stop():
@@ -405,8 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                     last[0] = time.monotonic()
                 return False
 
-            count = (serve_shm(ag, end.ch, stop=beat) if isinstance(end, _ShmEnd)
-                     else serve(ag, end.d, stop=beat))
+            count = _serve(ag, end, IDLE_TIMEOUT_S, beat)
     except Exception as e:  # one line for the host's log, never a bare traceback
         print(f"kapi-selftests agent: error: {type(e).__name__}: {e}", file=sys.stderr)
         # and the same line where the host waits for the manifest (it says what to do)
