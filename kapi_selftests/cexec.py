@@ -20,9 +20,9 @@ With KCOV on (:func:`cov_open`, a kernel with ``CONFIG_KCOV``) ``kx_run`` also
 reads, right after each call, the program counters the call ran in the kernel,
 hashes each pair of consecutive ones into a 32-bit *edge*, and reports the
 edges this thread has not reported before (:data:`COV_HEAD`, :data:`COV_CALL`),
-and the PCs it has not reported before (looked up only at new edges: a new PC
-makes a new edge; for the kernel functions reached): the
-host keeps the plans that reached new kernel code (:mod:`kapi_selftests.kcov`).
+with the PCs it has not reported before (looked up only at new edges, since a
+new PC makes a new edge; they name the kernel functions reached). The host keeps
+the plans that reached new kernel code (:mod:`kapi_selftests.kcov`).
 
 The table layout (:data:`CALL`, :data:`RESULT`) is shared with the host, which
 builds tables with :mod:`struct` and never needs ``ctypes``.
@@ -174,7 +174,7 @@ int kx_cov_open(void)
 
 	if (kx_cover)
 		return 0;
-	fd = open("/sys/kernel/debug/kcov", O_RDWR | O_CLOEXEC);
+	fd = open(KX_KCOV_PATH, O_RDWR | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
 	if (ioctl(fd, KX_KCOV_INIT_TRACE, (unsigned long)KX_COV_WORDS))
@@ -189,9 +189,6 @@ int kx_cov_open(void)
 		close(fd);
 		return -err;
 	}
-	kx_seen = calloc((size_t)1 << (KX_SEEN_BITS - 3), 1);
-	if (!kx_seen)
-		return -ENOMEM;
 	kx_cover = area; /* the fd stays open: coverage lasts as long as the process */
 	return 0;
 fail:
@@ -321,7 +318,8 @@ int kx_run(const unsigned char *table, int n, unsigned char *results, uint32_t *
 
 def _source() -> str:
     return (f"#define HASH_LIMIT {HASH_LIMIT}ULL\n#define OPEN_NR {NR['open']}\n"
-            f"#define KX_COV_WORDS {COV_WORDS}UL\n" + _SOURCE)
+            f"#define KX_COV_WORDS {COV_WORDS}UL\n#define KX_KCOV_PATH \"{KCOV_PATH}\"\n"
+            + _SOURCE)
 
 
 def build_library(cache_dir: Path, cc: str | None = None) -> Path | None:
@@ -394,6 +392,10 @@ def watch_counts(table: bytes, n: int) -> list[int]:
     return out
 
 
+def _no_executor() -> OSError:
+    return OSError(errno.ENOEXEC, "KCOV needs the C batch executor (no C compiler)")
+
+
 def cov_open(lib: _Lib | None) -> None:
     """Turn KCOV on for the calling thread (the one that will issue the tables).
 
@@ -401,7 +403,7 @@ def cov_open(lib: _Lib | None) -> None:
         errno: ``ENOENT`` without ``CONFIG_KCOV`` or debugfs)
     """
     if lib is None:
-        raise OSError(errno.ENOEXEC, "KCOV needs the C batch executor (no C compiler)")
+        raise _no_executor()
     err = lib.cdll.kx_cov_open()
     if err < 0:
         raise OSError(-err, f"{KCOV_PATH}: {os.strerror(-err)}")
@@ -449,7 +451,7 @@ def run_table(lib: _Lib | None, table: bytes, n: int, *,
         cov = ctypes.string_at(buf, 4 * (head + buf[0])) + ctypes.string_at(pcs_at, 4 * buf[2])
         return out.raw + cov, int(tid)
     if kcov:
-        raise OSError(errno.ENOEXEC, "KCOV needs the C batch executor (no C compiler)")
+        raise _no_executor()
     return _run_python(table, counts), threading.get_native_id()
 
 
