@@ -258,9 +258,7 @@ class PlanGenerator:
                 return False
             return True
 
-        kinds = self._kinds.get(spec.name)
-        if kinds is None:
-            kinds = self._kinds[spec.name] = [_kind(p) for p in spec.params]
+        kinds = self._kinds_of(spec)
         scalars: dict[int, int] = {}
         for i, p in enumerate(spec.params):
             if kinds[i] == "scalar":
@@ -268,16 +266,27 @@ class PlanGenerator:
         args: list[ArgPlan] = []
         for i, p in enumerate(spec.params):
             valid = self._valid(rng, mode(p))
-            kind = kinds[i]
-            if kind == "fd":
-                args.append(self._fd(rng, valid))
-            elif kind == "path":
-                args.append(Path(rng.choice(_VALID_PATHS if valid else _INVALID_PATHS)))
-            elif kind == "address":
-                args.append(Buf(self._buf_kind(rng, p, valid), _buf_size(p, i, scalars)))
-            else:
+            if kinds[i] == "scalar":
                 args.append(Lit(scalars[i]))
+            else:
+                args.append(self._draw(rng, i, p, kinds[i], valid, scalars))
         return make_safe(CallPlan(abi.name, tuple(args)))
+
+    def _kinds_of(self, spec: Spec) -> list[str]:
+        kinds = self._kinds.get(spec.name)
+        if kinds is None:
+            kinds = self._kinds[spec.name] = [_kind(p) for p in spec.params]
+        return kinds
+
+    def _draw(self, rng: random.Random, i: int, p: ParamSpec, kind: str, valid: bool,
+              scalars: Mapping[int, int]) -> ArgPlan:
+        # parameter i's fd, path or buffer (sized by its count among the scalars) from
+        # its valid or invalid pool
+        if kind == "fd":
+            return self._fd(rng, valid)
+        if kind == "path":
+            return Path(rng.choice(_VALID_PATHS if valid else _INVALID_PATHS))
+        return Buf(self._buf_kind(rng, p, valid), _buf_size(p, i, scalars))
 
     def mutate(self, rng: random.Random, plan: CallPlan) -> CallPlan:
         """``plan`` with one argument (sometimes two) drawn again or nudged.
@@ -291,24 +300,17 @@ class PlanGenerator:
         spec = self.specs.get(abi.spec_name) if abi is not None else None
         if spec is None or len(spec.params) != len(plan.args):
             return plan
-        kinds = self._kinds.get(spec.name)
-        if kinds is None:
-            kinds = self._kinds[spec.name] = [_kind(p) for p in spec.params]
+        kinds = self._kinds_of(spec)
         args = list(plan.args)
         for _ in range(1 if rng.random() < 0.75 else 2):
             i = rng.randrange(len(args))
             p, a = spec.params[i], args[i]
             valid = rng.random() >= 0.5
-            if kinds[i] == "fd":
-                args[i] = self._fd(rng, valid)
-            elif kinds[i] == "path":
-                args[i] = Path(rng.choice(_VALID_PATHS if valid else _INVALID_PATHS))
-            elif kinds[i] == "address":
-                size = a.size if isinstance(a, Buf) else arch.PAGE_SIZE
-                args[i] = Buf(self._buf_kind(rng, p, valid), size)
-            else:
+            if kinds[i] == "scalar":
                 old = a.value if isinstance(a, Lit) else 0
                 args[i] = Lit(self._nudge(rng, spec, p, old, valid))
+            else:  # a buffer is sized again below: the count may change after it
+                args[i] = self._draw(rng, i, p, kinds[i], valid, {})
         scalars = {i: a.value for i, a in enumerate(args) if isinstance(a, Lit)}
         for i, p in enumerate(spec.params):
             a = args[i]
