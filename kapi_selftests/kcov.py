@@ -30,7 +30,8 @@ from kapi_selftests.cexec import COV_CALL, COV_HEAD
 from kapi_selftests.plan import CallPlan, plan_from_json, plan_json_text
 
 __all__ = ["BatchCover", "KcovCorpus", "split", "EDGES_FILE", "CORPUS_FILE", "PCS_FILE",
-           "read_corpus", "union_edges", "union_pcs", "FunctionCover", "functions_reached"]
+           "read_corpus", "union_edges", "union_pcs", "FunctionCover", "SymbolMap",
+           "functions_reached"]
 
 EDGES_FILE = "kcov-edges.bin"
 CORPUS_FILE = "kcov-corpus.jsonl"
@@ -46,7 +47,7 @@ class BatchCover:
     :param new: edges new to the guest
     :param pcs: program counters the call ran in the kernel
     :param ids: the new edges' ids (fewer than ``new`` when the batch overflowed)
-    :param new_pcs: the batch's PCs new to the guest (low 32 bits), in no call's name
+    :param new_pcs: the batch's PCs new to the guest (low 32 bits), for the whole batch
     """
 
     new: tuple[int, ...]
@@ -215,23 +216,33 @@ class FunctionCover:
         return [n for n in mine if n in self.reached], [n for n in mine if n not in self.reached]
 
 
+class SymbolMap:
+    """The text symbols of a ``System.map`` (or ``/proc/kallsyms``), sorted by address."""
+
+    def __init__(self, path: Path) -> None:
+        starts: list[int] = []
+        names: list[str] = []
+        for line in path.read_text(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] in ("t", "T"):
+                starts.append(int(parts[0], 16))
+                names.append(parts[2])
+        order = np.argsort(np.asarray(starts, dtype=np.uint64), kind="stable")
+        self.addr = np.asarray(starts, dtype=np.uint64)[order]
+        self.names = [names[i] for i in order.tolist()]
+
+    def functions(self, pcs: Iterable[int]) -> FunctionCover:
+        """The symbols that hold ``pcs``: each PC belongs to the nearest symbol at or
+        below it."""
+        idx = np.searchsorted(self.addr, np.fromiter(pcs, dtype=np.uint64), side="right") - 1
+        reached: dict[str, int] = {}
+        for i in idx.tolist():
+            if i >= 0:
+                reached[self.names[i]] = reached.get(self.names[i], 0) + 1
+        return FunctionCover(reached, frozenset(self.names))
+
+
 def functions_reached(pcs: Iterable[int], system_map: Path) -> FunctionCover:
     """Map PCs to the text symbols of ``system_map`` (the kernel's ``System.map``) that
-    hold them: each PC belongs to the nearest symbol at or below it."""
-    starts: list[int] = []
-    names: list[str] = []
-    for line in system_map.read_text(errors="replace").splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and parts[1] in ("t", "T"):
-            starts.append(int(parts[0], 16))
-            names.append(parts[2])
-    order = np.argsort(np.asarray(starts, dtype=np.uint64), kind="stable")
-    addr = np.asarray(starts, dtype=np.uint64)[order]
-    pcs_arr = np.asarray(sorted(pcs), dtype=np.uint64)
-    idx = np.searchsorted(addr, pcs_arr, side="right") - 1
-    reached: dict[str, int] = {}
-    for i in idx.tolist():
-        if i >= 0:
-            name = names[int(order[i])]
-            reached[name] = reached.get(name, 0) + 1
-    return FunctionCover(reached, frozenset(names))
+    hold them."""
+    return SymbolMap(system_map).functions(pcs)

@@ -7,7 +7,6 @@ its own: the suite's thread is never traced.
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import fcntl
 import mmap
@@ -23,6 +22,7 @@ from kapi_selftests import cexec, fuzz
 from kapi_selftests.arch import NR
 from kapi_selftests.executor import EventSource, find_event_source
 from kapi_selftests.generate import PlanGenerator
+from kapi_selftests.kcov import SymbolMap
 from kapi_selftests.syscalls import invoke
 
 # <linux/kcov.h>
@@ -89,29 +89,12 @@ def _traced(calls: list[tuple[int, tuple[int, ...]]]) -> list[tuple[int, list[in
         os.close(fd)
 
 
-def _symbols(names: set[str]) -> dict[str, tuple[int, int]]:
-    # [start, end) of each named text symbol, from /proc/kallsyms
-    text: list[tuple[int, str]] = []
-    for line in Path("/proc/kallsyms").read_text().splitlines():
-        addr, kind, name = line.split()[:3]
-        if kind in "tT":
-            text.append((int(addr, 16), name))
-    text.sort()
-    starts = [a for a, _ in text]
-    if not starts or starts[-1] == 0:
+def _kallsyms() -> SymbolMap:
+    # the running kernel's functions, as fuzz --kcov --local maps PCs to them
+    syms = SymbolMap(Path("/proc/kallsyms"))
+    if not syms.addr.size or int(syms.addr[-1]) == 0:
         pytest.skip("/proc/kallsyms hides addresses (kptr_restrict)")
-    out = {}
-    for a, name in text:
-        if name in names and name not in out:
-            nxt = bisect.bisect_right(starts, a)
-            out[name] = (a, starts[nxt] if nxt < len(starts) else a + 4096)
-    missing = names - out.keys()
-    assert not missing, f"no such kernel functions: {sorted(missing)}"
-    return out
-
-
-def _ran(pcs: list[int], rng: tuple[int, int]) -> bool:
-    return any(rng[0] <= pc < rng[1] for pc in pcs)
+    return syms
 
 
 def test_a_spec_rejected_open_runs_the_validator_and_no_open_code(kcov_kernel: None) -> None:
@@ -127,12 +110,15 @@ def test_a_spec_rejected_open_runs_the_validator_and_no_open_code(kcov_kernel: N
     os.close(ok_ret)
     assert bad_ret == -22  # -EINVAL
     handler = ("getname_flags", "path_openat", "vfs_open")  # the name, the walk, the open
-    sym = _symbols({"kapi_validate_syscall_params", *handler})
-    assert _ran(ok, sym["kapi_validate_syscall_params"])
-    assert _ran(bad, sym["kapi_validate_syscall_params"])
+    syms = _kallsyms()
+    ran_ok, ran_bad = syms.functions(ok), syms.functions(bad)
+    missing = {"kapi_validate_syscall_params", *handler} - ran_ok.text
+    assert not missing, f"no such kernel functions: {sorted(missing)}"
+    assert "kapi_validate_syscall_params" in ran_ok.reached
+    assert "kapi_validate_syscall_params" in ran_bad.reached
     for name in handler:
-        assert _ran(ok, sym[name]), name
-        assert not _ran(bad, sym[name]), f"the rejected open ran {name}"
+        assert name in ran_ok.reached, name
+        assert name not in ran_bad.reached, f"the rejected open ran {name}"
     # (not fewer PCs in all: the validator's rejection warning runs printk)
 
 
