@@ -31,12 +31,13 @@ from kapi_selftests.findings import (
 )
 from kapi_selftests.spec import Spec
 
-__all__ = ["CampaignData", "find_shards", "load_dirs", "merge_into", "render_markdown",
-           "summary", "write_outputs"]
+__all__ = ["CampaignData", "REPORT_FILE", "find_shards", "load_dirs", "merge_into",
+           "render_markdown", "summary", "write_outputs"]
 
 CALLS_FILE = "calls.jsonl"
 STATE_FILE = "state.json"
 COVERAGE_FILE = "coverage.json"
+REPORT_FILE = "report.md"
 
 
 @dataclass
@@ -156,11 +157,17 @@ def _rebased(store: FindingStore, d: Path) -> FindingStore:
 
 
 def merge_into(dirs: Sequence[Path], into: Path, specs: Mapping[str, Spec], *,
-               title: str = "kapi-selftests fuzz campaign",
-               header: Sequence[str] = ()) -> CampaignData:
-    """Merge the shards under ``dirs`` into ``into`` and write its report files."""
+               title: str = "kapi-selftests fuzz campaign", header: Sequence[str] = (),
+               notes: Sequence[str] = (), system_map: Path | None = None) -> CampaignData:
+    """Merge the shards under ``dirs`` into ``into`` and write its report files.
+
+    :param notes: lines the report adds (e.g. shards that failed)
+    :param system_map: see :attr:`CampaignData.system_map`
+    """
     into.mkdir(parents=True, exist_ok=True)
     data = load_dirs(dirs, specs)
+    data.notes += notes
+    data.system_map = system_map
     shards_here = [d for d in data.shard_dirs if d.resolve() != into.resolve()]
     if len(shards_here) != len(data.shard_dirs):
         raise ValueError(f"{into} is itself one of the shards being merged")
@@ -271,7 +278,7 @@ def render_markdown(data: CampaignData, *, title: str = "kapi-selftests fuzz cam
 def write_outputs(out: Path, data: CampaignData, *, title: str = "kapi-selftests fuzz campaign",
                   header: Sequence[str] = ()) -> tuple[Path, Path]:
     """Write ``report.md`` and ``summary.json`` into ``out``."""
-    md = out / "report.md"
+    md = out / REPORT_FILE
     md.write_text(render_markdown(data, title=title, header=header))
     js = out / "summary.json"
     js.write_text(json.dumps(summary(data, header=header), indent=1) + "\n")

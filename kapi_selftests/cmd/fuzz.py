@@ -510,12 +510,11 @@ def run_kernel(args: argparse.Namespace) -> int:
               f"guests: {n} ({accel.value})", f"seed {args.seed}, shards {shards}"]
     if interrupted:
         header.append(f"interrupted: rerun with --out {out} to resume")
-    data = campaign_report.merge_into([out], out, specs, header=header)
-    data.notes += errors
-    if args.kcov:  # names the kernel functions the campaign ran
-        data.system_map = kernel.find_system_map(kimg)
-    md, _ = campaign_report.write_outputs(out, data, header=header)
-    _print_summary(args, data, header, md)
+    # with KCOV, the kernel's System.map names the functions the campaign ran
+    data = campaign_report.merge_into(
+        [out], out, specs, header=header, notes=errors,
+        system_map=kernel.find_system_map(kimg) if args.kcov else None)
+    _print_summary(args, data, header, out / campaign_report.REPORT_FILE)
     if errors and not data.states:
         raise LostGuest("; ".join(errors), hint=f"console logs are under {out}/shard-*")
     if interrupted:

@@ -39,14 +39,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"no campaign shards under {', '.join(map(str, args.dirs))}",
                          hint="pass directories written by kapi-selftests fuzz --out")
     try:
-        header = [f"merged from {len(shards)} shard(s)"]
         data = campaign_report.merge_into(args.dirs, args.into, builtin_specs(),
-                                          header=header)
+                                          header=[f"merged from {len(shards)} shard(s)"],
+                                          system_map=args.system_map)
     except ValueError as e:
         raise UsageError(str(e), hint="merge into a new directory") from e
-    if args.system_map is not None:
-        data.system_map = args.system_map
-        campaign_report.write_outputs(args.into, data, header=header)
     if args.json:
         print(json.dumps(campaign_report.summary(data), indent=1))
     else:
