@@ -686,8 +686,8 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
 def _live(out: Path, shards: Sequence[int], specs: Any, elapsed_s: float, alive: int,
           n: int) -> str:
     calls, findings = 0, dict[str, int]()
-    cov_hit = cov_total = edges = 0
-    kcov: dict[str, int] | None = None
+    cov_hit = cov_total = edges = corpus = 0
+    kcov = False  # some shard measures kernel coverage
     for s in shards:
         st = out / f"shard-{s}" / "state.json"
         try:
@@ -702,8 +702,9 @@ def _live(out: Path, shards: Sequence[int], specs: Any, elapsed_s: float, alive:
         cov_total = max(cov_total, int(f.get("sides_total", 0)) + int(f.get("errors_total", 0)))
         k = d.get("kcov")
         if k:
-            edges = max(edges, int(k.get("edges", 0)))
-            kcov = {"edges": edges, "corpus": (kcov or {}).get("corpus", 0) + int(k["corpus"])}
+            kcov = True
+            edges = max(edges, int(k["edges"]))
+            corpus += int(k["corpus"])
     cov = f"{100 * cov_hit / cov_total:.1f}% (best shard)" if cov_total else "-"
-    kc = f"{kcov['edges']} edges (best shard), corpus {kcov['corpus']}" if kcov else ""
+    kc = f"{edges} edges (best shard), corpus {corpus}" if kcov else ""
     return _progress_text(elapsed_s, calls, findings, cov, f"{alive}/{n}", kc)
