@@ -43,6 +43,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from kapi_selftests import cache
 from kapi_selftests.arch import NR
 
 __all__ = ["CACHE_DIR", "CALL", "WATCH", "RESULT", "WATCH_RESULT", "table_size",
@@ -55,8 +56,7 @@ log = logging.getLogger(__name__)
 #: where the compiled executor is kept; a guest gets the host's in KAPI_CACHE_DIR and
 #: finds the library the host built there (read-only over the root share: no compiler
 #: runs under TCG)
-CACHE_DIR = Path(os.environ.get("KAPI_CACHE_DIR") or Path(
-    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kapi-selftests")
+CACHE_DIR = cache.CACHE_DIR
 
 MAX_WATCH = 3
 WATCH_NONE, WATCH_FD, WATCH_BUF, WATCH_PATH = 0, 1, 2, 3
@@ -333,17 +333,16 @@ def build_library(cache_dir: Path, cc: str | None = None) -> Path | None:
     out = cache_dir / f"kx-{hashlib.sha256(src.encode()).hexdigest()[:16]}.so"
     if out.is_file():
         return out
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    c_file = out.with_suffix(".c")
-    c_file.write_text(src)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.{threading.get_native_id()}")
-    proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(tmp),
-                           str(c_file)], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        first = (proc.stderr.strip().splitlines() or ["no output"])[0]
-        log.warning("the C batch executor did not compile (%s): using ctypes", first)
-        return None
-    os.replace(tmp, out)
+    c_file = cache.atomic_write(out.with_suffix(".c"), src)
+    with cache.temp_path(out) as tmp:
+        proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o",
+                               str(tmp), str(c_file)], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            first = (proc.stderr.strip().splitlines() or ["no output"])[0]
+            log.warning("the C batch executor did not compile (%s): using ctypes", first)
+            return None
+        os.replace(tmp, out)
     return out
 
 

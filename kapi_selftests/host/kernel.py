@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import io
 import logging
 import lzma
-import os
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from kapi_selftests import cache
 from kapi_selftests.errors import MissingFeature, UsageError
 
 __all__ = [
@@ -156,35 +158,39 @@ def _iter_notes(data: bytes) -> Iterable[tuple[bytes, int, bytes]]:
 def _elf_has_pvh_note(path: Path) -> bool:
     """True if the ELF64 file carries Xen's PHYS32_ENTRY note (the PVH entry point)."""
     with path.open("rb") as f:
-        ehdr = f.read(64)
-        (phoff,) = struct.unpack_from("<Q", ehdr, 0x20)
-        (shoff,) = struct.unpack_from("<Q", ehdr, 0x28)
-        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", ehdr, 0x36)
-        regions: list[tuple[int, int]] = []
-        f.seek(phoff)
-        for _ in range(phnum):
-            ph = f.read(phentsize)
-            if len(ph) < 0x38:
+        return _elf_stream_has_pvh_note(f)
+
+
+def _elf_stream_has_pvh_note(f: BinaryIO) -> bool:
+    ehdr = f.read(64)
+    (phoff,) = struct.unpack_from("<Q", ehdr, 0x20)
+    (shoff,) = struct.unpack_from("<Q", ehdr, 0x28)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", ehdr, 0x36)
+    regions: list[tuple[int, int]] = []
+    f.seek(phoff)
+    for _ in range(phnum):
+        ph = f.read(phentsize)
+        if len(ph) < 0x38:
+            break
+        (ptype,) = struct.unpack_from("<I", ph, 0)
+        if ptype == _PT_NOTE:
+            off, _va, _pa, filesz = struct.unpack_from("<QQQQ", ph, 8)
+            regions.append((off, filesz))
+    if not regions and shoff:
+        f.seek(shoff)
+        for _ in range(shnum):
+            sh = f.read(shentsize)
+            if len(sh) < 0x40:
                 break
-            (ptype,) = struct.unpack_from("<I", ph, 0)
-            if ptype == _PT_NOTE:
-                off, _va, _pa, filesz = struct.unpack_from("<QQQQ", ph, 8)
-                regions.append((off, filesz))
-        if not regions and shoff:
-            f.seek(shoff)
-            for _ in range(shnum):
-                sh = f.read(shentsize)
-                if len(sh) < 0x40:
-                    break
-                (stype,) = struct.unpack_from("<I", sh, 4)
-                if stype == _SHT_NOTE:
-                    off, size = struct.unpack_from("<QQ", sh, 0x18)
-                    regions.append((off, size))
-        for off, size in regions:
-            f.seek(off)
-            for name, ntype, _desc in _iter_notes(f.read(min(size, 1 << 20))):
-                if name == b"Xen" and ntype == _XEN_ELFNOTE_PHYS32_ENTRY:
-                    return True
+            (stype,) = struct.unpack_from("<I", sh, 4)
+            if stype == _SHT_NOTE:
+                off, size = struct.unpack_from("<QQ", sh, 0x18)
+                regions.append((off, size))
+    for off, size in regions:
+        f.seek(off)
+        for name, ntype, _desc in _iter_notes(f.read(min(size, 1 << 20))):
+            if name == b"Xen" and ntype == _XEN_ELFNOTE_PHYS32_ENTRY:
+                return True
     return False
 
 
@@ -329,24 +335,30 @@ def pvh_vmlinux(image: Path, cache_dir: Path) -> Path | None:
     dest = cache_dir / f"vmlinux-{key}"
     if dest.is_file():
         return dest
+    # one extraction at a time (the guests of a run are threads; runs may be processes)
+    with cache.locked(cache_dir / f".vmlinux-{key}.lock"):
+        if dest.is_file():
+            return dest
+        return _extract_pvh(image, data, dest)
+
+
+def _extract_pvh(image: Path, data: bytes, dest: Path) -> Path | None:
+    if len(data) < _PAYLOAD_OFF + 8:
+        return None
     setup_sects = data[_SETUP_SECTS_OFF] or 4
     off, length = struct.unpack_from("<II", data, _PAYLOAD_OFF)
     start = (setup_sects + 1) * 512 + off
     try:
         elf = _decompress_payload(data[start:start + length])
-    except (lzma.LZMAError, zlib.error) as e:
+    except (lzma.LZMAError, zlib.error, EOFError) as e:
         log.info("cannot decompress %s (%s): booting the bzImage", image, e)
         return None
     if not elf or elf[:4] != b"\x7fELF":
         return None
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(elf)
-    if not _elf_has_pvh_note(tmp):
-        tmp.unlink()
+    if not _elf_stream_has_pvh_note(io.BytesIO(elf)):
         log.info("%s has no PVH note (CONFIG_PVH=n): booting the bzImage", image)
         return None
-    tmp.replace(dest)
+    cache.atomic_write(dest, elf)
     log.info("extracted the PVH vmlinux of %s to %s", image, dest)
     return dest
 

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from importlib.util import cache_from_source
 from pathlib import Path
 
+from kapi_selftests import cache
+
 __all__ = ["GUEST_ZIP", "imported_files", "build_pyzip"]
 
 log = logging.getLogger(__name__)
@@ -136,8 +138,17 @@ def _entries(mods: dict[str, str], roots: Iterable[str], project: Path
 
 def build_pyzip(cache_dir: Path, pythonpath: Sequence[str], project: Path,
                 python: str = sys.executable) -> Path | None:
-    """Build (or reuse) the zip for ``python``; None when it cannot be built."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    """Build (or reuse) the zip for ``python``; None when it cannot be built.
+
+    One build at a time per cache directory (guests boot from threads, runs may be
+    processes): the probe's output file is shared.
+    """
+    with cache.locked(cache_dir / ".lock"):
+        return _build_pyzip(cache_dir, pythonpath, project, python)
+
+
+def _build_pyzip(cache_dir: Path, pythonpath: Sequence[str], project: Path,
+                 python: str) -> Path | None:
     try:
         mods = imported_files(python, pythonpath, project, cache_dir)
     except (OSError, subprocess.SubprocessError, ValueError) as e:
@@ -153,8 +164,7 @@ def build_pyzip(cache_dir: Path, pythonpath: Sequence[str], project: Path,
     dest = cache_dir / f"py-{h.hexdigest()[:20]}.zip"
     if dest.is_file():
         return dest
-    tmp = dest.with_suffix(f".tmp{os.getpid()}")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+    with cache.temp_path(dest) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
         for name, src in sorted(entries.items()):
             if not name.endswith(".py"):
                 z.write(src, name)
@@ -168,7 +178,8 @@ def build_pyzip(cache_dir: Path, pythonpath: Sequence[str], project: Path,
             except (OSError, py_compile.PyCompileError, SyntaxError):
                 continue
             z.writestr(name[:-3] + ".pyc", data)
-    tmp.replace(dest)
+        z.close()
+        os.replace(tmp, dest)
     log.info("guest Python zip: %s (%d modules, %d bytes)", dest, len(entries),
              dest.stat().st_size)
     return dest

@@ -2,7 +2,7 @@
 
 Owns :class:`GuestConfig` (the frozen record of one guest), the per-arch QEMU
 facts (:data:`ARCHES`, data, not branches), the accelerator probe and the argv
-builders. Building argv is pure; only :func:`probe_accel` runs a process.
+builders. Building argv is pure; only the KVM probe (:func:`watch_console`) runs a process.
 Running the guest and reading its results is :mod:`kapi_selftests.host.runner`.
 """
 
@@ -10,24 +10,27 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import functools
+import hashlib
+import json
 import logging
 import os
+import re
 import select
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from kapi_selftests.cache import CACHE_DIR, atomic_write
 from kapi_selftests.errors import MissingFeature, UsageError
 
-__all__ = ["Accel", "ArchQemu", "ARCHES", "GuestConfig", "DEFAULT_CMDLINE", "probe_accel",
-           "choose_accel", "find_qemu", "qemu_argv", "vng_argv", "config_from_env"]
+__all__ = ["Accel", "ArchQemu", "ARCHES", "GuestConfig", "DEFAULT_CMDLINE", "probe_kvm",
+           "kvm_verdict", "watch_console", "probe_argv", "choose_accel", "find_qemu",
+           "qemu_argv", "vng_argv", "config_from_env"]
 
 log = logging.getLogger(__name__)
 
@@ -148,77 +151,164 @@ def find_qemu(arch: str = "x86_64") -> str:
     return path
 
 
-@functools.cache
-def probe_accel(qemu: str, arch: str = "x86_64", timeout_s: float = 30.0) -> str | None:
-    """Why KVM cannot be used here, or None when it works.
+#: how long KVM gets to show the kernel's first console line before it is given up
+KVM_PROBE_DEADLINE_S = 15.0
+#: the kernel's first console line (its banner, printed at once with earlyprintk)
+KERNEL_FIRST_LINE = re.compile(rb"Linux version \d")
+#: the probe's command line: the banner on the serial port as early as possible; no root
+#: (the kernel panics after the probe has seen what it needs, and -no-reboot ends QEMU)
+PROBE_CMDLINE = "console=ttyS0 earlyprintk=serial,ttyS0,115200 loglevel=8 panic=-1"
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
-    Opening ``/dev/kvm`` is not enough: on some hosts ``-cpu host`` aborts at
-    the first vCPU reset (``failed to set MSR``), right after QEMU comes up. So
-    start a paused QEMU with KVM and QMP on stdio and ask for the registers
-    (``info registers``): that waits for the vCPU thread, which first runs the
-    queued reset, so a register dump means KVM really works. (Neither a fixed wait
-    nor the QMP greeting alone is enough: the reset fails after the greeting, and
-    on a loaded host QEMU can take seconds to get anywhere.)
+
+@dataclass(frozen=True, slots=True)
+class ConsoleWatch:
+    """What :func:`watch_console` saw.
+
+    :param seen: the marker showed up in time
+    :param elapsed_s: seconds from start to the marker, QEMU's exit or the deadline
+    :param returncode: QEMU's own exit status when it ended by itself, else None (killed)
+    :param tail: the last output (console and stderr), for the reason
+    """
+
+    seen: bool
+    elapsed_s: float
+    returncode: int | None
+    tail: str
+
+
+def watch_console(argv: list[str], marker: re.Pattern[bytes], deadline_s: float
+                  ) -> ConsoleWatch:
+    """Start ``argv`` (a QEMU writing its console and errors to stdout) and wait for
+    ``marker``: return at once when it shows, when QEMU exits, or at the deadline. QEMU
+    never outlives the call.
+    """
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    buf = b""
+    seen = False
+    try:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        while not seen:
+            left = t0 + deadline_s - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break  # QEMU exited
+            buf = (buf + chunk)[-8192:]
+            seen = marker.search(buf) is not None
+    finally:
+        ended = proc.poll() is not None
+        if not ended:
+            proc.kill()
+        proc.wait()
+    tail = buf.decode("utf-8", "replace").strip().splitlines()[-3:]
+    return ConsoleWatch(seen=seen, elapsed_s=round(time.monotonic() - t0, 3),
+                        returncode=proc.returncode if ended else None, tail=" | ".join(tail))
+
+
+def probe_argv(qemu: str, kernel: Path, accel: Accel, arch: str = "x86_64") -> list[str]:
+    """The QEMU that boots ``kernel`` with no root, its console on stdout (pure)."""
+    a = ARCHES[arch]
+    accel_args = (["-accel", "kvm", "-cpu", a.kvm_cpu] if accel is Accel.KVM
+                  else ["-accel", a.tcg_accel, "-cpu", a.tcg_cpu])
+    return [qemu, "-M", a.machine, *accel_args, "-m", "256", "-nodefaults", "-no-user-config",
+            "-no-reboot", "-display", "none", "-chardev", "stdio,id=con,signal=off",
+            "-serial", "chardev:con", "-kernel", str(kernel), "-append", PROBE_CMDLINE]
+
+
+def probe_kvm(qemu: str, kernel: Path, arch: str = "x86_64",
+              deadline_s: float = KVM_PROBE_DEADLINE_S) -> str | None:
+    """Why KVM cannot be used here, or None when it was seen to make progress.
+
+    Opening ``/dev/kvm`` is not enough, nor is a QEMU that starts: on some hosts
+    ``-cpu host`` aborts at the first vCPU reset (``failed to set MSR 0x10a``), on
+    others the guest runs the firmware and then hangs for good. So boot ``kernel``
+    with KVM and require its first console line within ``deadline_s``.
     """
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "/dev/kvm is missing or not accessible"
-    a = ARCHES[arch]
-    argv = [qemu, "-accel", "kvm", "-cpu", a.kvm_cpu, "-M", a.machine, "-display", "none",
-            "-nodefaults", "-no-user-config", "-S", "-qmp", "stdio", "-serial", "none",
-            "-monitor", "none"]
+    argv = probe_argv(qemu, kernel, Accel.KVM, arch)
     log.info("probing KVM: %s", shlex.join(argv))
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout_s
-    works = False
-    try:
-        if proc.stdout is not None and proc.stdin is not None:
-            out = _read_until(proc.stdout, b'{"QMP"', deadline)
-            if b'{"QMP"' in out:
-                with contextlib.suppress(OSError):
-                    proc.stdin.write(b'{"execute": "qmp_capabilities"}\n'
-                                     b'{"execute": "human-monitor-command", '
-                                     b'"arguments": {"command-line": "info registers"}}\n')
-                    proc.stdin.flush()
-                out = _read_until(proc.stdout, b"IP=", deadline, out)
-                works = b"RIP=" in out or b"EIP=" in out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    if works:
+    w = watch_console(argv, KERNEL_FIRST_LINE, deadline_s)
+    if w.seen:
+        log.info("KVM works: the kernel's first line after %.1f s", w.elapsed_s)
         return None
-    err = (proc.stderr.read().decode("utf-8", "replace") if proc.stderr else "").strip()
-    first = err.splitlines()[0] if err else ""
-    if proc.returncode is not None and proc.returncode != -signal.SIGKILL:
-        return f"QEMU with KVM exited at once ({first or f'status {proc.returncode}'})"
-    return f"QEMU with KVM did not come up within {timeout_s:g} s" + (f" ({first})"
-                                                                       if first else "")
+    if w.returncode is not None:
+        return f"QEMU with KVM exited {w.returncode} before the kernel printed anything" + (
+            f" ({w.tail})" if w.tail else "")
+    return (f"no kernel output with KVM within {deadline_s:g} s (the guest hangs)"
+            + (f"; last output: {w.tail}" if w.tail else ""))
 
 
-def _read_until(stream: IO[bytes], marker: bytes, deadline: float, buf: bytes = b"") -> bytes:
-    # read a pipe until marker shows up, EOF, or the deadline; return all read so far
-    fd = stream.fileno()
-    while marker not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        buf += chunk
-    return buf
+@dataclass(frozen=True, slots=True)
+class KvmVerdict:
+    """Whether KVM works on this host boot (``reason`` None: it does)."""
+
+    reason: str | None
+    probed_s: float = 0.0
+    cached: bool = False
+
+
+def kvm_verdict(qemu: str, kernel: Path, arch: str = "x86_64", *,
+                cache_dir: Path = CACHE_DIR, boot_id: Path = _BOOT_ID) -> KvmVerdict:
+    """:func:`probe_kvm`, decided once per host boot and QEMU binary: the verdict is
+    kept under ``cache_dir`` keyed by the kernel's ``boot_id``, so only the first run
+    after a reboot (or a QEMU upgrade) pays for the probe.
+    """
+    try:
+        bid = boot_id.read_text().strip()
+    except OSError:
+        bid = ""
+    key = hashlib.sha256(f"{bid}\0{qemu}\0{_mtime(qemu)}\0{arch}".encode()).hexdigest()[:16]
+    path = cache_dir / f"kvm-verdict-{key}.json"
+    if bid:
+        try:
+            saved = json.loads(path.read_text())
+            return KvmVerdict(reason=saved["reason"], probed_s=float(saved["probed_s"]),
+                              cached=True)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    t0 = time.monotonic()
+    reason = probe_kvm(qemu, kernel, arch)
+    verdict = KvmVerdict(reason=reason, probed_s=round(time.monotonic() - t0, 3))
+    if bid:
+        with contextlib.suppress(OSError):
+            atomic_write(path, json.dumps({"reason": reason, "probed_s": verdict.probed_s,
+                                           "boot_id": bid, "qemu": qemu}))
+    return verdict
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+_CHOSEN: dict[tuple[str, str], Accel] = {}
 
 
 def choose_accel(cfg: GuestConfig, qemu: str) -> Accel:
-    """Resolve ``auto``: KVM when the probe passes, else TCG with a one-line warning."""
+    """Resolve ``auto``: KVM when it was seen to boot a kernel on this host boot, else
+    TCG with a one-line warning (once per process). Every command that boots asks here.
+    """
     if cfg.accel is not Accel.AUTO:
         return cfg.accel
-    reason = probe_accel(qemu, cfg.arch)
-    if reason is None:
-        return Accel.KVM
-    log.warning("KVM unusable (%s); using TCG", reason)
-    return Accel.TCG
+    key = (qemu, cfg.arch)
+    if key not in _CHOSEN:
+        v = kvm_verdict(qemu, cfg.kernel, cfg.arch)
+        if v.reason is None:
+            _CHOSEN[key] = Accel.KVM
+        else:
+            how = ("decided earlier on this host boot" if v.cached
+                   else f"probed in {v.probed_s:.1f} s")
+            log.warning("KVM unusable (%s; %s); using TCG", v.reason, how)
+            _CHOSEN[key] = Accel.TCG
+    return _CHOSEN[key]
 
 
 def kernel_cmdline(cfg: GuestConfig) -> str:

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -183,22 +182,18 @@ def prepare(kimg: kernel.KernelImage, cfg: qemu.GuestConfig, spec: GuestSpec, *,
     return cfg, qemu.qemu_argv(cfg, qemu_bin, accel)
 
 
-_PYZIP_LOCK = threading.Lock()
-
-
 def _warm(project: Path, out_dir: Path) -> None:
     # byte code, pytest's rewritten tests and hypothesis's constants, built on the host
-    # (one guest's worth of Python start-up); the guest's cwd is the output share
-    with _PYZIP_LOCK:
-        hyp = warm.warm_caches(project, project / "tests" / "guest", sys.executable, CACHE_DIR)
-        cexec.build_library(CACHE_DIR)  # the batch executor the guest's fuzz tests load
+    # (one guest's worth of Python start-up); the guest's cwd is the output share.
+    # Each cache serialises its own writers (kapi_selftests.cache).
+    hyp = warm.warm_caches(project, project / "tests" / "guest", sys.executable, CACHE_DIR)
+    cexec.build_library(CACHE_DIR)  # the batch executor the guest's fuzz tests load
     warm.copy_constants(hyp, out_dir / ".hypothesis")
 
 
 def _guest_pyzip(project: Path) -> Path | None:
-    # one build at a time (guests boot from threads); the zip is cached by content
-    with _PYZIP_LOCK:
-        return pyzip.build_pyzip(CACHE_DIR / "pyzip", _python_path(), project)
+    # the zip is cached by content
+    return pyzip.build_pyzip(CACHE_DIR / "pyzip", _python_path(), project)
 
 
 def _die_with_parent() -> None:

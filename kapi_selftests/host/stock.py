@@ -10,6 +10,7 @@ extracted, never installed. Resolving asks apt which ``linux-image-*-amd64`` the
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from kapi_selftests.cache import locked
 from kapi_selftests.errors import MissingFeature
 
 __all__ = ["DEFAULT_CACHE", "resolve_stock_package", "fetch_stock_kernel"]
@@ -64,6 +66,11 @@ def fetch_stock_kernel(cache: Path = DEFAULT_CACHE, package: str | None = None,
     Idempotent: an already extracted package is reused. ``cache/stock`` points at it.
     """
     pkg = package or resolve_stock_package()
+    with locked(cache / ".lock"):  # two setups at once extract once
+        return _fetch(cache, pkg, force)
+
+
+def _fetch(cache: Path, pkg: str, force: bool) -> Path:
     dest = cache / pkg
     link = cache / "stock"
     if force and dest.exists():
@@ -82,10 +89,11 @@ def fetch_stock_kernel(cache: Path = DEFAULT_CACHE, package: str | None = None,
             if dest.exists():
                 shutil.rmtree(dest)
             x.rename(dest)
-    if link.is_symlink() or link.exists():
-        if link.resolve() == dest.resolve():
-            return dest
-        link.unlink()
-    link.symlink_to(dest.name)
+    if link.is_symlink() and link.resolve() == dest.resolve():
+        return dest
+    tmp_link = cache / f".stock.{os.getpid()}"
+    tmp_link.unlink(missing_ok=True)
+    tmp_link.symlink_to(dest.name)
+    os.replace(tmp_link, link)
     log.info("stock kernel: %s -> %s", link, dest)
     return dest

@@ -29,6 +29,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from kapi_selftests import cache
+
 __all__ = ["warm_caches", "copy_constants"]
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,11 @@ def warm_caches(project: Path, tests: Path, python: str, cache_dir: Path) -> Pat
     :returns: the hypothesis storage directory holding ``constants/``, or None when
         the caches could not be built (logged; the guest then builds them itself)
     """
+    with cache.locked(cache_dir / ".warm.lock"):  # one warming at a time, across processes
+        return _warm(project, tests, python, cache_dir)
+
+
+def _warm(project: Path, tests: Path, python: str, cache_dir: Path) -> Path | None:
     key = _key(project, python)
     hyp = cache_dir / "hypothesis"
     stamp = cache_dir / f"warm-{key}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -186,6 +188,31 @@ def test_kernel_pvh_vmlinux_extracted_from_gzip_bzimage(tmp_path: Path) -> None:
     out = kernel.pvh_vmlinux(img, tmp_path / "cache")
     assert out is not None and out.read_bytes() == inner
     assert kernel.pvh_vmlinux(img, tmp_path / "cache") == out  # cached
+
+
+def _extract(img: Path, cache: Path) -> tuple[str, bytes]:
+    out = kernel.pvh_vmlinux(img, cache)
+    assert out is not None
+    return str(out), out.read_bytes()
+
+
+def test_kernel_pvh_vmlinux_many_extractions_at_once(tmp_path: Path) -> None:
+    # the guests of one run (threads) and other runs (processes) booting a kernel the
+    # cache has not seen: each gets the whole vmlinux, and no temporary file is left
+    img = tmp_path / "bzImage"
+    inner = elf64(pvh=True) + bytes(range(256)) * 16384  # 4 MiB: writes take a while
+    img.write_bytes(bzimage(payload=gzip_payload(inner)))
+    cache = tmp_path / "cache"
+    ctx = multiprocessing.get_context("fork")
+    with concurrent.futures.ThreadPoolExecutor(8) as threads, \
+            concurrent.futures.ProcessPoolExecutor(4, mp_context=ctx) as procs:
+        futs = [threads.submit(_extract, img, cache) for _ in range(8)]
+        futs += [procs.submit(_extract, img, cache) for _ in range(4)]
+        got = [f.result() for f in futs]
+    assert {path for path, _ in got} == {str(cache / Path(got[0][0]).name)}
+    assert all(data == inner for _, data in got)
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [
+        Path(got[0][0]).name]
 
 
 def test_kernel_pvh_vmlinux_none_without_note(tmp_path: Path) -> None:

@@ -1,11 +1,9 @@
-"""QEMU and vng argv builders, GuestConfig checks, the KVM probe (subprocess mocked)."""
+"""QEMU and vng argv builders, GuestConfig checks, the KVM decision (the probe's QEMU
+mocked; tests/vm/test_accel_probe.py runs a real one)."""
 
 from __future__ import annotations
 
-import io
 import logging
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -91,98 +89,106 @@ def test_qemu_vng_argv_kvm_keeps_kvm() -> None:
     assert "--disable-kvm" not in qemu.vng_argv(_cfg(), "true", accel=Accel.KVM)
 
 
-class _FakeProc:
-    """A QEMU that either greets on QMP (KVM works) or aborts (stderr, exit 134)."""
-
-    def __init__(self, greets: bool, err: str = "") -> None:
-        r, w = os.pipe()
-        if greets:
-            os.write(w, b'{"QMP": {"version": {}}}\r\n{"return": {}}\r\n'
-                        b'{"return": "RAX=0000000000000000 RBX=0 RIP=000000000000fff0"}\r\n')
-        else:
-            os.close(w)
-            w = -1
-        self._w = w
-        self.stdout = os.fdopen(r, "rb")
-        self.stderr = io.BytesIO(err.encode())
-        self.stdin = io.BytesIO()
-        self.returncode: int | None = None if greets else 134
-        self.killed = False
-
-    def poll(self) -> int | None:
-        return self.returncode
-
-    def kill(self) -> None:
-        self.killed = True
-        self.returncode = -9
-        if self._w >= 0:
-            os.close(self._w)
-            self._w = -1
-
-    def wait(self) -> int | None:
-        return self.returncode
-
-
 @pytest.fixture
 def kvm_dev(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(qemu.os, "access", lambda p, m: True)
-    qemu.probe_accel.cache_clear()
+    qemu._CHOSEN.clear()
+
+
+def _watching(monkeypatch: pytest.MonkeyPatch, w: qemu.ConsoleWatch) -> list[list[str]]:
+    seen: list[list[str]] = []
+
+    def watch(argv: list[str], marker: Any, deadline_s: float) -> qemu.ConsoleWatch:
+        seen.append(argv)
+        assert marker is qemu.KERNEL_FIRST_LINE and deadline_s <= 15
+        return w
+
+    monkeypatch.setattr(qemu, "watch_console", watch)
+    return seen
+
+
+def test_qemu_probe_kvm_booting_the_kernel_is_usable(monkeypatch: pytest.MonkeyPatch,
+                                                     kvm_dev: None) -> None:
+    argvs = _watching(monkeypatch, qemu.ConsoleWatch(True, 0.8, None, "Linux version 7.2"))
+    assert qemu.probe_kvm("q", Path("/k/bzImage")) is None
+    argv = argvs[0]
+    assert _opt(argv, "-accel") == ["kvm"] and _opt(argv, "-kernel") == ["/k/bzImage"]
+    assert "earlyprintk=serial" in _opt(argv, "-append")[0]
 
 
 def test_qemu_probe_kvm_that_aborts_is_unusable(monkeypatch: pytest.MonkeyPatch,
                                                 kvm_dev: None) -> None:
-    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: _FakeProc(
-        False, "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\n"))
-    reason = qemu.probe_accel("qemu-x")
-    assert reason is not None and "failed to set MSR" in reason
+    _watching(monkeypatch, qemu.ConsoleWatch(
+        False, 0.1, -6, "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69"))
+    reason = qemu.probe_kvm("q", Path("/k"))
+    assert reason is not None and "exited -6" in reason and "failed to set MSR" in reason
 
 
-def test_qemu_probe_kvm_that_dumps_registers_is_usable(monkeypatch: pytest.MonkeyPatch,
-                                             kvm_dev: None) -> None:
-    procs: list[_FakeProc] = []
-    monkeypatch.setattr(subprocess, "Popen",
-                        lambda *a, **k: procs.append(_FakeProc(True)) or procs[-1])
-    assert qemu.probe_accel("qemu-y") is None
-    assert procs[0].killed
-    assert b"info registers" in procs[0].stdin.getvalue()
-
-
-def test_qemu_probe_kvm_that_greets_then_aborts_is_unusable(
+def test_qemu_probe_kvm_that_hangs_after_the_bios_is_unusable(
         monkeypatch: pytest.MonkeyPatch, kvm_dev: None) -> None:
-    # what these machines do: the QMP greeting, then the MSR abort at the vCPU reset
-    class GreetThenAbort(_FakeProc):
-        def __init__(self) -> None:
-            super().__init__(False, "error: failed to set MSR 0x10a to 0x69\n")
-            r, w = os.pipe()
-            os.write(w, b'{"QMP": {"version": {}}}\r\n')
-            os.close(w)
-            self.stdout = os.fdopen(r, "rb")
-
-    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: GreetThenAbort())
-    reason = qemu.probe_accel("qemu-w")
-    assert reason is not None and "failed to set MSR" in reason
+    # what one machine does: SeaBIOS and the setup code print, then nothing
+    _watching(monkeypatch, qemu.ConsoleWatch(False, 15.0, None,
+                                             "Booting from ROM... | Probing EDD"))
+    reason = qemu.probe_kvm("q", Path("/k"))
+    assert reason is not None and "within 15 s" in reason and "Probing EDD" in reason
 
 
-def test_qemu_probe_kvm_slow_to_start_is_not_taken_for_working(
-        monkeypatch: pytest.MonkeyPatch, kvm_dev: None) -> None:
-    # alive but silent (a loaded host): no greeting within the timeout -> not usable
-    class Silent(_FakeProc):
-        def __init__(self) -> None:
-            super().__init__(True)
-            self.stdout = os.fdopen(os.pipe()[0], "rb")
+def test_qemu_probe_kvm_without_dev_kvm_starts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(qemu.os, "access", lambda p, m: False)
+    argvs = _watching(monkeypatch, qemu.ConsoleWatch(True, 0.1, None, ""))
+    assert qemu.probe_kvm("q", Path("/k")) == "/dev/kvm is missing or not accessible"
+    assert argvs == []
 
-    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: Silent())
-    reason = qemu.probe_accel("qemu-z", "x86_64", 0.2)
-    assert reason is not None and "did not come up" in reason
+
+def test_qemu_kvm_verdict_is_kept_per_host_boot(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(qemu, "probe_kvm", lambda q, k, a: calls.append(q) or "hangs")
+    bid = tmp_path / "boot_id"
+    bid.write_text("b1\n")
+    first = qemu.kvm_verdict("q", Path("/k"), cache_dir=tmp_path, boot_id=bid)
+    again = qemu.kvm_verdict("q", Path("/k2"), cache_dir=tmp_path, boot_id=bid)
+    assert (first.reason, first.cached) == ("hangs", False)
+    assert (again.reason, again.cached) == ("hangs", True)
+    assert calls == ["q"]  # the second run paid nothing
+    bid.write_text("b2\n")  # the host rebooted: probe again
+    assert not qemu.kvm_verdict("q", Path("/k"), cache_dir=tmp_path, boot_id=bid).cached
+    assert calls == ["q", "q"]
+    # a working KVM is kept too (reason None)
+    monkeypatch.setattr(qemu, "probe_kvm", lambda q, k, a: None)
+    assert qemu.kvm_verdict("q2", Path("/k"), cache_dir=tmp_path, boot_id=bid).reason is None
+    assert qemu.kvm_verdict("q2", Path("/k"), cache_dir=tmp_path, boot_id=bid).cached
+
+
+def test_qemu_kvm_verdict_without_boot_id_is_not_cached(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    monkeypatch.setattr(qemu, "probe_kvm", lambda q, k, a: "x")
+    for _ in range(2):
+        v = qemu.kvm_verdict("q", Path("/k"), cache_dir=tmp_path, boot_id=tmp_path / "none")
+        assert not v.cached
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_qemu_choose_accel_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(qemu, "probe_accel", lambda q, a: "no /dev/kvm")
+                                                       caplog: pytest.LogCaptureFixture,
+                                                       kvm_dev: None) -> None:
+    asked: list[Path] = []
+    monkeypatch.setattr(qemu, "kvm_verdict", lambda q, k, a: asked.append(k) or
+                        qemu.KvmVerdict("no kernel output with KVM within 15 s", 15.0))
     with caplog.at_level(logging.WARNING):
         assert qemu.choose_accel(_cfg(), "q") is Accel.TCG
-    assert [r.getMessage() for r in caplog.records] == ["KVM unusable (no /dev/kvm); using TCG"]
+        assert qemu.choose_accel(_cfg(), "q") is Accel.TCG  # decided once per process
+    assert [r.getMessage() for r in caplog.records] == [
+        "KVM unusable (no kernel output with KVM within 15 s; probed in 15.0 s); using TCG"]
+    assert asked == [Path("/k/bzImage")]  # the probe boots the kernel under test
     assert qemu.choose_accel(_cfg(accel=Accel.KVM), "q") is Accel.KVM
+    assert qemu.choose_accel(_cfg(accel=Accel.TCG), "q") is Accel.TCG
+
+
+def test_qemu_choose_accel_takes_a_working_kvm(monkeypatch: pytest.MonkeyPatch,
+                                               kvm_dev: None) -> None:
+    monkeypatch.setattr(qemu, "kvm_verdict", lambda q, k, a: qemu.KvmVerdict(None, 0.9))
+    assert qemu.choose_accel(_cfg(), "q") is Accel.KVM
 
 
 def test_qemu_missing_binary_is_missing_feature(monkeypatch: pytest.MonkeyPatch) -> None:

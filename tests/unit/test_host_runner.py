@@ -168,13 +168,12 @@ def _fake(monkeypatch: pytest.MonkeyPatch, console: bytes, files: dict[str, str]
     def popen(argv: list[str], **kw: Any) -> Any:
         if "qemu" not in str(argv[0]):  # not QEMU (ctypes runs ldconfig): the real thing
             return real_popen(argv, **kw)
-        if "-S" in argv:  # the KVM probe: it aborts, as on these machines
+        if qemu.PROBE_CMDLINE in argv:  # the KVM probe: it aborts, as on some machines
             p = FakeQemu(argv + ["mount_tag=kapiout,path=/tmp"], b"", {})
             r, w = os.pipe()
+            os.write(w, b"error: failed to set MSR 0x10a to 0x69\n")
             os.close(w)
             p.stdout = os.fdopen(r, "rb")
-            p.stderr = io.BytesIO(b"error: failed to set MSR 0x10a to 0x69\n")
-            p.stdin = io.BytesIO()
             p.returncode = 134
             return p
         made.append(FakeQemu(argv, console, files, hang))
@@ -182,7 +181,10 @@ def _fake(monkeypatch: pytest.MonkeyPatch, console: bytes, files: dict[str, str]
 
     monkeypatch.setattr(subprocess, "Popen", popen)
     monkeypatch.setattr(qemu, "find_qemu", lambda arch="x86_64": "/usr/bin/qemu-system-x86_64")
-    qemu.probe_accel.cache_clear()
+    # the probe runs (against the fake), its verdict is not kept in the user's cache
+    monkeypatch.setattr(qemu, "kvm_verdict",
+                        lambda q, k, a: qemu.KvmVerdict(qemu.probe_kvm(q, k, a)))
+    qemu._CHOSEN.clear()
     return made
 
 
@@ -455,7 +457,7 @@ def test_run_kernel_kvm_dying_before_the_kernel_retries_with_tcg(
     made = _fake(monkeypatch, CLEAN, {"status": "0\n", "junit.xml": JUNIT.replace(
         '<failure message="assert 1 == 2">', "<x>").replace("AssertionError</failure>", "</x>")})
     fake_popen = subprocess.Popen
-    monkeypatch.setattr(qemu, "probe_accel", lambda q, a="x86_64": None)  # "KVM works"
+    monkeypatch.setattr(qemu, "kvm_verdict", lambda q, k, a: qemu.KvmVerdict(None))  # "KVM works"
 
     def popen(argv: list[str], **kw: Any) -> Any:
         p = fake_popen(argv, **kw)
