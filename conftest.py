@@ -28,6 +28,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "KAPI_KERNEL)")
     group.addoption("--modules", metavar="DIR", default=None,
                     help="modules directory of a modular (distribution) kernel")
+    group.addoption("--accel", choices=("auto", "kvm", "tcg"),
+                    default=os.environ.get("KAPI_ACCEL") or "auto",
+                    help="with --kernel: auto (default, or KAPI_ACCEL) takes KVM once it has "
+                         "been seen to boot a kernel on this host boot, else TCG")
     group.addoption("--require-kapi", action="store_true",
                     default=os.environ.get("KAPI_STRICT") == "1",
                     help="fail instead of skip when the kapi tracepoints or specs are missing")

@@ -6,6 +6,9 @@ them and turns them into one line on stderr and an exit code.
 
 from __future__ import annotations
 
+import os
+import traceback
+
 __all__ = [
     "KSFT_PASS",
     "KSFT_FAIL",
@@ -19,6 +22,7 @@ __all__ = [
     "DecodeError",
     "LostGuest",
     "BuildError",
+    "describe_exception",
 ]
 
 KSFT_PASS = 0
@@ -77,3 +81,22 @@ class BuildError(KapiError):
     """A kernel could not be configured, patched or built."""
 
     exit_code = KSFT_SKIP
+
+
+def describe_exception(e: BaseException) -> str:
+    """``in <step> (file:line): Type: message``, the step being the innermost function of
+    this package the exception went through (else the innermost of all).
+    """
+    frames = traceback.extract_tb(e.__traceback__)
+    ours = [f for f in frames if "/kapi_selftests/" in f.filename] or frames
+    where = ""
+    if ours:
+        f = ours[-1]
+        _, sep, rel = f.filename.rpartition("/kapi_selftests/")
+        file = f"kapi_selftests/{rel}" if sep else os.path.basename(f.filename)
+        where = f"in {f.name} ({file}:{f.lineno}): "
+    msg = " ".join(str(e).split())
+    kind = type(e).__qualname__
+    if type(e).__module__ not in ("builtins", "__main__"):
+        kind = f"{type(e).__module__}.{kind}"
+    return f"{where}{kind}" + (f": {msg}" if msg else "")

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KSFT_SKIP
 
-__all__ = ["Outcome", "TestResult", "format_ktap", "parse_ktap", "exit_code"]
+__all__ = ["Outcome", "TestResult", "format_ktap", "format_ktap_unrun", "parse_ktap",
+           "exit_code"]
 
 
 class Outcome(enum.Enum):
@@ -78,6 +79,15 @@ def format_ktap(results: Sequence[TestResult], *, header: Sequence[str] = ()) ->
     lines.append(f"# Totals: pass:{c[Outcome.PASS]} fail:{c[Outcome.FAIL]} "
                  f"xfail:0 xpass:0 skip:{c[Outcome.SKIP]} error:{c[Outcome.ERROR]}")
     return "\n".join(lines) + "\n"
+
+
+def format_ktap_unrun(reason: str, *, header: Sequence[str] = ()) -> str:
+    """A KTAP document for a run where nothing could run: an empty plan skipped with
+    ``reason`` (as kselftest's ``ksft_exit_skip`` reports it), so CI shows why.
+    """
+    reason = " ".join(reason.split())
+    return "\n".join(["KTAP version 1", *(f"# {h}" for h in header),
+                      f"1..0 # SKIP {reason}"]) + "\n"
 
 
 _RESULT = re.compile(r"^(?P<indent>\s*)(?P<ok>ok|not ok) (?P<n>\d+)(?: (?P<name>[^#]*?))?\s*"

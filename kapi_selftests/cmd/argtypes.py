@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kapi_selftests.errors import KSFT_FAIL, KapiError
+from kapi_selftests.errors import KSFT_FAIL, KSFT_SKIP, KapiError, describe_exception
 
 __all__ = ["existing_path", "existing_dir", "existing_file", "positive_int", "nonneg_int",
-           "fraction", "guest_entry", "call_reporting"]
+           "fraction", "add_accel", "guest_entry", "call_reporting"]
+
+ACCELS = ("auto", "kvm", "tcg")
 
 
 def existing_path(s: str) -> Path:
@@ -73,6 +77,23 @@ def fraction(s: str) -> float:
     return v
 
 
+def _accel(s: str) -> str:
+    if s not in ACCELS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {s!r} (choose from "
+                                         f"{', '.join(ACCELS)})")
+    return s
+
+
+def add_accel(group: argparse._ActionsContainer) -> None:
+    """``--accel auto|kvm|tcg`` of every command that boots a guest (default KAPI_ACCEL,
+    else auto: KVM once it was seen to boot a kernel on this host boot, else TCG).
+    """
+    group.add_argument("--accel", type=_accel, metavar="auto|kvm|tcg",
+                       default=os.environ.get("KAPI_ACCEL") or "auto",
+                       help="auto (default, or KAPI_ACCEL) takes KVM once it has been seen to "
+                            "boot a kernel on this host boot, else TCG")
+
+
 def guest_entry(prog: str, add_arguments: Callable[[argparse.ArgumentParser], None],
                 run: Callable[[argparse.Namespace], int], argv: Sequence[str]) -> int:
     """Run one subcommand in a guest without :mod:`kapi_selftests.cli`.
@@ -107,3 +128,12 @@ def call_reporting(prog: str, run: Callable[[argparse.Namespace], int],
         return KSFT_FAIL
     except BrokenPipeError:
         return KSFT_FAIL
+    except Exception as e:  # a bug of ours: one line, exit 4, the traceback on request
+        print(f"{prog}: internal error {describe_exception(e)}", file=sys.stderr)
+        if getattr(args, "verbose", 0) or os.environ.get("KAPI_DEBUG") == "1":
+            traceback.print_exc()
+        else:
+            print("hint: this is a bug in kapi-selftests; -v or KAPI_DEBUG=1 shows the "
+                  "traceback", file=sys.stderr)
+        return KSFT_SKIP
+

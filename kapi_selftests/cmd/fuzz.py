@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from kapi_selftests.cmd.argtypes import (
+    add_accel,
     existing_path,
     fraction,
     guest_entry,
@@ -137,6 +138,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     vm.add_argument("--max-restarts", type=nonneg_int, default=20,
                     help="give a shard up after this many crashed guests (default 20)")
     vm.add_argument("--console", action="store_true", help="echo guest consoles on stderr")
+    add_accel(vm)
     p.add_argument("--guest-out", type=Path, help=argparse.SUPPRESS)
 
 
@@ -403,7 +405,7 @@ def run_kernel(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cfg = qemu.config_from_env(qemu.GuestConfig(kernel=kimg.image))
     timeout_s = int(args.duration + 600) if args.duration is not None else 24 * 3600
-    cfg = dataclasses.replace(cfg, timeout_s=timeout_s, cpus=1,
+    cfg = dataclasses.replace(cfg, timeout_s=timeout_s, cpus=1, accel=qemu.Accel(args.accel),
                               progress_timeout_s=args.progress_timeout_s,
                               **({"memory_mb": args.memory_mb} if args.memory_mb else {}))
     if args.kcov:  # the same edge ids in every boot, whatever CONFIG_RANDOMIZE_BASE is

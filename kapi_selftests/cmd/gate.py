@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kapi_selftests.cmd.argtypes import add_accel
 from kapi_selftests.cmd.build_kernel import (
     DEFAULT_FRAGMENT,
     PathArgumentError,
@@ -100,7 +101,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "fix; passed on a re-run: flaky (default 1; 0: no re-run)")
     r.add_argument("--memory-mb", type=_count, help="guest RAM")
     r.add_argument("--timeout-s", type=_count, help="kill a guest after this long")
-    r.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    add_accel(r)
     r.add_argument("--console", action="store_true", help="echo the guest consoles on stderr")
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", type=Path, default=Path("gate-out"),
@@ -134,7 +135,7 @@ def _verdict(args: argparse.Namespace, mode: str) -> GateVerdict:
     if mode == "compare":
         base_dir, patched_dir = args.compare
         return compare(load_run(base_dir, "base"), load_run(patched_dir, "patched"))
-    from kapi_selftests.host import gate_run, qemu
+    from kapi_selftests.host import gate_run, kernel, qemu
 
     base_image: Path | None = args.base_kernel
     patched_image: Path | None = args.kernel
@@ -155,8 +156,9 @@ def _verdict(args: argparse.Namespace, mode: str) -> GateVerdict:
     if cfg.accel is qemu.Accel.AUTO:
         # One accelerator for both kernels: the timings must be comparable.
         try:
-            accel = qemu.choose_accel(qemu.GuestConfig(kernel=Path(base_image)),
-                                      qemu.find_qemu())
+            accel = qemu.choose_accel(
+                qemu.GuestConfig(kernel=kernel.find_kernel(Path(base_image)).image),
+                qemu.find_qemu())
         except MissingFeature as e:
             return unjudged(str(e), hints=(e.hint,) if e.hint else ())
         cfg = dataclasses.replace(cfg, accel=accel)

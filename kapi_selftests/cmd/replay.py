@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from kapi_selftests.cmd.argtypes import existing_path
+from kapi_selftests.cmd.argtypes import add_accel, existing_path
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KapiError, LostGuest, MissingFeature
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="replay in a QEMU guest booting this kernel (default: here)")
     p.add_argument("--modules", type=existing_path, metavar="DIR",
                    help="modules of a modular kernel")
+    add_accel(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
 
@@ -92,7 +93,7 @@ def _replay_kernel(args: argparse.Namespace, r: object) -> tuple[bool, str]:
     argv = (sys.executable, "-S", "-c", _GUEST_ENTRY, f"{GUEST_OUT}/repro.json",
             "--result", f"{GUEST_OUT}/result.json")
     cfg = dataclasses.replace(qemu.config_from_env(qemu.GuestConfig(kernel=kimg.image)),
-                              out_dir=work, cpus=1)
+                              out_dir=work, cpus=1, accel=qemu.Accel(args.accel))
     cfg, qargv = runner.prepare(kimg, cfg, runner.GuestSpec(argv=argv, env=runner.guest_env()))
     run = runner.boot(cfg, qargv)
     if run.splats:

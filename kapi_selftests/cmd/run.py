@@ -22,10 +22,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kapi_selftests.cmd.argtypes import existing_dir, existing_path, guest_entry, positive_int
-from kapi_selftests.errors import MissingFeature, UsageError
+from kapi_selftests.cmd.argtypes import (
+    add_accel,
+    existing_dir,
+    existing_path,
+    guest_entry,
+    positive_int,
+)
+from kapi_selftests.errors import KapiError, MissingFeature, UsageError
 from kapi_selftests.host.initramfs import FIRST_TEST_MARKER
-from kapi_selftests.report import Outcome, TestResult, exit_code, format_ktap
+from kapi_selftests.report import (
+    Outcome,
+    TestResult,
+    exit_code,
+    format_ktap,
+    format_ktap_unrun,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          "--console)")
     vm.add_argument("--runner", choices=("qemu", "vng"), default="qemu",
                     help="boot with QEMU directly (default) or with virtme-ng (needs udev)")
-    vm.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
-                    help="auto probes KVM and falls back to TCG")
+    add_accel(vm)
     vm.add_argument("--no-pvh", dest="pvh", action="store_false",
                     help="boot the bzImage as is, not its inner vmlinux via PVH (the "
                          "default when the kernel has a PVH note: skips decompression)")
@@ -161,8 +172,12 @@ def run_kernel(args: argparse.Namespace) -> int:
                               require_kapi=args.require_kapi, save_trace=args.save_trace,
                               runner=args.runner, work_dir=args.work_dir,
                               keyword=args.keyword)
-    results, runs = runner.run_guests(req, echo=sys.stderr if args.console else None)
     header = [f"kernel: {kimg.image}" + (f" ({kimg.release})" if kimg.release else "")]
+    try:
+        results, runs = runner.run_guests(req, echo=sys.stderr if args.console else None)
+    except KapiError as e:
+        _report_unrun(str(e), args, header)
+        raise
     for i, r in enumerate(runs):
         t = r.timings
         header.append(f"guest{i}: boot-to-init {t.init_s} s, boot-to-first-test "
@@ -180,6 +195,21 @@ def _report(results: list[TestResult], args: argparse.Namespace, header: list[st
         from kapi_selftests.host.runner import write_junit
         write_junit(results, args.junit)
     return exit_code(results)
+
+
+def _report_unrun(reason: str, args: argparse.Namespace, header: list[str]) -> None:
+    """Nothing came back from any guest: still a KTAP document and a JUnit file, which
+    say why (the caller then reports the error itself, with its exit code).
+    """
+    text = format_ktap_unrun(f"could not run: {reason}", header=header)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if args.ktap:
+        args.ktap.write_text(text)
+    if args.junit:
+        from kapi_selftests.host.runner import write_junit
+        write_junit([TestResult(name="guest", outcome=Outcome.ERROR,
+                                reason=f"could not run: {reason}")], args.junit)
 
 
 # --- in the guest (or as root here): run pytest in-process -----------------------------
@@ -303,6 +333,10 @@ def merge_junit(parts: Sequence[Path], dest: Path) -> None:
 
 
 def run_local(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise MissingFeature("run --local needs root (a tracefs instance and raw syscalls on "
+                             "the running kernel)",
+                             hint="run it as root, or boot a guest: run --kernel PATH")
     tests: Path = args.tests
     if not tests.is_dir():
         raise MissingFeature(f"in-guest tests not found at {tests}",

@@ -140,6 +140,13 @@ def _check_bzimage(path: Path, head: bytes) -> str:
         raise UsageError(f"{path}: not an x86-64 kernel (bzImage without the 64-bit "
                          f"load flag, boot protocol {version >> 8}.{version & 0xFF})",
                          hint="build with ARCH=x86_64")
+    # the protected-mode part is syssize 16-byte paragraphs after the setup sectors
+    expected = ((head[_SETUP_SECTS_OFF] or 4) + 1) * 512 + \
+        struct.unpack_from("<I", head, _SYSSIZE_OFF)[0] * 16
+    size = path.stat().st_size
+    if size < expected:
+        raise UsageError(f"{path}: truncated bzImage ({size} bytes; its header says "
+                         f"{expected})", hint="copy or build the kernel again")
     return _bzimage_release(head)
 
 
@@ -308,6 +315,7 @@ def find_kernel(path: Path | str, modules: Path | str | None = None) -> KernelIm
                        modules_dir=mods.resolve() if mods else None)
 
 
+_SYSSIZE_OFF = 0x1F4  # u32: the protected-mode code's size in 16-byte paragraphs
 _PAYLOAD_OFF = 0x248  # u32 payload_offset, u32 payload_length (boot protocol >= 2.08)
 _SETUP_SECTS_OFF = 0x1F1
 

@@ -60,7 +60,8 @@ def _run_guest_suite(config: pytest.Config) -> list[TestResult]:
 
     try:
         kimg = kernel.find_kernel(config.getoption("--kernel"), config.getoption("--modules"))
-        cfg = qemu.config_from_env(qemu.GuestConfig(kernel=kimg.image))
+        cfg = qemu.config_from_env(qemu.GuestConfig(
+            kernel=kimg.image, accel=qemu.Accel(config.getoption("--accel"))))
         req = runner.SuiteRequest(kernel=kimg, config=cfg,
                                   require_kapi=bool(config.getoption("--require-kapi")))
         results, _runs = runner.run_guests(req)

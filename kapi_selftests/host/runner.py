@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import IO
 
 from kapi_selftests import cexec
-from kapi_selftests.errors import LostGuest, MissingFeature, UsageError
+from kapi_selftests.errors import (
+    KapiError,
+    LostGuest,
+    MissingFeature,
+    UsageError,
+    describe_exception,
+)
 from kapi_selftests.host import console as console_mod
 from kapi_selftests.host import initramfs, kernel, pyzip, qemu, warm
 from kapi_selftests.report import Outcome, TestResult
@@ -90,6 +96,7 @@ class GuestRun:
     out_dir: Path
     timings: BootTimings
     returncode: int | None = None
+    error: str | None = None  # the harness failed on this guest (the step and the error)
 
 
 def guest_command(*, python: str = sys.executable, require_kapi: bool = False,
@@ -342,6 +349,8 @@ def host_results(run: GuestRun, *, label: str = "") -> list[TestResult]:
         without writing anything); the message says what was seen
     """
     prefix = f"{label}: " if label else ""
+    if run.error is not None:
+        raise LostGuest(f"{prefix}could not run: {run.error}")
     results = list(run.results)
     for sp in run.splats:
         results.append(TestResult(name=f"{prefix}kernel-console", outcome=Outcome.FAIL,
@@ -446,6 +455,17 @@ def run_guests(req: SuiteRequest, *, echo: IO[str] | None = None,
 
     def one(i: int) -> GuestRun:
         out = base / (f"guest{i}" if n > 1 else "guest")
+        try:
+            return _boot_guest(i, out)
+        except KapiError:
+            raise  # the user's to fix (the same for every guest): reported as such
+        except Exception as e:  # a bug of ours on this guest: the other guests' results stay
+            log.debug("guest%d", i, exc_info=True)
+            return GuestRun(status=None, results=(), splats=(), killed=None,
+                            console=out / "console.log", out_dir=out, timings=BootTimings(),
+                            error=f"internal error {describe_exception(e)}")
+
+    def _boot_guest(i: int, out: Path) -> GuestRun:
         out.mkdir(parents=True, exist_ok=True)
         for stale in ("status", "junit.xml", "ktap.txt", "progress.jsonl", "console.log"):
             (out / stale).unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -253,11 +254,84 @@ def test_run_kernel_no_status_is_lost_guest_exit_4(kernel_dir: Path, tmp_path: P
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     _fake(monkeypatch, b"SeaBIOS\n", {})
-    rc, out, err = _main(["run", "--kernel", str(kernel_dir), "--work-dir", str(tmp_path)],
-                         capsys)
+    junit = tmp_path / "j.xml"
+    rc, out, err = _main(["run", "--kernel", str(kernel_dir), "--work-dir", str(tmp_path),
+                          "--junit", str(junit), "--ktap", str(tmp_path / "k.txt")], capsys)
     assert rc == KSFT_SKIP
-    assert out == ""
     assert "guest returned no status" in err and "never reached the initramfs" in err
+    # every guest lost: still a KTAP document and a JUnit file saying why
+    assert out.startswith("KTAP version 1\n# kernel: ")
+    last = out.splitlines()[-1]
+    assert last.startswith("1..0 # SKIP could not run: guest returned no status")
+    assert (tmp_path / "k.txt").read_text() == out
+    (case,) = runner.parse_junit(junit)
+    assert case.outcome is Outcome.ERROR and "never reached the initramfs" in case.reason
+
+
+def test_run_kernel_internal_error_is_one_line_and_exit_4(
+        kernel_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # the first run's failure: a truncated cache file read back while being written
+    _fake(monkeypatch, CLEAN, {"status": "0\n"})
+
+    def broken(image: Path, cache_dir: Path) -> Path:
+        raise struct.error("unpack_from requires a buffer of at least 40 bytes")
+
+    monkeypatch.setattr(kernel, "pvh_vmlinux", broken)
+    junit = tmp_path / "j.xml"
+    rc, out, err = _main(["run", "--kernel", str(kernel_dir), "--work-dir", str(tmp_path),
+                          "--junit", str(junit)], capsys)
+    assert rc == KSFT_SKIP
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("kapi-selftests: error:")]
+    assert len(lines) == 1, err
+    assert "could not run: internal error in prepare (kapi_selftests/host/runner.py:" in lines[0]
+    assert lines[0].endswith("struct.error: unpack_from requires a buffer of at least 40 bytes")
+    assert out.splitlines()[-1].startswith("1..0 # SKIP could not run: ")
+    assert runner.parse_junit(junit)[0].outcome is Outcome.ERROR
+
+
+def test_run_kernel_internal_error_on_one_guest_keeps_the_others(
+        kernel_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    junit = JUNIT.replace('<failure message="assert 1 == 2">', "<x>").replace(
+        "AssertionError</failure>", "</x>")
+    _fake(monkeypatch, CLEAN, {"status": "0\n", "junit.xml": junit})
+    real_boot = runner.boot
+
+    def boot(cfg: qemu.GuestConfig, argv: list[str], **kw: Any) -> runner.GuestRun:
+        if cfg.out_dir.name == "guest1":
+            raise KeyError("console")
+        return real_boot(cfg, argv, **kw)
+
+    monkeypatch.setattr(runner, "boot", boot)
+    rc, out, err = _main(["run", "--kernel", str(kernel_dir), "--work-dir", str(tmp_path),
+                          "--guests", "2"], capsys)
+    assert rc == KSFT_SKIP  # something could not run: never a pass
+    assert "ok 1 tests/guest/test_smoke.py::test_ok" in out  # guest0's results are there
+    assert "# ERROR guest1: could not run: internal error in _boot_guest (kapi_selftests" in out
+    assert "KeyError: 'console'" in out and "Traceback" not in err
+
+
+def test_cli_internal_error_is_one_line_exit_4_and_traceback_on_request(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    def find_kernel(path: Any, modules: Any = None) -> Any:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(kernel, "find_kernel", find_kernel)
+    monkeypatch.delenv("KAPI_DEBUG", raising=False)
+    rc, out, err = _main(["run", "--kernel", str(tmp_path)], capsys)
+    assert rc == KSFT_SKIP and out == ""
+    first, hint = err.strip().splitlines()
+    # the step is the innermost function of the package the error went through
+    assert first.startswith("kapi-selftests: internal error in run_kernel "
+                            "(kapi_selftests/cmd/run.py:")
+    assert first.endswith("ZeroDivisionError: division by zero")
+    assert "KAPI_DEBUG=1" in hint
+    monkeypatch.setenv("KAPI_DEBUG", "1")
+    rc, _, err = _main(["run", "--kernel", str(tmp_path)], capsys)
+    assert rc == KSFT_SKIP and "Traceback (most recent call last)" in err
 
 
 def test_run_kernel_hung_guest_is_killed(kernel_dir: Path, tmp_path: Path,
