@@ -49,10 +49,11 @@ def existing_file(value: str) -> Path:
 
 
 def _mbox(value: str) -> Path:
+    # absolute: git am runs in the source tree, not in the user's directory
     path = existing_file(value)
     if not os.access(path, os.R_OK):
         raise PathArgumentError(f"{value}: not readable")
-    return path
+    return path.resolve()
 
 
 def _out_dir(value: str) -> Path:
@@ -78,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kernel source tree (git repository or extracted tarball; a tarball "
                         "is made a git repository when a series is applied)")
     p.add_argument("--series", metavar="MBOX", type=_mbox, action="append", default=[],
-                   help="patch mbox to apply with git am, in order (repeatable)")
+                   help="patch mbox to apply with git am, in order (repeatable; --continue "
+                        "remembers them)")
     p.add_argument("--out", metavar="DIR", type=_out_dir, required=True,
                    help="build directory (make O=DIR); the image is DIR/arch/x86/boot/bzImage")
     p.add_argument("--config", metavar="FRAGMENT", type=existing_file, action="append",

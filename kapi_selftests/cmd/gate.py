@@ -60,13 +60,18 @@ def _count(value: str) -> int:
     return n
 
 
+def _abs_file(value: str) -> Path:
+    # absolute: the series is applied in a worktree of the source tree
+    return existing_file(value).resolve()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``gate``."""
     src = p.add_argument_group("kernels")
     src.add_argument("--src", metavar="TREE", type=source_tree,
                      help="kernel tree: the base is the tree as is, the patched kernel the "
                           "tree plus --series (built in git worktrees, cached)")
-    src.add_argument("--series", metavar="MBOX", type=existing_file, action="extend", nargs="+",
+    src.add_argument("--series", metavar="MBOX", type=_abs_file, action="extend", nargs="+",
                      default=[], help="patch mbox files (or one b4 .mbx) of the series, in "
                                       "order (repeatable)")
     src.add_argument("--base-kernel", metavar="PATH", type=_existing,

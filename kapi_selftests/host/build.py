@@ -539,6 +539,27 @@ def _stopped_am(src: Path, patches: Sequence[Patch], applied: int) -> BuildError
                            "(or git am --abort to start over)")
 
 
+_SERIES_FILE = "kapi-selftests-series"  # in the tree's git directory, beside git am's state
+
+
+def save_series(src: Path, series: Sequence[Path]) -> None:
+    """Remember the series being applied to ``src`` (absolute paths), so that
+    ``--continue`` resumes it without ``--series``, as ``git am --continue`` does.
+    """
+    _git_path(src, _SERIES_FILE).write_text("".join(f"{p}\n" for p in series))
+
+
+def saved_series(src: Path) -> list[Path]:
+    """The series :func:`save_series` recorded for ``src`` (empty: none)."""
+    if not _is_git_repo(src):
+        return []
+    try:
+        text = _git_path(src, _SERIES_FILE).read_text()
+    except OSError:
+        return []
+    return [Path(line) for line in text.splitlines() if line]
+
+
 def apply_series(src: Path, patches: Sequence[Patch], *, resume: bool = False) -> tuple[str, ...]:
     """Apply the patches of a series not yet on HEAD with ``git am``.
 
@@ -731,6 +752,9 @@ def build_kernel(src: Path, out: Path, *, series: Sequence[Path] = (), fragment:
                          hint="pass the top directory of the kernel sources with --src")
     if not fragment.is_file():
         raise BuildError(f"{fragment}: config fragment not found")
+    series = [Path(p).resolve() for p in series]
+    if resume and not series:
+        series = saved_series(src)  # what the stopped git am was applying
     patches = read_series(series) if series else ()
     series_bytes = [p.read_bytes() for p in series]
     fragment_bytes = fragment.read_bytes()
@@ -740,9 +764,11 @@ def build_kernel(src: Path, out: Path, *, series: Sequence[Path] = (), fragment:
         if not _is_git_repo(src):
             git_init_tree(src)
         if resume or _applied_prefix(src, patches) < len(patches) or _am_in_progress(src):
+            save_series(src, series)
             applied = apply_series(src, patches, resume=resume)
     elif resume:
-        raise BuildError("--continue needs the series (--series) that was being applied")
+        raise BuildError(f"{src}: --continue: no series was being applied here",
+                         hint="pass the series again with --series")
 
     key = cache_key(_tree_identity(src, len(patches)), series_bytes, fragment_bytes)
     image = out / IMAGE_PATH

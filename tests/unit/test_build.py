@@ -570,3 +570,45 @@ def test_tree_hash_tells_hand_fixes_apart(tmp_path: Path) -> None:
         (repo / "f").write_text("edited\n")
         assert build.tree_hash(repo) != trees[-1] and ":dirty:" in str(build.tree_hash(repo))
     assert trees[0] != trees[1] and None not in trees
+
+
+def test_cli_relative_series_and_continue_without_series(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--series paths relative to where the user stands (git am runs in the tree), and
+    --continue resumes the series it stopped in without --series, as git am does."""
+    _, mboxes = _make_series(tmp_path)
+    src = _fake_tree(tmp_path)
+    lines = [f"line {i}" for i in range(1, 21)]
+    blines = [f"b line {i}" for i in range(1, 21)]
+    (src / "a.txt").write_text("\n".join(lines) + "\n")
+    (src / "b.txt").write_text("\n".join(blines[:9] + ["b line 10 (distro)"] + blines[10:])
+                               + "\n")
+    frag = tmp_path / "frag.config"
+    frag.write_text("CONFIG_DEBUG_FS=y\n")
+    monkeypatch.chdir(mboxes[0].parent)
+    argv = ["build-kernel", "--src", str(src), "--out", str(tmp_path / "o"),
+            "--config", str(frag), "-j", "1"]
+    rc = main([*argv, "--series", mboxes[0].name, "--series", mboxes[1].name])
+    err = capsys.readouterr().err
+    assert rc == 4 and "patch 2/2 'two: touch b'" in err  # not "could not open"
+    assert "could not open" not in err
+    text = (src / "b.txt").read_text().replace("b line 10 (distro)\n",
+                                               "b line 10 (distro)\nadded by two\n")
+    (src / "b.txt").write_text(text)
+    (src / "b.txt.rej").unlink()
+    _git(src, "add", "b.txt")
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--continue"]) == 0, capsys.readouterr().err
+    assert _subjects(src)[:2] == ["two: touch b", "one: touch a"]
+    # the build is the series' build: the same command with --series is cached
+    assert main([*argv, "--series", str(mboxes[0]), "--series", str(mboxes[1])]) == 0
+    assert (tmp_path / "o" / "builds").read_text() == "built\n"
+
+
+def test_cli_continue_with_nothing_remembered(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    src = _fake_tree(tmp_path)
+    rc = main(["build-kernel", "--src", str(src), "--out", str(tmp_path / "o"), "--continue"])
+    assert rc == 4
+    assert "no series was being applied here" in capsys.readouterr().err
