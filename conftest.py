@@ -32,6 +32,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     default=os.environ.get("KAPI_ACCEL") or "auto",
                     help="with --kernel: auto (default, or KAPI_ACCEL) takes KVM once it has "
                          "been seen to boot a kernel on this host boot, else TCG")
+    group.addoption("--runner", choices=("qemu", "vng"), default="qemu",
+                    help="with --kernel: boot with QEMU directly (default) or virtme-ng")
     group.addoption("--require-kapi", action="store_true",
                     default=os.environ.get("KAPI_STRICT") == "1",
                     help="fail instead of skip when the kapi tracepoints or specs are missing")

@@ -97,7 +97,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          "auto: one per host core a guest keeps busy, at most 4; 1 with "
                          "--console)")
     vm.add_argument("--runner", choices=("qemu", "vng"), default="qemu",
-                    help="boot with QEMU directly (default) or with virtme-ng (needs udev)")
+                    help="boot with QEMU directly (default, faster) or with virtme-ng "
+                         "(needs udev running)")
+    vm.add_argument("--qemu-arg", dest="qemu_args", action="append", default=[],
+                    metavar="ARG",
+                    help="one more QEMU argument, as given (repeatable; --qemu-arg=-x for one "
+                         "that starts with a dash; with --runner vng passed as --qemu-opts)")
     add_accel(vm)
     vm.add_argument("--no-pvh", dest="pvh", action="store_false",
                     help="boot the bzImage as is, not its inner vmlinux via PVH (the "
@@ -149,7 +154,8 @@ def _guest_config(args: argparse.Namespace, kernel_image: Path) -> Any:
                                                   "progress_timeout_s")
              if getattr(args, key) is not None}
     return dataclasses.replace(cfg, append=append, accel=qemu.Accel(args.accel),
-                               pvh=args.pvh, pyzip=args.pyzip, **flags)
+                               pvh=args.pvh, pyzip=args.pyzip,
+                               extra_qemu=tuple(args.qemu_args), **flags)
 
 
 def run_kernel(args: argparse.Namespace) -> int:

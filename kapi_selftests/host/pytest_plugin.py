@@ -62,7 +62,7 @@ def _run_guest_suite(config: pytest.Config) -> list[TestResult]:
         kimg = kernel.find_kernel(config.getoption("--kernel"), config.getoption("--modules"))
         cfg = qemu.config_from_env(qemu.GuestConfig(
             kernel=kimg.image, accel=qemu.Accel(config.getoption("--accel"))))
-        req = runner.SuiteRequest(kernel=kimg, config=cfg,
+        req = runner.SuiteRequest(kernel=kimg, config=cfg, runner=config.getoption("--runner"),
                                   require_kapi=bool(config.getoption("--require-kapi")))
         results, _runs = runner.run_guests(req)
         return results

@@ -364,5 +364,6 @@ def vng_argv(cfg: GuestConfig, command: str, *, vng: str = "vng", accel: Accel =
     extra = [w for w in (*cfg.cmdline, *cfg.append) if not w.startswith("console=")]
     for word in extra:
         argv += ["--append", word]
+    argv += [f"--qemu-opts={a}" for a in cfg.extra_qemu]  # one word each, as given
     argv += ["--exec", command]
     return argv

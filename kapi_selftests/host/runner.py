@@ -160,11 +160,19 @@ def prepare(kimg: kernel.KernelImage, cfg: qemu.GuestConfig, spec: GuestSpec, *,
         if vng is None:
             raise MissingFeature("vng not found (virtme-ng is not installed)",
                                  hint="pip install 'kapi-selftests[vng]'; it also needs udev")
+        if not udev_running():
+            raise MissingFeature("--runner vng needs udev running on the host (vng finds its "
+                                 "guest's console ports through it)",
+                                 hint="apt-get install udev, then (as root) "
+                                      "/lib/systemd/systemd-udevd --daemon; with systemd it "
+                                      "runs already")
         env = " ".join(shlex.quote(f"{k}={v}") for k, v in spec.env)
         cmd = f"mkdir -p {initramfs.GUEST_OUT} && mount --bind {shlex.quote(str(cfg.out_dir))} " \
               f"{initramfs.GUEST_OUT} && cd {initramfs.GUEST_OUT} && env {env} " \
               f"{shlex.join(spec.argv)}; echo $? > {initramfs.GUEST_OUT}/status"
-        return cfg, qemu.vng_argv(cfg, cmd, vng=vng, project=PROJECT)
+        _warm(PROJECT, cfg.out_dir)  # the guest sees the host's byte code, as without vng
+        accel = qemu.choose_accel(cfg, qemu.find_qemu(cfg.arch))
+        return cfg, qemu.vng_argv(cfg, cmd, vng=vng, accel=accel, project=PROJECT)
     qemu_bin = qemu.find_qemu(cfg.arch)
     mods = kernel.guest_modules(kimg)
     if cfg.pvh and kimg.kind is kernel.ImageKind.BZIMAGE:
@@ -187,6 +195,17 @@ def prepare(kimg: kernel.KernelImage, cfg: qemu.GuestConfig, spec: GuestSpec, *,
     cfg = replace(cfg, initrd=initrd)
     accel = qemu.choose_accel(cfg, qemu_bin)
     return cfg, qemu.qemu_argv(cfg, qemu_bin, accel)
+
+
+def udev_running(proc: Path = Path("/proc")) -> bool:
+    """Whether a udev daemon runs on this host (``systemd-udevd`` or ``udevd``)."""
+    for comm in proc.glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() in ("systemd-udevd", "udevd"):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _warm(project: Path, out_dir: Path) -> None:
@@ -366,8 +385,10 @@ def host_results(run: GuestRun, *, label: str = "") -> list[TestResult]:
         where = ("the kernel never reached the initramfs" if run.timings.init_s is None else
                  "the root file system was not mounted" if not started else
                  "the guest command ended without writing its status")
-        msg = (f"{prefix}guest returned no status ({where}; QEMU exit code {run.returncode}"
-               + (f"; {run.killed}" if run.killed else "") + f"); console: {run.console}")
+        tail = [ln.strip() for ln in console_mod.read_console(run.console) if ln.strip()][-3:]
+        msg = (f"{prefix}guest returned no status ({where}; exit code {run.returncode}"
+               + (f"; {run.killed}" if run.killed else "") + f"); console: {run.console}"
+               + (f"; its last lines: {' | '.join(tail)}" if tail else ""))
         if not results:
             raise LostGuest(msg, hint="read the console log; try -v to see QEMU's command")
         results.append(TestResult(name=f"{prefix}guest", outcome=Outcome.ERROR, reason=msg))
@@ -445,7 +466,7 @@ def run_guests(req: SuiteRequest, *, echo: IO[str] | None = None,
     :raises LostGuest: no guest returned anything usable
     """
     accel = req.config.accel
-    if accel is qemu.Accel.AUTO and req.runner == "qemu":
+    if accel is qemu.Accel.AUTO:
         accel = qemu.choose_accel(req.config, qemu.find_qemu(req.config.arch))
     n = req.guests if req.guests is not None else auto_guests(req.config, accel)
     if n < 1:

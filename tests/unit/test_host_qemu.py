@@ -85,6 +85,16 @@ def test_qemu_vng_argv() -> None:
     assert argv[-2:] == ["--exec", "echo hi"]
 
 
+def test_qemu_extra_args_reach_both_runners() -> None:
+    cfg = _cfg(extra_qemu=("-device", "isa-debug-exit,iobase=0xf4"))
+    argv = qemu.qemu_argv(cfg, "q", Accel.TCG)
+    assert argv[-2:] == ["-device", "isa-debug-exit,iobase=0xf4"]
+    vng = qemu.vng_argv(cfg, "true")
+    assert [a for a in vng if a.startswith("--qemu-opts")] == [
+        "--qemu-opts=-device", "--qemu-opts=isa-debug-exit,iobase=0xf4"]
+    assert vng[-2:] == ["--exec", "true"]
+
+
 def test_qemu_vng_argv_kvm_keeps_kvm() -> None:
     assert "--disable-kvm" not in qemu.vng_argv(_cfg(), "true", accel=Accel.KVM)
 

@@ -359,6 +359,37 @@ def test_run_kernel_dry_run_prints_the_command(kernel_dir: Path, tmp_path: Path,
     assert (tmp_path / "initramfs.cpio").is_file()
 
 
+def test_run_kernel_qemu_arg_is_passed_as_given(kernel_dir: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    _fake(monkeypatch, b"", {})
+    rc, out, _ = _main(["run", "--kernel", str(kernel_dir), "--dry-run", "--accel", "tcg",
+                        "--qemu-arg=-device", "--qemu-arg", "pvpanic",
+                        "--work-dir", str(tmp_path)], capsys)
+    assert rc == 0 and out.rstrip().endswith("-device pvpanic")
+
+
+def test_run_kernel_vng_without_udev_says_how_to_start_it(
+        kernel_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(runner.shutil, "which", lambda n: f"/usr/bin/{n}")
+    monkeypatch.setattr(runner, "udev_running", lambda: False)
+    rc, out, err = _main(["run", "--kernel", str(kernel_dir), "--runner", "vng", "--accel",
+                          "tcg", "--work-dir", str(tmp_path)], capsys)
+    assert rc == KSFT_SKIP
+    assert "--runner vng needs udev running" in err and "systemd-udevd --daemon" in err
+    assert out.splitlines()[-1].startswith("1..0 # SKIP could not run: --runner vng needs udev")
+
+
+def test_udev_running_reads_proc(tmp_path: Path) -> None:
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1/comm").write_text("init\n")
+    assert not runner.udev_running(tmp_path)
+    (tmp_path / "77").mkdir()
+    (tmp_path / "77/comm").write_text("systemd-udevd\n")
+    assert runner.udev_running(tmp_path)
+
+
 def test_run_without_kernel_or_local_is_usage_error(monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("KAPI_KERNEL", raising=False)
