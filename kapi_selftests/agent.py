@@ -40,9 +40,9 @@ from kapi_selftests.arch import PATH_MAX
 from kapi_selftests.errors import MissingFeature
 from kapi_selftests.events import RawCapture, write_capture_dir
 from kapi_selftests.executor import SPEC_SYSCALLS, EventSource, find_event_source
-from kapi_selftests.fds import FdKind, FdPool
+from kapi_selftests.fds import MADE_FDS, STD_FDS, FdKind, FdPool, own_std_fds, std_fds_owned
 from kapi_selftests.memory import Arena
-from kapi_selftests.plan import REGION_SIZE, PathKind
+from kapi_selftests.plan import PATH_LENGTHS, REGION_SIZE, PathKind
 from kapi_selftests.shm import wait_until
 from kapi_selftests.spec import specs_files, write_specs
 from kapi_selftests.tracefs import KAPI_EVENTS, TraceInstance, syscall_events
@@ -57,7 +57,7 @@ NEW_NAMES = 256
 IDLE_TIMEOUT_S = 600.0
 #: fds of the resource set live at SLOT_BASE + k, far above what a batch's opens reach
 SLOT_BASE = 1500
-_FD_KINDS = [k for k in FdKind if k is not FdKind.CLOSED]
+_FD_KINDS = list(MADE_FDS)
 
 
 class Resources:
@@ -75,7 +75,10 @@ class Resources:
         self.scratch = self.pool.scratch
         self.slots: dict[FdKind, int] = {k: base + i for i, k in enumerate(_FD_KINDS)}
         self.slots[FdKind.CLOSED] = base + 63
+        if std_fds_owned():  # fds 0-2 are slots too (the fd range's low edge)
+            self.slots.update(STD_FDS)
         ar = self.arena
+        self.top = ar.top_page()
         self.rw = ar.guard_tail(REGION_SIZE)
         self.ro = ar.readonly(REGION_SIZE)
         self.unmapped = ar.unmapped()
@@ -95,8 +98,7 @@ class Resources:
             PathKind.DEV_NULL: b"/dev/null",
         }
         self.paths: dict[PathKind, int] = {k: ar.cstring(t) for k, t in texts.items()}
-        for k, n in ((PathKind.LEN_PATH_MAX_1, PATH_MAX - 1), (PathKind.LEN_PATH_MAX, PATH_MAX),
-                     (PathKind.LEN_PATH_MAX_P1, PATH_MAX + 1)):
+        for k, n in PATH_LENGTHS.items():
             self.paths[k] = ar.path_of_len(n, base=str(self.scratch))
         self.paths[PathKind.UNTERMINATED] = ar.unterminated(sc + b"/unterminated")
         self.paths[PathKind.UNMAPPED] = self.unmapped
@@ -113,6 +115,9 @@ class Resources:
             fd = self.pool.make(k)
             os.dup2(fd, self.slots[k], inheritable=False)
             os.close(fd)
+        for std in STD_FDS:
+            if std in self.slots:
+                self.pool.make(std)  # a fresh scratch file on 0, 1 or 2
         self.existing.write_bytes(FdPool.CONTENT)
         with os.scandir(self.scratch) as it:  # only the NEW names calls created
             made = [e.path for e in it if e.name.startswith("new")]
@@ -146,7 +151,7 @@ class Resources:
             "pid": os.getpid(), "scratch": str(self.scratch),
             "fds": {k.value: fd for k, fd in self.slots.items()},
             "rw": [self.rw, REGION_SIZE], "ro": [self.ro, REGION_SIZE],
-            "unmapped": self.unmapped, "kernel": self.kernel,
+            "unmapped": self.unmapped, "kernel": self.kernel, "top": self.top,
             "paths": {k.value: a for k, a in self.paths.items()},
             "new_paths": self.new_addrs, "strings": strings,
         }
@@ -384,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kcov", action="store_true",
                    help="report each call's kernel coverage (CONFIG_KCOV)")
     a = p.parse_args(argv)
+    if os.environ.get("KAPI_IN_GUEST") == "1":
+        own_std_fds()  # the guest's agent alone uses fds 0-2: calls may name them
     logging.basicConfig(level=logging.WARNING, format="agent: %(message)s")
     lib = a.lib if a.lib is not None and a.lib.is_file() else None
     if a.lib is not None and lib is None:

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["FdKind", "FdPool", "INVALID_FDS", "max_offset"]
+__all__ = ["FdKind", "FdPool", "INVALID_FDS", "MADE_FDS", "STD_FDS", "max_offset", "own_std_fds",
+           "std_fds_owned"]
 
 #: Register values for fds that are never valid: -1, INT_MAX, INT_MAX+1, 2^32-1, huge.
 INVALID_FDS = (-1 & 0xFFFFFFFF, 2**31 - 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1)
@@ -39,6 +40,62 @@ class FdKind(enum.Enum):
     REGULAR_AT_MAX = "regular_at_max"  # offset at the file system's size limit (EFBIG/EINVAL)
     SOCKET_DGRAM = "socket_dgram"  # an unconnected UDP socket: EDESTADDRREQ, EAGAIN
     CLOSED = "closed"  # a number that was an fd a moment ago
+    # fds 0, 1 and 2, made harness-owned regular files (only after own_std_fds())
+    STD0 = "std0"
+    STD1 = "std1"
+    STD2 = "std2"
+
+
+#: the standard fd kinds and their numbers
+STD_FDS = {FdKind.STD0: 0, FdKind.STD1: 1, FdKind.STD2: 2}
+#: the kinds of open fd a pool makes anywhere (not CLOSED, not the standard numbers)
+MADE_FDS = tuple(k for k in FdKind if k is not FdKind.CLOSED and k not in STD_FDS)
+_owned_std = False
+
+
+def std_fds_owned() -> bool:
+    """Whether :func:`own_std_fds` made fds 0-2 the harness's in this process."""
+    return _owned_std
+
+
+def own_std_fds() -> None:
+    """Make fds 0, 1 and 2 the harness's, so calls may name them (the fd range's low edge).
+
+    What the process reads and prints through them moves to new fds first
+    (``sys.stdin``/``sys.stdout``/``sys.stderr`` follow), then ``/dev/null`` holds each
+    number until a call plan asks for it (:meth:`FdPool.make` puts a scratch file
+    there). For the guest, where the process and its fds 0-2 are the harness's alone.
+    Idempotent.
+    """
+    global _owned_std
+    if _owned_std:
+        return
+    import io
+    import sys
+
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            saved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+        except OSError:
+            saved = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        mode = "r" if fd == 0 else "w"
+        stream = io.TextIOWrapper(io.FileIO(saved, mode), line_buffering=fd != 0,
+                                  errors="backslashreplace")
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+        null = os.open("/dev/null", os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd, inheritable=True)
+            os.close(null)
+    _owned_std = True
+
+
+def _hold_std(fd: int) -> None:
+    # keep a standard number taken (by /dev/null), so no other open() lands on it
+    null = os.open("/dev/null", os.O_RDWR)
+    if null != fd:
+        os.dup2(null, fd, inheritable=True)
+        os.close(null)
 
 
 def max_offset(fd: int) -> int:
@@ -94,9 +151,11 @@ class FdPool:
             try:
                 st = os.fstat(fd)
             except OSError:
-                continue  # closed by the syscall under test
-            if (st.st_dev, st.st_ino) == ident:
+                st = None  # closed by the syscall under test
+            if st is not None and (st.st_dev, st.st_ino) == ident:
                 os.close(fd)
+            if fd <= 2 and _owned_std:
+                _hold_std(fd)
         self._open.clear()
         for s in self._keep:
             # the syscall under test may have closed the socket's own fd (a "closed" fd
@@ -184,6 +243,18 @@ class FdPool:
             path = self.new_path()
             path.write_bytes(self.CONTENT)
             return self._track(os.open(path, os.O_PATH | os.O_CLOEXEC))
+        if kind in STD_FDS:
+            if not _owned_std:
+                raise ValueError(f"fd kind {kind.value}: fds 0-2 are not the harness's here "
+                                 "(own_std_fds() first)")
+            path = self.new_path()
+            path.write_bytes(self.CONTENT)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            std = STD_FDS[kind]
+            if fd != std:
+                os.dup2(fd, std, inheritable=True)
+                os.close(fd)
+            return self._track(std)
         if kind is FdKind.CLOSED:
             # A high number the lowest-free allocation of later fds will not reuse.
             tmp = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)

@@ -32,11 +32,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 from kapi_selftests import arch
 from kapi_selftests.coverage import Side, Target
-from kapi_selftests.fds import FdKind
+from kapi_selftests.edges import SIZED, Edge, ctype_width, param_edges, param_kind, sized
+from kapi_selftests.fds import MADE_FDS, STD_FDS, FdKind
 from kapi_selftests.plan import (
     FD_EDGES,
     KNOWN_VALUES,
-    MAX_MAPPING,
     ArgPlan,
     Buf,
     BufKind,
@@ -47,7 +47,7 @@ from kapi_selftests.plan import (
     PathKind,
     make_safe,
 )
-from kapi_selftests.spec import ConstraintType, ParamSpec, ParamType, Spec
+from kapi_selftests.spec import ConstraintType, ParamSpec, Spec
 
 __all__ = ["PlanGenerator", "SIZE_EDGES", "STEER_ATTEMPTS", "RECENT", "batch_seed"]
 
@@ -55,7 +55,7 @@ U64 = (1 << 64) - 1
 SIZE_EDGES = (0, 1, arch.PAGE_SIZE, arch.PAGE_SIZE + 1, arch.MAX_RW_COUNT,
               arch.MAX_RW_COUNT + 1, 1 << 32, (1 << 32) + 1)
 _HUGE_SIZES = (arch.SSIZE_MAX, 1 << 63, U64)
-_VALID_FDS = tuple(k for k in FdKind if k is not FdKind.CLOSED)
+_VALID_FDS = MADE_FDS
 _VALID_PATHS = (PathKind.EXISTING, PathKind.NEW, PathKind.MISSING, PathKind.DIRECTORY,
                 PathKind.EMPTY, PathKind.LEN_PATH_MAX_1, PathKind.COMPONENT_TOO_LONG,
                 PathKind.SYMLINK_LOOP, PathKind.DEV_NULL)
@@ -66,7 +66,6 @@ _VALID_BUFS = (BufKind.MAPPED, BufKind.GUARD_TAIL, BufKind.SHORT, BufKind.UNALIG
 _INVALID_BUFS = (BufKind.NULL, BufKind.KERNEL)
 _ALIGNED_BUFS = (BufKind.MAPPED, BufKind.READONLY, BufKind.UNMAPPED, BufKind.NULL)
 _UNALIGNED_BUFS = (BufKind.UNALIGNED, BufKind.SHORT)
-_BIG_BUFFER = 64 << 10
 #: steered calls a goal gets before steering gives up on it (some sides cannot be hit:
 #: read's count is never the rejected parameter, buf's size check comes first)
 STEER_ATTEMPTS = 400
@@ -146,37 +145,9 @@ def _near(values: tuple[int, ...]) -> tuple[int, ...]:
                         - {v & U64 for v in values}))
 
 
-def _is_address(p: ParamSpec) -> bool:
-    return p.constraint in (ConstraintType.PAGE_ALIGNED, ConstraintType.ALIGNMENT) or \
-        p.type in (ParamType.PTR, ParamType.USER_PTR)
-
-
 def _lists(spec: Spec, errname: str) -> bool:
     code = getattr(errno_mod, errname, None)
     return code is not None and any(abs(e.code) == code for e in spec.errors)
-
-
-def _kind(p: ParamSpec) -> str:
-    # how the generator draws a parameter: fd, path, address (a buffer) or scalar
-    if p.type is ParamType.FD:
-        return "fd"
-    if p.type is ParamType.PATH or p.constraint is ConstraintType.USER_PATH:
-        return "path"
-    return "address" if _is_address(p) else "scalar"
-
-
-def _width(p: ParamSpec) -> int:
-    return 32 if p.ctype.strip() in ("int", "unsigned int", "umode_t", "u32") else 64
-
-
-def _buf_size(p: ParamSpec, i: int, scalars: Mapping[int, int]) -> int:
-    # A buffer is as long as the count that sizes it (its size_param, else the next
-    # parameter). A count beyond what any harness mapping holds gets a buffer of
-    # _BIG_BUFFER: the call still runs past its end, and the harness does not fill a
-    # megabyte per call (the bulk of a campaign's time otherwise).
-    j = p.size_param if p.size_param is not None else i + 1
-    size = scalars.get(j, arch.PAGE_SIZE)
-    return size if size <= min(MAX_MAPPING, 1 << 20) else _BIG_BUFFER
 
 
 class PlanGenerator:
@@ -188,11 +159,16 @@ class PlanGenerator:
     :param invalid_rate: chance an unsteered parameter comes from its invalid pool
     :param steer_rate: share of calls aimed at missing coverage goals
     :param error_rate: share of calls drawn from :data:`ERROR_RECIPES` (listed errors)
+    :param edge_rate: chance an unsteered parameter is one of its edges
+        (:func:`kapi_selftests.edges.param_edges`), the values where validators err
+    :param std_fds: fds 0-2 are the harness's where the calls run (the guest's agent):
+        their edges may be drawn
     """
 
     def __init__(self, specs: Mapping[str, Spec], seed: int, shard: int = 0, *,
                  invalid_rate: float = 0.3, steer_rate: float = 0.5,
-                 error_rate: float = 0.05) -> None:
+                 error_rate: float = 0.05, edge_rate: float = 0.25,
+                 std_fds: bool = False) -> None:
         self.specs = {n: s for n, s in sorted(specs.items())
                       if arch.find_syscall(n) is not None and s.params}
         self.seed = seed
@@ -200,7 +176,10 @@ class PlanGenerator:
         self.invalid_rate = invalid_rate
         self.steer_rate = steer_rate
         self.error_rate = error_rate
+        self.edge_rate = edge_rate
+        self.std_fds = std_fds
         self._kinds: dict[str, list[str]] = {}
+        self._edges: dict[tuple[str, int], tuple[Edge, ...]] = {}
         # recipes for the listed errors of the specs in the model (sorted: deterministic)
         self._recipes = [(spec, ERROR_RECIPES[(spec, name)])
                          for spec, name in sorted(ERROR_RECIPES)
@@ -259,34 +238,43 @@ class PlanGenerator:
             return True
 
         kinds = self._kinds_of(spec)
-        scalars: dict[int, int] = {}
-        for i, p in enumerate(spec.params):
-            if kinds[i] == "scalar":
-                scalars[i] = self._scalar(rng, spec, p, self._valid(rng, mode(p)))
         args: list[ArgPlan] = []
         for i, p in enumerate(spec.params):
+            if target is None and rng.random() < self.edge_rate:
+                args.append(rng.choice(self._edges_of(spec, i)).arg)
+                continue
             valid = self._valid(rng, mode(p))
             if kinds[i] == "scalar":
-                args.append(Lit(scalars[i]))
+                args.append(Lit(self._scalar(rng, spec, p, valid)))
             else:
-                args.append(self._draw(rng, i, p, kinds[i], valid, scalars))
-        return make_safe(CallPlan(abi.name, tuple(args)))
+                args.append(self._draw(rng, p, kinds[i], valid))
+        return make_safe(CallPlan(abi.name, sized(spec, args)))
+
+    def _edges_of(self, spec: Spec, i: int) -> tuple[Edge, ...]:
+        key = (spec.name, i)
+        es = self._edges.get(key)
+        if es is None:
+            es = param_edges(spec.name, spec.params[i])
+            if not self.std_fds:
+                es = tuple(e for e in es if not (isinstance(e.arg, Fd)
+                                                 and e.arg.kind in STD_FDS)) or es
+            self._edges[key] = es
+        return es
 
     def _kinds_of(self, spec: Spec) -> list[str]:
         kinds = self._kinds.get(spec.name)
         if kinds is None:
-            kinds = self._kinds[spec.name] = [_kind(p) for p in spec.params]
+            kinds = self._kinds[spec.name] = [param_kind(p) for p in spec.params]
         return kinds
 
-    def _draw(self, rng: random.Random, i: int, p: ParamSpec, kind: str, valid: bool,
-              scalars: Mapping[int, int]) -> ArgPlan:
-        # parameter i's fd, path or buffer (sized by its count among the scalars) from
-        # its valid or invalid pool
+    def _draw(self, rng: random.Random, p: ParamSpec, kind: str, valid: bool) -> ArgPlan:
+        # a parameter's fd, path or buffer (sized later, by its count) from its valid or
+        # invalid pool
         if kind == "fd":
             return self._fd(rng, valid)
         if kind == "path":
             return Path(rng.choice(_VALID_PATHS if valid else _INVALID_PATHS))
-        return Buf(self._buf_kind(rng, p, valid), _buf_size(p, i, scalars))
+        return Buf(self._buf_kind(rng, p, valid), SIZED)
 
     def mutate(self, rng: random.Random, plan: CallPlan) -> CallPlan:
         """``plan`` with one argument (sometimes two) drawn again or nudged.
@@ -306,21 +294,18 @@ class PlanGenerator:
             i = rng.randrange(len(args))
             p, a = spec.params[i], args[i]
             valid = rng.random() >= 0.5
-            if kinds[i] == "scalar":
+            if rng.random() < self.edge_rate:
+                args[i] = rng.choice(self._edges_of(spec, i)).arg
+            elif kinds[i] == "scalar":
                 old = a.value if isinstance(a, Lit) else 0
                 args[i] = Lit(self._nudge(rng, spec, p, old, valid))
             else:  # a buffer is sized again below: the count may change after it
-                args[i] = self._draw(rng, i, p, kinds[i], valid, {})
-        scalars = {i: a.value for i, a in enumerate(args) if isinstance(a, Lit)}
-        for i, p in enumerate(spec.params):
-            a = args[i]
-            if kinds[i] == "address" and isinstance(a, Buf):
-                args[i] = Buf(a.kind, _buf_size(p, i, scalars))
-        return make_safe(CallPlan(plan.name, tuple(args)))
+                args[i] = self._draw(rng, p, kinds[i], valid)
+        return make_safe(CallPlan(plan.name, sized(spec, args)))
 
     def _nudge(self, rng: random.Random, spec: Spec, p: ParamSpec, old: int,
                valid: bool) -> int:
-        width = _width(p)
+        width = ctype_width(p)
         r = rng.random()
         if r < 0.3:
             return (old ^ 1 << rng.randrange(width)) & U64
@@ -355,7 +340,7 @@ class PlanGenerator:
     @staticmethod
     def _scalar(rng: random.Random, spec: Spec, p: ParamSpec, valid: bool) -> int:
         c = p.constraint
-        width = _width(p)
+        width = ctype_width(p)
         if c is ConstraintType.MASK:
             good = _bits(p.valid_mask, width)
             combo = sum(set(rng.sample(good, rng.randint(0, min(len(good), 6))))) if good else 0

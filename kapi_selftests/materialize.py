@@ -20,11 +20,23 @@ import termios
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kapi_selftests.arch import PATH_MAX
+from kapi_selftests.arch import PAGE_SIZE
 from kapi_selftests.fds import FdPool
 from kapi_selftests.memory import Arena
 from kapi_selftests.oracle import Prediction, predict
-from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
+from kapi_selftests.plan import (
+    PATH_LENGTHS,
+    TOP_BUFS,
+    ArgPlan,
+    Buf,
+    BufKind,
+    CallPlan,
+    Fd,
+    Lit,
+    Path,
+    PathKind,
+    top_address,
+)
 from kapi_selftests.spec import Spec
 
 __all__ = ["Materialized", "Materializer", "PlanMaterializer", "Snapshot", "snapshot",
@@ -91,7 +103,7 @@ class Materializer:
             return (fd + (a.high << 32)) & 0xFFFFFFFFFFFFFFFF
         if isinstance(a, Buf):
             addr = self._buf(a)
-            m.bufs[i] = (addr, a.size)
+            m.bufs[i] = (addr, min(a.size, PAGE_SIZE) if a.kind in TOP_BUFS else a.size)
             return addr
         addr, text = self._path(a)
         if text is not None:
@@ -102,7 +114,15 @@ class Materializer:
         ar, size = self.arena, b.size
         fill = (_CANARY * (size // len(_CANARY) + 1))[:size] if 0 < size <= 1 << 20 else b""
         if b.kind is BufKind.MAPPED:
-            return ar.buffer(size, fill)
+            off = b.offset
+            return ar.buffer(size + off, b"\0" * off + fill) + off if off else \
+                ar.buffer(size, fill)
+        if b.kind in TOP_BUFS:
+            top = ar.top_page()
+            addr = top_address(b, top, ar.unmapped)
+            if top is not None and b.kind is BufKind.LAST_USER and fill:
+                ar.write(addr, fill[:min(size, PAGE_SIZE)])
+            return addr
         if b.kind is BufKind.GUARD_TAIL:
             return ar.guard_tail(size, fill)
         if b.kind is BufKind.SHORT:
@@ -128,9 +148,8 @@ class Materializer:
             return ar.unmapped(), None
         if k is PathKind.UNTERMINATED:
             return ar.unterminated(scratch + b"/unterminated"), None
-        if k in (PathKind.LEN_PATH_MAX_1, PathKind.LEN_PATH_MAX, PathKind.LEN_PATH_MAX_P1):
-            n = {PathKind.LEN_PATH_MAX_1: PATH_MAX - 1, PathKind.LEN_PATH_MAX: PATH_MAX,
-                 PathKind.LEN_PATH_MAX_P1: PATH_MAX + 1}[k]
+        if k in PATH_LENGTHS:
+            n = PATH_LENGTHS[k]
             addr = ar.path_of_len(n, base=str(pool.scratch))
             return addr, ar.read(addr, n)
         if k is PathKind.EXISTING:

@@ -15,7 +15,7 @@ import mmap
 from dataclasses import dataclass
 from types import TracebackType
 
-from kapi_selftests.arch import KERNEL_HALF, PAGE_SIZE, PATH_MAX
+from kapi_selftests.arch import KERNEL_HALF, PAGE_SIZE, PATH_MAX, TASK_SIZE_MAX
 
 __all__ = ["Arena", "Region", "PAGE_SIZE", "PATH_MAX", "page_round_up"]
 
@@ -29,6 +29,7 @@ _libc.mprotect.restype = ctypes.c_int
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 _MAP_FAILED = ctypes.c_void_p(-1).value
+_MAP_FIXED_NOREPLACE = 0x100000
 PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
 
 
@@ -134,6 +135,25 @@ class Arena:
         """A page-aligned read-only buffer (the kernel faults writing to it)."""
         addr = self.buffer(size, fill)
         self._protect(addr, page_round_up(max(size, 1)), PROT_READ)
+        return addr
+
+    def top_page(self) -> int | None:
+        """The last page of the user address space (ending at ``TASK_SIZE_MAX``, x86-64
+        4-level paging), mapped read-write for the harness; None when something else
+        holds it (then no call may use it)."""
+        addr = TASK_SIZE_MAX - PAGE_SIZE
+        if addr in self._prot:
+            return addr
+        if self._closed:
+            raise RuntimeError("arena is closed")
+        got = _libc.mmap(addr, PAGE_SIZE, PROT_READ | PROT_WRITE,
+                         mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED_NOREPLACE, -1, 0)
+        if got is None or got == _MAP_FAILED or got != addr:
+            if got not in (None, _MAP_FAILED):
+                _libc.munmap(got, PAGE_SIZE)  # an old kernel took it as a hint
+            return None
+        self._regions.append(Region(addr, PAGE_SIZE, PROT_READ | PROT_WRITE))
+        self._prot[addr] = PROT_READ | PROT_WRITE
         return addr
 
     def unmapped(self) -> int:

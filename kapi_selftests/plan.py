@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,8 @@ from kapi_selftests import arch
 from kapi_selftests.arch import NR
 from kapi_selftests.fds import FdKind
 
-__all__ = ["BufKind", "PathKind", "Lit", "Fd", "Buf", "Path", "ArgPlan", "CallPlan",
+__all__ = ["BufKind", "TOP_BUFS", "top_address", "PathKind", "Lit", "Fd", "Buf", "Path",
+           "ArgPlan", "CallPlan", "PATH_LENGTHS",
            "MAX_MAPPING", "REGION_SIZE", "KNOWN_VALUES", "FD_EDGES", "make_safe", "plan_to_json",
            "plan_from_json", "plan_json_text"]
 
@@ -31,6 +33,14 @@ class BufKind(enum.Enum):
     UNMAPPED = "unmapped"  # reserved PROT_NONE page
     NULL = "null"
     KERNEL = "kernel"  # kernel-half address
+    # the top of the user address space (USER_PTR_MAX): the harness owns the last user page
+    LAST_USER = "last_user"  # `size` bytes ending exactly at USER_PTR_MAX
+    CROSS_USER = "cross_user"  # `size` bytes ending one byte past it
+    NON_USER = "non_user"  # starting at USER_PTR_MAX, the first address that is not user
+
+
+#: buffer kinds at the top of the user address space: a size beyond a page is cut to one
+TOP_BUFS = frozenset((BufKind.LAST_USER, BufKind.CROSS_USER, BufKind.NON_USER))
 
 
 class PathKind(enum.Enum):
@@ -49,6 +59,13 @@ class PathKind(enum.Enum):
     UNMAPPED = "unmapped"
     NULL = "null"
     KERNEL = "kernel"
+    LEN_PATH_MAX_2 = "len_4094"  # strlen PATH_MAX-2
+
+
+#: the path kinds of an exact length (strlen), ending at a guard page
+PATH_LENGTHS = {PathKind.LEN_PATH_MAX_2: arch.PATH_MAX - 2,
+                PathKind.LEN_PATH_MAX_1: arch.PATH_MAX - 1,
+                PathKind.LEN_PATH_MAX: arch.PATH_MAX, PathKind.LEN_PATH_MAX_P1: arch.PATH_MAX + 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +85,12 @@ class Fd:
 
 @dataclass(frozen=True, slots=True)
 class Buf:
+    """A buffer of ``size`` bytes of ``kind``; a ``MAPPED`` one starts ``offset`` bytes
+    into its first page (the alignment edges: every power of two below the page)."""
+
     kind: BufKind
     size: int = 4096
+    offset: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +119,25 @@ class CallPlan:
             if isinstance(a, Fd):
                 return f"fd:{a.kind.value}" + (f"+{a.high:#x}<<32" if a.high else "")
             if isinstance(a, Buf):
-                return f"buf:{a.kind.value}[{a.size}]"
+                off = f"+{a.offset:#x}" if a.offset else ""
+                return f"buf:{a.kind.value}{off}[{a.size}]"
             return f"path:{a.kind.value}"
         return f"{self.name}({', '.join(one(a) for a in self.args)})"
+
+
+def top_address(b: Buf, top: int | None, fallback: Callable[[], int]) -> int:
+    """Where a buffer at the top of the user address space starts: the harness's last
+    user page is ``[top, top + arch.PAGE_SIZE)`` (None: not the harness's, so the call gets
+    ``fallback()``, an unmapped address, rather than someone else's memory)."""
+    size = min(b.size, arch.PAGE_SIZE)
+    if top is None:
+        return fallback()
+    limit = top + arch.PAGE_SIZE
+    if b.kind is BufKind.LAST_USER:
+        return limit - size
+    if b.kind is BufKind.CROSS_USER:
+        return limit - size + 1
+    return limit
 
 
 # --- the harness's safety rules (shared by the hypothesis strategies and the fuzzer)
@@ -153,7 +190,8 @@ def plan_to_json(p: CallPlan) -> dict[str, Any]:
         if isinstance(a, Fd):
             return {"fd": a.kind.value, "high": a.high}
         if isinstance(a, Buf):
-            return {"buf": a.kind.value, "size": a.size}
+            return {"buf": a.kind.value, "size": a.size,
+                    **({"offset": a.offset} if a.offset else {})}
         return {"path": a.kind.value}
     return {"name": p.name, "args": [one(a) for a in p.args]}
 
@@ -190,6 +228,6 @@ def plan_from_json(d: dict[str, Any]) -> CallPlan:
         if "fd" in a:
             return Fd(FdKind(a["fd"]), int(a.get("high", 0)))
         if "buf" in a:
-            return Buf(BufKind(a["buf"]), int(a["size"]))
+            return Buf(BufKind(a["buf"]), int(a["size"]), int(a.get("offset", 0)))
         return Path(PathKind(a["path"]))
     return CallPlan(str(d["name"]), tuple(one(a) for a in d["args"]))

@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from kapi_selftests import cexec
-from kapi_selftests.arch import find_syscall
+from kapi_selftests.arch import PAGE_SIZE, find_syscall
 from kapi_selftests.checks import check_calls
 from kapi_selftests.errors import LostGuest, MissingFeature
 from kapi_selftests.events import RawCapture, decode, read_capture_dir
@@ -38,7 +38,17 @@ from kapi_selftests.fds import FdKind
 from kapi_selftests.harness import BatchResult
 from kapi_selftests.materialize import Materialized, PlanMaterializer
 from kapi_selftests.oracle import Prediction, predict
-from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, PathKind
+from kapi_selftests.plan import (
+    TOP_BUFS,
+    ArgPlan,
+    Buf,
+    BufKind,
+    CallPlan,
+    Fd,
+    Lit,
+    PathKind,
+    top_address,
+)
 from kapi_selftests.plan import Path as PathPlan
 from kapi_selftests.shm import wait_until
 from kapi_selftests.spec import Spec, write_specs
@@ -69,6 +79,9 @@ class Manifest:
     executor: str = "c"
     #: the agent reports each batch's kernel coverage (KCOV) after its results
     kcov: bool = False
+    #: the agent's last user page (None: not the agent's: top-of-user buffers get
+    #: ``unmapped``)
+    top: int | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Manifest:
@@ -80,7 +93,8 @@ class Manifest:
                    new_paths=tuple(int(a) for a in d["new_paths"]),
                    strings={int(a): (bytes.fromhex(s["hex"]), bool(s["terminated"]))
                             for a, s in d["strings"].items()},
-                   executor=str(d.get("executor", "c")), kcov=bool(d.get("kcov", False)))
+                   executor=str(d.get("executor", "c")), kcov=bool(d.get("kcov", False)),
+                   top=None if d.get("top") is None else int(d["top"]))
 
 
 class ManifestMemory:
@@ -181,7 +195,9 @@ class ManifestMaterializer:
         start, cap = man.rw
         end = start + cap  # a guard page follows
         if b.kind is BufKind.MAPPED:
-            return start
+            return start + b.offset
+        if b.kind in TOP_BUFS:
+            return top_address(b, man.top, lambda: man.unmapped)
         if b.kind is BufKind.GUARD_TAIL:
             return end - min(size, cap)
         if b.kind is BufKind.SHORT:
@@ -205,7 +221,9 @@ class ManifestMaterializer:
 
     def readable(self, addr: int, size: int) -> bool:
         """Whether ``[addr, addr+size)`` lies in the agent's rw or ro region."""
-        for start, cap in (self.manifest.rw, self.manifest.ro):
+        top = self.manifest.top
+        for start, cap in (self.manifest.rw, self.manifest.ro,
+                           *(((top, PAGE_SIZE),) if top is not None else ())):
             if start <= addr and addr + size <= start + cap:
                 return True
         return False

@@ -247,6 +247,28 @@ static char *guard_tail(size_t n)
 	return p + len - n;
 }
 
+/* The top of the user address space: the last user page is ours (mapped once), a buffer
+ * of n bytes (at most a page) ends at its end, one byte past it, or starts past it. */
+static unsigned long top_of(const char *kind, size_t n)
+{
+	static char *top;
+	unsigned long limit = 0x7ffffffff000UL; /* TASK_SIZE_MAX, 4-level paging */
+
+	if (!top) {
+		top = mmap((void *)(limit - page()), page(), PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+		if (top == MAP_FAILED)
+			die("mmap of the last user page");
+	}
+	if (n > page())
+		n = page();
+	if (!strcmp(kind, "last_user"))
+		return limit - n;
+	if (!strcmp(kind, "cross_user"))
+		return limit - n + 1;
+	return limit;
+}
+
 static UNUSED unsigned long buf_of(const char *kind, size_t n)
 {
 	char *p;
@@ -276,6 +298,9 @@ static UNUSED unsigned long buf_of(const char *kind, size_t n)
 		return (unsigned long)map(page(), PROT_NONE);
 	if (!strcmp(kind, "null"))
 		return 0;
+	if (!strcmp(kind, "last_user") || !strcmp(kind, "cross_user") ||
+		!strcmp(kind, "non_user"))
+		return top_of(kind, n);
 	return 0xffff800000001000UL; /* kernel half */
 }
 
@@ -354,6 +379,8 @@ static UNUSED unsigned long path_of(const char *kind)
 		return cstring(scratch);
 	if (!strcmp(kind, "empty"))
 		return cstring("");
+	if (!strcmp(kind, "len_4094"))
+		return path_of_len(PATH_MAX - 2);
 	if (!strcmp(kind, "len_4095"))
 		return path_of_len(PATH_MAX - 1);
 	if (!strcmp(kind, "len_4096"))
@@ -450,6 +477,16 @@ static UNUSED int fd_of(const char *kind)
 	}
 	if (!strcmp(kind, "socket_dgram"))
 		return socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (!strncmp(kind, "std", 3)) { /* std0..std2: a scratch file on fd 0, 1 or 2 */
+		int std = kind[3] - '0';
+
+		fd = open(file_with_content(), O_RDWR);
+		if (fd < 0 || (fd != std && dup2(fd, std) != std))
+			die("dup2 onto a standard fd");
+		if (fd != std)
+			close(fd);
+		return std;
+	}
 	/* closed: a number that was an fd a moment ago */
 	fd = fcntl(0, F_DUPFD_CLOEXEC, 512 + counter++);
 	if (fd < 0)
@@ -562,6 +599,9 @@ def _c_arg(a: ArgPlan, cname: str, shared: bool = False) -> list[str]:
         return [line + ";"]
     if isinstance(a, Buf):
         buf_of = "shared_buf_of" if shared else "buf_of"
+        if a.offset:  # a mapped buffer that starts a.offset bytes into its page
+            return [f"\t{cname} = {buf_of}({_c_str(a.kind.value)}, {a.size + a.offset}UL)"
+                    f" + {a.offset}UL;"]
         return [f"\t{cname} = {buf_of}({_c_str(a.kind.value)}, {a.size}UL);"]
     return [f"\t{cname} = path_of({_c_str(a.kind.value)});"]
 

@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from hypothesis import strategies as st
 
 from kapi_selftests import arch
+from kapi_selftests.edges import ctype_width, param_edges, param_kind, sized
 from kapi_selftests.errors import UsageError
-from kapi_selftests.fds import FdKind
+from kapi_selftests.fds import MADE_FDS, STD_FDS, FdKind, std_fds_owned
 from kapi_selftests.plan import (
     FD_EDGES,
     KNOWN_VALUES,
-    MAX_MAPPING,
     ArgPlan,
     Buf,
     BufKind,
@@ -34,7 +34,7 @@ from kapi_selftests.plan import (
     PathKind,
     make_safe,
 )
-from kapi_selftests.spec import ConstraintType, ParamSpec, ParamType, Spec
+from kapi_selftests.spec import ConstraintType, ParamSpec, Spec
 
 __all__ = [
     "KNOWN_VALUES",
@@ -45,11 +45,12 @@ __all__ = [
     "mask_values",
     "range_values",
     "int_values",
+    "edges_of",
     "call_plans",
 ]
 
 U64 = (1 << 64) - 1
-_VALID_FD_KINDS = tuple(k for k in FdKind if k is not FdKind.CLOSED)
+_VALID_FD_KINDS = MADE_FDS
 
 
 def fds() -> st.SearchStrategy[ArgPlan]:
@@ -135,14 +136,10 @@ def int_values(known: Sequence[int] = ()) -> st.SearchStrategy[int]:
     return st.one_of(strategies)
 
 
-def _ctype_width(p: ParamSpec) -> int:
-    return 32 if p.ctype.strip() in ("int", "unsigned int", "umode_t", "u32") else 64
-
-
 def _scalar(spec: Spec, p: ParamSpec) -> st.SearchStrategy[int]:
     c = p.constraint
     if c is ConstraintType.MASK:
-        return mask_values(p.valid_mask, _ctype_width(p))
+        return mask_values(p.valid_mask, ctype_width(p))
     if c is ConstraintType.RANGE:
         if p.min_value == 0 and p.max_value == -1:
             return sizes()
@@ -156,9 +153,13 @@ def _scalar(spec: Spec, p: ParamSpec) -> st.SearchStrategy[int]:
     return int_values(KNOWN_VALUES.get((spec.name, p.name), ()))
 
 
-def _is_address(p: ParamSpec) -> bool:
-    return p.constraint in (ConstraintType.PAGE_ALIGNED, ConstraintType.ALIGNMENT) or \
-        p.type in (ParamType.PTR, ParamType.USER_PTR)
+def edges_of(spec_name: str, p: ParamSpec) -> st.SearchStrategy[ArgPlan]:
+    """The parameter's edges (:mod:`kapi_selftests.edges`), in table order: a failure
+    shrinks to the first edge that shows it. fds 0-2 only where they are the harness's."""
+    owned = std_fds_owned()
+    es = [e.arg for e in param_edges(spec_name, p)
+          if owned or not (isinstance(e.arg, Fd) and e.arg.kind in STD_FDS)]
+    return st.sampled_from(es)
 
 
 def call_plans(spec: Spec) -> st.SearchStrategy[CallPlan]:
@@ -173,28 +174,20 @@ def call_plans(spec: Spec) -> st.SearchStrategy[CallPlan]:
                          hint="add it to kapi_selftests/arch.py SYSCALLS")
     params = spec.params
 
+    kinds = [param_kind(p) for p in params]
+    draws: list[st.SearchStrategy[ArgPlan]] = []
+    for p, kind in zip(params, kinds, strict=True):
+        # its edges first, then the kind's own values
+        rest: st.SearchStrategy[ArgPlan] = (
+            fds() if kind == "fd" else paths() if kind == "path" else
+            buffers(arch.PAGE_SIZE) if kind == "address" else _scalar(spec, p).map(Lit))
+        draws.append(st.one_of(edges_of(spec.name, p), rest))
+
     @st.composite
     def plan(draw: st.DrawFn) -> CallPlan:
-        scalars: dict[int, int] = {}
-        for i, p in enumerate(params):
-            if p.type is ParamType.FD or p.type is ParamType.PATH:
-                continue
-            if not _is_address(p):
-                scalars[i] = draw(_scalar(spec, p), label=p.name)
-        args: list[ArgPlan] = []
-        for i, p in enumerate(params):
-            if p.type is ParamType.FD:
-                args.append(draw(fds(), label=p.name))
-            elif p.type is ParamType.PATH or p.constraint is ConstraintType.USER_PATH:
-                args.append(draw(paths(), label=p.name))
-            elif _is_address(p):
-                # A buffer sized by its size parameter; an address range (madvise start)
-                # sized by the length parameter after it.
-                j = p.size_param if p.size_param is not None else i + 1
-                size = scalars.get(j, arch.PAGE_SIZE)
-                args.append(draw(buffers(min(size, MAX_MAPPING)), label=p.name))
-            else:
-                args.append(Lit(scalars[i]))
-        return make_safe(CallPlan(abi.name, tuple(args)))
+        # a buffer is sized by its size parameter; an address range (madvise start) by
+        # the length parameter after it (edges.sized)
+        args = [draw(d, label=p.name) for d, p in zip(draws, params, strict=True)]
+        return make_safe(CallPlan(abi.name, sized(spec, args)))
 
     return plan()

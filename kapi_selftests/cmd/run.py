@@ -354,6 +354,14 @@ def run_local(args: argparse.Namespace) -> int:
         args.save_trace.mkdir(parents=True, exist_ok=True)
         os.environ["KAPI_SAVE_TRACE"] = str(args.save_trace)
     pargs = ["-q", "-rs"]
+    if os.environ.get("KAPI_IN_GUEST") == "1":
+        # The guest's process is the harness's alone: fds 0-2 become its files, so calls
+        # may name them (the fd range's low edge). pytest then captures at the sys level:
+        # its fd-level capture would take fds 1 and 2 back.
+        from kapi_selftests.fds import own_std_fds
+
+        own_std_fds()
+        pargs.append("--capture=sys")
     for plugin in _UNUSED_PLUGINS:
         pargs += ["-p", f"no:{plugin}"]
     collector = _Collector(args.progress, args.shard)

@@ -9,6 +9,7 @@ from kapi_selftests.coverage import Side, Target
 from kapi_selftests.fds import FdKind
 from kapi_selftests.generate import PlanGenerator
 from kapi_selftests.plan import (
+    TOP_BUFS,
     Buf,
     BufKind,
     CallPlan,
@@ -119,6 +120,8 @@ def test_mutated_buffers_follow_their_count() -> None:
             count = m.args[2]
             assert isinstance(count, Lit)
             want = count.value if count.value <= 1 << 20 else 64 << 10
+            if m.args[1].kind in TOP_BUFS:  # the harness owns one page up there
+                want = min(want, 4096)
             assert m.args[1].size == want, m.describe()
 
 

@@ -106,6 +106,7 @@ def test_c_reproducer_compiles_with_gcc_wall(tmp_path: Path, source: str, engine
     extra = tuple(CallPlan("close", (a,)) if isinstance(a, Fd) else
                   CallPlan("open", (a, Lit(0), Lit(0))) for a in sorted(kinds, key=repr))
     extra += tuple(CallPlan("read", (Fd(FdKind.REGULAR), Buf(k, 16), Lit(16))) for k in BufKind)
+    extra += (CallPlan("madvise", (Buf(BufKind.MAPPED, 4096, 2048), Lit(4096), Lit(0))),)
     c = tmp_path / "repro.c"
     c.write_text(render_c(_repro(source, plans + extra, engine)))
     r = subprocess.run(["gcc", "-Wall", "-Wextra", "-Werror", "-O2", "-o", str(tmp_path / "r"),

@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from kapi_selftests import arch
 from kapi_selftests.errors import UsageError
-from kapi_selftests.fds import FdKind
+from kapi_selftests.fds import STD_FDS, FdKind, std_fds_owned
 from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit, plan_from_json, plan_to_json
 from kapi_selftests.spec import ParamSpec, ParamType, Spec, builtin_specs
-from kapi_selftests.strategies import FD_EDGES, buffers, call_plans, mask_values, sizes
+from kapi_selftests.strategies import buffers, call_plans, mask_values, sizes
 
 SPECS = builtin_specs()
 
@@ -27,9 +27,13 @@ def test_strategies_plans_round_trip_json(plan: CallPlan) -> None:
 @given(call_plans(SPECS["sys_read"]))
 def test_strategies_never_name_an_fd_the_harness_does_not_own(plan: CallPlan) -> None:
     fd = plan.args[0]
-    assert isinstance(fd, Fd) or (isinstance(fd, Lit) and fd.value in FD_EDGES)
+    assert isinstance(fd, Fd) or isinstance(fd, Lit)
     if isinstance(fd, Lit):  # invalid after the unsigned int cast too: never 0, 1, 2, ...
-        assert (fd.value & 0xFFFFFFFF) >= arch.INT_MAX
+        # above the largest fd table the kernel allows (sysctl_nr_open_max: INT_MAX
+        # rounded down to a multiple of BITS_PER_LONG): never an open fd of anyone's
+        assert (fd.value & 0xFFFFFFFF) > (arch.INT_MAX & ~63), hex(fd.value)
+    if isinstance(fd, Fd) and fd.kind in STD_FDS:
+        assert std_fds_owned()  # fds 0-2 only where the harness made them its own
 
 
 @given(call_plans(SPECS["sys_madvise"]))
