@@ -28,12 +28,14 @@ from kapi_selftests.plan import Path as PathArg
 
 __all__ = ["FindingKey", "Example", "FindingRecord", "CrashRecord", "FindingStore",
            "plan_size", "read_jsonl", "append_jsonl", "append_lines", "now_iso", "FINDINGS_FILE",
-           "CRASHES_FILE", "INFLIGHT_FILE"]
+           "CRASHES_FILE", "INFLIGHT_FILE", "SHRINKING_FILE"]
 
 FINDINGS_FILE = "findings.jsonl"
 CRASHES_FILE = "crashes.jsonl"
 #: the batch a shard is issuing, written before it runs (what a crashed guest was doing)
 INFLIGHT_FILE = "inflight.json"
+#: there while the shard shrinks a finding: a guest that goes silent then is not a crash
+SHRINKING_FILE = "shrinking.json"
 
 
 def now_iso() -> str:

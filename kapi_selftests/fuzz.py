@@ -35,10 +35,12 @@ from typing import TYPE_CHECKING, Any
 from kapi_selftests.checks import CallCheck
 from kapi_selftests.coverage import Coverage, CoverageFigure
 from kapi_selftests.executor import EventSource
+from kapi_selftests.fds import FdKind, std_fds_owned
 from kapi_selftests.findings import (
     CRASHES_FILE,
     FINDINGS_FILE,
     INFLIGHT_FILE,
+    SHRINKING_FILE,
     CrashRecord,
     Example,
     FindingKey,
@@ -106,6 +108,10 @@ class CampaignConfig:
     :param batch_size: calls per capture window
     :param minimize: shrink each new finding on the live kernel
     :param minimize_budget: most runs spent shrinking one finding
+    :param minimize_time_s: most seconds spent shrinking one finding
+    :param minimize_total_s: most seconds a shard spends shrinking; later findings are
+        saved as found (a kernel where every call is a finding must not stall the
+        campaign, nor keep the guest waiting)
     :param strict: spec drift counts as a finding
     :param replay_line: how to replay a reproducer (printed in reports)
     :param mutate_rate: with KCOV (the harness reports kernel coverage), the share of
@@ -121,6 +127,8 @@ class CampaignConfig:
     batch_size: int = 200
     minimize: bool = True
     minimize_budget: int = 80
+    minimize_time_s: float = 10.0
+    minimize_total_s: float = 60.0
     strict: bool = False
     steer_rate: float = 0.5
     #: with KCOV, the share of calls that mutate a corpus entry
@@ -257,7 +265,15 @@ class Campaign:
         self.on_progress = on_progress
         self.out = cfg.out
         self.out.mkdir(parents=True, exist_ok=True)
-        self.gen = PlanGenerator(self.specs, cfg.seed, cfg.shard, steer_rate=cfg.steer_rate)
+        # fds 0-2 may be named where the calls run owns them (the guest's agent says so
+        # in its manifest; a harness in this process, when this process owns them)
+        manifest = getattr(harness, "man", None)
+        std = (FdKind.STD0 in manifest.fds) if manifest is not None else std_fds_owned()
+        self.gen = PlanGenerator(self.specs, cfg.seed, cfg.shard, steer_rate=cfg.steer_rate,
+                                 std_fds=std)
+        #: seconds spent shrinking findings (bounded by cfg.minimize_total_s)
+        self.shrink_s = 0.0
+        self._shrink_spent_said = False
         self.coverage = Coverage(self.specs)
         #: kernel edges reached and the plans that reached new ones (KCOV kernels only)
         self.kcov: KcovCorpus | None = None
@@ -483,13 +499,27 @@ class Campaign:
         rec = self.store.records[key]
         ex = rec.first
         plans: list[CallPlan] = [*ex.context, ex.plan]
-        if self.cfg.minimize:
+        left = self.cfg.minimize_total_s - self.shrink_s
+        if self.cfg.minimize and left > 0:
+            limit = min(self.cfg.minimize_time_s, left)
+            log.warning("shrinking %s (at most %.0f s; %.0f s of the shard's %.0f s left)",
+                        key.describe(), limit, left, self.cfg.minimize_total_s)
+            marker = self.out / SHRINKING_FILE
+            _write_text_atomic(marker, json.dumps({"finding": key.describe()}))
+            t0 = time.monotonic()
             try:
                 plans = minimize.minimize(ex.context, ex.plan,
                                           lambda ps: self.still_fails(key, ps),
-                                          budget=self.cfg.minimize_budget)
+                                          budget=self.cfg.minimize_budget, time_s=limit)
             except Exception as e:  # shrinking is best effort: keep the unshrunk batch
                 log.warning("could not shrink %s: %s", key.describe(), e)
+            finally:
+                self.shrink_s += time.monotonic() - t0
+                marker.unlink(missing_ok=True)
+        elif self.cfg.minimize and not self._shrink_spent_said:
+            self._shrink_spent_said = True
+            log.warning("the shard's %.0f s of shrinking are spent: further findings are "
+                        "saved as found", self.cfg.minimize_total_s)
         pred = None
         try:
             _, preds = self._run_now(plans[-1:])

@@ -18,6 +18,7 @@ capture window on the live kernel.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -32,14 +33,18 @@ U64 = (1 << 64) - 1
 
 
 class Budget:
-    """Counts predicate calls; :meth:`spend` is False once ``limit`` are used."""
+    """Counts predicate calls; :meth:`spend` is False once ``limit`` are used or
+    ``time_s`` seconds have passed since the budget was made."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, time_s: float | None = None) -> None:
         self.limit = limit
         self.used = 0
+        self.deadline = None if time_s is None else time.monotonic() + time_s
 
     def spend(self) -> bool:
         if self.used >= self.limit:
+            return False
+        if self.deadline is not None and time.monotonic() >= self.deadline:
             return False
         self.used += 1
         return True
@@ -157,13 +162,16 @@ def simplify_plans(plans: Sequence[CallPlan], fails: Callable[[list[CallPlan]], 
 
 
 def minimize(context: Sequence[CallPlan], failing: CallPlan,
-             fails: Callable[[list[CallPlan]], bool], *, budget: int = 200) -> list[CallPlan]:
-    """The smallest batch ending in a simplified ``failing`` call that still ``fails``.
+             fails: Callable[[list[CallPlan]], bool], *, budget: int = 200,
+             time_s: float | None = None) -> list[CallPlan]:
+    """The smallest batch ending in a simplified ``failing`` call that still ``fails``
+    (the smallest found when the budget runs out).
 
     :param context: the calls issued before ``failing`` in its batch
     :param fails: runs a batch (its last call is the one judged) and says if it still fails
     :param budget: at most this many runs of ``fails``
+    :param time_s: and no new run of it after this many seconds
     """
-    b = Budget(budget)
+    b = Budget(budget, time_s)
     kept = ddmin(list(context), lambda ctx: fails([*ctx, failing]), b)
     return simplify_plans([*kept, failing], fails, b)

@@ -348,6 +348,7 @@ def _record_guest_crash(shard_dir: Path, shard: int, run: Any, engine: str) -> s
     from kapi_selftests.findings import (
         CRASHES_FILE,
         INFLIGHT_FILE,
+        SHRINKING_FILE,
         CrashRecord,
         append_jsonl,
         now_iso,
@@ -355,6 +356,15 @@ def _record_guest_crash(shard_dir: Path, shard: int, run: Any, engine: str) -> s
     from kapi_selftests.plan import plan_from_json
 
     if not run.splats and not run.killed:
+        return None
+    shrinking = shard_dir / SHRINKING_FILE
+    if not run.splats and shrinking.is_file():
+        # silent while this side shrank a finding: the harness kept it busy or waiting.
+        # A kernel that hangs shows it in its own batch too; a silence here is not
+        # told apart from the harness's own, so it is never filed as a kernel crash
+        log.warning("shard %d: the guest went silent while a finding was being shrunk "
+                    "(%s): the harness's doing, not a kernel crash", shard, run.killed)
+        shrinking.unlink(missing_ok=True)
         return None
     summary = run.splats[0].summary if run.splats else f"guest hung: {run.killed}"
     excerpt: tuple[str, ...] = run.splats[0].excerpt if run.splats else ()

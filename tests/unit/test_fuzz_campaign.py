@@ -43,6 +43,7 @@ class FakeHarness:
         self.batches = 0
         self.interrupt_at = interrupt_at
         self.strict = False
+        self.all_fail = False
 
     def run(self, plans: Sequence[CallPlan]) -> Any:
         if len(plans) == 50:  # a campaign batch (not a shrinking or re-run)
@@ -52,8 +53,8 @@ class FakeHarness:
         checks = []
         for p in plans:
             rec = SyscallRecord(nr=p.nr, args=(1, 2, 3, 0, 0, 0), ret=0, errno=0, tid=1)
-            f = (Finding(FindingKind.RET_MISMATCH, "sys_close exit ret -9, userspace saw 0"),) \
-                if p.name == "close" else ()
+            f = (Finding(FindingKind.RET_MISMATCH, f"sys_{p.name} exit ret -9, userspace saw 0"),) \
+                if p.name == "close" or self.all_fail else ()
             checks.append(CallCheck(rec, (), f))
         return SimpleNamespace(checks=tuple(checks))
 
@@ -82,6 +83,37 @@ def test_campaign_writes_call_rows_and_counts_findings(tmp_path: Path) -> None:
     assert rec.count == len(closes)
     assert rec.reproducers and (tmp_path / rec.reproducers[0]).is_file()
     assert len(rec.minimized) == 1  # the context was dropped
+
+
+def test_campaign_shrinking_is_bounded_in_time(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    # every call a finding, each shrinking run slow: the shard's shrinking time is capped
+    # and the findings after it are saved as found, with one line saying so
+    import time
+
+    from kapi_selftests import minimize as minimize_mod
+
+    real = minimize_mod.minimize
+
+    def slow(ctx: Any, failing: Any, fails: Any, **kw: Any) -> Any:
+        def slow_fails(ps: Any) -> bool:
+            time.sleep(0.1)
+            return bool(fails(ps))
+        return real(ctx, failing, slow_fails, **kw)
+
+    monkeypatch.setattr(minimize_mod, "minimize", slow)
+    h = FakeHarness()
+    h.all_fail = True
+    t0 = time.monotonic()
+    _camp(tmp_path, h, calls=100, minimize_time_s=0.3, minimize_total_s=0.5).run()
+    assert time.monotonic() - t0 < 5
+    store = FindingStore.load(tmp_path / "findings.jsonl")
+    assert len(store.records) >= 3  # read, write, open, madvise, close
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("shrinking ") for m in said)
+    assert sum("shrinking are spent" in m for m in said) == 1
+    assert not (tmp_path / "shrinking.json").exists()
 
 
 def test_campaign_resumes_after_ctrl_c(tmp_path: Path) -> None:

@@ -166,3 +166,21 @@ def test_corpus_skips_crash_reproducers(tmp_path: Path) -> None:
         {"key": {"kind": "kernel crash", "syscall": "madvise", "where": "Oops"},
          "plans": [plan_to_json(PLAN)], "crash": True}))
     assert fuzz_cmd._corpus_plans(tmp_path) == [[PLAN]]
+
+
+def test_a_guest_silent_while_shrinking_is_not_a_kernel_crash(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from kapi_selftests.findings import CRASHES_FILE, SHRINKING_FILE
+
+    console = tmp_path / "console.log"
+    console.write_text("kapi-selftests agent: alive\n")
+    run = SimpleNamespace(splats=(), killed="guest made no progress (no console output) for "
+                          "180 s; killed", console=console)
+    (tmp_path / SHRINKING_FILE).write_text('{"finding": "x"}')
+    assert fuzz_cmd._record_guest_crash(tmp_path, 0, run, "batch") is None
+    assert not (tmp_path / CRASHES_FILE).exists()
+    # the same silence outside shrinking: a hang, filed as a crash
+    summary = fuzz_cmd._record_guest_crash(tmp_path, 0, run, "batch")
+    assert summary is not None and summary.startswith("guest hung")
+    assert (tmp_path / CRASHES_FILE).is_file()

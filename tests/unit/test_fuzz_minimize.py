@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from kapi_selftests.fds import FdKind
 from kapi_selftests.minimize import Budget, ddmin, minimize, simpler_args, simplify_plans
 from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
@@ -77,3 +79,28 @@ def test_minimize_drops_context_and_simplifies_the_failing_call() -> None:
     assert len(out) == 1 and out[0].args[0] == Buf(BufKind.UNALIGNED, 0)
     assert out[0].args[1:] == (Lit(0), Lit(0))
     assert runs[0] <= 50
+
+
+def test_minimize_stops_at_its_time_limit() -> None:
+    # a kernel where every call fails and each run is slow: shrinking gives up on time,
+    # with the smallest batch found so far
+    ctx = [CallPlan("close", (Fd(FdKind.PIPE_READ),)) for _ in range(40)]
+    bad = CallPlan("read", (Fd(FdKind.REGULAR), Buf(BufKind.MAPPED, 64), Lit(64)))
+    runs = [0]
+
+    def fails(ps: list[CallPlan]) -> bool:
+        runs[0] += 1
+        time.sleep(0.05)
+        return True
+
+    t0 = time.monotonic()
+    out = minimize(ctx, bad, fails, budget=10_000, time_s=0.5)
+    assert time.monotonic() - t0 < 1.5
+    assert 3 <= runs[0] <= 20
+    assert out[-1].name == "read" and len(out) <= len(ctx) + 1
+
+
+def test_budget_time_limit() -> None:
+    b = Budget(100, time_s=0.0)
+    assert not b.spend()
+    assert Budget(100).spend() and Budget(100, time_s=60).spend()
