@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kapi_selftests.coverage import Coverage
+from kapi_selftests.edges import EdgeCoverage
 from kapi_selftests.findings import (
     CRASHES_FILE,
     FINDINGS_FILE,
@@ -37,6 +38,7 @@ __all__ = ["CampaignData", "REPORT_FILE", "find_shards", "load_dirs", "merge_int
 CALLS_FILE = "calls.jsonl"
 STATE_FILE = "state.json"
 COVERAGE_FILE = "coverage.json"
+EDGES_FILE = "edge-coverage.json"
 REPORT_FILE = "report.md"
 
 
@@ -46,6 +48,8 @@ class CampaignData:
 
     store: FindingStore
     coverage: Coverage
+    #: the parameters' edges issued (kapi_selftests.edges)
+    edges: EdgeCoverage = field(default_factory=lambda: EdgeCoverage({}))
     crashes: list[CrashRecord] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
     shard_dirs: list[Path] = field(default_factory=list)
@@ -127,13 +131,15 @@ def find_shards(dirs: Iterable[Path]) -> list[Path]:
 
 def load_dirs(dirs: Sequence[Path], specs: Mapping[str, Spec]) -> CampaignData:
     """Fold every shard under ``dirs`` into one :class:`CampaignData`."""
-    data = CampaignData(FindingStore(None), Coverage(specs))
+    data = CampaignData(FindingStore(None), Coverage(specs), EdgeCoverage(specs))
     seen_crashes: set[tuple[int, int, int, str]] = set()
     for d in find_shards(dirs):
         data.shard_dirs.append(d)
         data.store.merge(_rebased(FindingStore.load(d / FINDINGS_FILE), d))
         if (d / COVERAGE_FILE).is_file():
             data.coverage.load_json(json.loads((d / COVERAGE_FILE).read_text()))
+        if (d / EDGES_FILE).is_file():
+            data.edges.load_json(json.loads((d / EDGES_FILE).read_text()))
         if (d / STATE_FILE).is_file():
             st = json.loads((d / STATE_FILE).read_text())
             st["dir"] = str(d)
@@ -174,6 +180,7 @@ def merge_into(dirs: Sequence[Path], into: Path, specs: Mapping[str, Spec], *,
     (into / FINDINGS_FILE).unlink(missing_ok=True)
     append_jsonl(into / FINDINGS_FILE, data.store.dump_rows())
     (into / COVERAGE_FILE).write_text(json.dumps(data.coverage.to_json(), indent=1))
+    (into / EDGES_FILE).write_text(json.dumps(data.edges.to_json()))
     (into / CRASHES_FILE).unlink(missing_ok=True)
     append_jsonl(into / CRASHES_FILE, [c.to_json() for c in data.crashes])
     # Call records: concatenated in shard order (a shard's own order is kept).
@@ -196,6 +203,8 @@ def summary(data: CampaignData, *, header: Sequence[str] = ()) -> dict[str, Any]
         "calls_per_s": round(data.calls_per_s, 1),
         "shards": [{k: v for k, v in s.items()} for s in data.states],
         "coverage": data.coverage.figure().to_json(),
+        "edges": dict(zip(("issued", "total"), data.edges.figure(), strict=True)),
+        "edges_missing": [list(m) for m in data.edges.missing()],
         "kcov": kcov,
         "findings": [
             {"key": r.key.to_json(), "count": r.count, "first_seen": r.first_seen,
@@ -221,6 +230,7 @@ def render_markdown(data: CampaignData, *, title: str = "kapi-selftests fuzz cam
     lines += [f"- calls: {data.calls} in {data.elapsed_s:.1f} s "
               f"({data.calls_per_s:.1f} calls/s over {len(data.states)} shard(s))",
               f"- spec coverage: {fig.describe()}",
+              f"- edge coverage: {edges_text(data.edges)}",
               *([f"- kernel coverage (KCOV): {data.kcov_text()}"] if k else []),
               f"- findings: {len(data.store.records)} distinct, "
               f"{sum(r.count for r in data.store.records.values())} occurrences",
@@ -272,7 +282,22 @@ def render_markdown(data: CampaignData, *, title: str = "kapi-selftests fuzz cam
               "the oracle predicted are rejected because of it. Errors: listed codes userspace "
               "saw.", ""]
     lines += data.coverage.table()
+    lines += ["", "## Edge coverage", "",
+              "Per parameter, each edge (kapi_selftests.edges) and the sides it was issued "
+              "on: a accepted, r rejected by the validator at that parameter, - never.", ""]
+    lines += [f"- {t}" for t in data.edges.table()]
     return "\n".join(lines) + "\n"
+
+
+def edges_text(edges: EdgeCoverage) -> str:
+    """``N/M edges issued`` and the first missing ones."""
+    hit, total = edges.figure()
+    missing = edges.missing()
+    text = f"{hit}/{total} edges issued"
+    if missing:
+        text += "; not yet: " + ", ".join(f"{s}.{p} {e}" for s, p, e in missing[:6]) + \
+            (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+    return text
 
 
 def write_outputs(out: Path, data: CampaignData, *, title: str = "kapi-selftests fuzz campaign",

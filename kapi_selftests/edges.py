@@ -32,6 +32,7 @@ import functools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from kapi_selftests import arch
 from kapi_selftests.fds import FdKind
@@ -320,18 +321,30 @@ class EdgeCoverage:
     def add(self, spec_name: str, plan: CallPlan, prediction: Prediction | None) -> None:
         """Count ``plan``'s edges by the oracle's ``prediction`` of its call (None: no
         prediction, as against the generic syscall events: the edges count as issued)."""
+        for k in self._keys(spec_name, plan, prediction):
+            self.counts[k] += 1
+
+    def add_many(self, calls: Iterable[tuple[str, CallPlan, Prediction | None]]) -> None:
+        """:meth:`add` for a batch: equal calls are classified once."""
+        for (name, plan, pred), n in Counter(calls).items():
+            for k in self._keys(name, plan, pred):
+                self.counts[k] += n
+
+    def _keys(self, spec_name: str, plan: CallPlan, prediction: Prediction | None
+              ) -> list[tuple[str, str, str, str]]:
         spec = self.specs.get(spec_name)
         if spec is None or len(spec.params) != len(plan.args):
-            return
+            return []
         rejected_at: int | None = None
         if prediction is not None:
             if prediction.undetermined is not None:
-                return
+                return []
             rej = prediction.rejection
             if rej is not None:
                 if rej.index is None:
-                    return  # rejected for no parameter (the count of them)
+                    return []  # rejected for no parameter (the count of them)
                 rejected_at = rej.index
+        out = []
         for i, (p, a) in enumerate(zip(spec.params, plan.args, strict=True)):
             if rejected_at is not None and i > rejected_at:
                 break  # never checked
@@ -339,7 +352,23 @@ class EdgeCoverage:
             if name is not None:
                 side = ("issued" if prediction is None else
                         "rejected" if rejected_at == i else "accepted")
-                self.counts[(spec_name, p.name, name, side)] += 1
+                out.append((spec_name, p.name, name, side))
+        return out
+
+    def figure(self) -> tuple[int, int]:
+        """(edges issued on some side, edges in all)."""
+        total = sum(len(param_edges(n, p)) for n, s in self.specs.items() for p in s.params)
+        return total - len(self.missing()), total
+
+    def merge(self, other: EdgeCoverage) -> None:
+        self.counts.update(other.counts)
+
+    def to_json(self) -> list[list[Any]]:
+        return [[*k, v] for k, v in sorted(self.counts.items())]
+
+    def load_json(self, rows: Iterable[Sequence[Any]]) -> None:
+        for spec, param, edge, side, n in rows:
+            self.counts[(str(spec), str(param), str(edge), str(side))] += int(n)
 
     def missing(self, *, std_fds: bool = True) -> list[tuple[str, str, str]]:
         """(spec, parameter, edge) never issued on either side."""

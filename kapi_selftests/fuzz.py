@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kapi_selftests.campaign_report import EDGES_FILE
 from kapi_selftests.checks import CallCheck
 from kapi_selftests.coverage import Coverage, CoverageFigure
+from kapi_selftests.edges import EdgeCoverage
 from kapi_selftests.executor import EventSource
 from kapi_selftests.fds import FdKind, std_fds_owned
 from kapi_selftests.findings import (
@@ -275,6 +277,8 @@ class Campaign:
         self.shrink_s = 0.0
         self._shrink_spent_said = False
         self.coverage = Coverage(self.specs)
+        #: the parameters' edges issued (kapi_selftests.edges), and on which side
+        self.edges = EdgeCoverage(self.specs)
         #: kernel edges reached and the plans that reached new ones (KCOV kernels only)
         self.kcov: KcovCorpus | None = None
         if getattr(harness, "kcov", False):
@@ -307,6 +311,8 @@ class Campaign:
         cov = self.out / COVERAGE_FILE
         if cov.is_file():
             self.coverage.load_json(json.loads(cov.read_text()))
+        if (self.out / EDGES_FILE).is_file():
+            self.edges.load_json(json.loads((self.out / EDGES_FILE).read_text()))
         inflight = self.out / INFLIGHT_FILE
         if inflight.is_file():
             try:
@@ -342,6 +348,7 @@ class Campaign:
 
     def _commit(self) -> None:
         write_json_atomic(self.out / COVERAGE_FILE, self.coverage.to_json())
+        write_json_atomic(self.out / EDGES_FILE, self.edges.to_json())
         write_json_atomic(self.out / STATE_FILE, self.progress().to_json())
 
     # --- the loop -----------------------------------------------------------------------
@@ -459,6 +466,8 @@ class Campaign:
                                          message=msg, evidence=tuple(check.explain().splitlines()),
                                          shard=self.cfg.shard, batch=b, index=i)))
         self.coverage.add_many(outcomes)
+        self.edges.add_many((name, plan, pred) for (name, pred, _e), plan in
+                            zip(outcomes, plans, strict=True))
         append_lines(self.out / CALLS_FILE, rows)
         new = self.store.add(found, now_iso())
         for k in new:

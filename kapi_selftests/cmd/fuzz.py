@@ -298,6 +298,7 @@ def _print_summary(args: argparse.Namespace, data: Any, header: Sequence[str], m
     fig = data.coverage.figure()
     lines = [*header, f"calls: {data.calls} in {data.elapsed_s:.1f} s "
              f"({data.calls_per_s:.1f}/s)", f"spec coverage: {fig.describe()}",
+             f"edge coverage: {campaign_report.edges_text(data.edges)}",
              *([f"kernel coverage (KCOV): {data.kcov_text()}"] if data.kcov else []),
              f"findings: {len(data.store.records)} distinct, crashes: {len(data.crashes)}"]
     for r in sorted(data.store.records.values(), key=lambda r: r.key):
