@@ -59,7 +59,8 @@ def main() -> int:
     ratio = med["fail"] / med["pass"]
     print("| kernel | suite wall s (median) |\n|---|---|")
     print(f"| correct | {med['pass']:.1f} |\n| broken | {med['fail']:.1f} |")
-    print(f"\nfailing/passing: {ratio:.2f} (goal <= {GOAL}: {'met' if ratio <= GOAL else 'NOT met'})")
+    verdict = "met" if ratio <= GOAL else "NOT met"
+    print(f"\nfailing/passing: {ratio:.2f} (goal <= {GOAL}: {verdict})")
     if a.json:
         a.json.write_text(json.dumps({"walls": walls, "ratio": round(ratio, 3)}, indent=2) + "\n")
     return 0 if ratio <= GOAL else 1
