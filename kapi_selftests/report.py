@@ -33,6 +33,7 @@ class TestResult:
     :param reason: one line: skip reason, failure summary or error
     :param diagnostics: lines printed as KTAP ``# `` comments before the result line
     :param subtests: nested results (KTAP subtests)
+    :param time_s: how long it ran (pytest's setup, call and teardown), None when unknown
     """
 
     name: str
@@ -40,6 +41,7 @@ class TestResult:
     reason: str = ""
     diagnostics: tuple[str, ...] = ()
     subtests: tuple[TestResult, ...] = ()
+    time_s: float | None = None
 
 
 def _result_lines(results: Sequence[TestResult], indent: str) -> list[str]:

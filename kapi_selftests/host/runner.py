@@ -16,6 +16,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -301,8 +302,17 @@ def parse_junit(path: Path) -> list[TestResult]:
                 if tag != "skipped":
                     diags = tuple(text.strip().splitlines()[-40:])
                 break
-        out.append(TestResult(name=name, outcome=outcome, reason=reason, diagnostics=diags))
+        out.append(TestResult(name=name, outcome=outcome, reason=reason, diagnostics=diags,
+                              time_s=_seconds(tc.get("time"))))
     return out
+
+
+def _seconds(text: str | None) -> float | None:
+    try:
+        t = float(text) if text else None
+    except ValueError:
+        return None
+    return t if t is not None and t >= 0 and t == t else None  # not NaN, not negative
 
 
 def _nodeid(classname: str, name: str, file: str | None) -> str:
@@ -378,22 +388,39 @@ def host_results(run: GuestRun, *, label: str = "") -> list[TestResult]:
     return results
 
 
+# Characters XML 1.0 cannot hold, even escaped (C0 controls but tab, LF and CR; lone
+# surrogates; U+FFFE/U+FFFF): a console excerpt with an ANSI escape (\x1b) made the
+# whole file unparsable.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml(text: str) -> str:
+    return _XML_INVALID.sub("", text)
+
+
 def write_junit(results: Sequence[TestResult], path: Path, *, suite: str = "kapi-selftests"
                 ) -> None:
-    """Write host results as JUnit XML (one testcase per result)."""
-    ts = ET.Element("testsuite", name=suite, tests=str(len(results)),
+    """Write host results as JUnit XML (one testcase per result), with each result's
+    ``time`` where known (the guest's pytest measured it) and the suite's as their sum;
+    characters XML cannot hold are dropped from names, messages and diagnostics."""
+    times = [r.time_s for r in results if r.time_s is not None]
+    ts = ET.Element("testsuite", name=_xml(suite), tests=str(len(results)),
                     failures=str(sum(r.outcome is Outcome.FAIL for r in results)),
                     errors=str(sum(r.outcome is Outcome.ERROR for r in results)),
                     skipped=str(sum(r.outcome is Outcome.SKIP for r in results)))
+    if times:
+        ts.set("time", f"{sum(times):.3f}")
     for r in results:
         cls, _, name = r.name.rpartition("::")
-        tc = ET.SubElement(ts, "testcase", classname=cls or suite, name=name)
+        tc = ET.SubElement(ts, "testcase", classname=_xml(cls or suite), name=_xml(name))
+        if r.time_s is not None:
+            tc.set("time", f"{r.time_s:.3f}")
         tag = {Outcome.FAIL: "failure", Outcome.ERROR: "error",
                Outcome.SKIP: "skipped"}.get(r.outcome)
         if tag:
-            el = ET.SubElement(tc, tag, message=r.reason)
+            el = ET.SubElement(tc, tag, message=_xml(r.reason))
             if r.diagnostics:
-                el.text = "\n".join(r.diagnostics)
+                el.text = _xml("\n".join(r.diagnostics))
     root = ET.Element("testsuites")
     root.append(ts)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
