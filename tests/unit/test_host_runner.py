@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from host_elf import bzimage
+from ktap_rules import check_ktap
 
 from kapi_selftests import cli
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KSFT_SKIP, LostGuest
@@ -383,7 +384,7 @@ def test_run_kernel_hung_guest_is_killed(kernel_dir: Path, tmp_path: Path,
                         "--progress-timeout-s", "1"], capsys)
     assert rc == KSFT_FAIL
     assert made[0].returncode == -9
-    assert "guest-watchdog # guest hung: guest made no progress" in out
+    assert "not ok 1 guest-watchdog # TIMEOUT guest hung: guest made no progress" in out
 
 
 def test_run_kernel_dry_run_prints_the_command(kernel_dir: Path, tmp_path: Path,
@@ -520,14 +521,21 @@ def test_run_kernel_guests_each_get_a_scratch_dir_and_a_shard(kernel_dir: Path, 
     made = _fake(monkeypatch, CLEAN, {"status": "0\n", "junit.xml": JUNIT.replace(
         '<failure message="assert 1 == 2">', "<x>").replace("AssertionError</failure>", "</x>")})
     rc, out, _ = _main(["run", "--kernel", str(kernel_dir), "--guests", "2",
-                        "--work-dir", str(tmp_path / "w")], capsys)
+                        "--work-dir", str(tmp_path / "w"), "--junit",
+                        str(tmp_path / "w" / "j.xml")], capsys)
     assert rc == KSFT_PASS
     assert len(made) == 2
     outs = {next(a for a in m.argv if "mount_tag=kapiout" in a) for m in made}
     assert len(outs) == 2  # one scratch directory each
     inits = [(tmp_path / "w" / f"guest{i}" / "initramfs.cpio").read_bytes() for i in range(2)]
     assert b"--shard 0/2" in inits[0] and b"--shard 1/2" in inits[1]
-    assert "1..6" in out  # both guests' results merged
+    # one subtest per guest, each with its shard's 3 results; totals of the tests
+    assert check_ktap(out) == []
+    assert "  KTAP version 1\n  # Subtest: guest0\n  1..3\n" in out
+    assert "\nok 1 guest0\n" in out and "\nok 2 guest1\n" in out
+    assert "# Totals: pass:4 fail:0 xfail:0 xpass:0 skip:2 error:0" in out
+    junit = runner.parse_junit(tmp_path / "w" / "j.xml")  # the leaves, not the guests
+    assert len(junit) == 6 and not any(r.name.startswith("guest") for r in junit)
 
 
 @pytest.mark.parametrize(("accel", "cpus", "cores", "free_mb", "n"), [
