@@ -141,19 +141,31 @@ _RESULT = re.compile(r"^(?P<indent>\s*)(?P<ok>ok|not ok) (?P<n>\d+)(?: (?P<name>
 
 
 def parse_ktap(text: str) -> list[TestResult]:
-    """Parse the top-level results of a KTAP document (subtests are folded into diagnostics).
+    """Parse a KTAP document: its top-level results, each with the results of its nested
+    subtest document (an indented ``KTAP version`` line opens one) as ``subtests``.
 
     Unknown lines are ignored, so a console log with KTAP embedded parses too.
     """
-    results: list[TestResult] = []
-    diags: list[str] = []
+    # one entry per open level: its indentation, its results, the diagnostics waiting
+    # for its next result
+    levels: list[tuple[int, list[TestResult], list[str]]] = [(0, [], [])]
     for line in text.splitlines():
-        if line.startswith("# ") or line == "#":
-            diags.append(line[2:])
+        body = line.lstrip(" ")
+        indent = len(line) - len(body)
+        if body.startswith("KTAP version ") and indent > levels[-1][0]:
+            levels.append((indent, [], []))
             continue
-        m = _RESULT.match(line)
-        if not m or m.group("indent"):
+        if body.startswith("# ") or body == "#":
+            if not body.startswith("# Subtest: "):
+                levels[-1][2].append(body[2:])
             continue
+        m = _RESULT.match(body)
+        if not m or indent > levels[-1][0]:
+            continue
+        subtests: tuple[TestResult, ...] = ()
+        while len(levels) > 1 and indent < levels[-1][0]:
+            subtests = tuple(levels.pop()[1])  # the subtest that this result ends
+        _indent, results, diags = levels[-1]
         directive = (m.group("directive") or "").upper()
         reason = (m.group("reason") or "").strip()
         if m.group("ok") == "ok":
@@ -161,10 +173,10 @@ def parse_ktap(text: str) -> list[TestResult]:
         else:
             outcome = Outcome.ERROR if directive == "ERROR" else Outcome.FAIL
         results.append(TestResult(name=(m.group("name") or "").strip(), outcome=outcome,
-                                  reason=reason, diagnostics=tuple(diags),
+                                  reason=reason, diagnostics=tuple(diags), subtests=subtests,
                                   timed_out=outcome is Outcome.FAIL and directive == "TIMEOUT"))
-        diags = []
-    return results
+        diags.clear()
+    return levels[0][1]
 
 
 def exit_code(results: Sequence[TestResult]) -> int:

@@ -175,3 +175,14 @@ def test_ktap_kunit_parser_reports_a_missing_subtest(kunit_parser: ModuleType) -
     test = _parse(kunit_parser, "KTAP version 1\n1..2\n  KTAP version 1\n  # Subtest: g\n"
                                 "  1..1\n  ok 1 t\nok 1 g\n")
     assert test.counts.errors > 0  # type: ignore[attr-defined]
+
+
+def test_ktap_nested_document_parses_back_to_its_groups() -> None:
+    back = parse_ktap(format_ktap(NESTED, header=HEADER))
+    assert [(r.name, r.outcome) for r in back] == [(g.name, g.outcome) for g in NESTED]
+    assert [(r.name, r.outcome, r.reason, r.timed_out) for r in leaves(back)] == [
+        (r.name, r.outcome, r.reason, r.timed_out) for r in leaves(NESTED)]
+    assert back[0].subtests[1].diagnostics == G0[1].diagnostics
+    assert back[0].diagnostics == HEADER  # the header lines come before the first result
+    assert parse_ktap(format_ktap(G0)) == [
+        Result(r.name, r.outcome, r.reason, r.diagnostics) for r in G0]
