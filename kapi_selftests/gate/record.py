@@ -124,9 +124,10 @@ class Health:
 
     @property
     def crashed(self) -> bool:
-        """Oops, panic, BUG, KASAN/UBSAN, a hang, or no guest at all."""
-        fatal = {"oops", "panic", "BUG", "KASAN report", "UBSAN report", "hung task",
-                 "RCU stall"}
+        """Oops, panic, BUG (KFENCE and sleeping in atomic context are BUGs too),
+        KASAN/UBSAN, a hang, or no guest at all."""
+        fatal = {"oops", "panic", "BUG", "KASAN report", "UBSAN report", "KFENCE report",
+                 "sleeping in atomic context", "hung task", "RCU stall"}
         return (self.lost is not None or self.killed is not None
                 or any(s.kind in fatal for s in self.splats))
 

@@ -1,7 +1,8 @@
 """The guest console: capture it to a file as it arrives, find kernel splats in it.
 
 Owns the console log and what can be read from it: kernel oops, BUG, WARNING,
-KASAN/UBSAN reports, RCU stalls, hung tasks and panics (:func:`find_splats`),
+KASAN/UBSAN/KFENCE reports, lockdep reports, suspicious RCU usage, sleeping in atomic
+context, refcount_t warnings, RCU stalls, hung tasks and panics (:func:`find_splats`),
 and the arrival time of the boot markers (used only for timings). The guest's
 verdict never comes from here: it comes from the status file (runner).
 """
@@ -34,15 +35,32 @@ class SplatKind(enum.Enum):
     WARNING = "WARNING"
     KASAN = "KASAN report"
     UBSAN = "UBSAN report"
+    KFENCE = "KFENCE report"
+    LOCKDEP = "lockdep report"
+    RCU_USAGE = "suspicious RCU usage"
+    SLEEP_IN_ATOMIC = "sleeping in atomic context"
+    REFCOUNT = "refcount_t warning"
     RCU_STALL = "RCU stall"
     HUNG_TASK = "hung task"
     PANIC = "panic"
 
 
-# Order matters: the first pattern that matches a line names its kind.
+# Order matters: the first pattern that matches a line names its kind. The heads are
+# the kernel's own report lines (lockdep: kernel/locking/lockdep.c; RCU usage:
+# lockdep_rcu_suspicious(); sleeping: __might_resched(); refcount: lib/refcount.c;
+# KFENCE: mm/kfence/report.c).
 SPLAT_PATTERNS: tuple[tuple[SplatKind, re.Pattern[str]], ...] = (
     (SplatKind.KASAN, re.compile(_TS + r"(?:BUG: )?KASAN: ")),
     (SplatKind.UBSAN, re.compile(_TS + r"UBSAN: ")),
+    (SplatKind.KFENCE, re.compile(_TS + r"BUG: KFENCE: ")),
+    (SplatKind.SLEEP_IN_ATOMIC,
+     re.compile(_TS + r"BUG: sleeping function called from invalid context")),
+    (SplatKind.LOCKDEP, re.compile(
+        _TS + r"WARNING: (?:possible (?:circular locking dependency|recursive locking"
+        r"|irq lock inversion dependency) detected|inconsistent lock state"
+        r"|bad unlock balance detected!|held lock freed!)")),
+    (SplatKind.RCU_USAGE, re.compile(_TS + r"WARNING: suspicious RCU usage")),
+    (SplatKind.REFCOUNT, re.compile(_TS + r"refcount_t: ")),
     (SplatKind.OOPS, re.compile(_TS + r"(?:Oops: |Oops\[|general protection fault)")),
     (SplatKind.BUG, re.compile(_TS + r"(?:\w+: )?(?:BUG: |kernel BUG at )")),
     (SplatKind.WARNING, re.compile(_TS + r"(?:-+\[ cut here \]-+|WARNING: (?:CPU: \d+|.* at ))")),
@@ -52,6 +70,18 @@ SPLAT_PATTERNS: tuple[tuple[SplatKind, re.Pattern[str]], ...] = (
 )
 
 _END = re.compile(_TS + r"---\[ end (?:trace|Kernel panic)")
+# Reports that print no "---[ end" line end elsewhere: lockdep, RCU usage and
+# sleeping-in-atomic after their one stack dump (x86's "</TASK>"), KFENCE at its closing
+# rule of "=" (it opens with one too, the line before its head).
+_TASK_END = re.compile(_TS + r"\s*</TASK>")
+_RULE_END = re.compile(_TS + r"={20,}\s*$")
+_OWN_END: dict[SplatKind, re.Pattern[str]] = {
+    SplatKind.LOCKDEP: _TASK_END,
+    SplatKind.RCU_USAGE: _TASK_END,
+    SplatKind.SLEEP_IN_ATOMIC: _TASK_END,
+    SplatKind.KFENCE: _RULE_END,
+}
+_REFCOUNT = SPLAT_PATTERNS[[k for k, _p in SPLAT_PATTERNS].index(SplatKind.REFCOUNT)][1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +133,18 @@ def find_splats(lines: Sequence[str]) -> list[Splat]:
             continue
         if "cut here" in lines[i] and i + 1 < n:
             kind = _kind_of(lines[i + 1]) or kind
+        if kind is SplatKind.WARNING and any(_REFCOUNT.search(ln) for ln in lines[i + 1:i + 3]):
+            kind = SplatKind.REFCOUNT  # arm64 prints the message after "WARNING: CPU:"
         start = i
         end = i + 1
+        own_end = _OWN_END.get(kind)
         while end < n and end - start < EXCERPT_MAX_LINES:
-            if _END.search(lines[end]):
+            if _END.search(lines[end]) or (own_end is not None and own_end.search(lines[end])):
                 end += 1
+                break
+            # a report without an end line (old kernels print no "</TASK>") ends where
+            # the next one starts
+            if own_end is not None and _kind_of(lines[end]) is not None:
                 break
             # a new panic after an oops is its own splat: the oops ended there
             if end > start + 1 and kind is not SplatKind.PANIC and \

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import logging
-import lzma
 import os
 import shlex
 import shutil
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kapi_selftests.errors import MissingFeature
+from kapi_selftests.host.kernel import module_file_name, read_module
 
 __all__ = ["GuestInit", "find_busybox", "render_init", "write_initramfs", "CpioWriter",
            "ROOT_TAG", "OUT_TAG", "GUEST_OUT", "INIT_MARKER", "START_MARKER",
@@ -176,17 +176,13 @@ class CpioWriter:
         return self._buf.getvalue()
 
 
-def _module_data(path: Path) -> bytes:
-    data = path.read_bytes()
-    return lzma.decompress(data) if path.name.endswith(".xz") else data
-
-
 def write_initramfs(dest: Path, init: GuestInit, modules: Sequence[Path],
                     busybox: Path | None = None,
                     extra: Mapping[str, bytes] | None = None) -> Path:
     """Write the initramfs to ``dest`` and return it.
 
-    :param modules: module files in load order (``.ko`` or ``.ko.xz``)
+    :param modules: module files in load order (``.ko``, ``.ko.xz``, ``.ko.zst`` or
+        ``.ko.gz``: packed decompressed, as busybox ``insmod`` loads only plain ELF)
     :param busybox: static busybox to use (default: :func:`find_busybox`)
     :param extra: more files, name -> contents (tests use this)
     """
@@ -197,8 +193,7 @@ def write_initramfs(dest: Path, init: GuestInit, modules: Sequence[Path],
     w.file("bin/busybox", bb.read_bytes(), 0o755)
     w.file("init", render_init(init, len(modules)).encode(), 0o755)
     for i, m in enumerate(modules):
-        base = m.name.removesuffix(".xz")
-        w.file(f"modules/{i:03d}-{base}", _module_data(m))
+        w.file(f"modules/{i:03d}-{module_file_name(m)}", read_module(m))
     for name, data in (extra or {}).items():
         w.file(name, data)
     dest.write_bytes(w.getvalue())

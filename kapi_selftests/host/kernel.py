@@ -17,6 +17,7 @@ Accepted ``--kernel`` paths:
 from __future__ import annotations
 
 import enum
+import gzip
 import hashlib
 import io
 import logging
@@ -39,8 +40,12 @@ __all__ = [
     "read_kconfig",
     "missing_guest_options",
     "find_modules_dir",
+    "package_image",
     "resolve_modules",
     "read_modinfo",
+    "read_module",
+    "module_file_name",
+    "MODULE_COMPRESSIONS",
     "GUEST_OPTIONS",
     "pvh_vmlinux",
     "guest_modules",
@@ -225,12 +230,24 @@ def _image_from_dir(d: Path) -> tuple[Path, Path | None, Path | None]:
         cfg = d / ".config"
         return vml, cfg if cfg.is_file() else None, None
     img = _first((d / "boot").glob("vmlinuz-*")) or _first(d.glob("vmlinuz-*"))
+    if img is None:
+        img = package_image(d)
     if img is None and (d / "bzImage").is_file():
         img = d / "bzImage"
     if img is None:
         raise UsageError(f"{d}: no kernel found in this directory (looked for "
-                         "arch/x86/boot/bzImage, vmlinux, boot/vmlinuz-*, bzImage)")
+                         "arch/x86/boot/bzImage, vmlinux, boot/vmlinuz-*, "
+                         "usr/lib/modules/*/vmlinuz, bzImage)")
     return img, None, None
+
+
+def package_image(root: Path) -> Path | None:
+    """The kernel image of a package extracted at ``root``: ``boot/vmlinuz-<release>``
+    (Debian up to trixie), else ``usr/lib/modules/<release>/vmlinuz`` with ``config``
+    next to it (Debian's ``linux-binary-*`` from 7.x on, Fedora); None when neither."""
+    return (_first((root / "boot").glob("vmlinuz-*"))
+            or _first((root / "usr/lib/modules").glob("*/vmlinuz"))
+            or _first((root / "lib/modules").glob("*/vmlinuz")))
 
 
 def _config_next_to(image: Path, release: str) -> Path | None:
@@ -267,6 +284,9 @@ def find_modules_dir(image: Path, release: str) -> Path | None:
 
     :return: the directory, or ``None`` when there is none (a monolithic kernel)
     """
+    if image.name == "vmlinuz" and image.parent.parent.name == "modules" and (
+            (image.parent / "kernel").is_dir() or (image.parent / "modules.order").is_file()):
+        return image.parent  # <root>/usr/lib/modules/R/vmlinuz: the modules are beside it
     if not release:
         if image.name.startswith("vmlinuz-"):
             release = image.name[len("vmlinuz-"):]
@@ -320,6 +340,9 @@ _PAYLOAD_OFF = 0x248  # u32 payload_offset, u32 payload_length (boot protocol >=
 _SETUP_SECTS_OFF = 0x1F1
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def _decompress_payload(data: bytes) -> bytes | None:
     if data[:6] == b"\xfd7zXZ\x00":
         return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
@@ -327,7 +350,17 @@ def _decompress_payload(data: bytes) -> bytes | None:
         return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
     if data[:3] == b"\x5d\x00\x00":
         return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(data)
-    return None  # zstd, lz4, lzo, bzip2: not in the standard library
+    if data[:4] == _ZSTD_MAGIC:  # CONFIG_KERNEL_ZSTD (Debian from 6.x in unstable on)
+        try:
+            import zstandard
+        except ImportError:
+            return None
+        try:
+            # One frame: the build appends the vmlinux size after it, as for every payload.
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        except zstandard.ZstdError as e:
+            raise ValueError(f"zstd: {e}") from e
+    return None  # lz4, lzo, bzip2: not in the standard library
 
 
 def pvh_vmlinux(image: Path, cache_dir: Path) -> Path | None:
@@ -358,7 +391,7 @@ def _extract_pvh(image: Path, data: bytes, dest: Path) -> Path | None:
     start = (setup_sects + 1) * 512 + off
     try:
         elf = _decompress_payload(data[start:start + length])
-    except (lzma.LZMAError, zlib.error, EOFError) as e:
+    except (lzma.LZMAError, zlib.error, EOFError, ValueError) as e:
         log.info("cannot decompress %s (%s): booting the bzImage", image, e)
         return None
     if not elf or elf[:4] != b"\x7fELF":
@@ -402,11 +435,24 @@ def _norm(name: str) -> str:
     return name.replace("-", "_")
 
 
-def _module_name(path: Path) -> str:
+# Compressed modules as CONFIG_MODULE_COMPRESS_{XZ,ZSTD,GZIP} install them (Debian
+# from trixie on ships .ko.xz, Fedora .ko.xz, Arch .ko.zst): the suffix and its name.
+MODULE_COMPRESSIONS: tuple[tuple[str, str], ...] = ((".xz", "xz"), (".zst", "zstd"),
+                                                    (".gz", "gzip"))
+
+
+def module_file_name(path: Path) -> str:
+    """The plain ``.ko`` file name of a module file, compressed or not
+    (``9pnet_virtio.ko.xz`` -> ``9pnet_virtio.ko``)."""
     name = path.name
-    for suffix in (".xz", ".zst", ".gz"):
-        name = name.removesuffix(suffix)
-    return _norm(name.removesuffix(".ko"))
+    for suffix, _what in MODULE_COMPRESSIONS:
+        if name.endswith(".ko" + suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
+def _module_name(path: Path) -> str:
+    return _norm(module_file_name(path).removesuffix(".ko"))
 
 
 def _elf_section(data: bytes, wanted: bytes) -> bytes | None:
@@ -428,19 +474,54 @@ def _elf_section(data: bytes, wanted: bytes) -> bytes | None:
     return None
 
 
-def _read_module_bytes(path: Path) -> bytes:
+def _zstd_decompress(data: bytes) -> bytes:
+    try:
+        import zstandard
+    except ImportError as e:  # a declared dependency; only a broken install lacks it
+        raise MissingFeature("reading .ko.zst modules needs the zstandard package",
+                             hint="pip install zstandard") from e
+    # Frame by frame through decompressobj, not decompress(): a frame need not record
+    # its size, and a truncated one must be an error, not fewer bytes.
+    out: list[bytes] = []
+    rest = data
+    try:
+        while rest:
+            obj = zstandard.ZstdDecompressor().decompressobj()
+            out.append(obj.decompress(rest))
+            if not obj.eof:
+                raise ValueError("truncated zstd frame")
+            rest = obj.unused_data
+    except zstandard.ZstdError as e:
+        raise ValueError(str(e)) from e
+    return b"".join(out)
+
+
+def read_module(path: Path) -> bytes:
+    """The module's ELF bytes: ``path`` read and, for ``.ko.xz``, ``.ko.zst`` and
+    ``.ko.gz``, decompressed (busybox ``insmod`` and the ``.modinfo`` reader need the
+    plain ELF).
+
+    :raises MissingFeature: the file is not valid data of the compression its name says
+    """
     data = path.read_bytes()
-    if path.name.endswith(".xz"):
-        return lzma.decompress(data)
-    if path.name.endswith((".zst", ".gz")):
-        raise MissingFeature(f"{path}: compressed module format not supported here",
-                             hint="use an .xz-compressed or uncompressed modules tree")
-    return data
+    what = next((w for sfx, w in MODULE_COMPRESSIONS if path.name.endswith(".ko" + sfx)), None)
+    if what is None:
+        return data
+    try:
+        # The one-shot functions, as they raise on a truncated stream.
+        if what == "xz":
+            return lzma.decompress(data, format=lzma.FORMAT_XZ)
+        if what == "gzip":
+            return gzip.decompress(data)
+        return _zstd_decompress(data)
+    except (lzma.LZMAError, OSError, EOFError, zlib.error, ValueError) as e:
+        raise MissingFeature(f"module {path}: not valid {what} data ({e})",
+                             hint="check the modules tree (a truncated download?)") from e
 
 
 def read_modinfo(path: Path) -> dict[str, str]:
     """The ``.modinfo`` section of a module as ``{key: value}`` (first value of each key)."""
-    sec = _elf_section(_read_module_bytes(path), b".modinfo")
+    sec = _elf_section(read_module(path), b".modinfo")
     out: dict[str, str] = {}
     for entry in (sec or b"").split(b"\0"):
         if b"=" in entry:

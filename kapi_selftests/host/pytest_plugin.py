@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from kapi_selftests.errors import KapiError
-from kapi_selftests.report import Outcome, TestResult
+from kapi_selftests.report import Outcome, TestResult, leaves
 
 _GUEST_DIR = Path(__file__).resolve().parents[2] / "tests" / "guest"
 
@@ -65,7 +65,7 @@ def _run_guest_suite(config: pytest.Config) -> list[TestResult]:
         req = runner.SuiteRequest(kernel=kimg, config=cfg, runner=config.getoption("--runner"),
                                   require_kapi=bool(config.getoption("--require-kapi")))
         results, _runs = runner.run_guests(req)
-        return results
+        return leaves(results)  # several guests: one group each; an item per test
     except KapiError as e:
         hint = f" (hint: {e.hint})" if e.hint else ""
         return [TestResult(name="guest", outcome=Outcome.ERROR, reason=f"{e}{hint}")]

@@ -16,6 +16,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -40,7 +41,7 @@ from kapi_selftests.errors import (
 )
 from kapi_selftests.host import console as console_mod
 from kapi_selftests.host import initramfs, kernel, pyzip, qemu, warm
-from kapi_selftests.report import Outcome, TestResult
+from kapi_selftests.report import Outcome, TestResult, group, leaves
 
 __all__ = ["BootTimings", "GuestRun", "GuestSpec", "guest_command", "guest_env", "prepare",
            "boot", "collect_results", "host_results", "parse_junit", "write_junit",
@@ -320,8 +321,17 @@ def parse_junit(path: Path) -> list[TestResult]:
                 if tag != "skipped":
                     diags = tuple(text.strip().splitlines()[-40:])
                 break
-        out.append(TestResult(name=name, outcome=outcome, reason=reason, diagnostics=diags))
+        out.append(TestResult(name=name, outcome=outcome, reason=reason, diagnostics=diags,
+                              time_s=_seconds(tc.get("time"))))
     return out
+
+
+def _seconds(text: str | None) -> float | None:
+    try:
+        t = float(text) if text else None
+    except ValueError:
+        return None
+    return t if t is not None and t >= 0 and t == t else None  # not NaN, not negative
 
 
 def _nodeid(classname: str, name: str, file: str | None) -> str:
@@ -380,7 +390,7 @@ def host_results(run: GuestRun, *, label: str = "") -> list[TestResult]:
     if run.killed and started:
         results.append(TestResult(name=f"{prefix}guest-watchdog", outcome=Outcome.FAIL,
                                   reason=f"guest hung: {run.killed}",
-                                  diagnostics=(f"console: {run.console}",)))
+                                  diagnostics=(f"console: {run.console}",), timed_out=True))
     if run.status is None and not run.splats and not (run.killed and started):
         where = ("the kernel never reached the initramfs" if run.timings.init_s is None else
                  "the root file system was not mounted" if not started else
@@ -399,22 +409,41 @@ def host_results(run: GuestRun, *, label: str = "") -> list[TestResult]:
     return results
 
 
+# Characters XML 1.0 cannot hold, even escaped (C0 controls but tab, LF and CR; lone
+# surrogates; U+FFFE/U+FFFF): a console excerpt with an ANSI escape (\x1b) made the
+# whole file unparsable.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml(text: str) -> str:
+    return _XML_INVALID.sub("", text)
+
+
 def write_junit(results: Sequence[TestResult], path: Path, *, suite: str = "kapi-selftests"
                 ) -> None:
-    """Write host results as JUnit XML (one testcase per result)."""
-    ts = ET.Element("testsuite", name=suite, tests=str(len(results)),
+    """Write host results as JUnit XML (one testcase per test: a group of subtests, one
+    guest's, is its leaves), with each result's ``time`` where known (the guest's pytest
+    measured it) and the suite's as their sum; characters XML cannot hold are dropped
+    from names, messages and diagnostics."""
+    results = leaves(results)
+    times = [r.time_s for r in results if r.time_s is not None]
+    ts = ET.Element("testsuite", name=_xml(suite), tests=str(len(results)),
                     failures=str(sum(r.outcome is Outcome.FAIL for r in results)),
                     errors=str(sum(r.outcome is Outcome.ERROR for r in results)),
                     skipped=str(sum(r.outcome is Outcome.SKIP for r in results)))
+    if times:
+        ts.set("time", f"{sum(times):.3f}")
     for r in results:
         cls, _, name = r.name.rpartition("::")
-        tc = ET.SubElement(ts, "testcase", classname=cls or suite, name=name)
+        tc = ET.SubElement(ts, "testcase", classname=_xml(cls or suite), name=_xml(name))
+        if r.time_s is not None:
+            tc.set("time", f"{r.time_s:.3f}")
         tag = {Outcome.FAIL: "failure", Outcome.ERROR: "error",
                Outcome.SKIP: "skipped"}.get(r.outcome)
         if tag:
-            el = ET.SubElement(tc, tag, message=r.reason)
+            el = ET.SubElement(tc, tag, message=_xml(r.reason))
             if r.diagnostics:
-                el.text = "\n".join(r.diagnostics)
+                el.text = _xml("\n".join(r.diagnostics))
     root = ET.Element("testsuites")
     root.append(ts)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
@@ -457,11 +486,33 @@ def auto_guests(cfg: qemu.GuestConfig, accel: qemu.Accel, *, cores: int | None =
     return max(1, min(cores // max(per_guest, 1), MAX_AUTO_GUESTS, by_memory))
 
 
+def _merge(per_guest: Sequence[list[TestResult] | str]) -> list[TestResult]:
+    # One guest: its results as they are. Several: one result per guest, ``guest<i>``,
+    # with that guest's results as subtests (KTAP nests them); a lost guest is an ERROR
+    # of its own, and a guest whose shard held no test a skip, so no group is empty.
+    if len(per_guest) == 1:
+        (g,) = per_guest
+        return [TestResult(name="guest", outcome=Outcome.ERROR, reason=g)] \
+            if isinstance(g, str) else list(g)
+    out: list[TestResult] = []
+    for i, g in enumerate(per_guest):
+        if isinstance(g, str):
+            out.append(TestResult(name=f"guest{i}", outcome=Outcome.ERROR, reason=g))
+        elif not g:
+            out.append(TestResult(name=f"guest{i}", outcome=Outcome.SKIP,
+                                  reason="no test in this guest's shard"))
+        else:
+            out.append(group(f"guest{i}", g))
+    return out
+
+
 def run_guests(req: SuiteRequest, *, echo: IO[str] | None = None,
                spec_for: Callable[[int, int], GuestSpec] | None = None
                ) -> tuple[list[TestResult], list[GuestRun]]:
     """Boot ``req.guests`` guests at once, each with its own scratch area and a shard of
-    the suite; return the merged host results and each guest's run.
+    the suite; return the merged host results and each guest's run. With more than one
+    guest the results are one per guest (``guest<i>``) with that guest's results as
+    subtests (:func:`~kapi_selftests.report.leaves` flattens them).
 
     :raises LostGuest: no guest returned anything usable
     """
@@ -510,20 +561,20 @@ def run_guests(req: SuiteRequest, *, echo: IO[str] | None = None,
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
         runs = list(pool.map(one, range(n)))
-    results: list[TestResult] = []
-    lost: list[str] = []
+    per_guest: list[list[TestResult] | str] = []  # a guest's results, or why it was lost
     for i, run in enumerate(runs):
         try:
-            results += host_results(run, label=f"guest{i}" if n > 1 else "")
+            per_guest.append(host_results(run, label=f"guest{i}" if n > 1 else ""))
         except LostGuest as e:
-            lost.append(str(e))
+            per_guest.append(str(e))
         if req.save_trace is not None and (run.out_dir / "trace").is_dir():
             dest = req.save_trace / (f"guest{i}" if n > 1 else "")
             shutil.copytree(run.out_dir / "trace", dest, dirs_exist_ok=True)
-    if lost and not results:
+    lost = [g for g in per_guest if isinstance(g, str)]
+    if lost and not any(isinstance(g, list) and g for g in per_guest):
         raise LostGuest("; ".join(lost), hint=f"console logs are under {base}")
-    results += [TestResult(name="guest", outcome=Outcome.ERROR, reason=m) for m in lost]
-    failed = any(r.outcome in (Outcome.FAIL, Outcome.ERROR) for r in results)
+    results = _merge(per_guest)
+    failed = any(r.outcome in (Outcome.FAIL, Outcome.ERROR) for r in leaves(results))
     if req.work_dir is None and not req.keep and not lost and not failed:
         shutil.rmtree(base, ignore_errors=True)
     return results, runs

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import gzip
+import lzma
 import struct
 from pathlib import Path
+
+import zstandard
+
+# Module compressions as CONFIG_MODULE_COMPRESS_* installs them: suffix -> compressor
+# (the kernel's scripts run xz --check=crc32, zstd, gzip -9: any valid stream does here).
+COMPRESSORS = {
+    ".xz": lambda b: lzma.compress(b, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32),
+    ".zst": lambda b: zstandard.ZstdCompressor(write_content_size=False).compress(b),
+    ".gz": lambda b: gzip.compress(b, 9),
+}
 
 
 def bzimage(release: str = "6.1.0-test-amd64", *, x86_64: bool = True, version: int = 0x020F,
@@ -72,12 +83,19 @@ def module(name: str, depends: str = "") -> bytes:
     return elf64(pvh=False, sections={".modinfo": info})
 
 
-def write_modules(mdir: Path, mods: dict[str, str], builtin: tuple[str, ...] = ()) -> None:
-    """``lib/modules/<release>`` with modules {path-under-kernel/: depends}."""
+def write_modules(mdir: Path, mods: dict[str, str], builtin: tuple[str, ...] = (),
+                  compression: str = "") -> None:
+    """``lib/modules/<release>`` with modules {path-under-kernel/: depends}; with
+    ``compression`` (".xz", ".zst", ".gz") each file is ``<name>.ko<compression>``, and
+    ``modules.order`` still names the ``.ko``, as a distribution's tree has it."""
     for rel, deps in mods.items():
         p = mdir / "kernel" / rel
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(module(p.name.removesuffix(".ko"), deps))
+        data = module(p.name.removesuffix(".ko"), deps)
+        if compression:
+            p = p.with_name(p.name + compression)
+            data = COMPRESSORS[compression](data)
+        p.write_bytes(data)
     (mdir / "modules.order").write_text("".join(f"kernel/{r}\n" for r in mods))
     (mdir / "modules.builtin").write_text("".join(f"kernel/{b}.ko\n" for b in builtin))
 

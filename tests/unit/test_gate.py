@@ -500,3 +500,12 @@ def test_gate_fuzz_closed_fd_difference_is_a_note(kapi: KernelRun) -> None:
     v = compare(base, dataclasses.replace(kapi, label="patched", calls=tuple(calls)))
     (d,) = v.differences
     assert d.cls is DiffClass.NOTE and v.status is GateStatus.PASS
+
+
+@pytest.mark.parametrize(("kind", "crashed"), [
+    ("KFENCE report", True), ("sleeping in atomic context", True), ("BUG", True),
+    ("lockdep report", False), ("suspicious RCU usage", False), ("refcount_t warning", False),
+])
+def test_gate_health_kfence_and_sleeping_in_atomic_are_crashes(kind: str, crashed: bool) -> None:
+    # both were found as "BUG" before they had kinds of their own: still a crash
+    assert Health(splats=(Splat(kind, "kernel " + kind),)).crashed is crashed

@@ -37,6 +37,75 @@ def test_console_hung_guest_has_no_splat() -> None:
     assert find_splats(read_console(DATA / "console-hung-sleep-killed-6.1-tcg.txt")) == []
 
 
+# Real reports, each from a public source, kept as the console printed them:
+# - console-lockdep-circular-4.17-syzbot.txt, console-lockdep-recursive-4.16-syzbot.txt,
+#   console-refcount-addition-on-0-5.15-syzbot.txt,
+#   console-refcount-underflow-panic-6.11-arm-syzbot.txt: syzbot consoles kept by
+#   google/syzkaller as pkg/report/testdata/linux/report/250, 234, 622 and 733 (their
+#   TITLE/TYPE header lines dropped);
+# - console-sleeping-in-atomic-6.9-lkp.txt and console-suspicious-rcu-usage-6.6-lkp.txt:
+#   the kernel test robot's reports on linux-api, <202404251525.39b4af4e-lkp@intel.com>
+#   and <202310210005.51e08d62-oliver.sang@intel.com> (archive
+#   linux-mailinglist-archives/linux-api.vger.kernel.org.0);
+# - console-kfence-use-after-free-6.2-lkml.txt: Jon Hunter on linux-kernel, 2023-03-20,
+#   <b529cb69-0602-9eed-fc02-2f068707a006@nvidia.com> (arm64).
+@pytest.mark.parametrize(("name", "kinds", "head"), [
+    ("console-lockdep-circular-4.17-syzbot.txt", [SplatKind.LOCKDEP],
+     "WARNING: possible circular locking dependency detected"),
+    ("console-lockdep-recursive-4.16-syzbot.txt", [SplatKind.LOCKDEP],
+     "WARNING: possible recursive locking detected"),
+    ("console-suspicious-rcu-usage-6.6-lkp.txt", [SplatKind.RCU_USAGE],
+     "WARNING: suspicious RCU usage"),
+    ("console-sleeping-in-atomic-6.9-lkp.txt", [SplatKind.SLEEP_IN_ATOMIC] * 2,
+     "BUG: sleeping function called from invalid context at include/linux/sched/mm.h:315"),
+    ("console-refcount-addition-on-0-5.15-syzbot.txt", [SplatKind.REFCOUNT],
+     "refcount_t: addition on 0; use-after-free."),
+    ("console-refcount-underflow-panic-6.11-arm-syzbot.txt",
+     [SplatKind.REFCOUNT, SplatKind.PANIC], "WARNING: CPU: 1 PID: 46 at lib/refcount.c:28"),
+    ("console-kfence-use-after-free-6.2-lkml.txt", [SplatKind.KFENCE],
+     "BUG: KFENCE: use-after-free read in pci_bus_release_domain_nr+0x10/0x70"),
+])
+def test_console_real_report_is_found_with_its_kind(name: str, kinds: list[SplatKind],
+                                                    head: str) -> None:
+    lines = read_console(DATA / name)
+    splats = find_splats(lines)
+    assert [s.kind for s in splats] == kinds
+    assert splats[0].summary.startswith(f"kernel {kinds[0].value}: {head}")
+
+
+def test_console_lockdep_report_keeps_its_locks_and_is_capped() -> None:
+    (sp,) = find_splats(read_console(DATA / "console-lockdep-circular-4.17-syzbot.txt"))
+    text = "\n".join(sp.excerpt)
+    assert "is trying to acquire lock:" in text and "but task is already holding lock:" in text
+    assert len(sp.excerpt) == EXCERPT_MAX_LINES  # 159 lines and no end marker in 4.17
+
+
+def test_console_reports_end_at_their_task_end() -> None:
+    # the robot's log has the same report twice, back to back: each ends at "</TASK>"
+    a, b = find_splats(read_console(DATA / "console-sleeping-in-atomic-6.9-lkp.txt"))
+    assert a.excerpt[-1].endswith("</TASK>") and b.line_no == len(a.excerpt) + 1
+    assert any("kmem_cache_alloc" in ln for ln in a.excerpt)
+    (rcu,) = find_splats(read_console(DATA / "console-suspicious-rcu-usage-6.6-lkp.txt"))
+    assert any("suspicious rcu_dereference_check() usage!" in ln for ln in rcu.excerpt)
+    assert rcu.excerpt[-1].endswith("</TASK>")
+
+
+def test_console_kfence_report_keeps_access_and_allocation() -> None:
+    (sp,) = find_splats(read_console(DATA / "console-kfence-use-after-free-6.2-lkml.txt"))
+    assert sp.line_no == 3  # the BUG line, after the "=" rule and an unrelated line
+    text = "\n".join(sp.excerpt)
+    assert "Use-after-free read at 0x000000007f3b80eb (in kfence-#115):" in text
+    assert "allocated by task 96" in text
+
+
+def test_console_kfence_report_ends_at_its_closing_rule() -> None:
+    lines = read_console(DATA / "console-kfence-use-after-free-6.2-lkml.txt")
+    short = [ln for ln in lines if "(in kfence-#" in ln or "BUG: KFENCE" in ln
+             or ln.endswith("=" * 66) or "Comm:" in ln] + ["[   20.0] after the report"]
+    (sp,) = find_splats(short)
+    assert sp.excerpt[-1].endswith("=" * 66) and "after the report" not in sp.excerpt[-1]
+
+
 # One-line heads of the kernel's own report formats (the kernel prints these exactly).
 @pytest.mark.parametrize(("line", "kind"), [
     ("[   12.3] WARNING: CPU: 0 PID: 1 at kernel/foo.c:12 foo+0x1/0x2", SplatKind.WARNING),
@@ -51,6 +120,11 @@ def test_console_hung_guest_has_no_splat() -> None:
     ("[  242.0] INFO: task sh:107 blocked for more than 120 seconds.", SplatKind.HUNG_TASK),
     ("[   30.0] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]", SplatKind.BUG),
     ("[    1.0] Kernel panic - not syncing: Fatal exception", SplatKind.PANIC),
+    ("[    1.0] WARNING: inconsistent lock state", SplatKind.LOCKDEP),
+    ("[    1.0] WARNING: possible irq lock inversion dependency detected", SplatKind.LOCKDEP),
+    ("[    1.0] WARNING: bad unlock balance detected!", SplatKind.LOCKDEP),
+    ("[    1.0][  T12] refcount_t: underflow; use-after-free.", SplatKind.REFCOUNT),
+    ("[    1.0] BUG: KFENCE: out-of-bounds read in foo+0x1/0x2", SplatKind.KFENCE),
 ])
 def test_console_each_report_kind_is_found(line: str, kind: SplatKind) -> None:
     assert [s.kind for s in find_splats(["boot", line, "after"])] == [kind]

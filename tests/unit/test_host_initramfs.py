@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from host_elf import elf64, module
+from host_elf import COMPRESSORS, elf64, module
 
 from kapi_selftests.errors import MissingFeature
 from kapi_selftests.host import initramfs
@@ -57,6 +57,23 @@ def test_initramfs_holds_init_busybox_and_ordered_modules(tmp_path: Path) -> Non
     assert files["bin/busybox"][1] == bb.read_bytes()
     assert sorted(n for n in files if n.startswith("modules/")) == [
         "modules/000-virtio.ko", "modules/001-9pnet.ko", "modules/002-9p.ko"]
+
+
+@pytest.mark.parametrize("suffix", sorted(COMPRESSORS))
+def test_initramfs_packs_compressed_modules_as_plain_ko(tmp_path: Path, suffix: str) -> None:
+    # busybox insmod loads only a plain ELF, and /init loads /modules/*.ko.
+    bb = tmp_path / "busybox"
+    bb.write_bytes(elf64(pvh=False))
+    mods = []
+    for name in ("9pnet", "9p"):
+        p = tmp_path / f"{name}.ko{suffix}"
+        p.write_bytes(COMPRESSORS[suffix](module(name)))
+        mods.append(p)
+    out = write_initramfs(tmp_path / "i.cpio", GuestInit(argv=("true",)), mods, busybox=bb)
+    files = _parse_newc(out.read_bytes())
+    assert files["modules/000-9pnet.ko"][1] == module("9pnet")
+    assert files["modules/001-9p.ko"][1] == module("9p")
+    assert not any(n.endswith(suffix) for n in files)
 
 
 def test_initramfs_init_mounts_root_ro_with_loose_cache_and_writes_status() -> None:

@@ -7,7 +7,7 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
-from host_elf import bzimage, elf64, gzip_payload, write_modules
+from host_elf import COMPRESSORS, bzimage, elf64, gzip_payload, module, write_modules
 
 from kapi_selftests.errors import MissingFeature, UsageError
 from kapi_selftests.host import kernel
@@ -143,6 +143,54 @@ def test_kernel_modules_resolved_in_dependency_order(tmp_path: Path) -> None:
     assert len(names) == len(set(names)) == 6
 
 
+@pytest.mark.parametrize("suffix", sorted(COMPRESSORS))
+def test_kernel_compressed_modules_resolved_and_read(tmp_path: Path, suffix: str) -> None:
+    write_modules(tmp_path, {
+        "fs/9p/9p.ko": "9pnet,netfs",
+        "net/9p/9pnet.ko": "",
+        "fs/netfs/netfs.ko": "",
+    }, compression=suffix)
+    names = [p.name for p in kernel.resolve_modules(tmp_path, ["9p"]).paths]
+    assert names[-1] == f"9p.ko{suffix}" and len(names) == 3
+    ko = tmp_path / f"kernel/fs/9p/9p.ko{suffix}"
+    assert kernel.read_modinfo(ko)["depends"] == "9pnet,netfs"
+    assert kernel.read_module(ko) == module("9p", "9pnet,netfs")
+    assert kernel.module_file_name(ko) == "9p.ko"
+
+
+def test_kernel_zstd_module_of_several_frames(tmp_path: Path) -> None:
+    plain = module("9p", "netfs")
+    ko = tmp_path / "9p.ko.zst"
+    ko.write_bytes(COMPRESSORS[".zst"](plain[:100]) + COMPRESSORS[".zst"](plain[100:]))
+    assert kernel.read_module(ko) == plain
+
+
+@pytest.mark.parametrize("suffix,what", [(".xz", "xz"), (".zst", "zstd"), (".gz", "gzip")])
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_kernel_damaged_compressed_module_is_one_clear_error(
+        tmp_path: Path, suffix: str, what: str, damage: str) -> None:
+    data = COMPRESSORS[suffix](module("9p"))
+    ko = tmp_path / f"9p.ko{suffix}"
+    ko.write_bytes(data[:len(data) // 2] if damage == "truncated" else b"not compressed" * 8)
+    with pytest.raises(MissingFeature, match=rf"module .*9p\.ko\{suffix}: not valid {what} data"):
+        kernel.read_modinfo(ko)
+
+
+def test_kernel_usr_lib_modules_package_layout(tmp_path: Path) -> None:
+    # Debian's 7.x packages: linux-binary-R has usr/lib/modules/R/vmlinuz, linux-base-R
+    # its config beside it, linux-modules-R the .ko.xz files; no boot/ at all.
+    rel = "7.2.13+deb14-amd64"
+    mdir = tmp_path / f"usr/lib/modules/{rel}"
+    write_modules(mdir, {"fs/9p/9p.ko": "netfs", "fs/netfs/netfs.ko": ""}, compression=".xz")
+    (mdir / "vmlinuz").write_bytes(bzimage(rel))
+    (mdir / "config").write_text(GOOD_CONFIG.replace("CONFIG_9P_FS=y", "CONFIG_9P_FS=m"))
+    k = kernel.find_kernel(tmp_path)
+    assert k.image == (mdir / "vmlinuz").resolve() and k.release == rel
+    assert k.config == (mdir / "config").resolve()
+    assert k.modules_dir == mdir.resolve()
+    assert [p.name for p in kernel.guest_modules(k).paths] == ["netfs.ko.xz", "9p.ko.xz"]
+
+
 def test_kernel_builtin_modules_are_not_loaded(tmp_path: Path) -> None:
     write_modules(tmp_path, {"fs/9p/9p.ko": "netfs"}, builtin=("fs/netfs/netfs",))
     assert [p.name for p in kernel.resolve_modules(tmp_path, ["9p"]).paths] == ["9p.ko"]
@@ -188,6 +236,22 @@ def test_kernel_pvh_vmlinux_extracted_from_gzip_bzimage(tmp_path: Path) -> None:
     out = kernel.pvh_vmlinux(img, tmp_path / "cache")
     assert out is not None and out.read_bytes() == inner
     assert kernel.pvh_vmlinux(img, tmp_path / "cache") == out  # cached
+
+
+def test_kernel_pvh_vmlinux_extracted_from_zstd_bzimage(tmp_path: Path) -> None:
+    # CONFIG_KERNEL_ZSTD (Debian unstable's kernel): one frame, then the size trailer.
+    img = tmp_path / "bzImage"
+    inner = elf64(pvh=True)
+    payload = COMPRESSORS[".zst"](inner) + len(inner).to_bytes(4, "little")
+    img.write_bytes(bzimage(payload=payload))
+    out = kernel.pvh_vmlinux(img, tmp_path / "cache")
+    assert out is not None and out.read_bytes() == inner
+
+
+def test_kernel_pvh_vmlinux_of_a_broken_zstd_payload_is_none(tmp_path: Path) -> None:
+    img = tmp_path / "bzImage"
+    img.write_bytes(bzimage(payload=b"\x28\xb5\x2f\xfd" + b"\xff" * 64))
+    assert kernel.pvh_vmlinux(img, tmp_path / "cache") is None  # boots the bzImage
 
 
 def _extract(img: Path, cache: Path) -> tuple[str, bytes]:

@@ -73,3 +73,27 @@ def test_pytest_plugin_inactive_without_kernel(tmp_path: Path,
     monkeypatch.setattr(pytest_plugin, "_run_guest_suite",
                         lambda config: pytest.fail("must not boot"))
     assert pytest.main([str(tmp_path), "-p", "no:cacheprovider", "-q"]) == 0
+
+
+def test_pytest_plugin_items_are_the_tests_of_every_guest(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    # several guests come back as one group each (KTAP subtests); the items are the tests
+    from kapi_selftests.host import kernel, runner
+    from kapi_selftests.report import group
+
+    g0 = [Result("tests/guest/test_a.py::test_ok", Outcome.PASS),
+          Result("guest0: kernel-console", Outcome.FAIL, "kernel BUG: x")]
+    g1 = [Result("tests/guest/test_b.py::test_skip", Outcome.SKIP, "needs root")]
+    monkeypatch.setattr(kernel, "find_kernel", lambda *a: kernel.KernelImage(
+        image=tmp_path / "bzImage", kind=kernel.ImageKind.BZIMAGE, release="x",
+        config=None, modules_dir=None))
+    monkeypatch.setattr(runner, "run_guests",
+                        lambda req: ([group("guest0", g0), group("guest1", g1)], []))
+
+    class _Config:
+        def getoption(self, name: str) -> Any:
+            return {"--kernel": str(tmp_path / "bzImage"), "--accel": "tcg"}.get(name)
+
+    got = pytest_plugin._run_guest_suite(_Config())  # type: ignore[arg-type]
+    assert got == g0 + g1

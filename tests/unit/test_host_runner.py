@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from host_elf import bzimage
+from ktap_rules import check_ktap
 
 from kapi_selftests import cli
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KSFT_SKIP, LostGuest
@@ -42,7 +43,8 @@ def test_runner_parse_junit_names_and_messages(tmp_path: Path) -> None:
     p = tmp_path / "junit.xml"
     p.write_text(JUNIT)
     ok, bad, skip = runner.parse_junit(p)
-    assert ok == Result(name="tests/guest/test_smoke.py::test_ok", outcome=Outcome.PASS)
+    assert ok == Result(name="tests/guest/test_smoke.py::test_ok", outcome=Outcome.PASS,
+                        time_s=0.1)
     assert bad.name == "tests/guest/test_smoke.py::TestX::test_bad[a]"
     assert bad.outcome is Outcome.FAIL and bad.reason == "assert 1 == 2"
     assert "AssertionError" in "\n".join(bad.diagnostics)
@@ -74,6 +76,45 @@ def test_runner_write_junit_round_trips(tmp_path: Path) -> None:
     runner.write_junit(results, tmp_path / "j.xml")
     back = runner.parse_junit(tmp_path / "j.xml")
     assert [(r.outcome, r.reason) for r in back] == [(r.outcome, r.reason) for r in results]
+
+
+def test_runner_junit_keeps_the_guests_times(tmp_path: Path) -> None:
+    p = tmp_path / "junit.xml"
+    p.write_text(JUNIT)
+    results = runner.parse_junit(p)
+    assert [r.time_s for r in results] == [0.1, 0.1, None]  # the skipped case has no time
+    console = Result("kernel-console", Outcome.FAIL, "kernel panic: x")  # host's: no time
+    runner.write_junit([*results, console], tmp_path / "out.xml")
+    import xml.etree.ElementTree as ET
+    suite = ET.parse(tmp_path / "out.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("time") == "0.200"
+    assert [tc.get("time") for tc in suite.iter("testcase")] == ["0.100", "0.100", None, None]
+    assert [r.time_s for r in runner.parse_junit(tmp_path / "out.xml")] == [0.1, 0.1, None,
+                                                                            None]
+
+
+def test_runner_junit_bad_time_is_unknown(tmp_path: Path) -> None:
+    p = tmp_path / "junit.xml"
+    p.write_text(JUNIT.replace('time="0.1"/>', 'time="soon"/>', 1))
+    assert runner.parse_junit(p)[0].time_s is None
+
+
+def test_runner_junit_drops_characters_xml_cannot_hold(tmp_path: Path) -> None:
+    # a splat excerpt with the console's ANSI colour escapes and a NUL made the file
+    # unparsable ("not well-formed (invalid token)")
+    excerpt = ("\x1b[31m[   12.3] BUG: KFENCE: use-after-free read in f+0x1/0x2\x1b[0m",
+               "[   12.3] \x00\x07tab\tkept\x0c", "bad surrogate \ud800 and \uffff")
+    results = [Result("guest0: kernel-console", Outcome.FAIL,
+                      "kernel KFENCE report: \x1b[1mBUG: KFENCE\x1b[0m", excerpt),
+               Result("tests/guest/a.py::t\x1b", Outcome.SKIP, "no \x08reason")]
+    runner.write_junit(results, tmp_path / "j.xml")
+    back = runner.parse_junit(tmp_path / "j.xml")  # parses: LostGuest before the fix
+    assert back[0].reason == "kernel KFENCE report: [1mBUG: KFENCE[0m"
+    assert back[0].diagnostics == ("[31m[   12.3] BUG: KFENCE: use-after-free read in "
+                                   "f+0x1/0x2[0m", "[   12.3] tab\tkept",
+                                   "bad surrogate  and")
+    assert back[1].outcome is Outcome.SKIP and back[1].reason == "no reason"
+    assert (tmp_path / "j.xml").read_bytes().count(b"\x1b") == 0
 
 
 def _run(**kw: Any) -> runner.GuestRun:
@@ -343,7 +384,7 @@ def test_run_kernel_hung_guest_is_killed(kernel_dir: Path, tmp_path: Path,
                         "--progress-timeout-s", "1"], capsys)
     assert rc == KSFT_FAIL
     assert made[0].returncode == -9
-    assert "guest-watchdog # guest hung: guest made no progress" in out
+    assert "not ok 1 guest-watchdog # TIMEOUT guest hung: guest made no progress" in out
 
 
 def test_run_kernel_dry_run_prints_the_command(kernel_dir: Path, tmp_path: Path,
@@ -511,14 +552,21 @@ def test_run_kernel_guests_each_get_a_scratch_dir_and_a_shard(kernel_dir: Path, 
     made = _fake(monkeypatch, CLEAN, {"status": "0\n", "junit.xml": JUNIT.replace(
         '<failure message="assert 1 == 2">', "<x>").replace("AssertionError</failure>", "</x>")})
     rc, out, _ = _main(["run", "--kernel", str(kernel_dir), "--guests", "2",
-                        "--work-dir", str(tmp_path / "w")], capsys)
+                        "--work-dir", str(tmp_path / "w"), "--junit",
+                        str(tmp_path / "w" / "j.xml")], capsys)
     assert rc == KSFT_PASS
     assert len(made) == 2
     outs = {next(a for a in m.argv if "mount_tag=kapiout" in a) for m in made}
     assert len(outs) == 2  # one scratch directory each
     inits = [(tmp_path / "w" / f"guest{i}" / "initramfs.cpio").read_bytes() for i in range(2)]
     assert b"--shard 0/2" in inits[0] and b"--shard 1/2" in inits[1]
-    assert "1..6" in out  # both guests' results merged
+    # one subtest per guest, each with its shard's 3 results; totals of the tests
+    assert check_ktap(out) == []
+    assert "  KTAP version 1\n  # Subtest: guest0\n  1..3\n" in out
+    assert "\nok 1 guest0\n" in out and "\nok 2 guest1\n" in out
+    assert "# Totals: pass:4 fail:0 xfail:0 xpass:0 skip:2 error:0" in out
+    junit = runner.parse_junit(tmp_path / "w" / "j.xml")  # the leaves, not the guests
+    assert len(junit) == 6 and not any(r.name.startswith("guest") for r in junit)
 
 
 @pytest.mark.parametrize(("accel", "cpus", "cores", "free_mb", "n"), [
