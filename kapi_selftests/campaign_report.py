@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kapi_selftests.coverage import Coverage
-from kapi_selftests.edges import EdgeCoverage
+from kapi_selftests.edges import EdgeCoverage, plan_edges
 from kapi_selftests.findings import (
     CRASHES_FILE,
     FINDINGS_FILE,
@@ -30,6 +30,7 @@ from kapi_selftests.findings import (
     append_jsonl,
     read_jsonl,
 )
+from kapi_selftests.plan import CallPlan
 from kapi_selftests.spec import Spec
 
 __all__ = ["CampaignData", "REPORT_FILE", "find_shards", "load_dirs", "merge_into",
@@ -249,6 +250,9 @@ def render_markdown(data: CampaignData, *, title: str = "kapi-selftests fuzz cam
                   f"(shard {r.first.shard}, batch {r.first.batch}, call {r.first.index})",
                   f"- explanation: {r.first.message}",
                   f"- smallest example: `{r.smallest.plan.describe()}`"]
+        exposed = finding_edges(data.edges.specs, r.smallest.plan)
+        if exposed:
+            lines.append(f"- edges in it: {exposed}")
         if r.minimized:
             lines.append("- minimised reproducer: " +
                          "; ".join(f"`{p.describe()}`" for p in r.minimized))
@@ -287,6 +291,12 @@ def render_markdown(data: CampaignData, *, title: str = "kapi-selftests fuzz cam
               "on: a accepted, r rejected by the validator at that parameter, - never.", ""]
     lines += [f"- {t}" for t in data.edges.table()]
     return "\n".join(lines) + "\n"
+
+
+def finding_edges(specs: Mapping[str, Spec], plan: CallPlan) -> str:
+    """The edges a finding's call issued, as ``sys_x.param edge; ...`` ("" if none)."""
+    spec = specs.get(f"sys_{plan.name}")
+    return "; ".join(f"{spec.name}.{e}" for e in plan_edges(spec, plan)) if spec else ""
 
 
 def edges_text(edges: EdgeCoverage) -> str:

@@ -54,7 +54,7 @@ from kapi_selftests.plan import (
 from kapi_selftests.spec import ConstraintType, ParamSpec, ParamType, Spec
 
 __all__ = ["Edge", "SIZED", "param_kind", "ctype_width", "param_edges", "default_arg",
-           "sized", "edge_plans", "edge_of", "EdgeCoverage"]
+           "sized", "edge_plans", "edge_of", "plan_edges", "EdgeCoverage"]
 
 U64 = (1 << 64) - 1
 #: a buffer edge's size before a plan fixes it: the count that sizes the buffer
@@ -303,6 +303,15 @@ def _index(spec_name: str, p: ParamSpec) -> dict[ArgPlan, str]:
 def edge_of(spec_name: str, p: ParamSpec, arg: ArgPlan) -> str | None:
     """The name of the edge ``arg`` issues for ``p``, or None when it is none of them."""
     return _index(spec_name, p).get(_key(arg))
+
+
+def plan_edges(spec: Spec, plan: CallPlan) -> list[str]:
+    """``param edge`` for every argument of ``plan`` that is one of its parameter's edges
+    (what a finding's report names: the edge that exposed it)."""
+    if len(spec.params) != len(plan.args):
+        return []
+    return [f"{p.name} {name}" for p, a in zip(spec.params, plan.args, strict=True)
+            if (name := edge_of(spec.name, p, a)) is not None]
 
 
 class EdgeCoverage:

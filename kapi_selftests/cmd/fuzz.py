@@ -303,6 +303,9 @@ def _print_summary(args: argparse.Namespace, data: Any, header: Sequence[str], m
              f"findings: {len(data.store.records)} distinct, crashes: {len(data.crashes)}"]
     for r in sorted(data.store.records.values(), key=lambda r: r.key):
         lines.append(f"  {r.key.describe()} x{r.count}: {r.first.message}")
+        exposed = campaign_report.finding_edges(data.edges.specs, r.smallest.plan)
+        if exposed:
+            lines.append(f"    edges: {exposed}")
         if r.reproducers:
             lines.append(f"    replay: kapi-selftests replay {r.reproducers[0]}")
     for c in data.crashes:
