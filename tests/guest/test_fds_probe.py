@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 
-from kapi_selftests.fds import FdKind, FdPool
+import pytest
+
+from kapi_selftests.fds import STD_FDS, FdKind, FdPool, std_fds_owned
 
 
 def _open_fds() -> set[int]:
@@ -32,11 +34,19 @@ def test_pool_release_survives_its_socket_fd_closed_and_reused() -> None:
 
 def test_pool_release_closes_everything_it_made() -> None:
     before = _open_fds()
+    kinds = [k for k in FdKind if std_fds_owned() or k not in STD_FDS]
     with FdPool() as pool:
-        for k in FdKind:
+        for k in kinds:
             pool.make(k)
         pool.release()
-        assert _open_fds() == before
+        assert _open_fds() == before  # fds 0-2 (where owned) hold /dev/null again
+
+
+def test_pool_refuses_fds_0_to_2_where_they_are_not_the_harness_s() -> None:
+    if std_fds_owned():
+        pytest.skip("fds 0-2 are the harness's in this process (the guest)")
+    with FdPool() as pool, pytest.raises(ValueError, match="not the harness's here"):
+        pool.make(FdKind.STD0)
 
 
 def test_gate_timing_mix_leaves_no_fd_behind() -> None:
