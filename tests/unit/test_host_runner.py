@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from datadir import DATA
 from host_elf import bzimage
 
 from kapi_selftests import cli
@@ -20,7 +21,6 @@ from kapi_selftests.host.console import Splat, SplatKind
 from kapi_selftests.report import Outcome, exit_code
 from kapi_selftests.report import TestResult as Result
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 CLEAN = (DATA / "console-clean-suite-6.1-tcg.txt").read_bytes()
 SYSRQ = (DATA / "console-sysrq-panic-6.1-tcg.txt").read_bytes()
 
