@@ -4,10 +4,14 @@
   (see :mod:`kapi_selftests.host`); without it, guest tests run on this kernel.
 - ``--require-kapi`` (or ``KAPI_STRICT=1``): a missing kapi tracepoint or spec
   fails instead of skipping, so a misconfigured kernel cannot pass as all-skipped.
-- Hypothesis profiles ``ci`` (derandomised, bounded), ``dev`` and ``fuzz`` (long);
+- Hypothesis profiles ``ci`` (deterministic, bounded), ``dev`` and ``fuzz`` (long);
   choose with ``KAPI_HYPOTHESIS_PROFILE``. They are registered by the conftests of
   the directories whose tests use hypothesis (``tests/unit``, ``tests/guest/pbt``):
-  a session that collects none of them never imports it.
+  a session that collects none of them never imports it. Those conftests also
+  choose the seed every test draws from (``--hypothesis-seed``, else ``KAPI_SEED``,
+  else 0 under ``ci`` and a random one under the others: see
+  ``kapi_selftests.testing.hypothesis_seed``); a failing test prints the line that
+  replays it with that seed.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     outcome = yield
     rep = outcome.get_result()
     if rep.failed and call.when == "call":
-        # the seed the hypothesis conftests chose (None: the test's directory uses none)
+        # the seed the hypothesis conftests chose and forced on every test (None: the
+        # test's directory uses none)
         seed = getattr(item.config.option, "hypothesis_seed", None)
         if seed is None:
             rep.sections.append(("replay", f"python -m pytest '{item.nodeid}'"))

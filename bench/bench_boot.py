@@ -85,6 +85,9 @@ def main() -> int:
     p.add_argument("--no-pvh", dest="pvh", action="store_false")
     p.add_argument("--json", type=Path, help="write the figures here too")
     a = p.parse_args()
+    if not a.kernel and not STOCK.exists():
+        p.error(f"no kernel: pass --kernel PATH, or run .ci/setup, which extracts the stock "
+                f"kernel to {STOCK}")
     kernels = a.kernel or [str(STOCK)]
     rows = [bench(k, a.runs, a.suite, a.pvh) for k in kernels]
     print("| kernel | boot→init s | boot→root mounted s | boot→first test s | "

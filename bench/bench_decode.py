@@ -1,7 +1,7 @@
 """Decode benchmark: binary ring-buffer pages and text traces, >= 1M events.
 
 Not a test. Builds a large capture from the real pages of
-``../shared/kapi-reference/raw/threads`` (each repetition's page time stamps shifted
+``tests/data/kapi-reference/raw/threads`` (each repetition's page time stamps shifted
 past the previous one, so the result is a plausible, longer capture) and its text
 ``trace.txt`` likewise, then prints events/s and where the time goes.
 
@@ -81,7 +81,8 @@ def top(prof: cProfile.Profile, n: int) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", type=Path,
-                    default=ROOT.parent / "shared" / "kapi-reference")
+                    default=ROOT / "tests" / "data" / "kapi-reference",
+                    help="real captures (default: tests/data/kapi-reference)")
     ap.add_argument("--events", type=int, default=1_000_000, help="at least this many events")
     ap.add_argument("--repeat", type=int, default=3, help="best of K runs")
     ap.add_argument("--profile", action="store_true", help="print cProfile top functions")

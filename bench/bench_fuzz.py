@@ -20,9 +20,9 @@ Both figures come from the same kernel in the same run (the same guest with
   With the batch engine it runs in the guest right before and right after the
   campaign; the ratio uses their mean.
 
-With ``--kernel`` (default: the KAPI kernel when /work/kernels/README.txt says it is
-ready, else ``.cache/kernels/stock``) one TCG guest serves both. Prints a Markdown
-table.
+With ``--kernel PATH`` (or ``KAPI_KERNEL``; there is no default: pass a KAPI kernel
+for the KAPI figure, or ``.cache/kernels/stock``, the stock kernel ``.ci/setup``
+extracts) one TCG guest serves both. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -41,10 +41,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROOT = Path(__file__).resolve().parents[1]
-STOCK = ROOT / ".cache" / "kernels" / "stock"
-KAPI = Path("/work/kernels/kapi/bzImage")
-KERNELS_README = Path("/work/kernels/README.txt")
 
 C_LOOP = r"""#define _GNU_SOURCE
 #include <fcntl.h>
@@ -143,13 +139,6 @@ def measure(exe: Path, calls: int, loop: int, work: Path) -> dict[str, Any]:
             "coverage": p.coverage.describe(), "findings": dict(p.findings),
             "c_loop_calls": loop, "c_loop_calls_per_s": c_rate,
             "ratio": round(p.calls / wall / c_rate, 5) if c_rate else None}
-
-
-def _kapi_ready() -> bool:
-    try:
-        return KAPI.is_file() and "KAPI kernel ready" in KERNELS_README.read_text()
-    except OSError:
-        return False
 
 
 def in_guest(kernel_path: Path, calls: int, loop: int) -> dict[str, Any]:
@@ -256,8 +245,8 @@ def _config_of(k: Any) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     where = ap.add_mutually_exclusive_group()
-    where.add_argument("--kernel", type=Path, help="kernel to boot (default: KAPI if ready, "
-                                                  "else the stock kernel)")
+    where.add_argument("--kernel", type=Path, default=os.environ.get("KAPI_KERNEL") or None,
+                       help="kernel to boot (default: KAPI_KERNEL; none else)")
     where.add_argument("--local", action="store_true", help="measure on the running kernel")
     ap.add_argument("--engine", choices=("batch", "harness"), default="batch")
     ap.add_argument("--batch-size", type=int, default=2000, help="batch engine: calls per "
@@ -281,7 +270,10 @@ def main() -> int:
             res = measure(compile_loop(Path(tmp)), a.calls, a.loop, Path(tmp))
         res["guest"] = "none (--local, host kernel)"
     else:
-        kp = a.kernel or (KAPI if _kapi_ready() else STOCK)
+        if a.kernel is None:
+            ap.error("no kernel: pass --kernel PATH (or set KAPI_KERNEL), or --local; "
+                     "the stock kernel of .ci/setup is .cache/kernels/stock")
+        kp = Path(a.kernel)
         res = (batch_in_guest(kp, a.calls, a.loop, a.batch_size) if a.engine == "batch"
                else in_guest(kp, a.calls, a.loop))
     print("| where | events | campaign checked calls/s | C read(fd, buf, 0) calls/s | ratio |")

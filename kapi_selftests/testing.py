@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-__all__ = ["require", "missing_vm_tools", "hypothesis_profiles", "hypothesis_seed"]
+__all__ = ["require", "missing_vm_tools", "hypothesis_profiles", "hypothesis_seed",
+           "DETERMINISTIC_PROFILES", "DEFAULT_SEED"]
 
 
 def require(config: pytest.Config, reason: str | None) -> None:
@@ -33,20 +34,28 @@ def missing_vm_tools() -> str | None:
     return None
 
 
+#: profiles whose runs draw the same examples every time unless a seed is given
+DETERMINISTIC_PROFILES = ("ci",)
+#: the seed of a deterministic profile's runs when none is given
+DEFAULT_SEED = 0
+
+
 def hypothesis_profiles() -> None:
     """Register the hypothesis profiles and load ``KAPI_HYPOTHESIS_PROFILE`` (``ci``).
 
-    ``ci``: derandomised, 20 examples; ``dev``: 200; ``fuzz``: 20,000 and every phase.
-    The conftest of each directory whose tests use hypothesis calls this, so that a
-    session collecting none of them never imports hypothesis (under TCG that import
-    is seconds of a guest's time to its first test).
+    ``ci``: deterministic (seed 0 unless one is given, see :func:`hypothesis_seed`),
+    20 examples; ``dev``: 200; ``fuzz``: 20,000 and every phase. None of them sets
+    hypothesis's ``derandomize``, which would make a given seed a no-op. The conftest
+    of each directory whose tests use hypothesis calls this, so that a session
+    collecting none of them never imports hypothesis (under TCG that import is seconds
+    of a guest's time to its first test).
     """
     import os
 
     from hypothesis import HealthCheck, Phase, settings
 
     quiet = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-    settings.register_profile("ci", derandomize=True, max_examples=20, deadline=None,
+    settings.register_profile("ci", max_examples=20, deadline=None,
                               print_blob=True, suppress_health_check=quiet)
     settings.register_profile("dev", max_examples=200, deadline=None, print_blob=True,
                               suppress_health_check=quiet)
@@ -57,21 +66,40 @@ def hypothesis_profiles() -> None:
     settings.load_profile(os.environ.get("KAPI_HYPOTHESIS_PROFILE", "ci"))
 
 
-def hypothesis_seed(config: pytest.Config) -> None:
-    """Give the run a hypothesis seed (``--hypothesis-seed``, else a random one).
+def hypothesis_seed(config: pytest.Config) -> int | str:
+    """Choose the run's hypothesis seed and make every test draw from it.
 
-    Every failure then prints the line that replays it (the root conftest adds it).
-    For the conftests that call :func:`hypothesis_profiles`, from ``pytest_configure``.
+    The seed is ``--hypothesis-seed``, else ``KAPI_SEED``, else :data:`DEFAULT_SEED`
+    under a deterministic profile (``ci``) and a random one under the others. It is
+    stored as the ``--hypothesis-seed`` option, so every failure prints the line that
+    replays it (the root conftest adds it), and forced on hypothesis as its own plugin
+    does; a loaded profile that derandomizes (which would ignore the seed) is replaced
+    by a copy that does not. For the conftests that call :func:`hypothesis_profiles`,
+    from ``pytest_configure`` (after hypothesis's plugin: ``trylast``).
+
+    :return: the seed
     """
     import os
 
-    from hypothesis import core
+    from hypothesis import core, settings
 
     seed: int | str | None = getattr(config.option, "hypothesis_seed", None)
-    if seed is None:  # none given (or no hypothesis plugin to take one)
-        seed = config.option.hypothesis_seed = int.from_bytes(os.urandom(4), "little")
+    if seed is None:
+        seed = os.environ.get("KAPI_SEED") or None
+    if seed is None:
+        if settings.get_current_profile_name() in DETERMINISTIC_PROFILES:
+            seed = DEFAULT_SEED
+        else:
+            seed = int.from_bytes(os.urandom(4), "little")
     try:
         seed = int(seed)
     except ValueError:
         pass  # hypothesis takes a string seed as it is
+    config.option.hypothesis_seed = seed
     core.global_force_seed = seed  # type: ignore[assignment]  # as its plugin does
+    current = settings.default
+    if current is not None and current.derandomize:
+        name = f"{settings.get_current_profile_name()}-seeded"
+        settings.register_profile(name, current, derandomize=False)
+        settings.load_profile(name)
+    return seed

@@ -171,3 +171,32 @@ def test_a_kcov_campaign_keeps_calls_that_reach_new_code(kcov_kernel: None,
     start2, p2 = _in_thread(lambda: campaign(1200))
     assert start2["edges"] == p.kcov["edges"] and start2["corpus"] == p.kcov["corpus"]
     assert p2.calls == 1200 and p2.kcov["edges"] >= p.kcov["edges"]
+
+
+# --- a kernel without KCOV: what the executor and fuzz --kcov say (from tests/unit, which
+# touches no kernel interface of the host) ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def no_kcov_kernel(tracefs_root: object) -> None:
+    if os.path.exists(cexec.KCOV_PATH):
+        pytest.skip(f"this kernel has KCOV ({cexec.KCOV_PATH}): the error path cannot be "
+                    "reached")
+
+
+def test_cov_open_names_the_missing_kcov(no_kcov_kernel: None) -> None:
+    built = cexec.build_library(cexec.CACHE_DIR)
+    if built is None:
+        pytest.skip("no C compiler for the batch executor")
+    with pytest.raises(OSError) as e:
+        cexec.cov_open(cexec.load(built))
+    assert "kcov" in str(e.value)
+
+
+def test_local_kcov_on_this_kernel_says_it_has_none(
+        no_kcov_kernel: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kapi_selftests import cli
+    from kapi_selftests.errors import KSFT_SKIP
+
+    rc = cli.main(["fuzz", "--local", "--kcov", "--calls", "5", "--out", str(tmp_path / "o")])
+    assert rc == KSFT_SKIP
+    assert "kernel has no KCOV" in capsys.readouterr().err

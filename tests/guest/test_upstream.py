@@ -192,10 +192,9 @@ def test_upstream_29_dmesg_has_validator_warnings(kapi_harness: Harness) -> None
     for case in CASES:
         if case.number in (5, 6, 7, 8):
             _issue(kapi_harness, case)
-    try:
-        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        pytest.skip(f"/dev/kmsg unreadable: {e.strerror}")
+    if not os.path.exists("/dev/kmsg"):
+        pytest.skip("no /dev/kmsg (a kernel without CONFIG_PRINTK, or no devtmpfs)")
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)  # any other failure fails
     text = []
     try:
         while True:

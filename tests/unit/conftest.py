@@ -9,5 +9,6 @@ from kapi_selftests.testing import hypothesis_profiles, hypothesis_seed
 hypothesis_profiles()
 
 
+@pytest.hookimpl(trylast=True)  # after hypothesis's plugin has read --hypothesis-seed
 def pytest_configure(config: pytest.Config) -> None:
     hypothesis_seed(config)

@@ -10,9 +10,9 @@ a byte of the capture is changed.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
+from datadir import REFERENCE as REF
 
 from kapi_selftests.arch import find_syscall
 from kapi_selftests.bulk import clean_calls
@@ -22,11 +22,6 @@ from kapi_selftests.executor import EventSource
 from kapi_selftests.oracle import ENTER, EXIT, CheckKind, FindingKind, Prediction, Rejection
 from kapi_selftests.spec import builtin_specs
 from kapi_selftests.syscalls import MASK64, SyscallRecord
-
-REF = Path(__file__).resolve().parents[3] / "shared" / "kapi-reference"
-if not REF.is_dir():
-    REF = Path("/work/shared/kapi-reference")
-pytestmark = pytest.mark.skipif(not REF.is_dir(), reason=f"reference captures not found at {REF}")
 
 SPECS = builtin_specs()
 REJECTED = Rejection("fd", 0, CheckKind.FD, "as the capture says")

@@ -9,16 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from datadir import DATA
+from datadir import REFERENCE as REF
 
 from kapi_selftests.cli import main
 from kapi_selftests.report import Outcome, parse_ktap
-
-REF = Path(__file__).resolve().parents[3] / "shared" / "kapi-reference"
-if not REF.is_dir():
-    REF = Path("/work/shared/kapi-reference")
-DATA = Path(__file__).resolve().parents[1] / "data"
-needs_ref = pytest.mark.skipif(not REF.is_dir(),
-                               reason=f"reference captures not found at {REF}")
 
 
 def check_json(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
@@ -27,7 +22,6 @@ def check_json(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any
     return code, json.loads(out)
 
 
-@needs_ref
 @pytest.mark.parametrize("path,pairs", [
     ("boot-evidence/trace-phase2-isolated.txt", 18), ("raw/small", 55),
     ("raw/threads", 14483), ("boundary", 70)])
@@ -38,7 +32,6 @@ def test_check_reference_pass(path: str, pairs: int, capsys: pytest.CaptureFixtu
     assert obj["lost_events"] == 0
 
 
-@needs_ref
 @pytest.mark.parametrize("path", ["boot-evidence/trace-phase1-global.txt",
                                   "boot-evidence/trace-phase3-busybox.txt"])
 def test_check_reference_edge_halves(path: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,7 +44,6 @@ def test_check_reference_edge_halves(path: str, capsys: pytest.CaptureFixture[st
                for h in halves)
 
 
-@needs_ref
 def test_check_reference_overrun_is_skip_with_loss(capsys: pytest.CaptureFixture[str]) -> None:
     code, obj = check_json(REF / "raw/overrun", capsys)
     assert code == 4
@@ -59,13 +51,11 @@ def test_check_reference_overrun_is_skip_with_loss(capsys: pytest.CaptureFixture
     assert len(obj["unjudged"]) == 2
 
 
-@needs_ref
 def test_check_reference_overrun_text(capsys: pytest.CaptureFixture[str]) -> None:
     code, obj = check_json(REF / "raw/overrun/trace.txt", capsys)
     assert code == 4 and obj["lost_events"] == 14480 - 124
 
 
-@needs_ref
 def test_check_ktap_default(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["check", str(REF / "boot-evidence/trace-phase1-global.txt")])
     out = capsys.readouterr().out
@@ -77,7 +67,6 @@ def test_check_ktap_default(capsys: pytest.CaptureFixture[str]) -> None:
     assert "edge half" in out and "# Totals: pass:6 fail:0" in out
 
 
-@needs_ref
 def test_check_ktap_overrun_loss_skips(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["check", str(REF / "raw/overrun")])
     results = {r.name: r for r in parse_ktap(capsys.readouterr().out)}
@@ -85,7 +74,6 @@ def test_check_ktap_overrun_loss_skips(capsys: pytest.CaptureFixture[str]) -> No
     assert results["loss"].outcome is Outcome.SKIP and "14356 events lost" in results["loss"].reason
 
 
-@needs_ref
 def test_check_directory_of_captures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("small", "threads"):
         shutil.copytree(REF / "raw" / name, tmp_path / name)
@@ -94,7 +82,6 @@ def test_check_directory_of_captures(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert [c["capture"] for c in obj["captures"]] == ["small", "threads"]
 
 
-@needs_ref
 def test_check_directory_with_overrun_is_skip(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["check", str(REF / "raw")])
     out = capsys.readouterr().out
@@ -167,7 +154,6 @@ def test_check_empty_dir_is_usage_error(tmp_path: Path,
     assert "no capture found" in capsys.readouterr().err
 
 
-@needs_ref
 def test_check_corrupt_page_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "cap"
     shutil.copytree(REF / "raw/small", d)
@@ -181,7 +167,6 @@ def test_check_corrupt_page_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-@needs_ref
 def test_check_unknown_event_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "cap"
     shutil.copytree(REF / "raw/small", d)

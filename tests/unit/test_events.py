@@ -7,19 +7,13 @@ import struct
 from pathlib import Path
 
 import pytest
+from datadir import DATA
+from datadir import REFERENCE as REF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kapi_selftests import events as E
 from kapi_selftests.errors import DecodeError, UsageError
-
-REF = Path(__file__).resolve().parents[3] / "shared" / "kapi-reference"
-if not REF.is_dir():
-    REF = Path("/work/shared/kapi-reference")
-DATA = Path(__file__).resolve().parents[1] / "data"
-
-needs_ref = pytest.mark.skipif(not REF.is_dir(),
-                               reason=f"reference captures not found at {REF}")
 
 ENTER_FMT = (DATA / "kapi_syscall_enter.format").read_text()
 EXIT_FMT = (DATA / "kapi_syscall_exit.format").read_text()
@@ -152,7 +146,6 @@ def _key_text(e: E.TraceEvent) -> tuple[object, ...]:
             f.get("ret"), f.get("spec_match"))
 
 
-@needs_ref
 @pytest.mark.parametrize("scenario,count", [("raw/small", 110), ("raw/threads", 28966),
                                             ("raw/overrun", 124), ("boundary", 140)])
 def test_decode_real_capture_matches_text_trace(scenario: str, count: int) -> None:
@@ -162,7 +155,6 @@ def test_decode_real_capture_matches_text_trace(scenario: str, count: int) -> No
     assert sorted(map(_key_raw, cap.events)) == sorted(map(_key_text, text.events))
 
 
-@needs_ref
 def test_decode_real_capture_sorted_with_args() -> None:
     cap = E.load_capture(REF / "raw/small")
     ts = [e.ts_ns for e in cap.events]
@@ -175,7 +167,6 @@ def test_decode_real_capture_sorted_with_args() -> None:
     assert cap.events[-1].ts_ns == list(cap.events)[-1].ts_ns
 
 
-@needs_ref
 def test_decode_threads_migrate_between_cpus() -> None:
     cap = E.load_capture(REF / "raw/threads")
     cpus_of: dict[int, set[int]] = {}
@@ -184,7 +175,6 @@ def test_decode_threads_migrate_between_cpus() -> None:
     assert len(cpus_of) == 4 and all(c == {0, 1} for c in cpus_of.values())
 
 
-@needs_ref
 def test_decode_vectorised_walk_matches_reference_walk() -> None:
     raw = E.read_capture_dir(REF / "raw/threads")
     cols, _ = E.decode_columns(raw)
@@ -200,7 +190,6 @@ def test_decode_vectorised_walk_matches_reference_walk() -> None:
         zip(cols.ts_ns.tolist(), cols.offset.tolist(), cols.length.tolist(), strict=True))
 
 
-@needs_ref
 def test_decode_overrun_counts_loss_from_stats() -> None:
     cap = E.load_capture(REF / "raw/overrun")
     assert cap.loss.lost_events == 14480 - 124 == 1037 + 13319
@@ -209,14 +198,12 @@ def test_decode_overrun_counts_loss_from_stats() -> None:
     assert starts == {0: 4453207726, 1: 4597685750}
 
 
-@needs_ref
 def test_text_trace_loss_from_header() -> None:
     cap = E.load_capture(REF / "raw/overrun/trace.txt")
     assert cap.loss.lost_events == 14356
     assert {g.cpu for g in cap.loss.gaps} == {0, 1}
 
 
-@needs_ref
 def test_text_trace_no_loss() -> None:
     cap = E.load_capture(REF / "boot-evidence/trace-phase2-isolated.txt")
     assert len(cap.events) == 36 and cap.loss.lost_events == 0 and not cap.loss.gaps

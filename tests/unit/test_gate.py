@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from datadir import DATA
 
 from kapi_selftests.cli import main
 from kapi_selftests.gate.compare import (
@@ -37,8 +38,6 @@ from kapi_selftests.oracle import predict
 from kapi_selftests.report import Outcome
 from kapi_selftests.report import TestResult as Result
 from kapi_selftests.spec import builtin_specs
-
-DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.fixture(scope="module")

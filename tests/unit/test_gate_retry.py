@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from _pytest.mark.expression import Expression
+from datadir import DATA
 
 from kapi_selftests.gate.compare import (
     DiffClass,
@@ -32,8 +33,6 @@ from kapi_selftests.gate.specdiff import SpecChange, SpecChangeKind
 from kapi_selftests.host import gate_run
 from kapi_selftests.report import Outcome, format_ktap
 from kapi_selftests.report import TestResult as Result
-
-DATA = Path(__file__).resolve().parents[1] / "data"
 
 # The 87 tests of the recorded full-suite gate (kapi vs variant, docs/gate.md), by module.
 _TESTS = {

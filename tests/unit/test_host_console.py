@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from datadir import DATA
 
 from kapi_selftests.host.console import (
     EXCERPT_MAX_LINES,
@@ -15,8 +16,6 @@ from kapi_selftests.host.console import (
     find_splats,
     read_console,
 )
-
-DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def test_console_sysrq_panic_is_one_panic_with_its_trace() -> None:

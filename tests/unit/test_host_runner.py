@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from datadir import DATA
 from host_elf import bzimage
 from ktap_rules import check_ktap
 
@@ -21,7 +22,6 @@ from kapi_selftests.host.console import Splat, SplatKind
 from kapi_selftests.report import Outcome, exit_code
 from kapi_selftests.report import TestResult as Result
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 CLEAN = (DATA / "console-clean-suite-6.1-tcg.txt").read_bytes()
 SYSRQ = (DATA / "console-sysrq-panic-6.1-tcg.txt").read_bytes()
 
@@ -470,6 +470,13 @@ def test_run_qemu_missing_exits_4(kernel_dir: Path, monkeypatch: pytest.MonkeyPa
 
 # --- run --local ----------------------------------------------------------------------
 
+@pytest.fixture
+def as_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    # run --local refuses a user other than root before anything else (test_bad_inputs);
+    # these tests are about what it does next, on suites that need no privilege
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+
+
 def _suite(tmp_path: Path, body: str) -> Path:
     d = tmp_path / "guest"
     d.mkdir()
@@ -485,7 +492,7 @@ def _suite(tmp_path: Path, body: str) -> Path:
     ("def test_a():\n    pytest.skip('kernel has no kapi tracepoints')\n", KSFT_SKIP),
 ])
 def test_run_local_exit_codes(tmp_path: Path, body: str, rc: int,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+                              capsys: pytest.CaptureFixture[str], as_root: None) -> None:
     tests = _suite(tmp_path, body)
     code, out, _ = _main(["run", "--local", "--tests", str(tests), "--junit",
                           str(tmp_path / "j.xml"), "--ktap", str(tmp_path / "k.txt"),
@@ -496,15 +503,15 @@ def test_run_local_exit_codes(tmp_path: Path, body: str, rc: int,
     assert (tmp_path / "j.xml").is_file() and (tmp_path / "p.jsonl").is_file()
 
 
-def test_run_local_failure_message_in_ktap(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_local_failure_message_in_ktap(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], as_root: None) -> None:
     tests = _suite(tmp_path, "def test_a():\n    assert 1 == 2, 'values differ'\n")
     _code, out, _ = _main(["run", "--local", "--tests", str(tests)], capsys)
     assert "not ok 1 " in out and "values differ" in out
 
 
 def test_run_local_runs_the_pbt_directory_in_a_second_session(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], as_root: None) -> None:
     # the first session records whether pbt/'s module was imported; pbt/ fails once
     pbt_mod = "test_pbt_" + "".join(c if c.isalnum() else "_" for c in tmp_path.name)
     tests = _suite(tmp_path, "import sys\n"
@@ -527,14 +534,14 @@ def test_run_local_runs_the_pbt_directory_in_a_second_session(
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("j.")) == ["j.xml"]
 
 
-def test_run_local_missing_tests_dir_says_so(tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_local_missing_tests_dir_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], as_root: None) -> None:
     rc, _, err = _main(["run", "--local", "--tests", str(tmp_path / "nope")], capsys)
     assert rc == KSFT_SKIP and "in-guest tests not found" in err
 
 
-def test_run_local_shard_splits_the_suite(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_local_shard_splits_the_suite(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], as_root: None) -> None:
     tests = _suite(tmp_path, "".join(f"def test_{i}():\n    pass\n" for i in range(5)))
     outs: list[str] = []
     for i in range(2):

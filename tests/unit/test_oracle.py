@@ -1,6 +1,6 @@
 """Unit tests of kapi_selftests.oracle.
 
-The centre is the reproduction of ../shared/kapi-reference/boundary: 67 real
+The centre is the reproduction of tests/data/kapi-reference/boundary: 67 real
 calls at the edges of every constraint, with the events a KAPI v4 kernel
 emitted. Every call's params string, rejection and spec_match must come out
 exactly. Then one synthetic call per constraint type and judge() cases.
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pytest
+from datadir import REFERENCE as REF
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kapi_selftests.events import load_capture
 from kapi_selftests.oracle import (
     USER_PTR_MAX,
     CheckKind,
@@ -38,9 +39,6 @@ from kapi_selftests.spec import (
 )
 from kapi_selftests.syscalls import SyscallRecord
 
-REF = Path(__file__).resolve().parents[3] / "shared" / "kapi-reference"
-if not REF.is_dir():
-    REF = Path("/work/shared/kapi-reference")
 BOUNDARY = REF / "boundary"
 SPECS = builtin_specs()
 BY_NR = {s.nr: s for s in SPECS.values()}
@@ -214,11 +212,7 @@ def test_boundary_rejection_names_param_and_check(label: str, param: str,
 
 
 def test_boundary_args_match_raw_capture() -> None:
-    events = pytest.importorskip("kapi_selftests.events")
-    try:
-        cap = events.load_capture(BOUNDARY)
-    except Exception as e:  # the decoder is another module's job; only use it if it works
-        pytest.skip(f"raw decoder unavailable: {e}")
+    cap = load_capture(BOUNDARY)
     enters = [e for e in cap.events if e.name == "kapi_syscall_enter"]
     assert len(enters) == 70
     i = 0
@@ -233,11 +227,7 @@ def test_boundary_args_match_raw_capture() -> None:
 
 
 def test_boundary_judge_with_raw_events_has_no_findings() -> None:
-    events = pytest.importorskip("kapi_selftests.events")
-    try:
-        cap = events.load_capture(BOUNDARY)
-    except Exception as e:
-        pytest.skip(f"raw decoder unavailable: {e}")
+    cap = load_capture(BOUNDARY)
     raw = [e for e in cap.events if e.name.startswith("kapi_")]
     groups = group_events(CALLS, [Ev(e.name, dict(e.fields)) for e in raw])
     for call, group in zip(CALLS, groups, strict=True):

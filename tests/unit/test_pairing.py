@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from datadir import REFERENCE as REF
 
 from kapi_selftests.events import Capture, LossGap, LossInfo, TraceEvent, load_capture
 from kapi_selftests.pairing import ViolationKind, pair
-
-REF = Path(__file__).resolve().parents[3] / "shared" / "kapi-reference"
-if not REF.is_dir():
-    REF = Path("/work/shared/kapi-reference")
-needs_ref = pytest.mark.skipif(not REF.is_dir(),
-                               reason=f"reference captures not found at {REF}")
 
 
 def enter(ts: int, name: str, tid: int = 10, cpu: int = 0) -> TraceEvent:
@@ -195,7 +188,6 @@ def test_pair_ignores_other_events() -> None:
     assert len(r.pairs) == 1 and r.names == ("sys_read",)
 
 
-@needs_ref
 @pytest.mark.parametrize("path,pairs", [
     ("boot-evidence/trace-phase2-isolated.txt", 18), ("raw/small", 55),
     ("raw/threads", 14483), ("boundary", 70)])
@@ -205,7 +197,6 @@ def test_pair_reference_all_match(path: str, pairs: int) -> None:
     assert not r.violations and not r.edge_halves and not r.unjudged
 
 
-@needs_ref
 @pytest.mark.parametrize("path", ["boot-evidence/trace-phase1-global.txt",
                                   "boot-evidence/trace-phase3-busybox.txt"])
 def test_pair_reference_toggle_halves(path: str) -> None:
@@ -215,7 +206,6 @@ def test_pair_reference_toggle_halves(path: str) -> None:
     assert all(v.name == "sys_write" and v.tid == 1 for v in r.edge_halves)
 
 
-@needs_ref
 @pytest.mark.parametrize("path", ["raw/overrun", "raw/overrun/trace.txt"])
 def test_pair_reference_overrun_unjudged(path: str) -> None:
     r = pair(load_capture(REF / path))

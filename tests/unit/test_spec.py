@@ -1,7 +1,7 @@
 """Unit tests of kapi_selftests.spec: built-in model, debugfs loaders, source hints.
 
 The built-in model must agree with the real dumps in
-../shared/kapi-reference/debugfs/, staged here into the live layout
+tests/data/kapi-reference/debugfs/, staged here into the live layout
 (``list``, ``specs/<name>``, ``specs-json/<name>``).
 """
 
@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from datadir import REFERENCE
 
 from kapi_selftests.errors import SpecError
 from kapi_selftests.oracle import predict
@@ -32,7 +33,7 @@ from kapi_selftests.spec import (
     parse_text_dump,
 )
 
-REF = Path("/work/shared/kapi-reference/debugfs")
+REF = REFERENCE / "debugfs"
 NAMES = ("sys_madvise", "sys_close", "sys_open", "sys_write", "sys_read")
 
 

@@ -11,9 +11,10 @@
   kernels as ``--build-dir``, both builds come from the cache (``KAPI_GATE_SRC``,
   ``KAPI_GATE_SRC_BASE``, ``KAPI_GATE_SERIES``, ``KAPI_GATE_BUILDS``).
 
-Kernels: ``KAPI_GATE_KERNEL`` (default ``/work/kernels/kapi/bzImage``) and
-``KAPI_GATE_VARIANT`` (default ``/work/kernels/kapi-variant/arch/x86/boot/bzImage``).
-Where they, QEMU or busybox are missing, the tests skip with the reason. Each test
+Kernels: ``KAPI_GATE_KERNEL`` (a KAPI kernel's bzImage), ``KAPI_GATE_VARIANT`` (the
+variant's) and ``KAPI_GATE_BASE`` (the unpatched base's); there are no defaults. Where
+a variable is unset, or what it names, QEMU or busybox is missing, the tests skip with
+the reason. Each test
 boots two TCG guests (several minutes; ``KAPI_GATE_ACCEL=auto`` to probe KVM); the
 suite stage is limited to the smoke tests to keep it short.
 """
@@ -32,25 +33,37 @@ from kapi_selftests.testing import missing_vm_tools
 
 pytestmark = [pytest.mark.vm]
 
-KAPI = Path(os.environ.get("KAPI_GATE_KERNEL", "/work/kernels/kapi/bzImage"))
-VARIANT = Path(os.environ.get("KAPI_GATE_VARIANT",
-                              "/work/kernels/kapi-variant/arch/x86/boot/bzImage"))
-BASE = Path(os.environ.get("KAPI_GATE_BASE", "/work/kernels/base/bzImage"))
-SRC = Path(os.environ.get("KAPI_GATE_SRC", "/work/kernels/src/linux-source-7.2"))
-SRC_BASE = Path(os.environ.get("KAPI_GATE_SRC_BASE", "/work/kernels/src/linux-base"))
-SERIES = Path(os.environ.get("KAPI_GATE_SERIES", "/work/series/v4"))
-# build dirs of the base and patched kernels (kapi-build.json cache records in each)
-BUILDS = Path(os.environ.get("KAPI_GATE_BUILDS", "/work/kernels/build"))
+# what each variable names (no defaults: these are paths of the machine that built them)
+_WHAT = {
+    "KAPI_GATE_KERNEL": "a KAPI kernel's bzImage (kapi-selftests build-kernel)",
+    "KAPI_GATE_VARIANT": "the bzImage of that tree with open's mode mask widened to 0xffff",
+    "KAPI_GATE_BASE": "the unpatched base kernel's bzImage (same tree and config)",
+    "KAPI_GATE_SRC": "a git kernel tree carrying the series",
+    "KAPI_GATE_SRC_BASE": "a git kernel tree at the series' base",
+    "KAPI_GATE_SERIES": "the directory of the series' 00*.mbox files",
+    # build dirs of the base and patched kernels (kapi-build.json cache records in each)
+    "KAPI_GATE_BUILDS": "a directory holding the build dirs base/ and kapi/",
+}
 
 
-def _need(*kernels: Path) -> None:
-    for k in kernels:
+def _env(var: str) -> Path:
+    """The path ``var`` names; skip, saying what to set, when it is unset."""
+    value = os.environ.get(var)
+    if not value:
+        pytest.skip(f"{var} is not set: set it to {_WHAT[var]}")
+    return Path(value)
+
+
+def _need(*kernel_vars: str) -> list[Path]:
+    kernels = [_env(v) for v in kernel_vars]
+    for var, k in zip(kernel_vars, kernels, strict=True):
         if not k.is_file():
-            pytest.skip(f"kernel {k} not found (build it with kapi-selftests build-kernel, or "
-                        "set KAPI_GATE_KERNEL / KAPI_GATE_VARIANT / KAPI_GATE_BASE)")
+            pytest.skip(f"kernel {k} ({var}) not found (build it with kapi-selftests "
+                        "build-kernel)")
     reason = missing_vm_tools()
     if reason:
         pytest.skip(reason)
+    return kernels
 
 
 def _gate(base: Path, patched: Path, out: Path) -> tuple[int, dict[str, Any]]:
@@ -62,8 +75,8 @@ def _gate(base: Path, patched: Path, out: Path) -> tuple[int, dict[str, Any]]:
 
 
 def test_gate_kapi_kernel_against_itself_no_difference(tmp_path: Path) -> None:
-    _need(KAPI)
-    code, report = _gate(KAPI, KAPI, tmp_path / "out")
+    (kapi,) = _need("KAPI_GATE_KERNEL")
+    code, report = _gate(kapi, kapi, tmp_path / "out")
     assert report["differences"] == [], report["differences"]
     assert report["spec_changes"] == []
     assert report["calls_compared"] >= 200 and report["calls_unmatched"] == 0
@@ -71,8 +84,8 @@ def test_gate_kapi_kernel_against_itself_no_difference(tmp_path: Path) -> None:
 
 
 def test_gate_variant_reports_exactly_the_spec_change(tmp_path: Path) -> None:
-    _need(KAPI, VARIANT)
-    code, report = _gate(KAPI, VARIANT, tmp_path / "out")
+    kapi, variant = _need("KAPI_GATE_KERNEL", "KAPI_GATE_VARIANT")
+    code, report = _gate(kapi, variant, tmp_path / "out")
     assert [(c["name"], c["kind"], c["lines"]) for c in report["spec_changes"]] == [
         ("sys_open", "changed", ["param[2] mode: constraint mask 0xfff -> mask 0xffff"])]
     diffs = report["differences"]
@@ -85,8 +98,8 @@ def test_gate_variant_reports_exactly_the_spec_change(tmp_path: Path) -> None:
 
 
 def test_gate_unpatched_base_against_kapi_only_new_rejections(tmp_path: Path) -> None:
-    _need(BASE, KAPI)
-    code, report = _gate(BASE, KAPI, tmp_path / "out")
+    base, kapi = _need("KAPI_GATE_BASE", "KAPI_GATE_KERNEL")
+    code, report = _gate(base, kapi, tmp_path / "out")
     assert {c["kind"] for c in report["spec_changes"]} == {"added"}
     assert sorted(c["name"] for c in report["spec_changes"]) == [
         "sys_close", "sys_madvise", "sys_open", "sys_read", "sys_write"]
@@ -104,9 +117,10 @@ def test_gate_unpatched_base_against_kapi_only_new_rejections(tmp_path: Path) ->
 
 
 def _series() -> list[str]:
-    mboxes = sorted(str(p) for p in SERIES.glob("00*.mbox"))
+    series = _env("KAPI_GATE_SERIES")
+    mboxes = sorted(str(p) for p in series.glob("00*.mbox"))
     if not mboxes:
-        pytest.skip(f"no series mbox files (00*.mbox) in {SERIES} (KAPI_GATE_SERIES)")
+        pytest.skip(f"no series mbox files (00*.mbox) in {series} (KAPI_GATE_SERIES)")
     return mboxes
 
 
@@ -117,13 +131,14 @@ def _git(tree: Path, *args: str) -> str:
 
 
 def test_gate_src_series_that_does_not_apply_stops_before_building(tmp_path: Path) -> None:
-    if not (SRC_BASE / ".git").exists():
-        pytest.skip(f"{SRC_BASE}: no git kernel tree at the series' base (KAPI_GATE_SRC_BASE)")
+    src_base = _env("KAPI_GATE_SRC_BASE")
+    if not (src_base / ".git").exists():
+        pytest.skip(f"{src_base}: no git kernel tree at the series' base (KAPI_GATE_SRC_BASE)")
     series = _series()
-    head, status = _git(SRC_BASE, "rev-parse", "HEAD"), _git(SRC_BASE, "status", "--porcelain")
+    head, status = _git(src_base, "rev-parse", "HEAD"), _git(src_base, "status", "--porcelain")
     out = tmp_path / "out"
     try:
-        code = main(["gate", "--src", str(SRC_BASE), "--series", *series, "--out", str(out)])
+        code = main(["gate", "--src", str(src_base), "--series", *series, "--out", str(out)])
         report = json.loads((out / "gate.json").read_text())
         assert code == 4 and report["verdict"] == "could not judge"
         (reason,) = report["reasons"]
@@ -132,27 +147,28 @@ def test_gate_src_series_that_does_not_apply_stops_before_building(tmp_path: Pat
         assert "am --continue" in report["hints"][0]
         assert "same gate command" in report["hints"][0]
         assert not (out / "build" / "base").exists()  # nothing was built
-        assert (_git(SRC_BASE, "rev-parse", "HEAD"), _git(SRC_BASE, "status", "--porcelain")) \
+        assert (_git(src_base, "rev-parse", "HEAD"), _git(src_base, "status", "--porcelain")) \
             == (head, status)
     finally:
         wt = out / "build" / "src" / "patched"
         if wt.exists():
-            _git(SRC_BASE, "worktree", "remove", "--force", str(wt))
+            _git(src_base, "worktree", "remove", "--force", str(wt))
 
 
 def test_gate_src_reuses_cached_builds(tmp_path: Path) -> None:
     _need()
-    if not (SRC / ".git").exists():
-        pytest.skip(f"{SRC}: no git kernel tree carrying the series (KAPI_GATE_SRC)")
+    src, builds_of = _env("KAPI_GATE_SRC"), _env("KAPI_GATE_BUILDS")
+    if not (src / ".git").exists():
+        pytest.skip(f"{src}: no git kernel tree carrying the series (KAPI_GATE_SRC)")
     series = _series()
     builds = tmp_path / "build"
     builds.mkdir()
     for label, name in (("base", "base"), ("patched", "kapi")):
-        if not (BUILDS / name / "kapi-build.json").is_file():
-            pytest.skip(f"{BUILDS / name}: no cached build (KAPI_GATE_BUILDS)")
-        (builds / label).symlink_to(BUILDS / name)
+        if not (builds_of / name / "kapi-build.json").is_file():
+            pytest.skip(f"{builds_of / name}: no cached build (KAPI_GATE_BUILDS)")
+        (builds / label).symlink_to(builds_of / name)
     out = tmp_path / "out"
-    code = main(["gate", "--src", str(SRC), "--series", *series, "--build-dir", str(builds),
+    code = main(["gate", "--src", str(src), "--series", *series, "--build-dir", str(builds),
                  "--out", str(out), "-k", "smoke", "--probe-calls", "200",
                  "--timing-rounds", "500", "--accel", os.environ.get("KAPI_GATE_ACCEL", "tcg")])
     report = json.loads((out / "gate.json").read_text())
