@@ -156,3 +156,29 @@ def test_hypothesis_seed_replay_line_reproduces_the_failing_example(
     run, replayed = runs["seed_1"], runs["replay_seed_1"]
     assert "--hypothesis-seed=1" in run.replay and "::test_fails_on_some" in run.replay
     assert replayed.seed == "1" and replayed.falsifying == run.falsifying
+
+
+def test_ci_reports_the_first_failure_unshrunk_and_dev_shrinks_it() -> None:
+    from hypothesis import given
+    from hypothesis import settings as hsettings
+    from hypothesis import strategies as hst
+
+    found: dict[str, int] = {}
+    for profile in ("ci", "dev"):
+        seen: list[int] = []
+
+        @hsettings(hsettings.get_profile(profile), database=None, derandomize=True)
+        @given(hst.integers(0, 10**9))
+        def prop(x: int) -> None:
+            seen.append(x)
+            assert x < 1000
+
+        try:
+            prop()
+        except AssertionError:
+            pass
+        found[profile] = seen[-1]
+        if profile == "ci":
+            assert len(seen) <= 20  # stopped at the first failure (plus its replay)
+    assert found["dev"] == 1000  # shrunk to the boundary
+    assert found["ci"] != 1000  # as first drawn
