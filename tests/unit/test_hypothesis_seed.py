@@ -169,7 +169,7 @@ def test_ci_reports_the_first_failure_unshrunk_and_dev_shrinks_it() -> None:
 
         @hsettings(hsettings.get_profile(profile), database=None, derandomize=True)
         @given(hst.integers(0, 10**9))
-        def prop(x: int) -> None:
+        def prop(x: int, seen: list[int] = seen) -> None:
             seen.append(x)
             assert x < 1000
 
