@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from kapi_selftests.arch import PATH_MAX
+from kapi_selftests.calls_log import CALLS_LOG, FACTS_FILE, facts_json, format_calls_log
 from kapi_selftests.checks import CallCheck, check_calls
 from kapi_selftests.events import Capture, decode, write_capture_dir
 from kapi_selftests.executor import Batch, EventSource, Executor
@@ -30,9 +32,16 @@ from kapi_selftests.materialize import (
     snapshot,
 )
 from kapi_selftests.memory import Arena
-from kapi_selftests.oracle import Prediction
+from kapi_selftests.oracle import Prediction, UserString
 from kapi_selftests.plan import CallPlan
-from kapi_selftests.spec import Spec, builtin_specs, load_debugfs, missing_kapi_specs
+from kapi_selftests.spec import (
+    Spec,
+    builtin_specs,
+    load_debugfs,
+    missing_kapi_specs,
+    specs_files,
+    write_specs,
+)
 from kapi_selftests.syscalls import SyscallRecord
 
 if TYPE_CHECKING:
@@ -155,10 +164,27 @@ class Harness:
                effects: Sequence[Sequence[str]],
                predictions: Sequence[Prediction | None]) -> BatchResult:
         capture = self._decode(batch)
+        if self.save_trace is not None:  # what the offline judge needs to judge it again
+            d = self.save_trace / f"batch-{self._batches}"
+            (d / CALLS_LOG).write_text(format_calls_log(batch.records))
+            (d / FACTS_FILE).write_text(facts_json(self._strings(mats), effects))
+            if not (self.save_trace / "specs").exists():  # the kernel's dump, when it has one
+                write_specs(specs_files(), self.save_trace / "specs")
         checks = check_calls(batch.records, capture, batch.source, self.specs,
                              memory=self.arena, side_effects=effects, strict=self.strict,
                              predictions=predictions)
         return BatchResult(plans, mats, batch, capture, tuple(checks))
+
+    def _strings(self, mats: Sequence[Materialized]) -> list[UserString]:
+        # the bytes behind every path argument, as the oracle read them (before release)
+        out = []
+        for m in mats:
+            for i in m.paths:
+                addr = m.regs[i]
+                n = self.arena.strnlen(addr, PATH_MAX + 2)
+                readable = n + 1 if n is not None else _readable(self.arena, addr)
+                out.append(UserString(addr, n, readable))
+        return out
 
     def _release(self, records: Sequence[SyscallRecord]) -> None:
         # fds that successful open() calls returned belong to no one else: close them.
@@ -170,6 +196,14 @@ class Harness:
                     pass
         self.pool.release()
         self.arena.release()
+
+
+def _readable(arena: Arena, addr: int) -> int:
+    # bytes readable from addr before a fault (at most PATH_MAX + 2)
+    n = 0
+    while n < PATH_MAX + 2 and arena.accessible(addr + n, 1):
+        n += 1
+    return n
 
 
 def _fds_touched(r: SyscallRecord) -> frozenset[int]:

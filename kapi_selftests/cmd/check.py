@@ -1,8 +1,12 @@
-"""``kapi-selftests check PATH``: pair the syscall events of a saved trace, offline.
+"""``kapi-selftests check PATH``: judge a saved trace, offline.
 
 PATH is a text trace (what ``/sys/kernel/tracing/trace`` prints), a raw capture
 directory (``cpuN.raw``, ``cpuN.stats``, ``header_page``, ``header_event``,
 ``<event>.format``, optional ``calls.log``) or a directory of such directories.
+Every capture's events are paired; a capture the harness saved (``run --save-trace``:
+``calls.log`` with each call's times, ``facts.json``, the kernel's spec dump in
+``specs/`` above it) is also judged call by call with the five checks, by the same
+judge (:func:`kapi_selftests.checks.check_calls`) and the same oracle as the live run.
 
 Exit code: 1 when a violation remains that loss cannot explain; otherwise 4 when
 events were lost and some halves or pairs could not be judged (or there was
@@ -20,10 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kapi_selftests.arch import find_syscall
+from kapi_selftests.calls_log import CALLS_LOG, FACTS_FILE, load_facts, parse_calls_log
+from kapi_selftests.checks import CallCheck, check_calls
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KSFT_SKIP, UsageError
 from kapi_selftests.events import Capture, FieldValue, TraceEvent, find_capture_dirs, load_capture
+from kapi_selftests.executor import EventSource
+from kapi_selftests.oracle import ENTER, MemoryFacts, Prediction, predict
 from kapi_selftests.pairing import PairingResult, Violation, pair
 from kapi_selftests.report import Outcome, TestResult, format_ktap
+from kapi_selftests.spec import builtin_specs, load_debugfs
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,8 @@ class _Checked:
     label: str
     capture: Capture
     result: PairingResult
+    #: the five checks of every call of calls.log (None: no calls.log with times)
+    calls: tuple[CallCheck, ...] | None = None
 
     @property
     def unjudged_pairs(self) -> int:
@@ -67,12 +79,40 @@ def _load(path: Path) -> list[_Checked]:
         log.info("checking %s", d)
         cap = load_capture(d)
         label = str(d.relative_to(path)) if d != path else str(path)
-        checked.append(_Checked(label, cap, pair(cap)))
+        checked.append(_Checked(label, cap, pair(cap), _judge_calls(d, cap)))
     return checked
+
+
+def _judge_calls(d: Path, cap: Capture) -> tuple[CallCheck, ...] | None:
+    # The live run's judgement again: its calls, the specs it used (the kernel's dump
+    # saved above the batches, else the built-in model), the memory facts the oracle
+    # read, the side effects it measured; predictions from the same oracle.
+    if not (d / CALLS_LOG).is_file():
+        return None
+    records = parse_calls_log((d / CALLS_LOG).read_text(), origin=str(d / CALLS_LOG))
+    if not records or any(r.t_end_ns == 0 for r in records):
+        return None  # no times: the calls' events cannot be told apart
+    facts, effects = load_facts(json.loads((d / FACTS_FILE).read_text())) \
+        if (d / FACTS_FILE).is_file() else (MemoryFacts(), [[] for _ in records])
+    specs_dir = next((p / "specs" for p in (d, *d.parents) if (p / "specs" / "list").is_file()),
+                     None)
+    specs = load_debugfs(specs_dir) if specs_dir is not None else builtin_specs()
+    kapi = (d / f"{ENTER}.format").is_file() or any(e.name == ENTER for e in cap.events)
+    source = EventSource.KAPI if kapi else EventSource.SYSCALLS
+    preds: list[Prediction | None] = []
+    for r in records:
+        abi = find_syscall(r.nr)
+        spec = specs.get(abi.spec_name) if abi is not None and kapi else None
+        preds.append(predict(spec, r.args[:len(spec.params)], facts) if spec else None)
+    return tuple(check_calls(records, cap, source, specs, memory=facts,
+                             side_effects=effects if len(effects) == len(records) else None,
+                             predictions=preds if kapi else None))
 
 
 def _verdict(checked: Sequence[_Checked]) -> int:
     if any(c.result.violations for c in checked):
+        return KSFT_FAIL
+    if any(not call.ok for c in checked for call in c.calls or ()):
         return KSFT_FAIL
     if any(c.result.lost_events and c.cannot_judge for c in checked):
         return KSFT_SKIP
@@ -123,6 +163,13 @@ def _capture_results(c: _Checked) -> list[TestResult]:
         else:
             out.append(TestResult(name, Outcome.PASS, diagnostics=tuple(diags)))
     out.append(_loss_result(c))
+    if c.calls is not None:
+        wrong = [call for call in c.calls if not call.ok]
+        lines = tuple(line for call in wrong for line in call.explain().splitlines())
+        out.append(TestResult("calls", Outcome.FAIL if wrong else Outcome.PASS,
+                              reason=_count(len(wrong), "call") + " judged wrong" if wrong
+                              else "",
+                              diagnostics=(_count(len(c.calls), "call") + " judged", *lines)))
     return out
 
 
