@@ -58,7 +58,7 @@ class ArchQemu:
     kvm_cpu: str
     tcg_cpu: str
     # under TCG: single-threaded (multi-threaded TCG hit "Oops: int3" at static-key
-    # sites while tracepoints were being enabled, see shared/kapi-reference/README.md)
+    # sites while tracepoints were being enabled, see tests/data/kapi-reference/README.md)
     tcg_accel: str = "tcg,thread=single"
     extra: tuple[str, ...] = ()
 
