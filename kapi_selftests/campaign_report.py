@@ -288,7 +288,8 @@ def render_markdown(data: CampaignData, *, title: str = "kapi-selftests fuzz cam
     lines += data.coverage.table()
     lines += ["", "## Edge coverage", "",
               "Per parameter, each edge (kapi_selftests.edges) and the sides it was issued "
-              "on: a accepted, r rejected by the validator at that parameter, - never.", ""]
+              "on: a accepted, r rejected by the validator at that parameter, e rejected at an "
+              "earlier parameter, - never.", ""]
     lines += [f"- {t}" for t in data.edges.table()]
     return "\n".join(lines) + "\n"
 

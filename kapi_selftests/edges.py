@@ -319,8 +319,9 @@ class EdgeCoverage:
 
     A call counts for a parameter's edge on the *accepted* side when the oracle let
     that parameter pass, on the *rejected* side when the oracle rejects the call at
-    that parameter; a call rejected at an earlier parameter does not count (its
-    later parameters were never checked).
+    that parameter, and as *earlier* when an earlier parameter rejects it first (the
+    edge was issued; its own check never ran: read's count edges above SSIZE_MAX are
+    all of this kind, the buffer they size is refused first).
     """
 
     def __init__(self, specs: Mapping[str, Spec]) -> None:
@@ -355,11 +356,10 @@ class EdgeCoverage:
                 rejected_at = rej.index
         out = []
         for i, (p, a) in enumerate(zip(spec.params, plan.args, strict=True)):
-            if rejected_at is not None and i > rejected_at:
-                break  # never checked
             name = edge_of(spec_name, p, a)
             if name is not None:
                 side = ("issued" if prediction is None else
+                        "earlier" if rejected_at is not None and i > rejected_at else
                         "rejected" if rejected_at == i else "accepted")
                 out.append((spec_name, p.name, name, side))
         return out
@@ -394,17 +394,17 @@ class EdgeCoverage:
 
     def table(self) -> list[str]:
         """One line per parameter: edges issued of all, and each edge's sides (a: accepted,
-        r: rejected, i: issued with no prediction, -: never issued)."""
+        r: rejected, e: rejected earlier, i: issued with no prediction, -: never issued)."""
         lines = []
         for name, spec in sorted(self.specs.items()):
             for p in spec.params:
                 edges = param_edges(name, p)
                 cells, hit = [], 0
                 for e in edges:
-                    a, r, i = (self.counts[(name, p.name, e.name, side)]
-                               for side in ("accepted", "rejected", "issued"))
-                    hit += bool(a or r or i)
-                    mark = ("a" if a else "") + ("r" if r else "") + ("i" if i else "")
+                    a, r, b, i = (self.counts[(name, p.name, e.name, side)]
+                                  for side in ("accepted", "rejected", "earlier", "issued"))
+                    hit += bool(a or r or b or i)
+                    mark = "".join(m for m, n in (("a", a), ("r", r), ("e", b), ("i", i)) if n)
                     cells.append(f"{e.name}={mark or '-'}")
                 lines.append(f"{name}.{p.name}: {hit}/{len(edges)} edges: " + ", ".join(cells))
         return lines
