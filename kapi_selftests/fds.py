@@ -152,10 +152,11 @@ class FdPool:
                 st = os.fstat(fd)
             except OSError:
                 st = None  # closed by the syscall under test
+            if fd <= 2 and _owned_std:
+                _hold_std(fd)  # dup2 (no spec) closes the file: a kernel that refuses
+                continue       # close(0) must not stop the harness, only fail its calls
             if st is not None and (st.st_dev, st.st_ino) == ident:
                 os.close(fd)
-            if fd <= 2 and _owned_std:
-                _hold_std(fd)
         self._open.clear()
         for s in self._keep:
             # the syscall under test may have closed the socket's own fd (a "closed" fd
