@@ -15,6 +15,8 @@ Crashes (oops/WARN/panic/hang) go to ``crashes.jsonl`` the same way.
 
 from __future__ import annotations
 
+import enum
+import functools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -160,27 +162,38 @@ class CrashRecord:
                            reproducer=str(d.get("reproducer", "")))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def plan_size(p: CallPlan) -> int:
     """How complicated a plan is: smaller is simpler (used to keep the smallest example).
 
     A literal costs its bit length, an fd its kind's rank (a regular file is simplest)
     plus its high bits, a buffer its kind's rank plus its size's bit length, a path its
-    kind's rank.
+    kind's rank. Cached: a campaign asks it of the same plans again and again.
     """
-    from kapi_selftests.fds import FdKind
-    from kapi_selftests.plan import BufKind, PathKind
-
     n = 1
     for a in p.args:
         if isinstance(a, Lit):
             n += (a.value & ((1 << 64) - 1)).bit_length()
         elif isinstance(a, Fd):
-            n += list(FdKind).index(a.kind) + a.high.bit_length()
+            n += _RANKS[a.kind] + a.high.bit_length()
         elif isinstance(a, Buf):
-            n += list(BufKind).index(a.kind) + a.size.bit_length()
+            n += _RANKS[a.kind] + a.size.bit_length()
         elif isinstance(a, PathArg):
-            n += list(PathKind).index(a.kind)
+            n += _RANKS[a.kind]
     return n
+
+
+def _ranks() -> dict[enum.Enum, int]:
+    from kapi_selftests.fds import FdKind
+    from kapi_selftests.plan import BufKind, PathKind
+
+    out: dict[enum.Enum, int] = {}
+    for kinds in (FdKind, BufKind, PathKind):
+        out.update({k: i for i, k in enumerate(kinds)})
+    return out
+
+
+_RANKS = _ranks()
 
 
 def append_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -265,9 +278,11 @@ class FindingStore:
                                             smallest=small if small is not None and
                                             small.size < rec.smallest.size else rec.smallest)
 
-    def add(self, found: Sequence[tuple[FindingKey, Example]], when: str) -> list[FindingKey]:
+    def add(self, found: Sequence[tuple[FindingKey, Example]], when: str,
+            extra: Mapping[FindingKey, int] | None = None) -> list[FindingKey]:
         """Count one batch's findings; write one line per key touched.
 
+        :param extra: more occurrences of keys in ``found``, without their examples
         :return: the keys seen for the first time
         """
         rows: list[dict[str, Any]] = []
@@ -275,9 +290,10 @@ class FindingStore:
         per_key: dict[FindingKey, list[Example]] = {}
         for k, ex in found:
             per_key.setdefault(k, []).append(ex)
+        more = extra or {}
         for k, exs in per_key.items():
-            row: dict[str, Any] = {"type": "count", "key": k.to_json(), "count": len(exs),
-                                   "first_seen": when}
+            row: dict[str, Any] = {"type": "count", "key": k.to_json(),
+                                   "count": len(exs) + more.get(k, 0), "first_seen": when}
             small = min(exs, key=lambda e: e.size)
             rec = self.records.get(k)
             if rec is None:

@@ -50,6 +50,7 @@ from kapi_selftests.findings import (
     append_jsonl,
     append_lines,
     now_iso,
+    plan_size,
     read_jsonl,
 )
 from kapi_selftests.generate import PlanGenerator
@@ -451,6 +452,11 @@ class Campaign:
         plan_json = plan_json or _plans_json(plans)
         rows: list[str] = []
         found: list[tuple[FindingKey, Example]] = []
+        bumps: dict[FindingKey, int] = {}  # occurrences of known keys, no example kept
+        seen_keys: set[FindingKey] = set()
+        before = [0]  # size of the calls before each one (its context's size)
+        for p in plans[:-1]:
+            before.append(before[-1] + plan_size(p))
         seed, shard, n0 = self.cfg.seed, self.cfg.shard, self.state.calls
         outcomes: list[tuple[str, Prediction | None, int]] = []
         for i, (plan, check) in enumerate(zip(plans, result.checks, strict=True)):
@@ -460,6 +466,14 @@ class Campaign:
             if not check.failures:
                 continue
             for k in finding_keys(check, pred):
+                # a key already known gets an example only when this one is smaller: on a
+                # kernel where every call is a finding, explaining each call is the cost
+                rec = self.store.records.get(k)
+                if rec is not None and k in seen_keys and \
+                        before[i] + plan_size(plan) >= rec.smallest.size:
+                    bumps[k] = bumps.get(k, 0) + 1
+                    continue
+                seen_keys.add(k)
                 msg = next((f.message for f in check.failures if f.kind.value == k.kind), "")
                 found.append((k, Example(plan=plan, context=tuple(plans[:i]),
                                          regs=check.record.args, ret=check.record.ret,
@@ -469,7 +483,7 @@ class Campaign:
         self.edges.add_many((name, plan, pred) for (name, pred, _e), plan in
                             zip(outcomes, plans, strict=True))
         append_lines(self.out / CALLS_FILE, rows)
-        new = self.store.add(found, now_iso())
+        new = self.store.add(found, now_iso(), extra=bumps)
         for k in new:
             self._save_reproducer(k)
         return list(result.checks)
