@@ -56,6 +56,7 @@ __all__ = [
     "parse_source_hints",
     "find_source_hints",
     "missing_kapi_specs",
+    "same_shape",
     "DEBUGFS_ROOT",
     "S64_MAX",
 ]
@@ -804,7 +805,7 @@ def load_debugfs(root: Path = DEBUGFS_ROOT, *, numbers: Mapping[str, int] | None
             log.info("%s: no JSON dump; flags and errors from the text dump only", jpath)
         spec = _attach_abi(spec, numbers)
         b = builtins.get(name)
-        if b is not None and _same_shape(spec, b):
+        if b is not None and same_shape(spec, b):
             spec = apply_hints(spec, {p.name: SourceHint(size_param=p.size_param)
                                       for p in b.params if p.type is ParamType.USER_PTR},
                                why="built-in model of the v4 spec")
@@ -812,7 +813,8 @@ def load_debugfs(root: Path = DEBUGFS_ROOT, *, numbers: Mapping[str, int] | None
     return out
 
 
-def _same_shape(a: Spec, b: Spec) -> bool:
+def same_shape(a: Spec, b: Spec) -> bool:
+    """Same parameters: names, type classes and constraint kinds (values may differ)."""
     return len(a.params) == len(b.params) and all(
         p.name == q.name and p.type is q.type and p.constraint is q.constraint
         for p, q in zip(a.params, b.params, strict=True))
