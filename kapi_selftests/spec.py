@@ -327,7 +327,7 @@ class Spec:
     def ctypes(self) -> tuple[str, ...]:
         """C types of the syscall's registers (the ABI table wins over the spec's type names)."""
         abi = arch.find_syscall(self.name)
-        if abi is not None and abi.nr == self.nr:
+        if abi is not None and abi.nr == self.nr and abi.params_known:
             return tuple(t for t, _ in abi.params)
         return tuple(p.ctype for p in self.params)
 
@@ -733,7 +733,7 @@ def _attach_abi(spec: Spec, numbers: Mapping[str, int] | None) -> Spec:
     unknowns = list(spec.unknowns)
     if nr is None and abi is not None:
         nr = abi.nr
-    nargs = len(abi.params) if abi is not None and abi.nr == nr else None
+    nargs = len(abi.params) if abi is not None and abi.nr == nr and abi.params_known else None
     if nr is None:
         unknowns.append("x86-64 syscall number (not in kapi_selftests.arch; pass numbers=)")
     for p in spec.params:
