@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from kapi_selftests.checks import CallCheck, check_calls
 from kapi_selftests.events import Capture, decode, write_capture_dir
-from kapi_selftests.executor import Batch, EventSource, Executor
+from kapi_selftests.executor import SPEC_SYSCALLS, Batch, EventSource, Executor
 from kapi_selftests.fds import FdPool
 from kapi_selftests.materialize import (
     Materialized,
@@ -32,7 +32,13 @@ from kapi_selftests.materialize import (
 from kapi_selftests.memory import Arena
 from kapi_selftests.oracle import Prediction
 from kapi_selftests.plan import CallPlan
-from kapi_selftests.spec import Spec, builtin_specs, load_debugfs, missing_kapi_specs
+from kapi_selftests.spec import (
+    ReturnCheck,
+    Spec,
+    builtin_specs,
+    load_debugfs,
+    missing_kapi_specs,
+)
 from kapi_selftests.syscalls import SyscallRecord
 
 if TYPE_CHECKING:
@@ -84,18 +90,21 @@ class Harness:
     :param specs: spec model (debugfs or built-in when None)
     :param strict: spec drift fails
     :param save_trace: directory to save every batch's raw capture in (``batch-N/``)
+    :param names: syscalls the generic events are traced for (the five v4 ones by default)
     """
 
     def __init__(self, source: EventSource | None = None, *,
                  specs: Mapping[str, Spec] | None = None, strict: bool = False,
-                 save_trace: Path | None = None, buffer_kb: int = 8192) -> None:
+                 save_trace: Path | None = None, buffer_kb: int = 8192,
+                 names: Sequence[str] = SPEC_SYSCALLS) -> None:
         self.specs = dict(specs) if specs is not None else load_specs()[0]
+        self.names = tuple(names)
         self.strict = strict
         self.save_trace = save_trace
         self.arena = Arena()
         self.pool = FdPool()
         self.materialize: PlanMaterializer = Materializer(self.arena, self.pool)
-        self.executor = Executor(source, buffer_kb=buffer_kb)
+        self.executor = Executor(source, names=self.names, buffer_kb=buffer_kb)
         self.source = self.executor.source
         self._batches = 0
 
@@ -127,7 +136,7 @@ class Harness:
                 if pred.rejected:
                     snaps[i] = snapshot(m, self.pool, self.arena)
         batch = self.executor.run([(m.plan.nr, m.regs) for m in mats])
-        touched = [_fds_touched(r) for r in batch.records]
+        touched = [self._fds_touched(r) for r in batch.records]
         effects = [side_effects(mats[i], snaps[i], self.pool, self.arena,
                                 ignore_fds=frozenset().union(*(t for j, t in enumerate(touched)
                                                                if j != i)))
@@ -161,9 +170,10 @@ class Harness:
         return BatchResult(plans, mats, batch, capture, tuple(checks))
 
     def _release(self, records: Sequence[SyscallRecord]) -> None:
-        # fds that successful open() calls returned belong to no one else: close them.
+        # fds that successful open() (or any call whose spec returns an fd) returned
+        # belong to no one else: close them.
         for r in records:
-            if r.name == "open" and r.ret >= 0:
+            if self._returns_fd(r):
                 try:
                     os.close(r.ret)
                 except OSError:
@@ -171,11 +181,18 @@ class Harness:
         self.pool.release()
         self.arena.release()
 
+    def _returns_fd(self, r: SyscallRecord) -> bool:
+        if r.ret < 0:
+            return False
+        if r.name == "open":
+            return True
+        spec = self.specs.get(f"sys_{r.name}")
+        return spec is not None and spec.ret.check is ReturnCheck.FD
 
-def _fds_touched(r: SyscallRecord) -> frozenset[int]:
-    # The fds a call may have added to or removed from the process's fd table.
-    if r.name == "open" and r.ret >= 0:
-        return frozenset((r.ret,))
-    if r.name == "close":
-        return frozenset((r.args[0] & 0xFFFFFFFF,))
-    return frozenset()
+    def _fds_touched(self, r: SyscallRecord) -> frozenset[int]:
+        # The fds a call may have added to or removed from the process's fd table.
+        if self._returns_fd(r):
+            return frozenset((r.ret,))
+        if r.name == "close":
+            return frozenset((r.args[0] & 0xFFFFFFFF,))
+        return frozenset()
