@@ -13,10 +13,11 @@ denies the spec too. :func:`missing_safe_calls` is the probe: a skip reason, or 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
 from kapi_selftests.spec import ParamType, Spec
 
-__all__ = ["DENIED", "UNSAFE_PARAM_TYPES", "missing_safe_calls"]
+__all__ = ["DENIED", "UNSAFE_PARAM_TYPES", "missing_safe_calls", "safe_specs"]
 
 
 def _deny(reason: str, *names: str) -> dict[str, str]:
@@ -94,3 +95,12 @@ def missing_safe_calls(spec: Spec) -> str | None:
             return (f"{spec.name}: parameter {p.name} is {p.type.text_name}: {why}; "
                     "no generated calls")
     return None
+
+
+_S = TypeVar("_S", bound=Spec)
+
+
+def safe_specs(specs: Mapping[str, _S]) -> dict[str, _S]:
+    """The specs the harness may issue generated calls of (what a fuzzing campaign
+    generates, and counts in its coverage)."""
+    return {n: s for n, s in specs.items() if missing_safe_calls(s) is None}

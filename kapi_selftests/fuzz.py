@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kapi_selftests.callsafety import safe_specs
 from kapi_selftests.checks import CallCheck
 from kapi_selftests.coverage import Coverage, CoverageFigure
 from kapi_selftests.executor import EventSource
@@ -253,7 +254,9 @@ class Campaign:
         self._submit: Callable[[list[CallPlan]], int] | None = getattr(harness, "submit", None)
         #: which engine issues the calls
         self.engine = "batch" if self._submit is not None else "harness"
-        self.specs = harness.specs
+        # what the campaign generates calls of and counts coverage over: the spec'd
+        # syscalls that may be issued with generated arguments
+        self.specs = safe_specs(harness.specs)
         self.on_progress = on_progress
         self.out = cfg.out
         self.out.mkdir(parents=True, exist_ok=True)

@@ -316,3 +316,4 @@ def same_rules(reference: Mapping[str, Spec], kernel: Mapping[str, Spec]) -> tup
     """The kernel's specs whose rules are the reference's exactly."""
     changed = {c.name for c in diff_specs(reference, kernel)}
     return tuple(n for n in sorted(kernel) if n in reference and n not in changed)
+

@@ -190,3 +190,51 @@ def test_run_reference_specs_flag_reaches_the_guest_environment(
     assert e.value.code == 2
     build_parser().parse_args(["run", "--local", "--reference-specs", "builtin"])
     assert reference.reference_choice() == "builtin"
+
+
+def test_gate_classes_its_spec_changes_with_the_same_classifier() -> None:
+    from kapi_selftests.gate.compare import compare
+    from kapi_selftests.gate.record import load_run
+    from kapi_selftests.gate.render import to_json, to_markdown
+
+    v = compare(load_run(DATA / "gate-real-kapi", "base"),
+                load_run(DATA / "gate-real-variant", "patched"))
+    (d,) = v.spec_classes
+    assert (d.spec, d.cls) == ("sys_open", DiffClass.LOOSER)
+    assert "- **looser**: sys_open param[2] mode: constraint mask 0xfff -> mask 0xffff " \
+           "(bits 0xf000 now accepted)" in to_markdown(v)
+    assert json.loads(to_json(v))["spec_classes"] == [
+        {"spec": "sys_open", "class": "looser",
+         "change": "param[2] mode: constraint mask 0xfff -> mask 0xffff",
+         "why": "bits 0xf000 now accepted"}]
+
+
+def test_fuzz_campaign_reports_differences_and_fails_on_those_callers_see(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kapi_selftests import campaign_report
+    from kapi_selftests.cmd import fuzz as fuzz_cmd
+
+    monkeypatch.delenv(reference.ENV, raising=False)
+    data = campaign_report.load_dirs([tmp_path], builtin_specs())
+    fuzz_cmd._compare_with_reference(data, load_debugfs(VARIANT))
+    assert data.reference == "built-in v4 model"
+    assert [d.cls for d in data.spec_differences] == [DiffClass.LOOSER]
+    assert fuzz_cmd._status({}, [], data.spec_differences) == 1
+    assert campaign_report.summary(data)["spec_differences"][0]["class"] == "looser"
+    assert "- **looser**: sys_open param[2] mode" in campaign_report.render_markdown(data)
+    same = campaign_report.load_dirs([tmp_path], builtin_specs())
+    fuzz_cmd._compare_with_reference(same, load_debugfs(KAPI))
+    assert same.spec_differences == [] and fuzz_cmd._status({}, [], []) == 0
+    none = campaign_report.load_dirs([tmp_path], builtin_specs())
+    fuzz_cmd._compare_with_reference(none, None)
+    assert none.reference == "" and any("not compared" in n for n in none.notes)
+
+
+def test_fuzz_campaign_leaves_out_the_syscalls_it_must_not_issue() -> None:
+    from kapi_selftests.callsafety import safe_specs
+
+    model = builtin_specs()
+    kernel = dict(model, sys_exit_group=dataclasses.replace(model["sys_close"],
+                                                            name="sys_exit_group", nr=231))
+    assert sorted(safe_specs(kernel)) == sorted(model)
+
