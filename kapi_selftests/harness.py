@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -32,6 +32,7 @@ from kapi_selftests.materialize import (
 from kapi_selftests.memory import Arena
 from kapi_selftests.oracle import Prediction
 from kapi_selftests.plan import CallPlan
+from kapi_selftests.reference import disagreement
 from kapi_selftests.spec import (
     ReturnCheck,
     Spec,
@@ -77,6 +78,8 @@ class BatchResult:
     checks: tuple[CallCheck, ...]
     #: the calls' kernel coverage (the batch engine with KCOV on)
     kcov: BatchCover | None = None
+    #: calls the reference spec predicts otherwise than the kernel's (both predictions)
+    disagreements: tuple[str, ...] = ()
 
     @property
     def failures(self) -> list[CallCheck]:
@@ -99,6 +102,9 @@ class Harness:
                  names: Sequence[str] = SPEC_SYSCALLS) -> None:
         self.specs = dict(specs) if specs is not None else load_specs()[0]
         self.names = tuple(names)
+        #: a reference spec set (:mod:`kapi_selftests.reference`): every call is also
+        #: predicted from it, and where it predicts otherwise the batch says so
+        self.reference: Mapping[str, Spec] = {}
         self.strict = strict
         self.save_trace = save_trace
         self.arena = Arena()
@@ -127,6 +133,7 @@ class Harness:
         # snapshotted, and the same prediction is what the call is judged against.
         preds: list[Prediction | None] = [None] * len(mats)
         snaps = {}
+        disagree: list[str] = []
         if self.source is EventSource.KAPI:
             for i, m in enumerate(mats):
                 spec = self.specs.get(f"sys_{m.plan.name}")
@@ -135,6 +142,11 @@ class Harness:
                 pred = preds[i] = self.materialize.predict(spec, m.regs)
                 if pred.rejected:
                     snaps[i] = snapshot(m, self.pool, self.arena)
+                ref = self.reference.get(spec.name)
+                if ref is not None and ref is not spec:
+                    line = disagreement(m.plan, pred, self.materialize.predict(ref, m.regs))
+                    if line is not None:
+                        disagree.append(line)
         batch = self.executor.run([(m.plan.nr, m.regs) for m in mats])
         touched = [self._fds_touched(r) for r in batch.records]
         effects = [side_effects(mats[i], snaps[i], self.pool, self.arena,
@@ -143,7 +155,7 @@ class Harness:
                    if i in snaps else [] for i in range(len(mats))]
         result = self._judge(tuple(plans), mats, batch, effects, preds)
         self._release(batch.records)
-        return result
+        return replace(result, disagreements=tuple(disagree)) if disagree else result
 
     def run_fn(self, fn: Callable[[], Sequence[SyscallRecord]]) -> tuple[Batch, Capture,
                                                                           list[CallCheck]]:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from kapi_selftests.errors import UsageError
 from kapi_selftests.gate.specdiff import FieldChange, SpecChangeKind, diff_fields, diff_specs
+from kapi_selftests.oracle import Prediction
+from kapi_selftests.plan import CallPlan
 from kapi_selftests.spec import (
     ConstraintType,
     ParamFlag,
@@ -43,7 +45,7 @@ from kapi_selftests.spec import (
 
 __all__ = ["ENV", "BUILTIN", "DiffClass", "SpecDifference", "load_reference",
            "reference_choice", "compare_to_reference", "classify", "v4_shaped",
-           "same_rules"]
+           "same_rules", "disagreement"]
 
 #: The environment variable that carries the reference into a guest.
 ENV = "KAPI_REFERENCE_SPECS"
@@ -317,3 +319,22 @@ def same_rules(reference: Mapping[str, Spec], kernel: Mapping[str, Spec]) -> tup
     changed = {c.name for c in diff_specs(reference, kernel)}
     return tuple(n for n in sorted(kernel) if n in reference and n not in changed)
 
+
+# --------------------------------------------------------------------------
+# Calls judged against both
+
+def _verdict(p: Prediction) -> str:
+    if p.rejection is not None:
+        return f"rejected ({p.rejection.describe()})"
+    if p.undetermined is not None:
+        return f"not predicted ({p.undetermined})"
+    return "accepted"
+
+
+def disagreement(plan: CallPlan, kernel: Prediction, ref: Prediction) -> str | None:
+    """One line naming both predictions when the kernel's spec and the reference's decide
+    ``plan`` differently (accepted, rejected or not predictable), else None."""
+    if kernel.rejected == ref.rejected and kernel.accepted == ref.accepted:
+        return None
+    return (f"{plan.describe()}: the kernel's spec predicts {_verdict(kernel)}, "
+            f"the reference {_verdict(ref)}")

@@ -238,3 +238,20 @@ def test_fuzz_campaign_leaves_out_the_syscalls_it_must_not_issue() -> None:
                                                             name="sys_exit_group", nr=231))
     assert sorted(safe_specs(kernel)) == sorted(model)
 
+
+def test_reference_a_call_decided_otherwise_names_both_predictions(tmp_path: Path) -> None:
+    from kapi_selftests.oracle import MemoryFacts, UserString, predict
+    from kapi_selftests.plan import CallPlan, Lit, Path as PathArg, PathKind
+    from kapi_selftests.reference import disagreement
+
+    d = _variant(tmp_path, "specs/sys_open", "valid_bits: 0x7fffc3", "valid_bits: 0x77ffc3")
+    kernel, ref = load_debugfs(d)["sys_open"], builtin_specs()["sys_open"]
+    mem = MemoryFacts(strings=(UserString(0x10000, 5),))
+    plan = CallPlan("open", (PathArg(PathKind.EXISTING), Lit(0o2000000), Lit(0)))
+    cloexec = (0x10000, 0o2000000, 0)
+    line = disagreement(plan, predict(kernel, cloexec, mem), predict(ref, cloexec, mem))
+    assert line is not None and line.startswith("open(path:existing, 0x80000, 0): ")
+    assert "the kernel's spec predicts rejected (flags: mask" in line
+    assert line.endswith("the reference accepted")
+    rdonly = (0x10000, 0, 0)
+    assert disagreement(plan, predict(kernel, rdonly, mem), predict(ref, rdonly, mem)) is None
