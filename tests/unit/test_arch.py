@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,42 +17,9 @@ from kapi_selftests.strategies import call_plans
 
 KAPI = Path(__file__).resolve().parents[1] / "data" / "gate-real-kapi" / "kapi"
 
-# lseek as a kernel that specs it could dump it (crafted from close's real dump)
-_LSEEK = """Kernel API Specification
-========================
-
-Name: sys_lseek
-Version: 1
-Description: Reposition read/write file offset
-
-Parameters (3):
-  [0] fd:
-    type: fd (unsigned int fd)
-    flags: IN
-    constraints:
-      type: range
-      min: 0
-      max: 2147483647
-
-  [1] offset:
-    type: int (off_t offset)
-    flags: IN
-
-  [2] whence:
-    type: uint (unsigned int whence)
-    flags: IN
-    constraints:
-      type: range
-      min: 0
-      max: 4
-
-Return value:
-  type: KAPI_TYPE_INT
-  success: [0, 9223372036854775807]
-
-Errors (1):
-  EBADF (-9): not an open fd
-"""
+# the debugfs dump of the KAPI kernel with lseek and dup spec'd as well (a real capture,
+# its prose elided)
+EXTRA = Path(__file__).resolve().parents[1] / "data" / "extra-specs-kapi" / "kapi"
 
 
 def test_arch_knows_every_x86_64_syscall_by_number() -> None:
@@ -81,19 +47,10 @@ def test_arch_keeps_the_parameters_it_knows() -> None:
     assert lseek is not None and not lseek.params_known and lseek.params == ()
 
 
-def _extra_dump(tmp_path: Path) -> Path:
-    d = tmp_path / "kapi"
-    shutil.copytree(KAPI, d)
-    (d / "specs" / "sys_lseek").write_text(_LSEEK)
-    with (d / "list").open("a") as f:
-        f.write("sys_lseek - Reposition read/write file offset\n")
-    return d
-
-
-def test_arch_a_spec_known_by_number_only_takes_its_arity_and_types_from_itself(
-        tmp_path: Path) -> None:
-    specs = load_debugfs(_extra_dump(tmp_path))
-    lseek = specs["sys_lseek"]
+def test_arch_a_spec_known_by_number_only_takes_its_arity_and_types_from_itself() -> None:
+    specs = load_debugfs(EXTRA)
+    lseek, dup = specs["sys_lseek"], specs["sys_dup"]
+    assert dup.nr == 32 and dup.syscall_nargs == 1 and dup.ctypes() == ("unsigned int",)
     assert lseek.nr == 8 and lseek.syscall_nargs == 3
     assert lseek.ctypes() == ("unsigned int", "off_t", "unsigned int")
     assert not any("syscall number" in u for u in lseek.unknowns)
@@ -103,8 +60,8 @@ def test_arch_a_spec_known_by_number_only_takes_its_arity_and_types_from_itself(
 
 
 @pytest.fixture(scope="module")
-def extra_specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Spec]:
-    return load_debugfs(_extra_dump(tmp_path_factory.mktemp("extra")))
+def extra_specs() -> dict[str, Spec]:
+    return load_debugfs(EXTRA)
 
 
 def test_arch_a_spec_known_by_number_only_gets_generated_calls(
@@ -119,7 +76,7 @@ def test_arch_a_spec_known_by_number_only_gets_generated_calls(
 
 def test_callsafety_denies_process_killers_by_name_and_passes_the_rest() -> None:
     specs = load_debugfs(KAPI)
-    assert all(missing_safe_calls(s) is None for s in specs.values())
+    assert all(missing_safe_calls(s) is None for s in load_debugfs(EXTRA).values())
     for name in ("exit", "exit_group", "kill", "reboot", "munmap"):
         assert name in DENIED and name in arch.X86_64_NR
     close = specs["sys_close"]
