@@ -60,6 +60,8 @@ class CampaignData:
     #: which reference
     spec_differences: list[SpecDifference] = field(default_factory=list)
     reference: str = ""
+    #: calls the reference's spec decides otherwise than the kernel's (examples)
+    disagreements: list[str] = field(default_factory=list)
     _kcov: tuple[Any, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -220,6 +222,7 @@ def summary(data: CampaignData, *, header: Sequence[str] = ()) -> dict[str, Any]
         "spec_differences": [{"spec": d.spec, "class": d.cls.value, "change": d.change,
                               "why": d.why, "fails": d.fails}
                              for d in data.spec_differences],
+        "reference_disagreements": list(data.disagreements),
     }
 
 
@@ -263,6 +266,9 @@ def render_markdown(data: CampaignData, *, title: str = "kapi-selftests fuzz cam
                   f"{d.spec} {d.change} ({d.why})" for d in data.spec_differences] or \
             ["None: the kernel's specs have the reference's rules."]
         lines.append("")
+        if data.disagreements:
+            lines += ["Calls the two specs decide differently (examples):", ""]
+            lines += [f"- `{x}`" for x in data.disagreements[:20]] + [""]
     lines += ["## Kernel crashes", ""]
     if not data.crashes:
         lines += ["None.", ""]

@@ -289,12 +289,14 @@ def run_local(args: argparse.Namespace) -> int:
     md, _ = campaign_report.write_outputs(out, data, header=header)
     _print_summary(args, data, header, md)
     return KSFT_FAIL if interrupted else _status(data.store.records, data.crashes,
-                                                 data.spec_differences)
+                                                 data.spec_differences, data.disagreements)
 
 
-def _status(findings: Any, crashes: Sequence[Any], differences: Sequence[Any] = ()) -> int:
-    # a difference from the reference that callers can see fails the campaign like a finding
-    if findings or crashes or any(d.fails for d in differences):
+def _status(findings: Any, crashes: Sequence[Any], differences: Sequence[Any] = (),
+            disagreements: Sequence[str] = ()) -> int:
+    # a difference from the reference that callers can see, or a call the reference
+    # decides otherwise, fails the campaign like a finding
+    if findings or crashes or disagreements or any(d.fails for d in differences):
         return KSFT_FAIL
     return KSFT_PASS
 
@@ -330,6 +332,12 @@ def _compare_with_reference(data: Any, kernel: Mapping[str, Any] | None) -> None
         return
     data.reference = what
     data.spec_differences = list(reference.compare_to_reference(ref, kernel))
+    from kapi_selftests.findings import read_jsonl
+    from kapi_selftests.fuzz import DISAGREEMENTS_FILE
+
+    for d in data.shard_dirs:
+        if (d / DISAGREEMENTS_FILE).is_file():
+            data.disagreements += [str(r["line"]) for r in read_jsonl(d / DISAGREEMENTS_FILE)]
 
 
 def _print_summary(args: argparse.Namespace, data: Any, header: Sequence[str], md: Path) -> None:
@@ -349,6 +357,10 @@ def _print_summary(args: argparse.Namespace, data: Any, header: Sequence[str], m
                      f"{len(failing)} callers can see, "
                      f"{len(data.spec_differences) - len(failing)} text only")
         lines += [f"  {d.describe()}" for d in data.spec_differences]
+        if data.disagreements:
+            lines.append(f"calls the reference decides otherwise: {len(data.disagreements)} "
+                         "(examples)")
+            lines += [f"  {x}" for x in data.disagreements[:10]]
     for r in sorted(data.store.records.values(), key=lambda r: r.key):
         lines.append(f"  {r.key.describe()} x{r.count}: {r.first.message}")
         if r.reproducers:
@@ -579,7 +591,8 @@ def run_kernel(args: argparse.Namespace) -> int:
         raise LostGuest("; ".join(errors), hint=f"console logs are under {out}/shard-*")
     if interrupted:
         return KSFT_FAIL
-    return _status(data.store.records, data.crashes, data.spec_differences)
+    return _status(data.store.records, data.crashes, data.spec_differences,
+                   data.disagreements)
 
 
 def _check_kcov_config(kimg: Any) -> None:

@@ -18,7 +18,7 @@ from kapi_selftests import reference
 from kapi_selftests.errors import UsageError
 from kapi_selftests.gate.specdiff import diff_fields
 from kapi_selftests.reference import DiffClass, classify, compare_to_reference, load_reference
-from kapi_selftests.spec import ConstraintType, builtin_specs, load_debugfs
+from kapi_selftests.spec import ConstraintType, Spec, builtin_specs, load_debugfs
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 KAPI = DATA / "gate-real-kapi" / "kapi"
@@ -268,3 +268,49 @@ def test_reference_kernel_that_specs_more_syscalls_passes_with_notes() -> None:
     assert not any(d.fails for d in diffs)
     assert reference.same_rules(builtin_specs(), kernel) == tuple(sorted(builtin_specs()))
     assert load_reference("", kernel)[1] == "built-in v4 model"  # still the v4 shape
+
+
+def test_fuzz_predicts_calls_from_both_and_keeps_those_decided_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kapi_selftests import campaign_report
+    from kapi_selftests import fuzz as fuzz_mod
+    from kapi_selftests.cmd import fuzz as fuzz_cmd
+    from kapi_selftests.oracle import MemoryFacts, UserString, predict
+    from kapi_selftests.plan import CallPlan, Lit, PathKind
+    from kapi_selftests.plan import Path as PathArg
+
+    monkeypatch.delenv(reference.ENV, raising=False)
+    d = _variant(tmp_path, "specs/sys_open", "valid_bits: 0x7fffc3", "valid_bits: 0x77ffc3")
+    kernel = load_debugfs(d)
+    ref = fuzz_mod._differing_reference(kernel)
+    assert sorted(ref) == ["sys_open"] and ref["sys_open"] == builtin_specs()["sys_open"]
+    assert fuzz_mod._differing_reference(builtin_specs()) == {}  # no debugfs: no reference
+
+    class Materialized:  # what the campaign's wrapper reads of a materialised call
+        def __init__(self, regs: tuple[int, ...]) -> None:
+            self.regs = regs
+
+    class Inner:  # the harness's materialiser: a path at 0x10000, flags and mode as given
+        memory = MemoryFacts(strings=(UserString(0x10000, 5),))
+
+        def __call__(self, plan: CallPlan) -> Materialized:
+            return Materialized((0x10000, plan.args[1].value, plan.args[2].value))  # type: ignore[union-attr]
+
+        def __init__(self) -> None:
+            self.cache: dict[tuple[str, tuple[int, ...]], object] = {}
+
+        def predict(self, spec: Spec, regs: tuple[int, ...]) -> object:
+            # cached by spec name, as the batch engine's materialiser does
+            return self.cache.setdefault((spec.name, regs), predict(spec, regs, self.memory))
+
+    shard = tmp_path / "shard-0"
+    shard.mkdir()
+    pm = fuzz_mod._PredictingMaterializer(Inner(), kernel, ref, shard)
+    for flags in (0, 0o2000000):
+        pm(CallPlan("open", (PathArg(PathKind.EXISTING), Lit(flags), Lit(0))))
+    data = campaign_report.load_dirs([tmp_path / "none"], builtin_specs())
+    data.shard_dirs.append(shard)
+    fuzz_cmd._compare_with_reference(data, kernel)
+    (line,) = data.disagreements
+    assert line.startswith("open(path:existing, 0x80000, 0): the kernel's spec predicts rejected")
+    assert fuzz_cmd._status({}, [], [], data.disagreements) == 1
