@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kapi_selftests.coverage import Coverage
 from kapi_selftests.edges import EdgeCoverage, plan_edges
@@ -32,6 +32,9 @@ from kapi_selftests.findings import (
 )
 from kapi_selftests.plan import CallPlan
 from kapi_selftests.spec import Spec
+
+if TYPE_CHECKING:
+    from kapi_selftests.reference import SpecDifference
 
 __all__ = ["CampaignData", "REPORT_FILE", "find_shards", "load_dirs", "merge_into",
            "render_markdown", "summary", "write_outputs"]
@@ -58,6 +61,12 @@ class CampaignData:
     #: the kernel's function addresses (System.map, or /proc/kallsyms for --local): with
     #: KCOV, the report names the kernel functions the campaign ran
     system_map: Path | None = None
+    #: the kernel's specs against the reference (:mod:`kapi_selftests.reference`), and
+    #: which reference
+    spec_differences: list[SpecDifference] = field(default_factory=list)
+    reference: str = ""
+    #: calls the reference's spec decides otherwise than the kernel's (examples)
+    disagreements: list[str] = field(default_factory=list)
     _kcov: tuple[Any, dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -219,6 +228,11 @@ def summary(data: CampaignData, *, header: Sequence[str] = ()) -> dict[str, Any]
                      "console": c.console, "reproducer": c.reproducer,
                      "last_plans": len(c.last_plans)} for c in data.crashes],
         "notes": list(data.notes),
+        "reference": data.reference,
+        "spec_differences": [{"spec": d.spec, "class": d.cls.value, "change": d.change,
+                              "why": d.why, "fails": d.fails}
+                             for d in data.spec_differences],
+        "reference_disagreements": list(data.disagreements),
     }
 
 
@@ -260,6 +274,15 @@ def render_markdown(data: CampaignData, *, title: str = "kapi-selftests fuzz cam
             lines.append("- reproducers: " + ", ".join(f"`{p}`" for p in r.reproducers))
             lines.append(f"- replay: `kapi-selftests replay {r.reproducers[0]}`")
         lines += ["", "```", *r.first.evidence, "```", ""]
+    if data.reference:
+        lines += [f"## Spec differences from the reference ({data.reference})", ""]
+        lines += [f"- {'**' if d.fails else ''}{d.cls.value}{'**' if d.fails else ''}: "
+                  f"{d.spec} {d.change} ({d.why})" for d in data.spec_differences] or \
+            ["None: the kernel's specs have the reference's rules."]
+        lines.append("")
+        if data.disagreements:
+            lines += ["Calls the two specs decide differently (examples):", ""]
+            lines += [f"- `{x}`" for x in data.disagreements[:20]] + [""]
     lines += ["## Kernel crashes", ""]
     if not data.crashes:
         lines += ["None.", ""]

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kapi_selftests.callsafety import safe_specs
 from kapi_selftests.campaign_report import EDGES_FILE
 from kapi_selftests.checks import CallCheck
 from kapi_selftests.coverage import Coverage, CoverageFigure
@@ -55,8 +56,9 @@ from kapi_selftests.findings import (
 )
 from kapi_selftests.generate import PlanGenerator
 from kapi_selftests.materialize import Materialized
-from kapi_selftests.oracle import Prediction
+from kapi_selftests.oracle import Prediction, predict
 from kapi_selftests.plan import CallPlan, plan_from_json, plan_json_text, plan_to_json
+from kapi_selftests.reference import disagreement
 from kapi_selftests.spec import Spec
 
 if TYPE_CHECKING:
@@ -216,12 +218,39 @@ def _plans_json(plans: Sequence[CallPlan]) -> list[str]:
     return [plan_json_text(p) for p in plans]
 
 
+#: calls the reference's spec decides otherwise than the kernel's (JSON lines)
+DISAGREEMENTS_FILE = "reference-disagreements.jsonl"
+_MAX_DISAGREEMENTS = 100
+
+
+def _differing_reference(specs: Mapping[str, Spec]) -> dict[str, Spec]:
+    # The reference's spec of each kernel spec (from debugfs) that has other rules.
+    from kapi_selftests import reference
+    from kapi_selftests.errors import KapiError
+    from kapi_selftests.spec import SpecSource
+
+    if not specs or any(s.source is not SpecSource.DEBUGFS for s in specs.values()):
+        return {}
+    try:
+        ref, _ = reference.load_reference(reference.reference_choice(), specs)
+    except KapiError:
+        return {}  # the campaign's summary says why
+    changed = {d.spec for d in reference.compare_to_reference(ref, specs)}
+    return {n: ref[n] for n in changed if n in ref and n in specs}
+
+
 class _PredictingMaterializer:
     """Wraps a harness's materialiser: predicts each call while its memory is live."""
 
-    def __init__(self, inner: Any, specs: Mapping[str, Spec]) -> None:
+    def __init__(self, inner: Any, specs: Mapping[str, Spec],
+                 reference: Mapping[str, Spec] | None = None, out: Path | None = None) -> None:
         self.inner = inner
         self.specs = specs
+        #: the reference's specs that have other rules than the kernel's: their calls are
+        #: predicted from both, and each call they decide differently is a line in ``out``
+        self.reference = dict(reference or {})
+        self.out = out
+        self._lines = 0  # at most _MAX_DISAGREEMENTS lines each run: examples, not a log
         self.predictions: list[Prediction | None] = []
         #: with kapi events the checks already carry the oracle's prediction
         self.enabled = True
@@ -235,6 +264,17 @@ class _PredictingMaterializer:
 
     def __call__(self, plan: CallPlan) -> Materialized:
         m: Materialized = self.inner(plan)
+        ref = self.reference.get(f"sys_{plan.name}")
+        if ref is not None and self.out is not None and self._lines < _MAX_DISAGREEMENTS:
+            kspec = self.specs[ref.name]
+            # the oracle itself for the reference: a materialiser may cache predictions
+            # by spec name, which both specs share
+            line = disagreement(plan, self.inner.predict(kspec, m.regs),
+                                predict(ref, m.regs, self.memory))
+            if line is not None:
+                self._lines += 1
+                with (self.out / DISAGREEMENTS_FILE).open("a") as f:
+                    f.write(json.dumps({"spec": ref.name, "line": line}) + "\n")
         spec = self.specs.get(f"sys_{plan.name}") if self.enabled else None
         self.predictions.append(self.inner.predict(spec, m.regs) if spec is not None else None)
         return m
@@ -264,7 +304,9 @@ class Campaign:
         self._submit: Callable[[list[CallPlan]], int] | None = getattr(harness, "submit", None)
         #: which engine issues the calls
         self.engine = "batch" if self._submit is not None else "harness"
-        self.specs = harness.specs
+        # what the campaign generates calls of and counts coverage over: the spec'd
+        # syscalls that may be issued with generated arguments
+        self.specs = safe_specs(harness.specs)
         self.on_progress = on_progress
         self.out = cfg.out
         self.out.mkdir(parents=True, exist_ok=True)
@@ -290,7 +332,8 @@ class Campaign:
         self.state = _State()
         self._ahead: tuple[int, list[CallPlan], int] | None = None
         self._json: dict[int, list[str]] = {}
-        self._pm = _PredictingMaterializer(harness.materialize, self.specs)
+        self._pm = _PredictingMaterializer(harness.materialize, self.specs,
+                                           _differing_reference(self.specs), self.out)
         self._pm.enabled = harness.source is not EventSource.KAPI
         harness.materialize = self._pm
         self._resume()

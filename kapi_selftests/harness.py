@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -22,7 +22,7 @@ from kapi_selftests.arch import PATH_MAX
 from kapi_selftests.calls_log import CALLS_LOG, FACTS_FILE, facts_json, format_calls_log
 from kapi_selftests.checks import CallCheck, check_calls
 from kapi_selftests.events import Capture, decode, write_capture_dir
-from kapi_selftests.executor import Batch, EventSource, Executor
+from kapi_selftests.executor import SPEC_SYSCALLS, Batch, EventSource, Executor
 from kapi_selftests.fds import FdPool
 from kapi_selftests.materialize import (
     Materialized,
@@ -32,9 +32,11 @@ from kapi_selftests.materialize import (
     snapshot,
 )
 from kapi_selftests.memory import Arena
-from kapi_selftests.oracle import Prediction, UserString
+from kapi_selftests.oracle import Prediction, UserString, predict
 from kapi_selftests.plan import CallPlan
+from kapi_selftests.reference import disagreement
 from kapi_selftests.spec import (
+    ReturnCheck,
     Spec,
     builtin_specs,
     load_debugfs,
@@ -80,6 +82,8 @@ class BatchResult:
     checks: tuple[CallCheck, ...]
     #: the calls' kernel coverage (the batch engine with KCOV on)
     kcov: BatchCover | None = None
+    #: calls the reference spec predicts otherwise than the kernel's (both predictions)
+    disagreements: tuple[str, ...] = ()
 
     @property
     def failures(self) -> list[CallCheck]:
@@ -93,18 +97,24 @@ class Harness:
     :param specs: spec model (debugfs or built-in when None)
     :param strict: spec drift fails
     :param save_trace: directory to save every batch's raw capture in (``batch-N/``)
+    :param names: syscalls the generic events are traced for (the five v4 ones by default)
     """
 
     def __init__(self, source: EventSource | None = None, *,
                  specs: Mapping[str, Spec] | None = None, strict: bool = False,
-                 save_trace: Path | None = None, buffer_kb: int = 8192) -> None:
+                 save_trace: Path | None = None, buffer_kb: int = 8192,
+                 names: Sequence[str] = SPEC_SYSCALLS) -> None:
         self.specs = dict(specs) if specs is not None else load_specs()[0]
+        self.names = tuple(names)
+        #: a reference spec set (:mod:`kapi_selftests.reference`): every call is also
+        #: predicted from it, and where it predicts otherwise the batch says so
+        self.reference: Mapping[str, Spec] = {}
         self.strict = strict
         self.save_trace = save_trace
         self.arena = Arena()
         self.pool = FdPool()
         self.materialize: PlanMaterializer = Materializer(self.arena, self.pool)
-        self.executor = Executor(source, buffer_kb=buffer_kb)
+        self.executor = Executor(source, names=self.names, buffer_kb=buffer_kb)
         self.source = self.executor.source
         self._batches = 0
 
@@ -127,6 +137,7 @@ class Harness:
         # snapshotted, and the same prediction is what the call is judged against.
         preds: list[Prediction | None] = [None] * len(mats)
         snaps = {}
+        disagree: list[str] = []
         if self.source is EventSource.KAPI:
             for i, m in enumerate(mats):
                 spec = self.specs.get(f"sys_{m.plan.name}")
@@ -135,15 +146,21 @@ class Harness:
                 pred = preds[i] = self.materialize.predict(spec, m.regs)
                 if pred.rejected:
                     snaps[i] = snapshot(m, self.pool, self.arena)
+                ref = self.reference.get(spec.name)
+                if ref is not None and ref is not spec:
+                    # the oracle itself: a materialiser may cache predictions by spec name
+                    line = disagreement(m.plan, pred, predict(ref, m.regs, self.arena))
+                    if line is not None:
+                        disagree.append(line)
         batch = self.executor.run([(m.plan.nr, m.regs) for m in mats])
-        touched = [_fds_touched(r) for r in batch.records]
+        touched = [self._fds_touched(r) for r in batch.records]
         effects = [side_effects(mats[i], snaps[i], self.pool, self.arena,
                                 ignore_fds=frozenset().union(*(t for j, t in enumerate(touched)
                                                                if j != i)))
                    if i in snaps else [] for i in range(len(mats))]
         result = self._judge(tuple(plans), mats, batch, effects, preds)
         self._release(batch.records)
-        return result
+        return replace(result, disagreements=tuple(disagree)) if disagree else result
 
     def run_fn(self, fn: Callable[[], Sequence[SyscallRecord]]) -> tuple[Batch, Capture,
                                                                           list[CallCheck]]:
@@ -187,15 +204,32 @@ class Harness:
         return out
 
     def _release(self, records: Sequence[SyscallRecord]) -> None:
-        # fds that successful open() calls returned belong to no one else: close them.
+        # fds that successful open() (or any call whose spec returns an fd) returned
+        # belong to no one else: close them.
         for r in records:
-            if r.name == "open" and r.ret >= 0:
+            if self._returns_fd(r):
                 try:
                     os.close(r.ret)
                 except OSError:
                     pass
         self.pool.release()
         self.arena.release()
+
+    def _returns_fd(self, r: SyscallRecord) -> bool:
+        if r.ret < 0:
+            return False
+        if r.name == "open":
+            return True
+        spec = self.specs.get(f"sys_{r.name}")
+        return spec is not None and spec.ret.check is ReturnCheck.FD
+
+    def _fds_touched(self, r: SyscallRecord) -> frozenset[int]:
+        # The fds a call may have added to or removed from the process's fd table.
+        if self._returns_fd(r):
+            return frozenset((r.ret,))
+        if r.name == "close":
+            return frozenset((r.args[0] & 0xFFFFFFFF,))
+        return frozenset()
 
 
 def _readable(arena: Arena, addr: int) -> int:
@@ -204,12 +238,3 @@ def _readable(arena: Arena, addr: int) -> int:
     while n < PATH_MAX + 2 and arena.accessible(addr + n, 1):
         n += 1
     return n
-
-
-def _fds_touched(r: SyscallRecord) -> frozenset[int]:
-    # The fds a call may have added to or removed from the process's fd table.
-    if r.name == "open" and r.ret >= 0:
-        return frozenset((r.ret,))
-    if r.name == "close":
-        return frozenset((r.args[0] & 0xFFFFFFFF,))
-    return frozenset()

@@ -17,7 +17,7 @@ from types import TracebackType
 
 from kapi_selftests.arch import KERNEL_HALF, PAGE_SIZE, PATH_MAX, TASK_SIZE_MAX
 
-__all__ = ["Arena", "Region", "PAGE_SIZE", "PATH_MAX", "page_round_up"]
+__all__ = ["Arena", "Region", "PAGE_SIZE", "PATH_MAX", "page_round_up", "find_user_ptr_max"]
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -31,6 +31,29 @@ _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _MAP_FIXED_NOREPLACE = 0x100000
 PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
+
+
+_USER_PTR_MAX: list[int] = []  # found once per process
+
+
+def find_user_ptr_max() -> int:
+    """The running kernel's ``USER_PTR_MAX``, found by behaviour, once per process.
+
+    Maps one page with a hint above every 4-level user address: a 5-level paging kernel
+    (QEMU's ``-cpu max`` offers LA57) maps it there, a 4-level one (or ``no5lvl``) does
+    not. The page is unmapped again. :func:`kapi_selftests.oracle.user_ptr_max_from_probe`
+    reads the answer.
+    """
+    from kapi_selftests.oracle import LA57_PROBE_HINT, user_ptr_max_from_probe
+
+    if not _USER_PTR_MAX:
+        addr = _libc.mmap(LA57_PROBE_HINT, PAGE_SIZE, PROT_READ,
+                          mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        mapped = None if addr is None or addr == _MAP_FAILED else int(addr)
+        if mapped is not None:
+            _libc.munmap(mapped, PAGE_SIZE)
+        _USER_PTR_MAX.append(user_ptr_max_from_probe(mapped))
+    return _USER_PTR_MAX[0]
 
 
 def page_round_up(n: int) -> int:
@@ -59,6 +82,8 @@ class Arena:
     """
 
     def __init__(self) -> None:
+        #: the kernel's USER_PTR_MAX (the oracle reads it from the arena it is given)
+        self.user_ptr_max = find_user_ptr_max()
         self._regions: list[Region] = []
         self._prot: dict[int, int] = {}  # page address -> protection, for every page we own
         self._closed = False

@@ -31,6 +31,9 @@ from kapi_selftests.syscalls import SyscallRecord
 
 __all__ = [
     "USER_PTR_MAX",
+    "USER_PTR_MAX_LA57",
+    "LA57_PROBE_HINT",
+    "user_ptr_max_from_probe",
     "PATH_MAX",
     "AT_FDCWD",
     "RESTART_CODES",
@@ -53,6 +56,22 @@ __all__ = [
 #: ``USER_PTR_MAX`` of x86-64 with 4-level paging and LAM off: ``TASK_SIZE_MAX``;
 #: ``access_ok`` accepts an end address ``<=`` this.
 USER_PTR_MAX = 0x00007FFFFFFFF000
+#: The same with 5-level paging (LA57): 56-bit user addresses.
+USER_PTR_MAX_LA57 = 0x00FFFFFFFFFFF000
+#: The hint address of the paging probe: above every 4-level user address.
+LA57_PROBE_HINT = 1 << 48
+
+
+def user_ptr_max_from_probe(mapped: int | None) -> int:
+    """``USER_PTR_MAX`` from the paging probe: where ``mmap(LA57_PROBE_HINT, ...)`` mapped.
+
+    A 5-level kernel honours a hint above 47 bits; a 4-level one (or one booted with
+    ``no5lvl``) cannot map there and gives a lower address. A probe that failed to map
+    (None) means 4-level too.
+    """
+    if mapped is not None and mapped > USER_PTR_MAX:
+        return USER_PTR_MAX_LA57
+    return USER_PTR_MAX
 PATH_MAX = 4096
 AT_FDCWD = -100
 INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1
@@ -81,7 +100,12 @@ EXIT = "kapi_syscall_exit"
 # --------------------------------------------------------------------------
 
 class MemoryView(Protocol):
-    """What the oracle may ask about the caller's user memory."""
+    """What the oracle may ask about the caller's user memory.
+
+    A view may also carry ``user_ptr_max`` (an int, the kernel's ``USER_PTR_MAX`` as the
+    side that laid the memory out found it): :func:`predict` and :func:`judge` take it
+    when not given one.
+    """
 
     def strnlen_user(self, addr: int, count: int) -> int | None:
         """``strnlen_user(addr, count)`` as the kernel computes it, or None if unknown.
@@ -451,16 +475,25 @@ def _shape(spec: Spec) -> _Shape:
     return hit
 
 
+def _user_ptr_max(memory: MemoryView | None, given: int | None) -> int:
+    if given is not None:
+        return given
+    found = getattr(memory, "user_ptr_max", None)
+    return found if isinstance(found, int) else USER_PTR_MAX
+
+
 def predict(spec: Spec, regs: Sequence[int], memory: MemoryView | None = None, *,
-            user_ptr_max: int = USER_PTR_MAX) -> Prediction:
+            user_ptr_max: int | None = None) -> Prediction:
     """Predict the entry event and the validation verdict for one call.
 
     :param spec: the syscall's spec
     :param regs: the registers passed (``rdi, rsi, rdx, r10, r8, r9``); missing ones are 0
     :param memory: facts about user memory (only path and string checks read it)
-    :param user_ptr_max: the kernel's ``USER_PTR_MAX`` (differs with 5-level paging or LAM)
+    :param user_ptr_max: the kernel's ``USER_PTR_MAX`` (differs with 5-level paging or LAM);
+        None: ``memory.user_ptr_max`` when it has one, else 4-level paging's
     :return: the ``args[]``, ``params`` and rejection the kernel will produce
     """
+    user_ptr_max = _user_ptr_max(memory, user_ptr_max)
     shape = _shape(spec)
     nargs = spec.syscall_nargs
     padded = tuple(r & MASK64 for r in regs) + (0,) * (6 - min(len(regs), 6))
@@ -688,7 +721,7 @@ def _userspace_consistent(trace_ret: int, user_ret: int) -> bool:
 
 def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
           memory: MemoryView | None = None, side_effects: Sequence[str] = (),
-          strict: bool = False, user_ptr_max: int = USER_PTR_MAX,
+          strict: bool = False, user_ptr_max: int | None = None,
           prediction: Prediction | None = None) -> Verdict:
     """Judge one issued call against its kapi events.
 

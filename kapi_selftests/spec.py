@@ -56,6 +56,7 @@ __all__ = [
     "parse_source_hints",
     "find_source_hints",
     "missing_kapi_specs",
+    "same_shape",
     "DEBUGFS_ROOT",
     "S64_MAX",
 ]
@@ -326,7 +327,7 @@ class Spec:
     def ctypes(self) -> tuple[str, ...]:
         """C types of the syscall's registers (the ABI table wins over the spec's type names)."""
         abi = arch.find_syscall(self.name)
-        if abi is not None and abi.nr == self.nr:
+        if abi is not None and abi.nr == self.nr and abi.params_known:
             return tuple(t for t, _ in abi.params)
         return tuple(p.ctype for p in self.params)
 
@@ -732,7 +733,7 @@ def _attach_abi(spec: Spec, numbers: Mapping[str, int] | None) -> Spec:
     unknowns = list(spec.unknowns)
     if nr is None and abi is not None:
         nr = abi.nr
-    nargs = len(abi.params) if abi is not None and abi.nr == nr else None
+    nargs = len(abi.params) if abi is not None and abi.nr == nr and abi.params_known else None
     if nr is None:
         unknowns.append("x86-64 syscall number (not in kapi_selftests.arch; pass numbers=)")
     for p in spec.params:
@@ -804,7 +805,7 @@ def load_debugfs(root: Path = DEBUGFS_ROOT, *, numbers: Mapping[str, int] | None
             log.info("%s: no JSON dump; flags and errors from the text dump only", jpath)
         spec = _attach_abi(spec, numbers)
         b = builtins.get(name)
-        if b is not None and _same_shape(spec, b):
+        if b is not None and same_shape(spec, b):
             spec = apply_hints(spec, {p.name: SourceHint(size_param=p.size_param)
                                       for p in b.params if p.type is ParamType.USER_PTR},
                                why="built-in model of the v4 spec")
@@ -812,7 +813,8 @@ def load_debugfs(root: Path = DEBUGFS_ROOT, *, numbers: Mapping[str, int] | None
     return out
 
 
-def _same_shape(a: Spec, b: Spec) -> bool:
+def same_shape(a: Spec, b: Spec) -> bool:
+    """Same parameters: names, type classes and constraint kinds (values may differ)."""
     return len(a.params) == len(b.params) and all(
         p.name == q.name and p.type is q.type and p.constraint is q.constraint
         for p, q in zip(a.params, b.params, strict=True))

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from kapi_selftests.arch import NR, SYSCALLS
+from kapi_selftests.arch import NR, find_syscall
 
 __all__ = ["SyscallRecord", "invoke", "sys_open", "sys_close", "sys_read", "sys_write",
            "sys_madvise", "MASK64"]
@@ -52,7 +52,7 @@ class SyscallRecord:
 
     @property
     def name(self) -> str:
-        abi = next((s for s in SYSCALLS.values() if s.nr == self.nr), None)
+        abi = find_syscall(self.nr)
         return abi.name if abi else f"syscall_{self.nr}"
 
     @property
@@ -61,8 +61,8 @@ class SyscallRecord:
 
     def describe(self) -> str:
         """One line a kernel developer can read: ``read(0x3, 0x7f.., 0x0) = -EFAULT``."""
-        abi = next((s for s in SYSCALLS.values() if s.nr == self.nr), None)
-        n = len(abi.params) if abi else 6
+        abi = find_syscall(self.nr)
+        n = len(abi.params) if abi and abi.params_known else 6
         args = ", ".join(hex(a) for a in self.args[:n])
         res = f"-{_errno.errorcode.get(self.errno, self.errno)}" if self.errno else str(self.ret)
         return f"{self.name}({args}) = {res}"

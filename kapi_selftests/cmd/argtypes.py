@@ -17,7 +17,8 @@ from pathlib import Path
 from kapi_selftests.errors import KSFT_FAIL, KSFT_SKIP, KapiError, describe_exception
 
 __all__ = ["existing_path", "existing_dir", "existing_file", "positive_int", "nonneg_int",
-           "fraction", "add_accel", "guest_entry", "call_reporting"]
+           "fraction", "add_accel", "guest_entry", "call_reporting", "reference_specs",
+           "add_reference_specs"]
 
 ACCELS = ("auto", "kvm", "tcg")
 
@@ -28,6 +29,38 @@ def existing_path(s: str) -> Path:
     if not p.exists():
         raise argparse.ArgumentTypeError(f"no such file or directory: {s}")
     return p
+
+
+def reference_specs(s: str) -> str:
+    """``builtin``, or a saved kapi debugfs dump (a directory with ``list``, or one holding
+    ``kapi/list``), made absolute: a guest reads it through the shared root."""
+    if s == "builtin":
+        return s
+    p = Path(s)
+    if not ((p / "list").is_file() or (p / "kapi" / "list").is_file()):
+        raise argparse.ArgumentTypeError(
+            f"{s}: neither 'builtin' nor a saved kapi debugfs dump (no 'list' file; "
+            "'kapi-selftests specs --save DIR' writes one)")
+    return str(p.resolve())
+
+
+class _SetEnv(argparse.Action):
+    # The option's value also goes to the environment variable named by const, which
+    # the guest command inherits (host.runner's _PASSTHROUGH_ENV) and the tests read.
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        os.environ[str(self.const)] = str(values)
+
+
+def add_reference_specs(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--reference-specs builtin|DIR``: the spec set the kernel's own specs are judged
+    against (``KAPI_REFERENCE_SPECS``)."""
+    p.add_argument("--reference-specs", type=reference_specs, action=_SetEnv,
+                   const="KAPI_REFERENCE_SPECS", metavar="builtin|DIR",
+                   help="judge the kernel's specs against these: the built-in v4 model "
+                        "(default when the kernel's specs have its shape) or a dump saved "
+                        "by 'specs --save DIR' from a base kernel")
 
 
 def existing_dir(s: str) -> Path:

@@ -31,12 +31,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from kapi_selftests.callsafety import safe_specs
 from kapi_selftests.cmd.argtypes import (
     add_accel,
+    add_reference_specs,
     existing_path,
     fraction,
     guest_entry,
@@ -51,6 +53,7 @@ from kapi_selftests.errors import (
     MissingFeature,
     UsageError,
 )
+from kapi_selftests.spec import DEBUGFS_ROOT
 
 if TYPE_CHECKING:
     from kapi_selftests.plan import CallPlan
@@ -129,6 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-minimize", dest="minimize", action="store_false",
                    help="save findings unshrunk")
     p.add_argument("--strict", action="store_true", help="spec drift is a finding")
+    add_reference_specs(p)
     vm = p.add_argument_group("guests (with --kernel)")
     vm.add_argument("--modules", type=existing_path, metavar="DIR",
                     help="modules of a modular kernel")
@@ -276,17 +280,64 @@ def run_local(args: argparse.Namespace) -> int:
     if interrupted:
         header.append(f"interrupted: rerun with --out {out} to resume")
     if args.guest_out is not None:
+        _save_kernel_specs(out)  # the host compares them with the reference
         return KSFT_FAIL if interrupted else _status(camp.store.records, [])
-    data = campaign_report.load_dirs([out], h.specs)
+    data = campaign_report.load_dirs([out], safe_specs(h.specs))
+    _compare_with_reference(data, _kernel_specs([DEBUGFS_ROOT]))
     if args.kcov and os.access("/proc/kallsyms", os.R_OK):
         data.system_map = Path("/proc/kallsyms")  # the running kernel's function addresses
     md, _ = campaign_report.write_outputs(out, data, header=header)
     _print_summary(args, data, header, md)
-    return KSFT_FAIL if interrupted else _status(data.store.records, data.crashes)
+    return KSFT_FAIL if interrupted else _status(data.store.records, data.crashes,
+                                                 data.spec_differences, data.disagreements)
 
 
-def _status(findings: Any, crashes: Sequence[Any]) -> int:
-    return KSFT_FAIL if findings or crashes else KSFT_PASS
+def _status(findings: Any, crashes: Sequence[Any], differences: Sequence[Any] = (),
+            disagreements: Sequence[str] = ()) -> int:
+    # a difference from the reference that callers can see, or a call the reference
+    # decides otherwise, fails the campaign like a finding
+    if findings or crashes or disagreements or any(d.fails for d in differences):
+        return KSFT_FAIL
+    return KSFT_PASS
+
+
+def _save_kernel_specs(out: Path) -> None:
+    from kapi_selftests.spec import specs_files, write_specs
+
+    files = specs_files(DEBUGFS_ROOT)
+    if files:
+        write_specs(files, out / "kapi")
+
+
+def _kernel_specs(roots: Sequence[Path]) -> dict[str, Any] | None:
+    # The first spec dump among roots (debugfs here, or what a guest saved or sent).
+    from kapi_selftests.spec import load_debugfs, missing_kapi_specs
+
+    for root in roots:
+        if missing_kapi_specs(root) is None:
+            return load_debugfs(root)
+    return None
+
+
+def _compare_with_reference(data: Any, kernel: Mapping[str, Any] | None) -> None:
+    from kapi_selftests import reference
+
+    if kernel is None:
+        data.notes.append("spec reference: the kernel exports no debugfs specs: not compared")
+        return
+    try:
+        ref, what = reference.load_reference(reference.reference_choice(), kernel)
+    except UsageError as e:
+        data.notes.append(f"spec reference: {e}")
+        return
+    data.reference = what
+    data.spec_differences = list(reference.compare_to_reference(ref, kernel))
+    from kapi_selftests.findings import read_jsonl
+    from kapi_selftests.fuzz import DISAGREEMENTS_FILE
+
+    for d in data.shard_dirs:
+        if (d / DISAGREEMENTS_FILE).is_file():
+            data.disagreements += [str(r["line"]) for r in read_jsonl(d / DISAGREEMENTS_FILE)]
 
 
 def _print_summary(args: argparse.Namespace, data: Any, header: Sequence[str], md: Path) -> None:
@@ -301,6 +352,16 @@ def _print_summary(args: argparse.Namespace, data: Any, header: Sequence[str], m
              f"edge coverage: {campaign_report.edges_text(data.edges)}",
              *([f"kernel coverage (KCOV): {data.kcov_text()}"] if data.kcov else []),
              f"findings: {len(data.store.records)} distinct, crashes: {len(data.crashes)}"]
+    if data.reference:
+        failing = [d for d in data.spec_differences if d.fails]
+        lines.append(f"spec differences from the reference ({data.reference}): "
+                     f"{len(failing)} callers can see, "
+                     f"{len(data.spec_differences) - len(failing)} text only")
+        lines += [f"  {d.describe()}" for d in data.spec_differences]
+        if data.disagreements:
+            lines.append(f"calls the reference decides otherwise: {len(data.disagreements)} "
+                         "(examples)")
+            lines += [f"  {x}" for x in data.disagreements[:10]]
     for r in sorted(data.store.records.values(), key=lambda r: r.key):
         lines.append(f"  {r.key.describe()} x{r.count}: {r.first.message}")
         exposed = campaign_report.finding_edges(data.edges.specs, r.smallest.plan)
@@ -526,16 +587,26 @@ def run_kernel(args: argparse.Namespace) -> int:
               f"guests: {n} ({accel.value})", f"seed {args.seed}, shards {shards}"]
     if interrupted:
         header.append(f"interrupted: rerun with --out {out} to resume")
+    # the guests' spec dumps (the batch engine's agents send theirs, the harness engine's
+    # guests save theirs): coverage counts every spec'd syscall the guests issued
+    kspecs = _kernel_specs(sorted(out.glob("shard-*/agent/kapi")) +
+                           sorted(out.glob("shard-*/kapi")))
+    if kspecs is not None:
+        specs = safe_specs(kspecs)
     # with KCOV, the kernel's System.map names the functions the campaign ran
     data = campaign_report.merge_into(
         [out], out, specs, header=header, notes=errors,
         system_map=kernel.find_system_map(kimg) if args.kcov else None)
+    _compare_with_reference(data, kspecs)
+    if data.reference:  # the report is written: add the differences to it
+        campaign_report.write_outputs(out, data, header=header)
     _print_summary(args, data, header, out / campaign_report.REPORT_FILE)
     if errors and not data.states:
         raise LostGuest("; ".join(errors), hint=f"console logs are under {out}/shard-*")
     if interrupted:
         return KSFT_FAIL
-    return _status(data.store.records, data.crashes)
+    return _status(data.store.records, data.crashes, data.spec_differences,
+                   data.disagreements)
 
 
 def _check_kcov_config(kimg: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from kapi_selftests.cmd.argtypes import existing_dir
 from kapi_selftests.errors import KSFT_PASS, MissingFeature, UsageError
@@ -19,6 +20,8 @@ from kapi_selftests.spec import (
     find_source_hints,
     load_debugfs,
     missing_kapi_specs,
+    specs_files,
+    write_specs,
 )
 
 
@@ -31,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", metavar="TREE", type=existing_dir, default=None,
                    help="kernel source tree whose spec DSL fills what debugfs cannot show")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--save", metavar="DIR", type=Path, default=None,
+                   help="save the kernel's debugfs dump (list, specs/, specs-json/) in DIR, "
+                        "as --reference-specs DIR reads it")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these specs (sys_read ...)")
 
 
@@ -53,6 +59,8 @@ def _format(spec: Spec) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.builtin:
+        if args.save is not None:
+            raise UsageError("--save saves a kernel's debugfs dump; --builtin has none")
         specs = builtin_specs()
     else:
         root = args.debugfs or DEBUGFS_ROOT
@@ -60,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         if reason is not None:
             raise MissingFeature(reason, hint="use --builtin for the built-in model of v4 specs")
         specs = load_debugfs(root)
+        if args.save is not None:
+            write_specs(specs_files(root), args.save)
+            print(f"saved {len(specs)} specs in {args.save}", file=sys.stderr)
         if args.source is not None:
             hints = find_source_hints(args.source, specs)
             specs = {n: apply_hints(s, hints.get(n, {}), why=str(args.source))

@@ -31,6 +31,7 @@ from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KSFT_SKIP
 from kapi_selftests.gate.record import CallRecord, KernelRun, plan_key
 from kapi_selftests.gate.specdiff import SpecChange, diff_specs
 from kapi_selftests.oracle import MemoryFacts, Prediction, UserString, predict
+from kapi_selftests.reference import SpecDifference, compare_to_reference
 from kapi_selftests.report import Outcome, TestResult
 from kapi_selftests.spec import ReturnCheck, Spec
 
@@ -136,6 +137,8 @@ class GateVerdict:
     :param reasons: why (regressions summarised, or why it could not judge)
     :param differences: every difference, regressions first
     :param spec_changes: the spec diff
+    :param spec_classes: each changed fact of the spec diff, classed by what it does to
+        callers (:mod:`kapi_selftests.reference`, the base kernel's specs as reference)
     :param cost: runtime cost of the checks, when both kernels timed the mix
     :param calls_compared: calls matched by plan on both kernels
     :param calls_unmatched: calls only one kernel ran
@@ -150,6 +153,7 @@ class GateVerdict:
     reasons: tuple[str, ...] = ()
     differences: tuple[Difference, ...] = ()
     spec_changes: tuple[SpecChange, ...] = ()
+    spec_classes: tuple[SpecDifference, ...] = ()
     cost: Cost | None = None
     calls_compared: int = 0
     calls_unmatched: int = 0
@@ -627,6 +631,9 @@ def compare(base: KernelRun, patched: KernelRun) -> GateVerdict:
         status = GateStatus.PASS
     return GateVerdict(status=status, reasons=tuple(reasons), differences=tuple(diffs),
                        spec_changes=spec_changes,
+                       spec_classes=(compare_to_reference(base.specs, patched.specs)
+                                     if base.specs is not None and patched.specs is not None
+                                     else ()),
                        cost=_cost(base, patched), calls_compared=compared,
                        calls_unmatched=unmatched, tests_compared=tests_compared,
                        base=base.image or base.label, patched=patched.image or patched.label,

@@ -86,6 +86,10 @@ def to_markdown(v: GateVerdict) -> str:
     out += ["## Spec diff", ""]
     if not v.spec_changes:
         out.append("No spec added, removed or changed.")
+    if v.spec_classes:
+        out += ["What each change does to callers (the base kernel's specs as reference):",
+                ""] + [f"- **{d.cls.value}**: {d.spec} {_cell(d.change)} ({d.why})"
+                       for d in v.spec_classes] + [""]
     for c in v.spec_changes:
         out.append(f"### {c.name}: {c.kind.value}")
         out += ["", "```diff"]
@@ -115,6 +119,8 @@ def to_json(v: GateVerdict) -> str:
         "differences": [_diff_json(d) for d in v.differences],
         "spec_changes": [{"name": c.name, "kind": c.kind.value, "lines": list(c.lines)}
                          for c in v.spec_changes],
+        "spec_classes": [{"spec": d.spec, "class": d.cls.value, "change": d.change,
+                          "why": d.why} for d in v.spec_classes],
         "cost": None if v.cost is None else {
             "calls": v.cost.calls, "base_ns_per_call": v.cost.base_ns,
             "patched_ns_per_call": v.cost.patched_ns, "ratio": v.cost.ratio,

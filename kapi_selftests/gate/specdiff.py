@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from kapi_selftests.spec import ParamSpec, ReturnSpec, Spec
 
-__all__ = ["SpecChangeKind", "SpecChange", "diff_specs", "diff_spec"]
+__all__ = ["SpecChangeKind", "SpecChange", "FieldChange", "diff_specs", "diff_spec",
+           "diff_fields"]
 
 
 class SpecChangeKind(enum.Enum):
@@ -34,6 +35,23 @@ class SpecChange:
     name: str
     kind: SpecChangeKind
     lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    """One fact that differs between two versions of a spec.
+
+    :param what: ``arity``, ``parameters``, ``param``, ``return`` or ``errors``
+    :param index: the parameter's index (``param`` only)
+    :param key: which fact (``constraint``, ``flags``; ``added``/``removed`` for a
+        parameter or for errors)
+    :param line: the readable line (``param[2] mode: constraint mask 0xfff -> mask 0xffff``)
+    """
+
+    what: str
+    index: int | None
+    key: str
+    line: str
 
 
 def _param_facts(p: ParamSpec) -> dict[str, str]:
@@ -57,41 +75,52 @@ def _ret_facts(r: ReturnSpec) -> dict[str, str]:
     }
 
 
-def diff_spec(base: Spec, patched: Spec) -> tuple[str, ...]:
-    """Lines saying how ``patched`` differs from ``base`` (empty: same rules)."""
-    out: list[str] = []
+def diff_fields(base: Spec, patched: Spec) -> tuple[FieldChange, ...]:
+    """Every fact of validation and the return check that differs, one record each."""
+    out: list[FieldChange] = []
     if base.syscall_nargs != patched.syscall_nargs:
-        out.append(f"arity: {base.syscall_nargs} -> {patched.syscall_nargs}")
+        out.append(FieldChange("arity", None, "arity",
+                               f"arity: {base.syscall_nargs} -> {patched.syscall_nargs}"))
     if len(base.params) != len(patched.params):
-        out.append(f"parameters: {len(base.params)} -> {len(patched.params)}")
+        out.append(FieldChange("parameters", None, "parameters",
+                               f"parameters: {len(base.params)} -> {len(patched.params)}"))
     for i in range(max(len(base.params), len(patched.params))):
         b = base.params[i] if i < len(base.params) else None
         p = patched.params[i] if i < len(patched.params) else None
         if b is None and p is not None:
-            out.append(f"param[{i}] {p.name}: added ({p.type.text_name}, "
-                       f"{p.describe_constraint()})")
+            out.append(FieldChange("param", i, "added",
+                                   f"param[{i}] {p.name}: added ({p.type.text_name}, "
+                                   f"{p.describe_constraint()})"))
             continue
         if p is None and b is not None:
-            out.append(f"param[{i}] {b.name}: removed")
+            out.append(FieldChange("param", i, "removed", f"param[{i}] {b.name}: removed"))
             continue
         assert b is not None and p is not None
         fb, fp = _param_facts(b), _param_facts(p)
         for k in fb:
             if fb[k] != fp[k]:
-                out.append(f"param[{i}] {p.name}: {k} {fb[k]} -> {fp[k]}")
+                out.append(FieldChange("param", i, k,
+                                       f"param[{i}] {p.name}: {k} {fb[k]} -> {fp[k]}"))
     rb, rp = _ret_facts(base.ret), _ret_facts(patched.ret)
     for k in rb:
         if rb[k] != rp[k]:
-            out.append(f"return: {k} {rb[k]} -> {rp[k]}")
+            out.append(FieldChange("return", None, k, f"return: {k} {rb[k]} -> {rp[k]}"))
     eb = {e.code: e.name for e in base.errors}
     ep = {e.code: e.name for e in patched.errors}
     added = sorted(set(ep) - set(eb), reverse=True)
     removed = sorted(set(eb) - set(ep), reverse=True)
     if added:
-        out.append("errors added: " + ", ".join(f"{ep[c]} ({c})" for c in added))
+        out.append(FieldChange("errors", None, "added", "errors added: " +
+                               ", ".join(f"{ep[c]} ({c})" for c in added)))
     if removed:
-        out.append("errors removed: " + ", ".join(f"{eb[c]} ({c})" for c in removed))
+        out.append(FieldChange("errors", None, "removed", "errors removed: " +
+                               ", ".join(f"{eb[c]} ({c})" for c in removed)))
     return tuple(out)
+
+
+def diff_spec(base: Spec, patched: Spec) -> tuple[str, ...]:
+    """Lines saying how ``patched`` differs from ``base`` (empty: same rules)."""
+    return tuple(c.line for c in diff_fields(base, patched))
 
 
 def _summary(s: Spec) -> tuple[str, ...]:

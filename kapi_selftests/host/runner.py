@@ -53,7 +53,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 CACHE_DIR = cexec.CACHE_DIR  # KAPI_CACHE_DIR, else ~/.cache/kapi-selftests
 GUEST_TESTS = PROJECT / "tests" / "guest"
 _PASSTHROUGH_ENV = ("KAPI_STRICT", "KAPI_HYPOTHESIS_PROFILE", "KAPI_SEED",
-                    "KAPI_TEST_CRASH_AT_BATCH")
+                    "KAPI_TEST_CRASH_AT_BATCH", "KAPI_REFERENCE_SPECS")
 _GUEST_ENTRY = ("import sys; from kapi_selftests.cmd.run import guest_main; "
                 "sys.exit(guest_main(sys.argv[1:]))")
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from kapi_selftests.arch import find_syscall
 from kapi_selftests.executor import SPEC_SYSCALLS, EventSource
-from kapi_selftests.harness import Harness
+from kapi_selftests.harness import Harness, load_specs
 from kapi_selftests.testing import require
 from kapi_selftests.tracefs import (
     find_tracefs,
@@ -51,12 +52,22 @@ def _save_trace(request: pytest.FixtureRequest, source: EventSource) -> Path | N
     return Path(root) / f"{source.value}-{request.module.__name__.rsplit('.', 1)[-1]}"
 
 
+def _traced_names() -> tuple[str, ...]:
+    # The five v4 syscalls, and every other syscall the kernel specs that has generic
+    # events: their generated calls are checked against those events too.
+    root = find_tracefs()
+    extra = {abi.name for n in load_specs()[0]
+             if (abi := find_syscall(n)) is not None and abi.name not in SPEC_SYSCALLS
+             and missing_syscall_events(root, (abi.name,)) is None}
+    return SPEC_SYSCALLS + tuple(sorted(extra))
+
+
 @pytest.fixture(scope="module")
 def generic_harness(request: pytest.FixtureRequest, tracefs_root: object) -> Iterator[Harness]:
     reason = missing_syscall_events(find_tracefs(), SPEC_SYSCALLS)
     if reason:
         pytest.skip(reason)
-    with Harness(EventSource.SYSCALLS,
+    with Harness(EventSource.SYSCALLS, names=_traced_names(),
                  save_trace=_save_trace(request, EventSource.SYSCALLS)) as h:
         yield h
 
