@@ -221,8 +221,13 @@ def _pending(fd: int) -> int | None:
 
 def snapshot(m: Materialized, pool: FdPool, arena: Arena) -> Snapshot:
     """Read everything the call could change, before it runs (outside the capture window)."""
+    # The top page of user space is one page that every call of a batch naming it shares:
+    # a change there cannot be told to be this call's (an accepted read before it may
+    # have filled it), so it is not watched.
+    top = arena.top_page_address()
     bufs = {i: arena.read(a, min(s, 1 << 16)) for i, (a, s) in m.bufs.items()
-            if s > 0 and arena.accessible(a, min(s, 1 << 16))}
+            if s > 0 and not top <= a < top + 2 * PAGE_SIZE
+            and arena.accessible(a, min(s, 1 << 16))}
     files: dict[int, bytes | None] = {i: _content(p) for i, p in m.paths.items() if p}
     offsets: dict[int, int] = {}
     pending: dict[int, int] = {}

@@ -15,7 +15,7 @@ import mmap
 from dataclasses import dataclass
 from types import TracebackType
 
-from kapi_selftests.arch import KERNEL_HALF, PAGE_SIZE, PATH_MAX, TASK_SIZE_MAX
+from kapi_selftests.arch import KERNEL_HALF, PAGE_SIZE, PATH_MAX
 
 __all__ = ["Arena", "Region", "PAGE_SIZE", "PATH_MAX", "page_round_up", "find_user_ptr_max"]
 
@@ -162,11 +162,17 @@ class Arena:
         self._protect(addr, page_round_up(max(size, 1)), PROT_READ)
         return addr
 
+    def top_page_address(self) -> int:
+        """Where the last page of the user address space starts (``USER_PTR_MAX`` less a
+        page: with 5-level paging, higher)."""
+        # one past the last user byte (0x7ffffffff000) or the last byte itself: its page
+        return (self.user_ptr_max - 1) & ~(PAGE_SIZE - 1)
+
     def top_page(self) -> int | None:
-        """The last page of the user address space (ending at ``TASK_SIZE_MAX``, x86-64
-        4-level paging), mapped read-write for the harness; None when something else
-        holds it (then no call may use it)."""
-        addr = TASK_SIZE_MAX - PAGE_SIZE
+        """The last page of the user address space (:meth:`top_page_address`), mapped
+        read-write for the harness; None when something else holds it (then no call
+        may use it)."""
+        addr = self.top_page_address()
         if addr in self._prot:
             return addr
         if self._closed:

@@ -48,3 +48,16 @@ def test_every_edge_of_every_parameter(any_harness: Harness, name: str) -> None:
     if not owned:
         pytest.skip("fds 0-2 are not the harness's here (only in the guest): their edges "
                     "were not issued; every other edge was")
+
+
+def test_the_top_user_page_shared_by_a_batch_is_no_side_effect(any_harness: Harness) -> None:
+    # an accepted read fills the harness's last user page; a later call of the same batch,
+    # rejected for its fd, names a buffer on that page: the change is not the rejected
+    # call's (found by a generated batch through virtme-ng)
+    from kapi_selftests.fds import FdKind
+    from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit
+
+    plans = [CallPlan("read", (Fd(FdKind.DEV_ZERO), Buf(BufKind.LAST_USER, 4096), Lit(4096))),
+             CallPlan("read", (Lit(0xFFFFFFFF), Buf(BufKind.LAST_USER, 3191), Lit(3191)))]
+    result = any_harness.run(plans)
+    assert not result.failures, "\n".join(c.explain() for c in result.failures)
