@@ -62,7 +62,11 @@ def hypothesis_profiles() -> None:
     settings.register_profile("ci", max_examples=20, deadline=None, print_blob=True,
                               phases=[Phase.explicit, Phase.reuse, Phase.generate],
                               suppress_health_check=quiet)
+    # every profile names its phases: one registered while another is loaded inherits
+    # from it (a second conftest calling this gave dev ci's phases, no shrinking)
     settings.register_profile("dev", max_examples=200, deadline=None, print_blob=True,
+                              phases=[Phase.explicit, Phase.reuse, Phase.generate,
+                                      Phase.shrink],
                               suppress_health_check=quiet)
     settings.register_profile(
         "fuzz", max_examples=20_000, deadline=None, print_blob=True,

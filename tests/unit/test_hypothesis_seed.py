@@ -165,8 +165,11 @@ def _last_falsifying(profile: str) -> tuple[int, int]:
     from hypothesis import strategies as hst
 
     seen: list[int] = []
+    prof = hsettings.get_profile(profile)
 
-    @hsettings(hsettings.get_profile(profile), database=None, derandomize=True)
+    # the profile's own phases and budget, nothing else of the session's (its seed)
+    @hsettings(max_examples=prof.max_examples, phases=prof.phases, database=None,
+               derandomize=True, deadline=None)
     @given(hst.integers(0, 10**9))
     def prop(x: int) -> None:
         seen.append(x)
