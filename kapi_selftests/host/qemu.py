@@ -187,7 +187,7 @@ def watch_console(argv: list[str], marker: re.Pattern[bytes], deadline_s: float
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     buf = b""
-    seen = False
+    seen = eof = False
     try:
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
@@ -197,10 +197,14 @@ def watch_console(argv: list[str], marker: re.Pattern[bytes], deadline_s: float
                 break
             chunk = os.read(fd, 4096)
             if not chunk:
-                break  # QEMU exited
+                eof = True  # QEMU is exiting: its status follows
+                break
             buf = (buf + chunk)[-8192:]
             seen = marker.search(buf) is not None
     finally:
+        if eof:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
         ended = proc.poll() is not None
         if not ended:
             proc.kill()
