@@ -214,6 +214,16 @@ def call_line(seed: int, shard: int, batch: int, index: int, n: int, plan_json: 
             f'"errno":{rec.errno},"spec_match":{sm},"pairs":{pairs},"findings":{found}}}')
 
 
+def _context_sizes(sizes: list[int], plans: Sequence[CallPlan]) -> list[int]:
+    # ``sizes`` filled once per batch with each call's context size (the sum of
+    # plan_size over the calls before it); a batch with no failure never pays for it
+    if not sizes:
+        sizes.append(0)
+        for p in plans[:-1]:
+            sizes.append(sizes[-1] + plan_size(p))
+    return sizes
+
+
 def _plans_json(plans: Sequence[CallPlan]) -> list[str]:
     return [plan_json_text(p) for p in plans]
 
@@ -497,9 +507,7 @@ class Campaign:
         found: list[tuple[FindingKey, Example]] = []
         bumps: dict[FindingKey, int] = {}  # occurrences of known keys, no example kept
         seen_keys: set[FindingKey] = set()
-        before = [0]  # size of the calls before each one (its context's size)
-        for p in plans[:-1]:
-            before.append(before[-1] + plan_size(p))
+        before: list[int] = []  # size of the calls before each one: made at a first failure
         seed, shard, n0 = self.cfg.seed, self.cfg.shard, self.state.calls
         outcomes: list[tuple[str, Prediction | None, int]] = []
         for i, (plan, check) in enumerate(zip(plans, result.checks, strict=True)):
@@ -513,7 +521,8 @@ class Campaign:
                 # kernel where every call is a finding, explaining each call is the cost
                 rec = self.store.records.get(k)
                 if rec is not None and k in seen_keys and \
-                        before[i] + plan_size(plan) >= rec.smallest.size:
+                        _context_sizes(before, plans)[i] + plan_size(plan) >= \
+                        rec.smallest.size:
                     bumps[k] = bumps.get(k, 0) + 1
                     continue
                 seen_keys.add(k)
