@@ -24,6 +24,7 @@ from typing import Any
 
 from kapi_selftests.cmd.argtypes import (
     add_accel,
+    add_reference_specs,
     existing_dir,
     existing_path,
     guest_entry,
@@ -82,7 +83,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-kapi", action="store_true",
                    default=os.environ.get("KAPI_STRICT") == "1",
                    help="fail instead of skip when the kernel has no kapi tracepoints")
-    from kapi_selftests.cmd.argtypes import add_reference_specs
     add_reference_specs(p)
     vm = p.add_argument_group("guest (with --kernel)")
     vm.add_argument("--memory-mb", type=positive_int,
