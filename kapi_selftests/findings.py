@@ -25,7 +25,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from kapi_selftests.plan import Buf, CallPlan, Fd, Lit, plan_from_json, plan_to_json
+from kapi_selftests.fds import FdKind
+from kapi_selftests.plan import (
+    Buf,
+    BufKind,
+    CallPlan,
+    Fd,
+    Lit,
+    PathKind,
+    plan_from_json,
+    plan_to_json,
+)
 from kapi_selftests.plan import Path as PathArg
 
 __all__ = ["FindingKey", "Example", "FindingRecord", "CrashRecord", "FindingStore",
@@ -184,9 +194,6 @@ def plan_size(p: CallPlan) -> int:
 
 
 def _ranks() -> dict[enum.Enum, int]:
-    from kapi_selftests.fds import FdKind
-    from kapi_selftests.plan import BufKind, PathKind
-
     out: dict[enum.Enum, int] = {}
     for kinds in (FdKind, BufKind, PathKind):
         out.update({k: i for i, k in enumerate(kinds)})
