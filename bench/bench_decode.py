@@ -28,8 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kapi_selftests import events as E  # noqa: E402
-from kapi_selftests.pairing import pair  # noqa: E402
+from kapi_selftests.trace import events as E  # noqa: E402
+from kapi_selftests.trace.pairing import pair  # noqa: E402
 
 T = TypeVar("T")
 

@@ -119,9 +119,9 @@ def compile_loop(dest: Path) -> Path:
 
 def measure(exe: Path, calls: int, loop: int, work: Path) -> dict[str, Any]:
     """Both figures on the running kernel (root)."""
-    from kapi_selftests.executor import EventSource, find_event_source
-    from kapi_selftests.fuzz import Campaign, CampaignConfig
-    from kapi_selftests.harness import Harness
+    from kapi_selftests.fuzz.campaign import Campaign, CampaignConfig
+    from kapi_selftests.guest.executor import EventSource, find_event_source
+    from kapi_selftests.guest.harness import Harness
 
     source = find_event_source()
     events = "kapi" if source is EventSource.KAPI else "syscalls"
@@ -173,8 +173,9 @@ def batch_in_guest(kernel_path: Path, calls: int, loop: int,
     import shlex
     import threading
 
-    from kapi_selftests import cexec, remote, shm
-    from kapi_selftests.fuzz import Campaign, CampaignConfig
+    from kapi_selftests.fuzz import remote, shm
+    from kapi_selftests.fuzz.campaign import Campaign, CampaignConfig
+    from kapi_selftests.guest import cexec
     from kapi_selftests.host import initramfs, kernel, qemu, runner
 
     k = kernel.find_kernel(kernel_path)
@@ -184,7 +185,7 @@ def batch_in_guest(kernel_path: Path, calls: int, loop: int,
     out = initramfs.GUEST_OUT
     events = "kapi" if "CONFIG_KAPI_RUNTIME_CHECKS=y" in _config_of(k) else "syscalls"
     loop_cmd = f"{out}/read0 {loop} {events} >> {out}/cloop.txt"
-    agent = shlex.join([sys.executable, "-S", "-c", "import sys; from kapi_selftests.agent "
+    agent = shlex.join([sys.executable, "-S", "-c", "import sys; from kapi_selftests.guest.agent "
                         "import main; sys.exit(main(sys.argv[1:]))", "--shm",
                         *(["--lib", str(lib)] if lib else [])])
     script = f"{loop_cmd}; {agent}; {loop_cmd}"

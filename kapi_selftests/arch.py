@@ -2,7 +2,7 @@
 
 Pure data. The C types are the ones of each syscall's SYSCALL_DEFINE in the
 kernel (the wrapper casts every 64-bit register to them before KAPI validation
-and tracing); :mod:`kapi_selftests.ctype` models the casts.
+and tracing); :mod:`kapi_selftests.oracle.ctype` models the casts.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ directory (``cpuN.raw``, ``cpuN.stats``, ``header_page``, ``header_event``,
 Every capture's events are paired; a capture the harness saved (``run --save-trace``:
 ``calls.log`` with each call's times, ``facts.json``, the kernel's spec dump in
 ``specs/`` above it) is also judged call by call with the five checks, by the same
-judge (:func:`kapi_selftests.checks.check_calls`) and the same oracle as the live run.
+judge (:func:`kapi_selftests.oracle.checks.check_calls`) and the same oracle as the live run.
 
 Exit code: 1 when a violation remains that loss cannot explain; otherwise 4 when
 events were lost and some halves or pairs could not be judged (or there was
@@ -25,15 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from kapi_selftests.arch import find_syscall
-from kapi_selftests.calls_log import CALLS_LOG, FACTS_FILE, load_facts, parse_calls_log
-from kapi_selftests.checks import CallCheck, check_calls
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KSFT_SKIP, UsageError
-from kapi_selftests.events import Capture, FieldValue, TraceEvent, find_capture_dirs, load_capture
-from kapi_selftests.executor import EventSource
-from kapi_selftests.oracle import ENTER, MemoryFacts, Prediction, predict
-from kapi_selftests.pairing import PairingResult, Violation, pair
+from kapi_selftests.guest.executor import EventSource
+from kapi_selftests.oracle.checks import CallCheck, check_calls
+from kapi_selftests.oracle.predict import ENTER, MemoryFacts, Prediction, predict
+from kapi_selftests.oracle.spec import builtin_specs, load_debugfs
 from kapi_selftests.report import Outcome, TestResult, format_ktap
-from kapi_selftests.spec import builtin_specs, load_debugfs
+from kapi_selftests.trace.calls_log import CALLS_LOG, FACTS_FILE, load_facts, parse_calls_log
+from kapi_selftests.trace.events import (
+    Capture,
+    FieldValue,
+    TraceEvent,
+    find_capture_dirs,
+    load_capture,
+)
+from kapi_selftests.trace.pairing import PairingResult, Violation, pair
 
 log = logging.getLogger(__name__)
 

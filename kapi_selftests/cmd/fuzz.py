@@ -5,9 +5,9 @@ QEMU guests (``--kernel``).
 directory and on fds and mappings the harness owns). ``--kernel PATH`` boots
 ``--guests N`` guests, one shard (seed stream) each, shard directory
 ``<out>/shard-<i>``. Two engines: ``batch`` (default) runs each shard's campaign in
-a process here and only the issuing in its guest (:mod:`kapi_selftests.agent`: call
+a process here and only the issuing in its guest (:mod:`kapi_selftests.guest.agent`: call
 tables through a compiled executor, results and raw traces back over shared memory,
-:mod:`kapi_selftests.remote`, :mod:`kapi_selftests.shm`); ``harness`` runs ``fuzz
+:mod:`kapi_selftests.fuzz.remote`, :mod:`kapi_selftests.fuzz.shm`); ``harness`` runs ``fuzz
 --local`` in the guest with the suite's harness (every call materialised and judged
 in the guest). A
 guest that oopses, warns, panics or hangs is recorded (console excerpt, the
@@ -35,7 +35,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from kapi_selftests.callsafety import safe_specs
 from kapi_selftests.cmd.argtypes import (
     add_accel,
     add_reference_specs,
@@ -53,10 +52,11 @@ from kapi_selftests.errors import (
     MissingFeature,
     UsageError,
 )
-from kapi_selftests.spec import DEBUGFS_ROOT
+from kapi_selftests.fuzz.callsafety import safe_specs
+from kapi_selftests.oracle.spec import DEBUGFS_ROOT
 
 if TYPE_CHECKING:
-    from kapi_selftests.plan import CallPlan
+    from kapi_selftests.fuzz.plan import CallPlan
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ _GUEST_ENTRY = ("import sys; from kapi_selftests.cmd.fuzz import guest_main; "
 STOP_FILE = "stop"
 _DEFAULT_CALLS = 2000
 _BATCH = {"batch": 2000, "harness": 200}
-_AGENT_ENTRY = ("import sys; from kapi_selftests.agent import main; "
+_AGENT_ENTRY = ("import sys; from kapi_selftests.guest.agent import main; "
                 "sys.exit(main(sys.argv[1:]))")
 
 
@@ -215,8 +215,8 @@ def _corpus_plans(d: Path | None, batch_size: int = _BATCH["batch"]) -> list[lis
     """The ``--corpus`` runs: each reproducer's plans, then the plans of every
     ``kcov-corpus.jsonl`` (another campaign's KCOV corpus: with ``--kcov`` the calls that
     reach code new to this campaign join its corpus) in batches of ``batch_size``."""
-    from kapi_selftests import repro
-    from kapi_selftests.kcov import CORPUS_FILE, read_corpus
+    from kapi_selftests.fuzz import repro
+    from kapi_selftests.fuzz.kcov import CORPUS_FILE, read_corpus
 
     if d is None:
         return []
@@ -238,8 +238,8 @@ def _corpus_plans(d: Path | None, batch_size: int = _BATCH["batch"]) -> list[lis
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from kapi_selftests import campaign_report, fuzz
-    from kapi_selftests.tracefs import find_tracefs, missing_tracefs
+    from kapi_selftests.fuzz import campaign, campaign_report
+    from kapi_selftests.guest.tracefs import find_tracefs, missing_tracefs
 
     if os.geteuid() != 0:
         raise MissingFeature("fuzz --local needs root (tracefs, set_event_pid)",
@@ -252,18 +252,18 @@ def run_local(args: argparse.Namespace) -> int:
     (out / STOP_FILE).unlink(missing_ok=True)
     ticker = _Ticker(every_s=1.0 if sys.stderr.isatty() else 10.0)
     stop_file = out / STOP_FILE
-    with fuzz.local_harness(args.engine, strict=args.strict, kcov=args.kcov) as h:
-        cfg = fuzz.CampaignConfig(out=out, seed=args.seed, shard=args.shard, calls=args.calls,
+    with campaign.local_harness(args.engine, strict=args.strict, kcov=args.kcov) as h:
+        cfg = campaign.CampaignConfig(out=out, seed=args.seed, shard=args.shard, calls=args.calls,
                                   duration_s=args.duration, batch_size=args.batch_size,
                                   minimize=args.minimize, strict=args.strict,
                                   mutate_rate=args.mutate_rate)
         h.strict = args.strict
 
-        def show(p: fuzz.Progress) -> None:
+        def show(p: campaign.Progress) -> None:
             ticker.show(_progress_text(p.elapsed_s, p.calls, dict(p.findings),
                                        p.coverage.describe(), kcov=_kcov_text(p.kcov)))
 
-        camp = fuzz.Campaign(cfg, h, on_progress=show)
+        camp = campaign.Campaign(cfg, h, on_progress=show)
         if camp.state.batches == 0:
             for plans in _corpus_plans(args.corpus, args.batch_size):
                 camp.run_corpus(plans)
@@ -302,7 +302,7 @@ def _status(findings: Any, crashes: Sequence[Any], differences: Sequence[Any] = 
 
 
 def _save_kernel_specs(out: Path) -> None:
-    from kapi_selftests.spec import specs_files, write_specs
+    from kapi_selftests.oracle.spec import specs_files, write_specs
 
     files = specs_files(DEBUGFS_ROOT)
     if files:
@@ -311,7 +311,7 @@ def _save_kernel_specs(out: Path) -> None:
 
 def _kernel_specs(roots: Sequence[Path]) -> dict[str, Any] | None:
     # The first spec dump among roots (debugfs here, or what a guest saved or sent).
-    from kapi_selftests.spec import load_debugfs, missing_kapi_specs
+    from kapi_selftests.oracle.spec import load_debugfs, missing_kapi_specs
 
     for root in roots:
         if missing_kapi_specs(root) is None:
@@ -320,7 +320,7 @@ def _kernel_specs(roots: Sequence[Path]) -> dict[str, Any] | None:
 
 
 def _compare_with_reference(data: Any, kernel: Mapping[str, Any] | None) -> None:
-    from kapi_selftests import reference
+    from kapi_selftests.oracle import reference
 
     if kernel is None:
         data.notes.append("spec reference: the kernel exports no debugfs specs: not compared")
@@ -332,8 +332,8 @@ def _compare_with_reference(data: Any, kernel: Mapping[str, Any] | None) -> None
         return
     data.reference = what
     data.spec_differences = list(reference.compare_to_reference(ref, kernel))
-    from kapi_selftests.findings import read_jsonl
-    from kapi_selftests.fuzz import DISAGREEMENTS_FILE
+    from kapi_selftests.fuzz.campaign import DISAGREEMENTS_FILE
+    from kapi_selftests.fuzz.findings import read_jsonl
 
     for d in data.shard_dirs:
         if (d / DISAGREEMENTS_FILE).is_file():
@@ -341,7 +341,7 @@ def _compare_with_reference(data: Any, kernel: Mapping[str, Any] | None) -> None
 
 
 def _print_summary(args: argparse.Namespace, data: Any, header: Sequence[str], md: Path) -> None:
-    from kapi_selftests import campaign_report
+    from kapi_selftests.fuzz import campaign_report
 
     if args.json:
         print(json.dumps(campaign_report.summary(data, header=header), indent=1))
@@ -410,7 +410,7 @@ def _record_guest_crash(shard_dir: Path, shard: int, run: Any, engine: str) -> s
 
     The batches in flight become a reproducer that replays through ``engine``.
     """
-    from kapi_selftests.findings import (
+    from kapi_selftests.fuzz.findings import (
         CRASHES_FILE,
         INFLIGHT_FILE,
         SHRINKING_FILE,
@@ -418,7 +418,7 @@ def _record_guest_crash(shard_dir: Path, shard: int, run: Any, engine: str) -> s
         append_jsonl,
         now_iso,
     )
-    from kapi_selftests.plan import plan_from_json
+    from kapi_selftests.fuzz.plan import plan_from_json
 
     if not run.splats and not run.killed:
         return None
@@ -453,8 +453,8 @@ def _record_guest_crash(shard_dir: Path, shard: int, run: Any, engine: str) -> s
     if plans:
         rdir = shard_dir / "repro" / f"crash_shard{shard}_batch{batch}"
         rdir.mkdir(parents=True, exist_ok=True)
-        from kapi_selftests.findings import FindingKey
-        from kapi_selftests.repro import Reproducer, render_json
+        from kapi_selftests.fuzz.findings import FindingKey
+        from kapi_selftests.fuzz.repro import Reproducer, render_json
         r = Reproducer(FindingKey("kernel crash", plans[-1].name, summary[:80]), plans,
                        summary, shard=shard, batch=batch, source="kapi", engine=engine)
         (rdir / "repro.json").write_text(
@@ -469,9 +469,9 @@ def _record_guest_crash(shard_dir: Path, shard: int, run: Any, engine: str) -> s
 def run_kernel(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from kapi_selftests import campaign_report
+    from kapi_selftests.fuzz import campaign_report
     from kapi_selftests.host import kernel, qemu, runner
-    from kapi_selftests.spec import builtin_specs
+    from kapi_selftests.oracle.spec import builtin_specs
 
     kimg = kernel.find_kernel(args.kernel, args.modules)
     if args.kcov:
@@ -502,7 +502,7 @@ def run_kernel(args: argparse.Namespace) -> int:
 
     lib = None
     if args.engine == "batch":
-        from kapi_selftests import cexec
+        from kapi_selftests.guest import cexec
         lib = cexec.build_library(cexec.CACHE_DIR)
 
     def one(shard: int) -> None:
@@ -688,7 +688,7 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
     import dataclasses
     import shutil
 
-    from kapi_selftests import fuzz, remote, shm
+    from kapi_selftests.fuzz import campaign, remote, shm
     from kapi_selftests.host import runner
     from kapi_selftests.host.initramfs import GUEST_OUT
 
@@ -734,12 +734,12 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
         lost: str | None = None
         try:
             with remote.RemoteHarness(link, strict=args.strict) as h:
-                ccfg = fuzz.CampaignConfig(out=sdir, seed=args.seed, shard=shard,
+                ccfg = campaign.CampaignConfig(out=sdir, seed=args.seed, shard=shard,
                                            calls=_shard_calls(args, shard, guests),
                                            duration_s=args.duration, batch_size=args.batch_size,
                                            minimize=args.minimize, strict=args.strict,
                                            mutate_rate=args.mutate_rate)
-                camp = fuzz.Campaign(ccfg, h)
+                camp = campaign.Campaign(ccfg, h)
                 if camp.state.batches == 0 and args.corpus is not None:
                     for plans in _corpus_plans(args.corpus, args.batch_size):
                         camp.run_corpus(plans)

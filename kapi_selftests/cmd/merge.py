@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kapi_selftests import campaign_report
-    from kapi_selftests.spec import builtin_specs
+    from kapi_selftests.fuzz import campaign_report
+    from kapi_selftests.oracle.spec import builtin_specs
 
     shards = campaign_report.find_shards(args.dirs)
     if not shards:

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kapi_selftests import repro
+    from kapi_selftests.fuzz import repro
 
     r = repro.load(args.repro)
     if args.kernel is not None:
@@ -63,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _replay_local(path: Path, r: object) -> tuple[bool, str]:
-    from kapi_selftests.executor import EventSource
-    from kapi_selftests.fuzz import replay_plans
-    from kapi_selftests.repro import Reproducer
-    from kapi_selftests.tracefs import find_tracefs, missing_kapi_events, missing_tracefs
+    from kapi_selftests.fuzz.campaign import replay_plans
+    from kapi_selftests.fuzz.repro import Reproducer
+    from kapi_selftests.guest.executor import EventSource
+    from kapi_selftests.guest.tracefs import find_tracefs, missing_kapi_events, missing_tracefs
 
     assert isinstance(r, Reproducer)
     if json.loads((path / "repro.json" if path.is_dir() else path).read_text()).get("crash"):
@@ -119,9 +119,9 @@ def guest_main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        from kapi_selftests import repro
-        from kapi_selftests.executor import EventSource
-        from kapi_selftests.fuzz import replay_plans
+        from kapi_selftests.fuzz import repro
+        from kapi_selftests.fuzz.campaign import replay_plans
+        from kapi_selftests.guest.executor import EventSource
 
         r = repro.load(args.repro)
         failing, explain = replay_plans(r.plans, r.key, EventSource(r.source)

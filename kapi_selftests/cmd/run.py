@@ -360,7 +360,7 @@ def run_local(args: argparse.Namespace) -> int:
         # The guest's process is the harness's alone: fds 0-2 become its files, so calls
         # may name them (the fd range's low edge). pytest then captures at the sys level:
         # its fd-level capture would take fds 1 and 2 back.
-        from kapi_selftests.fds import own_std_fds
+        from kapi_selftests.guest.fds import own_std_fds
 
         own_std_fds()
         pargs.append("--capture=sys")

@@ -1,6 +1,6 @@
 """``kapi-selftests specs``: show the KAPI specs of this kernel, or the built-in model.
 
-Argument handling and printing only; loading is :mod:`kapi_selftests.spec`.
+Argument handling and printing only; loading is :mod:`kapi_selftests.oracle.spec`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kapi_selftests.cmd.argtypes import existing_dir
 from kapi_selftests.errors import KSFT_PASS, MissingFeature, UsageError
-from kapi_selftests.spec import (
+from kapi_selftests.oracle.spec import (
     DEBUGFS_ROOT,
     Spec,
     apply_hints,

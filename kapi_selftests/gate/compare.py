@@ -6,7 +6,7 @@ regression, 4 could not judge), each difference with its class, the spec diff
 and the runtime cost of the checks.
 
 How a per-call difference is classified: the oracle
-(:func:`kapi_selftests.oracle.predict`) runs the call against each kernel's
+(:func:`kapi_selftests.oracle.predict.predict`) runs the call against each kernel's
 own spec (no spec: the handler runs). A difference is *expected* when the
 specs explain it -- the patched spec predicts a rejection the base did not,
 and the patched kernel returned ``EINVAL``; or the base spec rejected a call
@@ -30,10 +30,10 @@ from typing import Any
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KSFT_SKIP
 from kapi_selftests.gate.record import CallRecord, KernelRun, plan_key
 from kapi_selftests.gate.specdiff import SpecChange, diff_specs
-from kapi_selftests.oracle import MemoryFacts, Prediction, UserString, predict
-from kapi_selftests.reference import SpecDifference, compare_to_reference
+from kapi_selftests.oracle.predict import MemoryFacts, Prediction, UserString, predict
+from kapi_selftests.oracle.reference import SpecDifference, compare_to_reference
+from kapi_selftests.oracle.spec import ReturnCheck, Spec
 from kapi_selftests.report import Outcome, TestResult
-from kapi_selftests.spec import ReturnCheck, Spec
 
 __all__ = ["GateStatus", "DiffKind", "DiffClass", "Difference", "Cost", "GateVerdict",
            "compare", "unjudged", "memory_for_plan", "retry_candidates", "spec_links"]
@@ -138,7 +138,7 @@ class GateVerdict:
     :param differences: every difference, regressions first
     :param spec_changes: the spec diff
     :param spec_classes: each changed fact of the spec diff, classed by what it does to
-        callers (:mod:`kapi_selftests.reference`, the base kernel's specs as reference)
+        callers (:mod:`kapi_selftests.oracle.reference`, the base kernel's specs as reference)
     :param cost: runtime cost of the checks, when both kernels timed the mix
     :param calls_compared: calls matched by plan on both kernels
     :param calls_unmatched: calls only one kernel ran

@@ -4,7 +4,7 @@ The same plans, in the same order, on every kernel: :func:`probe_plans` is a
 table of boundary values for every constraint of the v4 specs (whatever the
 running kernel's own specs say, so that two kernels get identical calls),
 extended by a seeded sample of their combinations. :func:`run_probe` issues
-them through the :class:`~kapi_selftests.harness.Harness` (kapi events where
+them through the :class:`~kapi_selftests.guest.harness.Harness` (kapi events where
 the kernel has them, the generic syscall events where it does not) and writes
 ``calls.jsonl`` in the format of :mod:`kapi_selftests.gate.record`; then it
 times a small mix of spec'd calls with tracing off, the runtime cost of the
@@ -28,9 +28,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kapi_selftests.arch import NR
-from kapi_selftests.fds import FdKind
-from kapi_selftests.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, PathKind, plan_to_json
-from kapi_selftests.plan import Path as PathArg
+from kapi_selftests.fuzz.plan import (
+    ArgPlan,
+    Buf,
+    BufKind,
+    CallPlan,
+    Fd,
+    Lit,
+    PathKind,
+    plan_to_json,
+)
+from kapi_selftests.fuzz.plan import Path as PathArg
+from kapi_selftests.guest.fds import FdKind
 
 __all__ = ["probe_plans", "run_probe", "time_mix", "guest_main"]
 
@@ -130,9 +139,9 @@ def run_probe(out: Path, *, seed: int, calls: int, batch: int = 1) -> int:
 
     :return: the number of calls recorded
     """
-    from kapi_selftests.executor import EventSource
-    from kapi_selftests.harness import Harness, load_specs
-    from kapi_selftests.oracle import ENTER, EXIT
+    from kapi_selftests.guest.executor import EventSource
+    from kapi_selftests.guest.harness import Harness, load_specs
+    from kapi_selftests.oracle.predict import ENTER, EXIT
 
     specs, where = load_specs()
     log.info("probe: %s", where)
@@ -173,8 +182,8 @@ def time_mix(rounds: int) -> dict[str, object]:
     rejects are both in the mix. ``getpid`` (no spec) is timed the same way, as the
     reference that cancels the guest's own speed out of a comparison between two runs.
     """
-    from kapi_selftests.memory import Arena
-    from kapi_selftests.syscalls import invoke
+    from kapi_selftests.guest.memory import Arena
+    from kapi_selftests.guest.syscalls import invoke
 
     with Arena() as arena:
         buf = arena.buffer(8192, b"x" * 8192)
@@ -280,16 +289,16 @@ def _raise_nofile(want: int = 65536) -> None:
 
 
 def run_fuzz(out: Path, *, seed: int, calls: int) -> int:
-    """A fixed-seed fuzz run (:mod:`kapi_selftests.fuzz`) writing ``out/calls.jsonl``.
+    """A fixed-seed fuzz run (:mod:`kapi_selftests.fuzz.campaign`) writing ``out/calls.jsonl``.
 
     Plans are generated from the built-in v4 model with steering off and no shrinking,
     so both kernels get the same calls whatever their own specs say.
 
     :return: calls recorded
     """
-    from kapi_selftests.fuzz import Campaign, CampaignConfig
-    from kapi_selftests.harness import Harness
-    from kapi_selftests.spec import builtin_specs
+    from kapi_selftests.fuzz.campaign import Campaign, CampaignConfig
+    from kapi_selftests.guest.harness import Harness
+    from kapi_selftests.oracle.spec import builtin_specs
 
     if out.exists():
         import shutil

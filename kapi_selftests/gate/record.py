@@ -15,7 +15,7 @@ for tests under ``tests/data/gate-*``) holds::
     fuzz/calls.jsonl      per-call behaviour of a fixed-seed fuzz run (docs/fuzz.md)
 
 ``calls.jsonl`` has one JSON object per call: ``seed``, ``shard``, ``index``,
-``plan`` (:func:`kapi_selftests.plan.plan_to_json`), ``regs``, ``ret``,
+``plan`` (:func:`kapi_selftests.fuzz.plan.plan_to_json`), ``regs``, ``ret``,
 ``errno``, ``spec_match`` (null without kapi events), ``pairs`` and
 ``findings`` (finding kinds). Reading only; nothing here runs a kernel.
 """
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from kapi_selftests.errors import SpecError, UsageError
+from kapi_selftests.oracle.spec import Spec, load_debugfs
 from kapi_selftests.report import TestResult, parse_ktap
-from kapi_selftests.spec import Spec, load_debugfs
 
 __all__ = ["CallRecord", "Splat", "Health", "Timing", "KernelRun", "load_run",
            "read_calls", "call_to_json", "parse_calls", "plan_key", "KAPI_EVENTS"]

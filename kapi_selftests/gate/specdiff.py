@@ -11,7 +11,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kapi_selftests.spec import ParamSpec, ReturnSpec, Spec
+from kapi_selftests.oracle.spec import ParamSpec, ReturnSpec, Spec
 
 __all__ = ["SpecChangeKind", "SpecChange", "FieldChange", "diff_specs", "diff_spec",
            "diff_fields"]

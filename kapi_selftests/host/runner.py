@@ -31,7 +31,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
-from kapi_selftests import cexec
 from kapi_selftests.errors import (
     KapiError,
     LostGuest,
@@ -39,6 +38,7 @@ from kapi_selftests.errors import (
     UsageError,
     describe_exception,
 )
+from kapi_selftests.guest import cexec
 from kapi_selftests.host import console as console_mod
 from kapi_selftests.host import initramfs, kernel, pyzip, qemu, warm
 from kapi_selftests.report import Outcome, TestResult, group, leaves

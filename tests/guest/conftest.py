@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from kapi_selftests.arch import find_syscall
-from kapi_selftests.executor import SPEC_SYSCALLS, EventSource
-from kapi_selftests.harness import Harness, load_specs
-from kapi_selftests.testing import require
-from kapi_selftests.tracefs import (
+from kapi_selftests.guest.executor import SPEC_SYSCALLS, EventSource
+from kapi_selftests.guest.harness import Harness, load_specs
+from kapi_selftests.guest.tracefs import (
     find_tracefs,
     missing_kapi_events,
     missing_syscall_events,
     missing_tracefs,
 )
+from kapi_selftests.testing import require
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from kapi_selftests import agent, cexec, remote, shm
-from kapi_selftests.executor import SPEC_SYSCALLS, EventSource
-from kapi_selftests.generate import PlanGenerator
-from kapi_selftests.tracefs import find_tracefs, missing_syscall_events
+from kapi_selftests.fuzz import remote, shm
+from kapi_selftests.fuzz.generate import PlanGenerator
+from kapi_selftests.guest import agent, cexec
+from kapi_selftests.guest.executor import SPEC_SYSCALLS, EventSource
+from kapi_selftests.guest.tracefs import find_tracefs, missing_syscall_events
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def test_resources_fit_under_a_low_fd_limit() -> None:
     import sys
 
     code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512)); "
-            "from kapi_selftests.agent import Resources; r = Resources(); "
+            "from kapi_selftests.guest.agent import Resources; r = Resources(); "
             "print(min(r.slots.values()), max(r.slots.values())); r.close()")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()

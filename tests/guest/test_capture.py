@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from kapi_selftests.arch import NR, find_syscall
-from kapi_selftests.events import decode
-from kapi_selftests.executor import EventSource, Executor
-from kapi_selftests.harness import Harness
-from kapi_selftests.memory import Arena
-from kapi_selftests.pairing import pair
-from kapi_selftests.syscalls import SyscallRecord, invoke
-from kapi_selftests.window import events_by_call
+from kapi_selftests.guest.executor import EventSource, Executor
+from kapi_selftests.guest.harness import Harness
+from kapi_selftests.guest.memory import Arena
+from kapi_selftests.guest.syscalls import SyscallRecord, invoke
+from kapi_selftests.trace.events import decode
+from kapi_selftests.trace.pairing import pair
+from kapi_selftests.trace.window import events_by_call
 
 
 def _five_calls(arena: Arena) -> list[tuple[int, tuple[int, ...]]]:

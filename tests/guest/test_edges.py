@@ -1,4 +1,4 @@
-"""The edge sweep: every edge of every spec'd parameter (:mod:`kapi_selftests.edges`),
+"""The edge sweep: every edge of every spec'd parameter (:mod:`kapi_selftests.fuzz.edges`),
 issued once with accepted values elsewhere and judged by the five checks.
 
 Generated calls find a validator's off-by-one by themselves here: an alignment
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import pytest
 
-from kapi_selftests.edges import EdgeCoverage, edge_plans
-from kapi_selftests.fds import std_fds_owned
-from kapi_selftests.harness import Harness
-from kapi_selftests.spec import builtin_specs
+from kapi_selftests.fuzz.edges import EdgeCoverage, edge_plans
+from kapi_selftests.guest.fds import std_fds_owned
+from kapi_selftests.guest.harness import Harness
+from kapi_selftests.oracle.spec import builtin_specs
 
 SPECS = builtin_specs()
 #: calls per capture window
@@ -54,8 +54,8 @@ def test_the_top_user_page_shared_by_a_batch_is_no_side_effect(any_harness: Harn
     # an accepted read fills the harness's last user page; a later call of the same batch,
     # rejected for its fd, names a buffer on that page: the change is not the rejected
     # call's (found by a generated batch through virtme-ng)
-    from kapi_selftests.fds import FdKind
-    from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit
+    from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit
+    from kapi_selftests.guest.fds import FdKind
 
     plans = [CallPlan("read", (Fd(FdKind.DEV_ZERO), Buf(BufKind.LAST_USER, 4096), Lit(4096))),
              CallPlan("read", (Lit(0xFFFFFFFF), Buf(BufKind.LAST_USER, 3191), Lit(3191)))]

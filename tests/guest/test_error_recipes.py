@@ -10,10 +10,10 @@ import random
 
 import pytest
 
-from kapi_selftests.checks import CallCheck
-from kapi_selftests.executor import EventSource
-from kapi_selftests.generate import ERROR_RECIPES
-from kapi_selftests.harness import Harness
+from kapi_selftests.fuzz.generate import ERROR_RECIPES
+from kapi_selftests.guest.executor import EventSource
+from kapi_selftests.guest.harness import Harness
+from kapi_selftests.oracle.checks import CallCheck
 
 _KEYS = sorted(ERROR_RECIPES)
 _results: dict[EventSource, dict[tuple[str, str], CallCheck]] = {}

@@ -10,11 +10,11 @@ import pytest
 
 from kapi_selftests import cli
 from kapi_selftests.arch import find_syscall
-from kapi_selftests.callsafety import safe_specs
-from kapi_selftests.executor import SPEC_SYSCALLS
-from kapi_selftests.findings import read_jsonl
-from kapi_selftests.harness import load_specs
-from kapi_selftests.tracefs import find_tracefs, missing_syscall_events
+from kapi_selftests.fuzz.callsafety import safe_specs
+from kapi_selftests.fuzz.findings import read_jsonl
+from kapi_selftests.guest.executor import SPEC_SYSCALLS
+from kapi_selftests.guest.harness import load_specs
+from kapi_selftests.guest.tracefs import find_tracefs, missing_syscall_events
 
 
 @pytest.fixture
@@ -99,10 +99,10 @@ def test_fuzz_local_both_engines_agree(tracefs_root: object, tmp_path: Path,
 def test_replay_follows_the_engine_that_found_the_finding(tracefs_root: object) -> None:
     # In the batch engine the calls share one fd per kind: a read after a close of the
     # same kind sees the closed fd. The harness engine gives every call fresh fds.
-    from kapi_selftests.fds import FdKind
-    from kapi_selftests.findings import FindingKey
-    from kapi_selftests.fuzz import replay_plans
-    from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit
+    from kapi_selftests.fuzz.campaign import replay_plans
+    from kapi_selftests.fuzz.findings import FindingKey
+    from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit
+    from kapi_selftests.guest.fds import FdKind
 
     reason = missing_syscall_events(find_tracefs(), SPEC_SYSCALLS)
     if reason:
@@ -130,12 +130,12 @@ def test_c_reproducer_issues_the_calls_as_its_engine_does(tracefs_root: object, 
     import shutil
     import subprocess
 
-    from kapi_selftests.fds import FdKind
-    from kapi_selftests.findings import FindingKey
-    from kapi_selftests.fuzz import replay_plans
-    from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit
-    from kapi_selftests.repro import Reproducer, render_c
-    from kapi_selftests.spec import builtin_specs
+    from kapi_selftests.fuzz.campaign import replay_plans
+    from kapi_selftests.fuzz.findings import FindingKey
+    from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit
+    from kapi_selftests.fuzz.repro import Reproducer, render_c
+    from kapi_selftests.guest.fds import FdKind
+    from kapi_selftests.oracle.spec import builtin_specs
 
     if os.environ.get("KAPI_IN_GUEST"):
         pytest.skip("compiles C: run on the host as root (gcc under TCG takes tens of seconds)")

@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from kapi_selftests import cexec, fuzz
 from kapi_selftests.arch import NR
-from kapi_selftests.executor import EventSource, find_event_source
-from kapi_selftests.generate import PlanGenerator
-from kapi_selftests.kcov import SymbolMap
-from kapi_selftests.syscalls import invoke
+from kapi_selftests.fuzz import campaign
+from kapi_selftests.fuzz.generate import PlanGenerator
+from kapi_selftests.fuzz.kcov import SymbolMap
+from kapi_selftests.guest import cexec
+from kapi_selftests.guest.executor import EventSource, find_event_source
+from kapi_selftests.guest.syscalls import invoke
 
 # <linux/kcov.h>
 KCOV_INIT_TRACE, KCOV_ENABLE, KCOV_DISABLE, KCOV_TRACE_PC = 0x80086301, 0x6364, 0x6365, 0
@@ -130,7 +131,7 @@ def test_the_executor_reports_each_kernel_edge_once(kcov_kernel: None) -> None:
         pytest.skip("no C compiler for the batch executor")
 
     def scenario() -> tuple[Any, Any]:
-        with fuzz.local_harness("batch", kcov=True) as h:
+        with campaign.local_harness("batch", kcov=True) as h:
             plans = PlanGenerator(h.specs, seed=11).batch(0, 300)
             return h.run(plans), h.run(plans)
 
@@ -155,20 +156,20 @@ def test_a_kcov_campaign_keeps_calls_that_reach_new_code(kcov_kernel: None,
         pytest.skip("no C compiler for the batch executor")
     out = tmp_path / "camp"
 
-    def campaign(calls: int) -> Any:
-        with fuzz.local_harness("batch", kcov=True) as h:
-            cfg = fuzz.CampaignConfig(out=out, seed=3, calls=calls, batch_size=300,
-                                      minimize=False)
-            camp = fuzz.Campaign(cfg, h)
+    def run_campaign(calls: int) -> Any:
+        with campaign.local_harness("batch", kcov=True) as h:
+            cfg = campaign.CampaignConfig(out=out, seed=3, calls=calls, batch_size=300,
+                                          minimize=False)
+            camp = campaign.Campaign(cfg, h)
             start = None if camp.kcov is None else camp.kcov.figure()
             return start, camp.run()
 
-    start, p = _in_thread(lambda: campaign(900))
+    start, p = _in_thread(lambda: run_campaign(900))
     assert start == {"edges": 0, "pcs": 0, "corpus": 0, "pcs_per_call": None}
     assert p.kcov is not None and p.kcov["edges"] > 1000 and p.kcov["corpus"] > 10
     assert not p.findings
     assert (out / "kcov-edges.bin").stat().st_size == 4 * p.kcov["edges"]
-    start2, p2 = _in_thread(lambda: campaign(1200))
+    start2, p2 = _in_thread(lambda: run_campaign(1200))
     assert start2["edges"] == p.kcov["edges"] and start2["corpus"] == p.kcov["corpus"]
     assert p2.calls == 1200 and p2.kcov["edges"] >= p.kcov["edges"]
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from kapi_selftests import cli
-from kapi_selftests.calls_log import CALLS_LOG
-from kapi_selftests.fds import FdKind
-from kapi_selftests.harness import Harness
-from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit, PathKind
-from kapi_selftests.plan import Path as PathPlan
+from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit, PathKind
+from kapi_selftests.fuzz.plan import Path as PathPlan
+from kapi_selftests.guest.fds import FdKind
+from kapi_selftests.guest.harness import Harness
+from kapi_selftests.trace.calls_log import CALLS_LOG
 
 PLANS = [
     CallPlan("open", (PathPlan(PathKind.EXISTING), Lit(os.O_RDONLY), Lit(0))),

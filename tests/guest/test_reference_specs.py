@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from kapi_selftests import reference
 from kapi_selftests.errors import KapiError
-from kapi_selftests.spec import load_debugfs, missing_kapi_specs
+from kapi_selftests.oracle import reference
+from kapi_selftests.oracle.spec import load_debugfs, missing_kapi_specs
 from kapi_selftests.testing import require
 
 

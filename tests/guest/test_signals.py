@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from kapi_selftests.arch import NR
-from kapi_selftests.harness import Harness
-from kapi_selftests.syscalls import SyscallRecord, invoke
+from kapi_selftests.guest.harness import Harness
+from kapi_selftests.guest.syscalls import SyscallRecord, invoke
 
 ERESTARTSYS = -512
 

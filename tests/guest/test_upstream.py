@@ -19,12 +19,11 @@ from contextlib import ExitStack
 import pytest
 
 from kapi_selftests.arch import NR, PAGE_SIZE
-from kapi_selftests.checks import check_calls
-from kapi_selftests.events import decode
-from kapi_selftests.executor import Batch, EventSource
-from kapi_selftests.harness import Harness
-from kapi_selftests.syscalls import SyscallRecord
-from kapi_selftests.upstream_cases import (
+from kapi_selftests.guest.executor import Batch, EventSource
+from kapi_selftests.guest.harness import Harness
+from kapi_selftests.guest.syscalls import SyscallRecord
+from kapi_selftests.oracle.checks import check_calls
+from kapi_selftests.oracle.upstream_cases import (
     UPSTREAM_CASES,
     Arg,
     ArgKind,
@@ -33,6 +32,7 @@ from kapi_selftests.upstream_cases import (
     RetKind,
     UpstreamCase,
 )
+from kapi_selftests.trace.events import decode
 
 CASES = [c for c in UPSTREAM_CASES if c.calls]
 KMSG_CASE = next(c for c in UPSTREAM_CASES if c.kmsg)

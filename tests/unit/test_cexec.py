@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kapi_selftests import cexec
 from kapi_selftests.arch import NR
+from kapi_selftests.guest import cexec
 
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                               reason="no C compiler")

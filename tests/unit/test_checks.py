@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from kapi_selftests.checks import check_calls
-from kapi_selftests.events import Capture, LossGap, LossInfo, TraceEvent
-from kapi_selftests.executor import EventSource
-from kapi_selftests.oracle import FindingKind
-from kapi_selftests.spec import builtin_specs
-from kapi_selftests.syscalls import SyscallRecord
+from kapi_selftests.guest.executor import EventSource
+from kapi_selftests.guest.syscalls import SyscallRecord
+from kapi_selftests.oracle.checks import check_calls
+from kapi_selftests.oracle.predict import FindingKind
+from kapi_selftests.oracle.spec import builtin_specs
+from kapi_selftests.trace.events import Capture, LossGap, LossInfo, TraceEvent
 
 SPECS = builtin_specs()
 TID = 42

@@ -1,4 +1,4 @@
-"""Unit tests of kapi_selftests.ctype: the wrapper's casts, for every 64-bit register value."""
+"""Unit tests of kapi_selftests.oracle.ctype: the wrapper casts, for every register value."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kapi_selftests.arch import SYSCALLS
-from kapi_selftests.ctype import (
+from kapi_selftests.errors import SpecError
+from kapi_selftests.oracle.ctype import (
     CKind,
     cast,
     parse_ctype,
@@ -17,7 +18,6 @@ from kapi_selftests.ctype import (
     stored_args,
     to_s64,
 )
-from kapi_selftests.errors import SpecError
 
 U64 = st.sampled_from((0, 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1)) \
     | st.integers(0, 2**64 - 1)

@@ -8,14 +8,15 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kapi_selftests import arch, edges
-from kapi_selftests.edges import SIZED, EdgeCoverage, edge_of, edge_plans, param_edges
-from kapi_selftests.fds import FdKind
-from kapi_selftests.generate import PlanGenerator
-from kapi_selftests.oracle import MemoryFacts, predict
-from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
-from kapi_selftests.spec import builtin_specs
-from kapi_selftests.strategies import call_plans
+from kapi_selftests import arch
+from kapi_selftests.fuzz import edges
+from kapi_selftests.fuzz.edges import SIZED, EdgeCoverage, edge_of, edge_plans, param_edges
+from kapi_selftests.fuzz.generate import PlanGenerator
+from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
+from kapi_selftests.fuzz.strategies import call_plans
+from kapi_selftests.guest.fds import FdKind
+from kapi_selftests.oracle.predict import MemoryFacts, predict
+from kapi_selftests.oracle.spec import builtin_specs
 
 SPECS = builtin_specs()
 

@@ -12,8 +12,8 @@ from datadir import REFERENCE as REF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kapi_selftests import events as E
 from kapi_selftests.errors import DecodeError, UsageError
+from kapi_selftests.trace import events as E
 
 ENTER_FMT = (DATA / "kapi_syscall_enter.format").read_text()
 EXIT_FMT = (DATA / "kapi_syscall_exit.format").read_text()

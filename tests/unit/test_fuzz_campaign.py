@@ -11,24 +11,24 @@ from typing import Any, cast
 
 import pytest
 
-from kapi_selftests.checks import CallCheck
-from kapi_selftests.coverage import Coverage
-from kapi_selftests.executor import EventSource
-from kapi_selftests.findings import FindingStore, read_jsonl
-from kapi_selftests.fuzz import (
+from kapi_selftests.fuzz.campaign import (
     CALLS_FILE,
     INFLIGHT_FILE,
     Campaign,
     CampaignConfig,
     finding_keys,
 )
-from kapi_selftests.generate import PlanGenerator
-from kapi_selftests.harness import Harness
-from kapi_selftests.materialize import Materializer
-from kapi_selftests.oracle import Finding, FindingKind
-from kapi_selftests.plan import CallPlan, plan_to_json
-from kapi_selftests.spec import builtin_specs
-from kapi_selftests.syscalls import SyscallRecord
+from kapi_selftests.fuzz.coverage import Coverage
+from kapi_selftests.fuzz.findings import FindingStore, read_jsonl
+from kapi_selftests.fuzz.generate import PlanGenerator
+from kapi_selftests.fuzz.plan import CallPlan, plan_to_json
+from kapi_selftests.guest.executor import EventSource
+from kapi_selftests.guest.harness import Harness
+from kapi_selftests.guest.materialize import Materializer
+from kapi_selftests.guest.syscalls import SyscallRecord
+from kapi_selftests.oracle.checks import CallCheck
+from kapi_selftests.oracle.predict import Finding, FindingKind
+from kapi_selftests.oracle.spec import builtin_specs
 
 SPECS = builtin_specs()
 
@@ -92,7 +92,7 @@ def test_campaign_shrinking_is_bounded_in_time(tmp_path: Path,
     # and the findings after it are saved as found, with one line saying so
     import time
 
-    from kapi_selftests import minimize as minimize_mod
+    from kapi_selftests.fuzz import minimize as minimize_mod
 
     real = minimize_mod.minimize
 
@@ -149,7 +149,7 @@ def test_campaign_refuses_another_seed_in_the_same_directory(tmp_path: Path) -> 
 
 
 def test_finding_keys_name_the_predicted_rejection() -> None:
-    from kapi_selftests.oracle import predict
+    from kapi_selftests.oracle.predict import predict
 
     rec = SyscallRecord(nr=0, args=(1 << 31, 0, 0, 0, 0, 0), ret=-22, errno=22, tid=1)
     check = CallCheck(rec, (), (Finding(FindingKind.SPEC_MATCH_MISMATCH, "m"),))
@@ -160,8 +160,8 @@ def test_finding_keys_name_the_predicted_rejection() -> None:
 
 
 def test_call_line_is_call_row_as_json() -> None:
-    from kapi_selftests.events import TraceEvent
-    from kapi_selftests.fuzz import call_line, call_row
+    from kapi_selftests.fuzz.campaign import call_line, call_row
+    from kapi_selftests.trace.events import TraceEvent
 
     plan = CallPlan("close", ())
     rec = SyscallRecord(nr=3, args=(2**64 - 1, 0, 0, 0, 0, 7), ret=-22, errno=22, tid=5)

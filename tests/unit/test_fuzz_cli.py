@@ -12,14 +12,14 @@ import pytest
 
 from kapi_selftests import cli
 from kapi_selftests.cmd import fuzz as fuzz_cmd
-from kapi_selftests.coverage import Coverage
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KSFT_USAGE
-from kapi_selftests.findings import Example, FindingKey, FindingStore, read_jsonl
-from kapi_selftests.fuzz import write_json_atomic
+from kapi_selftests.fuzz.campaign import write_json_atomic
+from kapi_selftests.fuzz.coverage import Coverage
+from kapi_selftests.fuzz.findings import Example, FindingKey, FindingStore, read_jsonl
+from kapi_selftests.fuzz.plan import CallPlan, Lit, plan_to_json
 from kapi_selftests.host import kernel, qemu, runner
 from kapi_selftests.host.console import Splat, SplatKind
-from kapi_selftests.plan import CallPlan, Lit, plan_to_json
-from kapi_selftests.spec import builtin_specs
+from kapi_selftests.oracle.spec import builtin_specs
 
 SPECS = builtin_specs()
 PLAN = CallPlan("madvise", (Lit(1), Lit(4096), Lit(0)))
@@ -156,8 +156,8 @@ def test_guest_argv_splits_calls_over_guests() -> None:
 
 
 def test_corpus_skips_crash_reproducers(tmp_path: Path) -> None:
-    from kapi_selftests.findings import FindingKey as Key
-    from kapi_selftests.repro import Reproducer, save
+    from kapi_selftests.fuzz.findings import FindingKey as Key
+    from kapi_selftests.fuzz.repro import Reproducer, save
 
     save(Reproducer(Key("ret mismatch", "madvise", "accepted"), (PLAN,)), tmp_path / "a")
     crash = tmp_path / "b" / "crash_shard0_batch3"
@@ -171,7 +171,7 @@ def test_corpus_skips_crash_reproducers(tmp_path: Path) -> None:
 def test_a_guest_silent_while_shrinking_is_not_a_kernel_crash(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from kapi_selftests.findings import CRASHES_FILE, SHRINKING_FILE
+    from kapi_selftests.fuzz.findings import CRASHES_FILE, SHRINKING_FILE
 
     console = tmp_path / "console.log"
     console.write_text("kapi-selftests agent: alive\n")

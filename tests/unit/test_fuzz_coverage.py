@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from kapi_selftests.coverage import Coverage, Side, Target, listed_errors, rejectable
-from kapi_selftests.oracle import MemoryFacts, UserString, predict
-from kapi_selftests.spec import builtin_specs
+from kapi_selftests.fuzz.coverage import Coverage, Side, Target, listed_errors, rejectable
+from kapi_selftests.oracle.predict import MemoryFacts, UserString, predict
+from kapi_selftests.oracle.spec import builtin_specs
 
 SPECS = builtin_specs()
 READ = SPECS["sys_read"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kapi_selftests.fds import FdKind
-from kapi_selftests.findings import (
+from kapi_selftests.fuzz.findings import (
     CrashRecord,
     Example,
     FindingKey,
@@ -15,7 +14,8 @@ from kapi_selftests.findings import (
     plan_size,
     read_jsonl,
 )
-from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit
+from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit
+from kapi_selftests.guest.fds import FdKind
 
 K1 = FindingKey("ret mismatch", "read", "accepted")
 K2 = FindingKey("spec_match mismatch", "read", "fd:range")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import random
 
-from kapi_selftests.coverage import Side, Target
-from kapi_selftests.fds import FdKind
-from kapi_selftests.generate import PlanGenerator
-from kapi_selftests.plan import (
+from kapi_selftests.fuzz.coverage import Side, Target
+from kapi_selftests.fuzz.generate import PlanGenerator
+from kapi_selftests.fuzz.plan import (
     TOP_BUFS,
     Buf,
     BufKind,
@@ -19,7 +18,8 @@ from kapi_selftests.plan import (
     plan_json_text,
     plan_to_json,
 )
-from kapi_selftests.spec import builtin_specs
+from kapi_selftests.guest.fds import FdKind
+from kapi_selftests.oracle.spec import builtin_specs
 
 SPECS = builtin_specs()
 
@@ -140,7 +140,7 @@ def test_corpus_gets_the_mutate_rate_share_and_replays_from_the_seed() -> None:
 
 
 def test_steering_gives_up_on_a_goal_after_its_attempts() -> None:
-    from kapi_selftests.generate import STEER_ATTEMPTS
+    from kapi_selftests.fuzz.generate import STEER_ATTEMPTS
 
     goal = Target("sys_read", "count", Side.INVALID)  # never the rejected parameter
     tries: dict[Target, int] = {}
@@ -163,7 +163,7 @@ def test_error_recipes_aim_at_listed_errors_only() -> None:
     import errno
     import random
 
-    from kapi_selftests.generate import ERROR_RECIPES
+    from kapi_selftests.fuzz.generate import ERROR_RECIPES
 
     shapes = set()
     for (spec, name), recipe in ERROR_RECIPES.items():

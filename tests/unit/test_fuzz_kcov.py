@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from kapi_selftests import agent, cexec, cli, kcov, remote
+from kapi_selftests import cli
 from kapi_selftests.errors import KSFT_PASS, KSFT_SKIP, KSFT_USAGE, MissingFeature
-from kapi_selftests.fds import FdKind
-from kapi_selftests.fuzz import write_json_atomic
+from kapi_selftests.fuzz import kcov, remote
+from kapi_selftests.fuzz.campaign import write_json_atomic
+from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit
+from kapi_selftests.guest import agent, cexec
+from kapi_selftests.guest.fds import FdKind
 from kapi_selftests.host import kernel, runner
-from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit
 
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                               reason="no C compiler")
@@ -257,9 +259,9 @@ class CoverHarness:
     kcov = True
 
     def __init__(self) -> None:
-        from kapi_selftests.executor import EventSource
-        from kapi_selftests.materialize import Materializer
-        from kapi_selftests.spec import builtin_specs
+        from kapi_selftests.guest.executor import EventSource
+        from kapi_selftests.guest.materialize import Materializer
+        from kapi_selftests.oracle.spec import builtin_specs
 
         self.specs = builtin_specs()
         self.source = EventSource.SYSCALLS
@@ -271,8 +273,8 @@ class CoverHarness:
     def run(self, plans: list[CallPlan]) -> object:
         from types import SimpleNamespace
 
-        from kapi_selftests.checks import CallCheck
-        from kapi_selftests.syscalls import SyscallRecord
+        from kapi_selftests.guest.syscalls import SyscallRecord
+        from kapi_selftests.oracle.checks import CallCheck
 
         self.runs.append(list(plans))
         new, ids = [], []
@@ -289,7 +291,7 @@ class CoverHarness:
 
 
 def test_campaign_keeps_new_coverage_mutates_it_and_resumes(tmp_path: Path) -> None:
-    from kapi_selftests.fuzz import Campaign, CampaignConfig
+    from kapi_selftests.fuzz.campaign import Campaign, CampaignConfig
 
     cfg = CampaignConfig(out=tmp_path, seed=2, calls=600, batch_size=200, minimize=False)
     h = CoverHarness()
@@ -319,7 +321,7 @@ def test_campaign_keeps_new_coverage_mutates_it_and_resumes(tmp_path: Path) -> N
 
 
 def test_campaign_without_kcov_has_no_corpus(tmp_path: Path) -> None:
-    from kapi_selftests.fuzz import Campaign, CampaignConfig
+    from kapi_selftests.fuzz.campaign import Campaign, CampaignConfig
 
     h = CoverHarness()
     h.kcov = False  # type: ignore[misc]

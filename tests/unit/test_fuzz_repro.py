@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from kapi_selftests.fds import FdKind
-from kapi_selftests.findings import FindingKey
-from kapi_selftests.generate import PlanGenerator
-from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit, PathKind
-from kapi_selftests.plan import Path as PathArg
-from kapi_selftests.repro import Reproducer, load, render_c, render_pytest, save
-from kapi_selftests.spec import builtin_specs
+from kapi_selftests.fuzz.findings import FindingKey
+from kapi_selftests.fuzz.generate import PlanGenerator
+from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit, PathKind
+from kapi_selftests.fuzz.plan import Path as PathArg
+from kapi_selftests.fuzz.repro import Reproducer, load, render_c, render_pytest, save
+from kapi_selftests.guest.fds import FdKind
+from kapi_selftests.oracle.spec import builtin_specs
 
 SPECS = builtin_specs()
 KEY = FindingKey("spec_match mismatch", "read", "fd:range")

@@ -1,4 +1,4 @@
-"""Unit tests of kapi_selftests.oracle.
+"""Unit tests of kapi_selftests.oracle.predict.
 
 The centre is the reproduction of tests/data/kapi-reference/boundary: 67 real
 calls at the edges of every constraint, with the events a KAPI v4 kernel
@@ -16,8 +16,8 @@ from datadir import REFERENCE as REF
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kapi_selftests.events import load_capture
-from kapi_selftests.oracle import (
+from kapi_selftests.guest.syscalls import SyscallRecord
+from kapi_selftests.oracle.predict import (
     USER_PTR_MAX,
     CheckKind,
     FindingKind,
@@ -27,7 +27,7 @@ from kapi_selftests.oracle import (
     judge,
     predict,
 )
-from kapi_selftests.spec import (
+from kapi_selftests.oracle.spec import (
     ConstraintType,
     ParamFlag,
     ParamSpec,
@@ -37,7 +37,7 @@ from kapi_selftests.spec import (
     Spec,
     builtin_specs,
 )
-from kapi_selftests.syscalls import SyscallRecord
+from kapi_selftests.trace.events import load_capture
 
 BOUNDARY = REF / "boundary"
 SPECS = builtin_specs()
@@ -575,7 +575,7 @@ def test_judge_undetermined_notes_and_no_false_alarm() -> None:
 # ---------------------------------------------------------------- upstream C selftest cases
 
 def _regs_and_memory(call: object) -> tuple[tuple[int, ...], MemoryFacts]:
-    from kapi_selftests.upstream_cases import ArgKind, CaseCall, FdKind
+    from kapi_selftests.oracle.upstream_cases import ArgKind, CaseCall, FdKind
 
     assert isinstance(call, CaseCall)
     regs: list[int] = []
@@ -606,14 +606,14 @@ def _regs_and_memory(call: object) -> tuple[tuple[int, ...], MemoryFacts]:
 
 
 def test_upstream_cases_are_29_and_numbered() -> None:
-    from kapi_selftests.upstream_cases import UPSTREAM_CASES
+    from kapi_selftests.oracle.upstream_cases import UPSTREAM_CASES
 
     assert [c.number for c in UPSTREAM_CASES] == list(range(1, 30))
     assert len({c.name for c in UPSTREAM_CASES}) == 29
 
 
 def test_upstream_cases_agree_with_the_oracle() -> None:
-    from kapi_selftests.upstream_cases import UPSTREAM_CASES, RetKind
+    from kapi_selftests.oracle.upstream_cases import UPSTREAM_CASES, RetKind
 
     for case in UPSTREAM_CASES:
         for call in case.calls:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from datadir import REFERENCE as REF
 
-from kapi_selftests.events import Capture, LossGap, LossInfo, TraceEvent, load_capture
-from kapi_selftests.pairing import ViolationKind, pair
+from kapi_selftests.trace.events import Capture, LossGap, LossInfo, TraceEvent, load_capture
+from kapi_selftests.trace.pairing import ViolationKind, pair
 
 
 def enter(ts: int, name: str, tid: int = 10, cpu: int = 0) -> TraceEvent:

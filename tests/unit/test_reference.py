@@ -14,11 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from kapi_selftests import reference
 from kapi_selftests.errors import UsageError
 from kapi_selftests.gate.specdiff import diff_fields
-from kapi_selftests.reference import DiffClass, classify, compare_to_reference, load_reference
-from kapi_selftests.spec import ConstraintType, Spec, builtin_specs, load_debugfs
+from kapi_selftests.oracle import reference
+from kapi_selftests.oracle.reference import (
+    DiffClass,
+    classify,
+    compare_to_reference,
+    load_reference,
+)
+from kapi_selftests.oracle.spec import ConstraintType, Spec, builtin_specs, load_debugfs
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 KAPI = DATA / "gate-real-kapi" / "kapi"
@@ -211,8 +216,8 @@ def test_gate_classes_its_spec_changes_with_the_same_classifier() -> None:
 
 def test_fuzz_campaign_reports_differences_and_fails_on_those_callers_see(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kapi_selftests import campaign_report
     from kapi_selftests.cmd import fuzz as fuzz_cmd
+    from kapi_selftests.fuzz import campaign_report
 
     monkeypatch.delenv(reference.ENV, raising=False)
     data = campaign_report.load_dirs([tmp_path], builtin_specs())
@@ -231,7 +236,7 @@ def test_fuzz_campaign_reports_differences_and_fails_on_those_callers_see(
 
 
 def test_fuzz_campaign_leaves_out_the_syscalls_it_must_not_issue() -> None:
-    from kapi_selftests.callsafety import safe_specs
+    from kapi_selftests.fuzz.callsafety import safe_specs
 
     model = builtin_specs()
     kernel = dict(model, sys_exit_group=dataclasses.replace(model["sys_close"],
@@ -240,10 +245,10 @@ def test_fuzz_campaign_leaves_out_the_syscalls_it_must_not_issue() -> None:
 
 
 def test_reference_a_call_decided_otherwise_names_both_predictions(tmp_path: Path) -> None:
-    from kapi_selftests.oracle import MemoryFacts, UserString, predict
-    from kapi_selftests.plan import CallPlan, Lit, PathKind
-    from kapi_selftests.plan import Path as PathArg
-    from kapi_selftests.reference import disagreement
+    from kapi_selftests.fuzz.plan import CallPlan, Lit, PathKind
+    from kapi_selftests.fuzz.plan import Path as PathArg
+    from kapi_selftests.oracle.predict import MemoryFacts, UserString, predict
+    from kapi_selftests.oracle.reference import disagreement
 
     d = _variant(tmp_path, "specs/sys_open", "valid_bits: 0x7fffc3", "valid_bits: 0x77ffc3")
     kernel, ref = load_debugfs(d)["sys_open"], builtin_specs()["sys_open"]
@@ -272,12 +277,12 @@ def test_reference_kernel_that_specs_more_syscalls_passes_with_notes() -> None:
 
 def test_fuzz_predicts_calls_from_both_and_keeps_those_decided_otherwise(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kapi_selftests import campaign_report
-    from kapi_selftests import fuzz as fuzz_mod
     from kapi_selftests.cmd import fuzz as fuzz_cmd
-    from kapi_selftests.oracle import MemoryFacts, UserString, predict
-    from kapi_selftests.plan import CallPlan, Lit, PathKind
-    from kapi_selftests.plan import Path as PathArg
+    from kapi_selftests.fuzz import campaign as fuzz_mod
+    from kapi_selftests.fuzz import campaign_report
+    from kapi_selftests.fuzz.plan import CallPlan, Lit, PathKind
+    from kapi_selftests.fuzz.plan import Path as PathArg
+    from kapi_selftests.oracle.predict import MemoryFacts, UserString, predict
 
     monkeypatch.delenv(reference.ENV, raising=False)
     d = _variant(tmp_path, "specs/sys_open", "valid_bits: 0x7fffc3", "valid_bits: 0x77ffc3")

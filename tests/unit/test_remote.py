@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from kapi_selftests import cexec
 from kapi_selftests.arch import NR, PAGE_SIZE
-from kapi_selftests.executor import EventSource
-from kapi_selftests.fds import FdKind
-from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
-from kapi_selftests.remote import (
+from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
+from kapi_selftests.fuzz.remote import (
     Manifest,
     ManifestMaterializer,
     ManifestMemory,
@@ -15,7 +12,10 @@ from kapi_selftests.remote import (
     pack_table,
     unpack_results,
 )
-from kapi_selftests.spec import builtin_specs
+from kapi_selftests.guest import cexec
+from kapi_selftests.guest.executor import EventSource
+from kapi_selftests.guest.fds import FdKind
+from kapi_selftests.oracle.spec import builtin_specs
 
 RW, RO, SIZE = 0x7F0000000000, 0x7F0000100000, 128 << 10
 UNMAPPED, KERNEL = 0x7F0000200000, 0xFFFF800000000000

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kapi_selftests import shm
-from kapi_selftests.events import RawCapture
+from kapi_selftests.fuzz import shm
+from kapi_selftests.trace.events import RawCapture
 
 
 def _guest_view(path: Path) -> shm.Channel:

@@ -1,4 +1,4 @@
-"""Unit tests of kapi_selftests.spec: built-in model, debugfs loaders, source hints.
+"""Unit tests of kapi_selftests.oracle.spec: built-in model, debugfs loaders, source hints.
 
 The built-in model must agree with the real dumps in
 tests/data/kapi-reference/debugfs/, staged here into the live layout
@@ -15,8 +15,8 @@ import pytest
 from datadir import REFERENCE
 
 from kapi_selftests.errors import SpecError
-from kapi_selftests.oracle import predict
-from kapi_selftests.spec import (
+from kapi_selftests.oracle.predict import predict
+from kapi_selftests.oracle.spec import (
     ConstraintType,
     ParamFlag,
     ParamType,

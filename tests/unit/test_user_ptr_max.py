@@ -3,7 +3,7 @@ taking it from the memory view it is given."""
 
 from __future__ import annotations
 
-from kapi_selftests.oracle import (
+from kapi_selftests.oracle.predict import (
     LA57_PROBE_HINT,
     USER_PTR_MAX,
     USER_PTR_MAX_LA57,
@@ -11,7 +11,7 @@ from kapi_selftests.oracle import (
     predict,
     user_ptr_max_from_probe,
 )
-from kapi_selftests.spec import builtin_specs
+from kapi_selftests.oracle.spec import builtin_specs
 
 READ = builtin_specs()["sys_read"]
 ABOVE_47_BITS = 0x0000800000000000

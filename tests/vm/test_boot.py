@@ -87,7 +87,7 @@ def test_fuzz_batch_engine_restarts_after_a_real_crash(
     import json
 
     from kapi_selftests import cli
-    from kapi_selftests.findings import read_jsonl
+    from kapi_selftests.fuzz.findings import read_jsonl
 
     monkeypatch.setenv("KAPI_TEST_CRASH_AT_BATCH", "1")
     out = tmp_path / "camp"
@@ -99,7 +99,7 @@ def test_fuzz_batch_engine_restarts_after_a_real_crash(
     (crash,) = read_jsonl(out / "shard-0" / "crashes.jsonl")
     assert "sysrq" in "\n".join(crash["excerpt"]).lower(), crash["excerpt"]
     assert crash["batch"] == 1 and len(crash["last_plans"]) >= 1000
-    from kapi_selftests.repro import load
+    from kapi_selftests.fuzz.repro import load
     r = load(Path(crash["reproducer"]))  # replays the batches in flight, as they ran
     assert r.engine == "batch" and r.key.kind == "kernel crash" and len(r.plans) >= 1000
     state = json.loads((out / "shard-0" / "state.json").read_text())

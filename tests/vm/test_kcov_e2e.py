@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from kapi_selftests import cli, kcov
+from kapi_selftests import cli
 from kapi_selftests.cmd import fuzz as fuzz_cmd
 from kapi_selftests.errors import KSFT_PASS, KSFT_SKIP
+from kapi_selftests.fuzz import kcov
 from kapi_selftests.host import kernel
 from kapi_selftests.testing import missing_vm_tools
 

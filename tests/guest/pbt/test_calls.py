@@ -4,7 +4,7 @@ The syscalls are the ones the running kernel lists in debugfs (the built-in v4 m
 without one), so a kernel that specs more than the five v4 syscalls gets generated
 calls of every one of them, built from its spec alone, each a test by name. A syscall
 that cannot be issued with generated arguments (it ends the process, signals others,
-has a parameter the generator cannot lay out: :mod:`kapi_selftests.callsafety`) skips
+has a parameter the generator cannot lay out: :mod:`kapi_selftests.fuzz.callsafety`) skips
 with the reason.
 
 One hypothesis example is a list of calls issued in one capture window, so a
@@ -19,13 +19,14 @@ import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-from kapi_selftests import arch, reference
-from kapi_selftests.callsafety import missing_safe_calls
+from kapi_selftests import arch
 from kapi_selftests.errors import KapiError
-from kapi_selftests.executor import EventSource
-from kapi_selftests.harness import Harness
-from kapi_selftests.spec import Spec, builtin_specs, load_debugfs, missing_kapi_specs
-from kapi_selftests.strategies import call_plans
+from kapi_selftests.fuzz.callsafety import missing_safe_calls
+from kapi_selftests.fuzz.strategies import call_plans
+from kapi_selftests.guest.executor import EventSource
+from kapi_selftests.guest.harness import Harness
+from kapi_selftests.oracle import reference
+from kapi_selftests.oracle.spec import Spec, builtin_specs, load_debugfs, missing_kapi_specs
 
 
 def _specs() -> dict[str, Spec]:

@@ -24,13 +24,13 @@ from hypothesis.stateful import (
 )
 
 from kapi_selftests.arch import MADV, NR, PAGE_SIZE
-from kapi_selftests.checks import check_calls
-from kapi_selftests.events import decode
-from kapi_selftests.harness import Harness
-from kapi_selftests.memory import Arena
-from kapi_selftests.spec import builtin_specs
-from kapi_selftests.strategies import call_plans
-from kapi_selftests.syscalls import SyscallRecord
+from kapi_selftests.fuzz.strategies import call_plans
+from kapi_selftests.guest.harness import Harness
+from kapi_selftests.guest.memory import Arena
+from kapi_selftests.guest.syscalls import SyscallRecord
+from kapi_selftests.oracle.checks import check_calls
+from kapi_selftests.oracle.spec import builtin_specs
+from kapi_selftests.trace.events import decode
 
 SPECS = builtin_specs()
 O_RDWR, O_CREAT = os.O_RDWR, os.O_CREAT

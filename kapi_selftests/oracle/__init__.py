@@ -1,0 +1,9 @@
+"""Oracle stage: what a KAPI kernel must do for a call, and the judge. Pure.
+
+The spec model and its loaders (``spec``), the wrappers' C casts (``ctype``),
+the prediction for one call (``predict``), the five checks over a decoded
+capture (``checks``, with ``bulk`` as the columnar fast path), the running
+kernel's specs against a reference set (``reference``), and the upstream
+selftest's cases as data (``upstream_cases``). Imports neither the host nor the
+guest side.
+"""
