@@ -120,8 +120,9 @@ def compile_loop(dest: Path) -> Path:
 def measure(exe: Path, calls: int, loop: int, work: Path) -> dict[str, Any]:
     """Both figures on the running kernel (root)."""
     from kapi_selftests.fuzz.campaign import Campaign, CampaignConfig
-    from kapi_selftests.guest.executor import EventSource, find_event_source
+    from kapi_selftests.guest.executor import find_event_source
     from kapi_selftests.guest.harness import Harness
+    from kapi_selftests.records import EventSource
 
     source = find_event_source()
     events = "kapi" if source is EventSource.KAPI else "syscalls"

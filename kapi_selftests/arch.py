@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["SyscallABI", "SYSCALLS", "NR", "X86_64_NR", "PAGE_SIZE", "PATH_MAX",
-           "find_syscall"]
+           "MASK64", "find_syscall"]
 
 PAGE_SIZE = 4096
 PATH_MAX = 4096
@@ -215,3 +215,6 @@ INT_MAX = 2**31 - 1
 SSIZE_MAX = 2**63 - 1
 #: The kernel's cap on one read/write: INT_MAX rounded down to a page.
 MAX_RW_COUNT = INT_MAX & ~(PAGE_SIZE - 1)
+
+#: a 64-bit register
+MASK64 = (1 << 64) - 1

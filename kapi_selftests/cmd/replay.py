@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
 def _replay_local(path: Path, r: object) -> tuple[bool, str]:
     from kapi_selftests.fuzz.campaign import replay_plans
     from kapi_selftests.fuzz.repro import Reproducer
-    from kapi_selftests.guest.executor import EventSource
     from kapi_selftests.guest.tracefs import find_tracefs, missing_kapi_events, missing_tracefs
+    from kapi_selftests.records import EventSource
 
     assert isinstance(r, Reproducer)
     if json.loads((path / "repro.json" if path.is_dir() else path).read_text()).get("crash"):
@@ -121,7 +121,7 @@ def guest_main(argv: Sequence[str]) -> int:
     try:
         from kapi_selftests.fuzz import repro
         from kapi_selftests.fuzz.campaign import replay_plans
-        from kapi_selftests.guest.executor import EventSource
+        from kapi_selftests.records import EventSource
 
         r = repro.load(args.repro)
         failing, explain = replay_plans(r.plans, r.key, EventSource(r.source)

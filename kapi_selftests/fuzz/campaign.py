@@ -53,13 +53,13 @@ from kapi_selftests.fuzz.findings import (
 )
 from kapi_selftests.fuzz.generate import PlanGenerator
 from kapi_selftests.fuzz.plan import CallPlan, plan_from_json, plan_json_text, plan_to_json
-from kapi_selftests.guest.executor import EventSource
 from kapi_selftests.guest.fds import FdKind, std_fds_owned
 from kapi_selftests.guest.materialize import Materialized
 from kapi_selftests.oracle.checks import CallCheck
-from kapi_selftests.oracle.predict import Prediction, predict
+from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.reference import disagreement
 from kapi_selftests.oracle.spec import Spec
+from kapi_selftests.records import EventSource, Prediction
 
 if TYPE_CHECKING:
     from kapi_selftests.fuzz.kcov import KcovCorpus
@@ -637,7 +637,7 @@ def local_harness(engine: str = "harness", *, source: Any = None,
     :param engine: ``harness`` (fresh resources per call, judged in this process) or
         ``batch`` (an agent in this process behind the batch engine's link: one fd per
         kind shared by the calls, one table per capture window)
-    :param source: the :class:`~kapi_selftests.guest.executor.EventSource` (probed when None)
+    :param source: the :class:`~kapi_selftests.records.EventSource` (probed when None)
     :param specs: the spec model (None: the running kernel's)
     :param kcov: the batch engine's agent reports kernel coverage (KCOV)
     """
@@ -660,7 +660,7 @@ def replay_plans(plans: Sequence[CallPlan], key: FindingKey,
                  engine: str = "harness") -> tuple[bool, str]:
     """Run ``plans`` once on the running kernel: does the last call still give ``key``?
 
-    :param source: the :class:`~kapi_selftests.guest.executor.EventSource` (probed when None)
+    :param source: the :class:`~kapi_selftests.records.EventSource` (probed when None)
     :param engine: the engine that found it (see :func:`local_harness`): a batch-engine
         finding may depend on the state its calls share
     :return: whether it still fails, and the last call's explanation

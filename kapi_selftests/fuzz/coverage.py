@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kapi_selftests.oracle.predict import Prediction
 from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, ParamType, Spec
+from kapi_selftests.records import Prediction
 
 __all__ = ["Side", "Target", "CoverageFigure", "Coverage", "rejectable", "listed_errors"]
 

@@ -50,8 +50,8 @@ from kapi_selftests.fuzz.plan import (
     make_safe,
 )
 from kapi_selftests.guest.fds import FdKind
-from kapi_selftests.oracle.predict import Prediction
 from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, ParamType, Spec
+from kapi_selftests.records import Prediction
 
 __all__ = ["Edge", "SIZED", "param_kind", "ctype_width", "param_edges", "default_arg",
            "sized", "edge_plans", "edge_of", "plan_edges", "EdgeCoverage"]

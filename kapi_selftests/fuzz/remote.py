@@ -44,14 +44,12 @@ from kapi_selftests.fuzz.plan import (
 from kapi_selftests.fuzz.plan import Path as PathPlan
 from kapi_selftests.fuzz.shm import wait_until
 from kapi_selftests.guest import cexec
-from kapi_selftests.guest.executor import Batch, EventSource
 from kapi_selftests.guest.fds import FdKind
-from kapi_selftests.guest.harness import BatchResult
 from kapi_selftests.guest.materialize import Materialized, PlanMaterializer
-from kapi_selftests.guest.syscalls import SyscallRecord
 from kapi_selftests.oracle.checks import check_calls
-from kapi_selftests.oracle.predict import Prediction, predict
+from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.spec import Spec, write_specs
+from kapi_selftests.records import Batch, BatchResult, EventSource, Prediction, SyscallRecord
 from kapi_selftests.trace.events import RawCapture, decode, read_capture_dir
 
 __all__ = ["Manifest", "ManifestMemory", "ManifestMaterializer", "Link", "LocalLink", "DirLink",

@@ -134,7 +134,7 @@ import json
 
 import pytest
 
-from kapi_selftests.guest.executor import EventSource
+from kapi_selftests.records import EventSource
 from kapi_selftests.fuzz.findings import FindingKey
 from kapi_selftests.fuzz.campaign import replay_plans
 from kapi_selftests.fuzz.plan import plan_from_json

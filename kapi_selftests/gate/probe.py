@@ -139,9 +139,9 @@ def run_probe(out: Path, *, seed: int, calls: int, batch: int = 1) -> int:
 
     :return: the number of calls recorded
     """
-    from kapi_selftests.guest.executor import EventSource
     from kapi_selftests.guest.harness import Harness, load_specs
     from kapi_selftests.oracle.predict import ENTER, EXIT
+    from kapi_selftests.records import EventSource
 
     specs, where = load_specs()
     log.info("probe: %s", where)

@@ -40,11 +40,12 @@ from kapi_selftests.errors import MissingFeature
 from kapi_selftests.fuzz.plan import PATH_LENGTHS, REGION_SIZE, PathKind
 from kapi_selftests.fuzz.shm import wait_until
 from kapi_selftests.guest import cexec
-from kapi_selftests.guest.executor import SPEC_SYSCALLS, EventSource, find_event_source
+from kapi_selftests.guest.executor import SPEC_SYSCALLS, find_event_source
 from kapi_selftests.guest.fds import MADE_FDS, STD_FDS, FdKind, FdPool, own_std_fds, std_fds_owned
 from kapi_selftests.guest.memory import Arena
 from kapi_selftests.guest.tracefs import KAPI_EVENTS, TraceInstance, syscall_events
 from kapi_selftests.oracle.spec import specs_files, write_specs
+from kapi_selftests.records import EventSource
 from kapi_selftests.trace.events import RawCapture, write_capture_dir
 
 __all__ = ["Resources", "Agent", "serve", "serve_shm", "NEW_NAMES", "SLOT_BASE"]

@@ -8,15 +8,13 @@ no decoding and no judging happen per call.
 
 from __future__ import annotations
 
-import enum
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from kapi_selftests.guest.syscalls import SyscallRecord, invoke
+from kapi_selftests.guest.syscalls import invoke
 from kapi_selftests.guest.tracefs import (
     KAPI_EVENTS,
     TraceInstance,
@@ -24,34 +22,21 @@ from kapi_selftests.guest.tracefs import (
     missing_kapi_events,
     syscall_events,
 )
+from kapi_selftests.records import Batch, EventSource, SyscallRecord
 
 if TYPE_CHECKING:
-    from kapi_selftests.trace.events import RawCapture
+    pass
 
-__all__ = ["EventSource", "Batch", "Executor", "find_event_source", "SPEC_SYSCALLS"]
+__all__ = ["Executor", "find_event_source", "SPEC_SYSCALLS"]
 
 #: The syscalls the v4 series specs (the generic-event fallback traces these).
 SPEC_SYSCALLS = ("open", "read", "write", "close", "madvise")
-
-
-class EventSource(enum.Enum):
-    KAPI = "kapi"  # kapi:kapi_syscall_enter/exit (CONFIG_KAPI_RUNTIME_CHECKS)
-    SYSCALLS = "syscalls"  # syscalls:sys_enter_<name>/sys_exit_<name> (CONFIG_FTRACE_SYSCALLS)
 
 
 def find_event_source(root: Path | None = None) -> EventSource:
     """KAPI when the kapi tracepoints exist, else the generic syscall events."""
     root = root or find_tracefs()
     return EventSource.SYSCALLS if missing_kapi_events(root) else EventSource.KAPI
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """The calls of one capture window and everything the kernel traced meanwhile."""
-
-    records: tuple[SyscallRecord, ...]
-    raw: RawCapture
-    source: EventSource
 
 
 class Executor:

@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from kapi_selftests.arch import PATH_MAX
 from kapi_selftests.fuzz.plan import CallPlan
-from kapi_selftests.guest.executor import SPEC_SYSCALLS, Batch, EventSource, Executor
+from kapi_selftests.guest.executor import SPEC_SYSCALLS, Executor
 from kapi_selftests.guest.fds import FdPool
 from kapi_selftests.guest.materialize import (
     Materialized,
@@ -30,9 +30,8 @@ from kapi_selftests.guest.materialize import (
     snapshot,
 )
 from kapi_selftests.guest.memory import Arena
-from kapi_selftests.guest.syscalls import SyscallRecord
 from kapi_selftests.oracle.checks import CallCheck, check_calls
-from kapi_selftests.oracle.predict import Prediction, UserString, predict
+from kapi_selftests.oracle.predict import UserString, predict
 from kapi_selftests.oracle.reference import disagreement
 from kapi_selftests.oracle.spec import (
     ReturnCheck,
@@ -43,13 +42,14 @@ from kapi_selftests.oracle.spec import (
     specs_files,
     write_specs,
 )
+from kapi_selftests.records import Batch, BatchResult, EventSource, Prediction, SyscallRecord
 from kapi_selftests.trace.calls_log import CALLS_LOG, FACTS_FILE, facts_json, format_calls_log
 from kapi_selftests.trace.events import Capture, decode, write_capture_dir
 
 if TYPE_CHECKING:
-    from kapi_selftests.fuzz.kcov import BatchCover
+    pass
 
-__all__ = ["BatchResult", "Harness", "load_specs"]
+__all__ = ["Harness", "load_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +69,6 @@ def load_specs() -> tuple[dict[str, Spec], str]:
             log.warning("debugfs specs unreadable (%s); using the built-in model", e)
             reason = str(e)
     return builtin_specs(), f"built-in v4 spec model ({reason})"
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    """A batch run end to end."""
-
-    plans: tuple[CallPlan, ...]
-    materialized: tuple[Materialized, ...]
-    batch: Batch
-    capture: Capture
-    checks: tuple[CallCheck, ...]
-    #: the calls' kernel coverage (the batch engine with KCOV on)
-    kcov: BatchCover | None = None
-    #: calls the reference spec predicts otherwise than the kernel's (both predictions)
-    disagreements: tuple[str, ...] = ()
-
-    @property
-    def failures(self) -> list[CallCheck]:
-        return [c for c in self.checks if not c.ok]
 
 
 class Harness:

@@ -36,8 +36,9 @@ from kapi_selftests.fuzz.plan import (
 )
 from kapi_selftests.guest.fds import FdPool
 from kapi_selftests.guest.memory import Arena
-from kapi_selftests.oracle.predict import Prediction, predict
+from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.spec import Spec
+from kapi_selftests.records import Prediction
 
 __all__ = ["Materialized", "Materializer", "PlanMaterializer", "Snapshot", "snapshot",
            "side_effects"]

@@ -9,63 +9,19 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno as _errno
 import os
 import threading
 import time
-from dataclasses import dataclass
 
-from kapi_selftests.arch import NR, find_syscall
+from kapi_selftests.arch import MASK64, NR
+from kapi_selftests.records import SyscallRecord
 
-__all__ = ["SyscallRecord", "invoke", "sys_open", "sys_close", "sys_read", "sys_write",
-           "sys_madvise", "MASK64"]
-
-MASK64 = (1 << 64) - 1
+__all__ = ["invoke", "sys_open", "sys_close", "sys_read", "sys_write", "sys_madvise"]
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 _syscall.argtypes = [ctypes.c_long] + [ctypes.c_ulong] * 6
-
-
-@dataclass(frozen=True, slots=True)
-class SyscallRecord:
-    """One issued syscall and what userspace saw.
-
-    :param nr: x86-64 syscall number
-    :param args: the six register values passed, as unsigned 64-bit
-    :param ret: the raw return in the kernel's form: the result, or ``-errno``
-    :param errno: the errno userspace saw (0 on success)
-    :param tid: thread id of the caller
-    :param t_ns: ``CLOCK_MONOTONIC`` just before the call
-    :param t_end_ns: ``CLOCK_MONOTONIC`` just after it: the call's events lie in between
-        (the trace instance runs on the ``mono`` clock)
-    """
-
-    nr: int
-    args: tuple[int, int, int, int, int, int]
-    ret: int
-    errno: int
-    tid: int
-    t_ns: int = 0
-    t_end_ns: int = 0
-
-    @property
-    def name(self) -> str:
-        abi = find_syscall(self.nr)
-        return abi.name if abi else f"syscall_{self.nr}"
-
-    @property
-    def failed(self) -> bool:
-        return self.errno != 0
-
-    def describe(self) -> str:
-        """One line a kernel developer can read: ``read(0x3, 0x7f.., 0x0) = -EFAULT``."""
-        abi = find_syscall(self.nr)
-        n = len(abi.params) if abi and abi.params_known else 6
-        args = ", ".join(hex(a) for a in self.args[:n])
-        res = f"-{_errno.errorcode.get(self.errno, self.errno)}" if self.errno else str(self.ret)
-        return f"{self.name}({args}) = {res}"
 
 
 def invoke(nr: int, *args: int) -> SyscallRecord:

@@ -14,7 +14,8 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kapi_selftests.guest.syscalls import MASK64, invoke
+from kapi_selftests.arch import MASK64
+from kapi_selftests.guest.syscalls import invoke
 
 __all__ = ["WitnessedCall", "run_witnessed"]
 

@@ -22,17 +22,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, overload
 
 from kapi_selftests.oracle.ctype import to_s64
-from kapi_selftests.oracle.predict import (
-    ENTER,
-    EXIT,
-    RESTART_CODES,
-    Prediction,
-    expected_spec_match,
-)
+from kapi_selftests.oracle.predict import ENTER, EXIT, RESTART_CODES, expected_spec_match
 from kapi_selftests.oracle.spec import Spec
+from kapi_selftests.records import Prediction
 
 if TYPE_CHECKING:
-    from kapi_selftests.guest.syscalls import SyscallRecord
+    from kapi_selftests.records import SyscallRecord
     from kapi_selftests.trace.events import Capture, EventColumns, EventFormat, TraceEvent
 
 __all__ = ["Window", "WindowEvents", "clean_calls"]

@@ -1,6 +1,6 @@
 """The suite's five checks for every issued call, over one decoded capture. Pure.
 
-For each :class:`~kapi_selftests.guest.syscalls.SyscallRecord` the events of its
+For each :class:`~kapi_selftests.records.SyscallRecord` the events of its
 window (:mod:`kapi_selftests.trace.window`) are judged:
 
 1. pairing: one enter and one exit per kernel entry (restarts enter again);
@@ -22,9 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from kapi_selftests.arch import find_syscall
-from kapi_selftests.guest.executor import EventSource
-from kapi_selftests.guest.syscalls import MASK64, SyscallRecord
+from kapi_selftests.arch import MASK64, find_syscall
 from kapi_selftests.oracle.bulk import clean_calls
 from kapi_selftests.oracle.predict import (
     ENTER,
@@ -33,11 +31,11 @@ from kapi_selftests.oracle.predict import (
     Finding,
     FindingKind,
     MemoryView,
-    Prediction,
     failures_of,
     judge,
 )
 from kapi_selftests.oracle.spec import Spec
+from kapi_selftests.records import EventSource, Prediction, SyscallRecord
 from kapi_selftests.trace.events import Capture, TraceEvent
 from kapi_selftests.trace.window import events_by_call
 

@@ -17,21 +17,11 @@ import functools
 import re
 from dataclasses import dataclass
 
+from kapi_selftests.arch import MASK64
 from kapi_selftests.errors import SpecError
 
-__all__ = [
-    "MASK64",
-    "CKind",
-    "CType",
-    "parse_ctype",
-    "split_type_name",
-    "cast",
-    "to_s64",
-    "to_u64",
-    "stored_args",
-]
-
-MASK64 = (1 << 64) - 1
+__all__ = ["CKind", "CType", "parse_ctype", "split_type_name", "cast", "to_s64", "to_u64",
+           "stored_args"]
 
 
 class CKind(enum.Enum):

@@ -25,33 +25,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kapi_selftests.guest.syscalls import SyscallRecord
-from kapi_selftests.oracle.ctype import MASK64, parse_ctype, to_s64
+from kapi_selftests.arch import MASK64
+from kapi_selftests.oracle.ctype import parse_ctype, to_s64
 from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, ParamType, ReturnCheck, Spec
+from kapi_selftests.records import CheckKind, Prediction, Rejection, SyscallRecord
 
-__all__ = [
-    "USER_PTR_MAX",
-    "USER_PTR_MAX_LA57",
-    "LA57_PROBE_HINT",
-    "user_ptr_max_from_probe",
-    "PATH_MAX",
-    "AT_FDCWD",
-    "RESTART_CODES",
-    "MemoryView",
-    "UserString",
-    "MemoryFacts",
-    "CheckKind",
-    "Rejection",
-    "Prediction",
-    "predict",
-    "render_params",
-    "expected_spec_match",
-    "EventLike",
-    "FindingKind",
-    "Finding",
-    "Verdict",
-    "judge",
-]
+__all__ = ["USER_PTR_MAX", "USER_PTR_MAX_LA57", "LA57_PROBE_HINT", "user_ptr_max_from_probe",
+           "PATH_MAX", "AT_FDCWD", "RESTART_CODES", "MemoryView", "UserString", "MemoryFacts",
+           "predict", "render_params", "expected_spec_match", "EventLike", "FindingKind",
+           "Finding", "Verdict", "judge"]
 
 #: ``USER_PTR_MAX`` of x86-64 with 4-level paging and LAM off: ``TASK_SIZE_MAX``;
 #: ``access_ok`` accepts an end address ``<=`` this.
@@ -170,73 +152,6 @@ class MemoryFacts:
 # --------------------------------------------------------------------------
 # Prediction
 # --------------------------------------------------------------------------
-
-class CheckKind(enum.Enum):
-    """The validator check that rejected a call (one per kernel check)."""
-
-    PARAM_COUNT = "param_count"  # wrapper arity != spec param_count
-    FD = "fd"  # KAPI_TYPE_FD: int range, negative fd
-    USER_PTR = "user_ptr"  # KAPI_TYPE_USER_PTR: NULL, access_ok
-    BUFFER_SIZE = "buffer_size"  # size from another parameter: negative or overflowing
-    PATH = "path"  # KAPI_TYPE_PATH or constraint user_path: NULL, access_ok, strnlen_user
-    RANGE = "range"
-    MASK = "mask"
-    ENUM = "enum"
-    ALIGNMENT = "alignment"
-    POWER_OF_TWO = "power_of_two"
-    PAGE_ALIGNED = "page_aligned"
-    NONZERO = "nonzero"
-    USER_STRING = "user_string"
-    USER_PTR_CONSTRAINT = "user_ptr_constraint"
-    CUSTOM = "custom"
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """Why parameter validation rejects a call (-EINVAL, handler skipped, spec_match=0).
-
-    :param param: parameter name (None for a parameter-count mismatch)
-    :param index: parameter index
-    :param check: which check failed
-    :param reason: one line, with the value the kernel saw
-    """
-
-    param: str | None
-    index: int | None
-    check: CheckKind
-    reason: str
-
-    def describe(self) -> str:
-        where = f"{self.param}: " if self.param is not None else ""
-        return f"{where}{self.check.value}: {self.reason}"
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """What the kernel will trace on entry and decide before the handler.
-
-    :param spec_name: the spec (and event) name
-    :param nargs: ``nargs`` of ``kapi_syscall_enter`` (the SYSCALL_DEFINE arity)
-    :param args: the six ``u64 args[]`` of ``kapi_syscall_enter``
-    :param params: the ``params`` string of ``kapi_syscall_enter``
-    :param rejection: why validation rejects the call, or None if it accepts it
-    :param undetermined: why acceptance cannot be predicted (then ``rejection`` is None)
-    """
-
-    spec_name: str
-    nargs: int
-    args: tuple[int, int, int, int, int, int]
-    params: str
-    rejection: Rejection | None
-    undetermined: str | None = None
-
-    @property
-    def rejected(self) -> bool:
-        return self.rejection is not None
-
-    @property
-    def accepted(self) -> bool:
-        return self.rejection is None and self.undetermined is None
 
 
 class _Undetermined(Exception):

@@ -31,7 +31,6 @@ from pathlib import Path
 from kapi_selftests.errors import UsageError
 from kapi_selftests.fuzz.plan import CallPlan
 from kapi_selftests.gate.specdiff import FieldChange, SpecChangeKind, diff_fields, diff_specs
-from kapi_selftests.oracle.predict import Prediction
 from kapi_selftests.oracle.spec import (
     ConstraintType,
     ParamFlag,
@@ -42,6 +41,7 @@ from kapi_selftests.oracle.spec import (
     load_debugfs,
     same_shape,
 )
+from kapi_selftests.records import Prediction
 
 __all__ = ["ENV", "BUILTIN", "DiffClass", "SpecDifference", "load_reference",
            "reference_choice", "compare_to_reference", "classify", "v4_shaped",

@@ -17,8 +17,8 @@ from typing import Any
 
 from kapi_selftests.arch import find_syscall
 from kapi_selftests.errors import DecodeError
-from kapi_selftests.guest.syscalls import SyscallRecord
 from kapi_selftests.oracle.predict import MemoryFacts, UserString
+from kapi_selftests.records import SyscallRecord
 
 __all__ = ["CALLS_LOG", "FACTS_FILE", "format_calls_log", "parse_calls_log", "facts_json",
            "load_facts"]

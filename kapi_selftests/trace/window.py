@@ -1,6 +1,6 @@
 """Which traced events belong to which issued call: time windows per thread. Pure.
 
-Every :class:`~kapi_selftests.guest.syscalls.SyscallRecord` carries the
+Every :class:`~kapi_selftests.records.SyscallRecord` carries the
 ``CLOCK_MONOTONIC`` instants just before and after the call, and the trace
 instance runs on the ``mono`` clock, so the kernel's events of a call are the
 events of the caller's tid inside ``[t_ns, t_end_ns]``. Events of the same
@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Protocol, TypeVar
 
-from kapi_selftests.guest.syscalls import SyscallRecord
+from kapi_selftests.records import SyscallRecord
 
 __all__ = ["Timed", "events_by_call"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kapi_selftests.arch import find_syscall
-from kapi_selftests.guest.executor import SPEC_SYSCALLS, EventSource
+from kapi_selftests.guest.executor import SPEC_SYSCALLS
 from kapi_selftests.guest.harness import Harness, load_specs
 from kapi_selftests.guest.tracefs import (
     find_tracefs,
@@ -24,6 +24,7 @@ from kapi_selftests.guest.tracefs import (
     missing_syscall_events,
     missing_tracefs,
 )
+from kapi_selftests.records import EventSource
 from kapi_selftests.testing import require
 
 

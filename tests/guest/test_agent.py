@@ -11,8 +11,9 @@ import pytest
 from kapi_selftests.fuzz import remote, shm
 from kapi_selftests.fuzz.generate import PlanGenerator
 from kapi_selftests.guest import agent, cexec
-from kapi_selftests.guest.executor import SPEC_SYSCALLS, EventSource
+from kapi_selftests.guest.executor import SPEC_SYSCALLS
 from kapi_selftests.guest.tracefs import find_tracefs, missing_syscall_events
+from kapi_selftests.records import EventSource
 
 
 @pytest.fixture

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from kapi_selftests.arch import NR, find_syscall
-from kapi_selftests.guest.executor import EventSource, Executor
+from kapi_selftests.guest.executor import Executor
 from kapi_selftests.guest.harness import Harness
 from kapi_selftests.guest.memory import Arena
-from kapi_selftests.guest.syscalls import SyscallRecord, invoke
+from kapi_selftests.guest.syscalls import invoke
+from kapi_selftests.records import EventSource, SyscallRecord
 from kapi_selftests.trace.events import decode
 from kapi_selftests.trace.pairing import pair
 from kapi_selftests.trace.window import events_by_call

@@ -11,9 +11,9 @@ import random
 import pytest
 
 from kapi_selftests.fuzz.generate import ERROR_RECIPES
-from kapi_selftests.guest.executor import EventSource
 from kapi_selftests.guest.harness import Harness
 from kapi_selftests.oracle.checks import CallCheck
+from kapi_selftests.records import EventSource
 
 _KEYS = sorted(ERROR_RECIPES)
 _results: dict[EventSource, dict[tuple[str, str], CallCheck]] = {}

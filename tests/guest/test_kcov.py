@@ -23,8 +23,9 @@ from kapi_selftests.fuzz import campaign
 from kapi_selftests.fuzz.generate import PlanGenerator
 from kapi_selftests.fuzz.kcov import SymbolMap
 from kapi_selftests.guest import cexec
-from kapi_selftests.guest.executor import EventSource, find_event_source
+from kapi_selftests.guest.executor import find_event_source
 from kapi_selftests.guest.syscalls import invoke
+from kapi_selftests.records import EventSource
 
 # <linux/kcov.h>
 KCOV_INIT_TRACE, KCOV_ENABLE, KCOV_DISABLE, KCOV_TRACE_PC = 0x80086301, 0x6364, 0x6365, 0

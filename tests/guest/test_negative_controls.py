@@ -17,13 +17,13 @@ import os
 import pytest
 
 from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
-from kapi_selftests.guest.executor import EventSource
 from kapi_selftests.guest.fds import FdKind
-from kapi_selftests.guest.harness import BatchResult, Harness
+from kapi_selftests.guest.harness import Harness
 from kapi_selftests.oracle.bulk import clean_calls
 from kapi_selftests.oracle.checks import CallCheck, check_calls
-from kapi_selftests.oracle.predict import FindingKind, Prediction, predict
+from kapi_selftests.oracle.predict import FindingKind, predict
 from kapi_selftests.oracle.spec import Spec
+from kapi_selftests.records import BatchResult, EventSource, Prediction
 from kapi_selftests.trace.events import decode
 
 _O_CLOEXEC = 0o2000000

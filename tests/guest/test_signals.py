@@ -17,7 +17,8 @@ import pytest
 
 from kapi_selftests.arch import NR
 from kapi_selftests.guest.harness import Harness
-from kapi_selftests.guest.syscalls import SyscallRecord, invoke
+from kapi_selftests.guest.syscalls import invoke
+from kapi_selftests.records import SyscallRecord
 
 ERESTARTSYS = -512
 

@@ -19,9 +19,7 @@ from contextlib import ExitStack
 import pytest
 
 from kapi_selftests.arch import NR, PAGE_SIZE
-from kapi_selftests.guest.executor import Batch, EventSource
 from kapi_selftests.guest.harness import Harness
-from kapi_selftests.guest.syscalls import SyscallRecord
 from kapi_selftests.oracle.checks import check_calls
 from kapi_selftests.oracle.upstream_cases import (
     UPSTREAM_CASES,
@@ -32,6 +30,7 @@ from kapi_selftests.oracle.upstream_cases import (
     RetKind,
     UpstreamCase,
 )
+from kapi_selftests.records import Batch, EventSource, SyscallRecord
 from kapi_selftests.trace.events import decode
 
 CASES = [c for c in UPSTREAM_CASES if c.calls]

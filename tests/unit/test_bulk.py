@@ -14,13 +14,12 @@ import dataclasses
 import pytest
 from datadir import REFERENCE as REF
 
-from kapi_selftests.arch import find_syscall
-from kapi_selftests.guest.executor import EventSource
-from kapi_selftests.guest.syscalls import MASK64, SyscallRecord
+from kapi_selftests.arch import MASK64, find_syscall
 from kapi_selftests.oracle.bulk import clean_calls
 from kapi_selftests.oracle.checks import CallCheck, check_calls
-from kapi_selftests.oracle.predict import ENTER, EXIT, CheckKind, FindingKind, Prediction, Rejection
+from kapi_selftests.oracle.predict import ENTER, EXIT, FindingKind
 from kapi_selftests.oracle.spec import builtin_specs
+from kapi_selftests.records import CheckKind, EventSource, Prediction, Rejection, SyscallRecord
 from kapi_selftests.trace.events import Capture, TraceEvent, _LazyEvents, decode, read_capture_dir
 
 SPECS = builtin_specs()

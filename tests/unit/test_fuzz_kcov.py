@@ -259,9 +259,9 @@ class CoverHarness:
     kcov = True
 
     def __init__(self) -> None:
-        from kapi_selftests.guest.executor import EventSource
         from kapi_selftests.guest.materialize import Materializer
         from kapi_selftests.oracle.spec import builtin_specs
+        from kapi_selftests.records import EventSource
 
         self.specs = builtin_specs()
         self.source = EventSource.SYSCALLS
@@ -273,8 +273,8 @@ class CoverHarness:
     def run(self, plans: list[CallPlan]) -> object:
         from types import SimpleNamespace
 
-        from kapi_selftests.guest.syscalls import SyscallRecord
         from kapi_selftests.oracle.checks import CallCheck
+        from kapi_selftests.records import SyscallRecord
 
         self.runs.append(list(plans))
         new, ids = [], []

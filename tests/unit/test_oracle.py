@@ -16,10 +16,8 @@ from datadir import REFERENCE as REF
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kapi_selftests.guest.syscalls import SyscallRecord
 from kapi_selftests.oracle.predict import (
     USER_PTR_MAX,
-    CheckKind,
     FindingKind,
     MemoryFacts,
     UserString,
@@ -37,6 +35,7 @@ from kapi_selftests.oracle.spec import (
     Spec,
     builtin_specs,
 )
+from kapi_selftests.records import CheckKind, SyscallRecord
 from kapi_selftests.trace.events import load_capture
 
 BOUNDARY = REF / "boundary"

@@ -13,9 +13,9 @@ from kapi_selftests.fuzz.remote import (
     unpack_results,
 )
 from kapi_selftests.guest import cexec
-from kapi_selftests.guest.executor import EventSource
 from kapi_selftests.guest.fds import FdKind
 from kapi_selftests.oracle.spec import builtin_specs
+from kapi_selftests.records import EventSource
 
 RW, RO, SIZE = 0x7F0000000000, 0x7F0000100000, 128 << 10
 UNMAPPED, KERNEL = 0x7F0000200000, 0xFFFF800000000000

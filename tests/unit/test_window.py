@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kapi_selftests.guest.syscalls import SyscallRecord
+from kapi_selftests.records import SyscallRecord
 from kapi_selftests.trace.events import TraceEvent
 from kapi_selftests.trace.window import events_by_call
 

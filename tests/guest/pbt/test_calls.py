@@ -23,10 +23,10 @@ from kapi_selftests import arch
 from kapi_selftests.errors import KapiError
 from kapi_selftests.fuzz.callsafety import missing_safe_calls
 from kapi_selftests.fuzz.strategies import call_plans
-from kapi_selftests.guest.executor import EventSource
 from kapi_selftests.guest.harness import Harness
 from kapi_selftests.oracle import reference
 from kapi_selftests.oracle.spec import Spec, builtin_specs, load_debugfs, missing_kapi_specs
+from kapi_selftests.records import EventSource
 
 
 def _specs() -> dict[str, Spec]:

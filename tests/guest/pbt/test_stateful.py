@@ -27,9 +27,9 @@ from kapi_selftests.arch import MADV, NR, PAGE_SIZE
 from kapi_selftests.fuzz.strategies import call_plans
 from kapi_selftests.guest.harness import Harness
 from kapi_selftests.guest.memory import Arena
-from kapi_selftests.guest.syscalls import SyscallRecord
 from kapi_selftests.oracle.checks import check_calls
 from kapi_selftests.oracle.spec import builtin_specs
+from kapi_selftests.records import SyscallRecord
 from kapi_selftests.trace.events import decode
 
 SPECS = builtin_specs()

@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kapi_selftests.arch import MASK64
 from kapi_selftests.fuzz.strategies import call_plans
-from kapi_selftests.guest.executor import EventSource
 from kapi_selftests.guest.harness import Harness
-from kapi_selftests.guest.syscalls import MASK64
 from kapi_selftests.guest.witness import run_witnessed
 from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.spec import builtin_specs
+from kapi_selftests.records import EventSource
 from kapi_selftests.trace.events import TraceEvent, decode
 
 SPECS = builtin_specs()

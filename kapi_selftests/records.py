@@ -1,0 +1,169 @@
+"""The records that cross stages: calls issued, batches, predictions, results. Pure.
+
+What the guest issued (:class:`SyscallRecord`), a capture window's calls and
+raw trace (:class:`Batch`), what the oracle predicts for a call
+(:class:`Prediction`, :class:`Rejection`) and a batch judged end to end
+(:class:`BatchResult`). Every stage speaks these; this module imports nothing
+that touches the kernel (no libc, no tracefs), so the host and the pure stages
+load it freely.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno as _errno
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kapi_selftests.arch import find_syscall
+
+if TYPE_CHECKING:
+    from kapi_selftests.fuzz.kcov import BatchCover
+    from kapi_selftests.fuzz.plan import CallPlan
+    from kapi_selftests.guest.materialize import Materialized
+    from kapi_selftests.oracle.checks import CallCheck
+    from kapi_selftests.trace.events import Capture, RawCapture
+
+__all__ = ["SyscallRecord", "EventSource", "Batch", "CheckKind", "Rejection", "Prediction",
+           "BatchResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class SyscallRecord:
+    """One issued syscall and what userspace saw.
+
+    :param nr: x86-64 syscall number
+    :param args: the six register values passed, as unsigned 64-bit
+    :param ret: the raw return in the kernel's form: the result, or ``-errno``
+    :param errno: the errno userspace saw (0 on success)
+    :param tid: thread id of the caller
+    :param t_ns: ``CLOCK_MONOTONIC`` just before the call
+    :param t_end_ns: ``CLOCK_MONOTONIC`` just after it: the call's events lie in between
+        (the trace instance runs on the ``mono`` clock)
+    """
+
+    nr: int
+    args: tuple[int, int, int, int, int, int]
+    ret: int
+    errno: int
+    tid: int
+    t_ns: int = 0
+    t_end_ns: int = 0
+
+    @property
+    def name(self) -> str:
+        abi = find_syscall(self.nr)
+        return abi.name if abi else f"syscall_{self.nr}"
+
+    @property
+    def failed(self) -> bool:
+        return self.errno != 0
+
+    def describe(self) -> str:
+        """One line a kernel developer can read: ``read(0x3, 0x7f.., 0x0) = -EFAULT``."""
+        abi = find_syscall(self.nr)
+        n = len(abi.params) if abi and abi.params_known else 6
+        args = ", ".join(hex(a) for a in self.args[:n])
+        res = f"-{_errno.errorcode.get(self.errno, self.errno)}" if self.errno else str(self.ret)
+        return f"{self.name}({args}) = {res}"
+
+
+class EventSource(enum.Enum):
+    KAPI = "kapi"  # kapi:kapi_syscall_enter/exit (CONFIG_KAPI_RUNTIME_CHECKS)
+    SYSCALLS = "syscalls"  # syscalls:sys_enter_<name>/sys_exit_<name> (CONFIG_FTRACE_SYSCALLS)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The calls of one capture window and everything the kernel traced meanwhile."""
+
+    records: tuple[SyscallRecord, ...]
+    raw: RawCapture
+    source: EventSource
+
+
+class CheckKind(enum.Enum):
+    """The validator check that rejected a call (one per kernel check)."""
+
+    PARAM_COUNT = "param_count"  # wrapper arity != spec param_count
+    FD = "fd"  # KAPI_TYPE_FD: int range, negative fd
+    USER_PTR = "user_ptr"  # KAPI_TYPE_USER_PTR: NULL, access_ok
+    BUFFER_SIZE = "buffer_size"  # size from another parameter: negative or overflowing
+    PATH = "path"  # KAPI_TYPE_PATH or constraint user_path: NULL, access_ok, strnlen_user
+    RANGE = "range"
+    MASK = "mask"
+    ENUM = "enum"
+    ALIGNMENT = "alignment"
+    POWER_OF_TWO = "power_of_two"
+    PAGE_ALIGNED = "page_aligned"
+    NONZERO = "nonzero"
+    USER_STRING = "user_string"
+    USER_PTR_CONSTRAINT = "user_ptr_constraint"
+    CUSTOM = "custom"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why parameter validation rejects a call (-EINVAL, handler skipped, spec_match=0).
+
+    :param param: parameter name (None for a parameter-count mismatch)
+    :param index: parameter index
+    :param check: which check failed
+    :param reason: one line, with the value the kernel saw
+    """
+
+    param: str | None
+    index: int | None
+    check: CheckKind
+    reason: str
+
+    def describe(self) -> str:
+        where = f"{self.param}: " if self.param is not None else ""
+        return f"{where}{self.check.value}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What the kernel will trace on entry and decide before the handler.
+
+    :param spec_name: the spec (and event) name
+    :param nargs: ``nargs`` of ``kapi_syscall_enter`` (the SYSCALL_DEFINE arity)
+    :param args: the six ``u64 args[]`` of ``kapi_syscall_enter``
+    :param params: the ``params`` string of ``kapi_syscall_enter``
+    :param rejection: why validation rejects the call, or None if it accepts it
+    :param undetermined: why acceptance cannot be predicted (then ``rejection`` is None)
+    """
+
+    spec_name: str
+    nargs: int
+    args: tuple[int, int, int, int, int, int]
+    params: str
+    rejection: Rejection | None
+    undetermined: str | None = None
+
+    @property
+    def rejected(self) -> bool:
+        return self.rejection is not None
+
+    @property
+    def accepted(self) -> bool:
+        return self.rejection is None and self.undetermined is None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """A batch run end to end."""
+
+    plans: tuple[CallPlan, ...]
+    materialized: tuple[Materialized, ...]
+    batch: Batch
+    capture: Capture
+    checks: tuple[CallCheck, ...]
+    #: the calls' kernel coverage (the batch engine with KCOV on)
+    kcov: BatchCover | None = None
+    #: calls the reference spec predicts otherwise than the kernel's (both predictions)
+    disagreements: tuple[str, ...] = ()
+
+    @property
+    def failures(self) -> list[CallCheck]:
+        return [c for c in self.checks if not c.ok]
