@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kapi_selftests.arch import find_syscall
 
 if TYPE_CHECKING:
     from kapi_selftests.fuzz.kcov import BatchCover
     from kapi_selftests.fuzz.plan import CallPlan
-    from kapi_selftests.guest.materialize import Materialized
     from kapi_selftests.oracle.checks import CallCheck
+    from kapi_selftests.oracle.spec import Spec
     from kapi_selftests.trace.events import Capture, RawCapture
 
 __all__ = ["SyscallRecord", "EventSource", "Batch", "CheckKind", "Rejection", "Prediction",
-           "BatchResult"]
+           "BatchResult", "Materialized", "PlanMaterializer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +163,37 @@ class BatchResult:
     kcov: BatchCover | None = None
     #: calls the reference spec predicts otherwise than the kernel's (both predictions)
     disagreements: tuple[str, ...] = ()
+    #: per call, the kernel spec's prediction made before it ran (None: no spec), whatever
+    #: the event source (with kapi events the checks carry the same one)
+    predictions: tuple[Prediction | None, ...] = ()
 
     @property
     def failures(self) -> list[CallCheck]:
         return [c for c in self.checks if not c.ok]
+
+
+@dataclass(frozen=True, slots=True)
+class Materialized:
+    """A plan made concrete: its registers and what each register points at."""
+
+    plan: CallPlan
+    regs: tuple[int, ...]
+    fds: dict[int, int] = field(default_factory=dict)  # arg index -> fd
+    bufs: dict[int, tuple[int, int]] = field(default_factory=dict)  # arg index -> (addr, size)
+    paths: dict[int, bytes] = field(default_factory=dict)  # arg index -> path string
+
+    def describe(self) -> str:
+        return f"{self.plan.describe()} -> {self.plan.name}({', '.join(hex(r) for r in self.regs)})"
+
+
+class PlanMaterializer(Protocol):
+    """Anything that makes plans concrete and can answer the oracle about its memory."""
+
+    @property
+    def memory(self) -> Any: ...
+
+    def __call__(self, plan: CallPlan) -> Materialized: ...
+
+    def predict(self, spec: Spec, regs: tuple[int, ...]) -> Prediction:
+        """The oracle's prediction for registers this materialiser made."""
+        ...

@@ -52,14 +52,11 @@ from kapi_selftests.fuzz.findings import (
     read_jsonl,
 )
 from kapi_selftests.fuzz.generate import PlanGenerator
-from kapi_selftests.fuzz.plan import CallPlan, plan_from_json, plan_json_text, plan_to_json
-from kapi_selftests.guest.fds import FdKind, std_fds_owned
-from kapi_selftests.guest.materialize import Materialized
+from kapi_selftests.fuzz.plan import CallPlan, FdKind, plan_from_json, plan_json_text, plan_to_json
+from kapi_selftests.guest.fds import std_fds_owned
 from kapi_selftests.oracle.checks import CallCheck
-from kapi_selftests.oracle.predict import predict
-from kapi_selftests.oracle.reference import disagreement
 from kapi_selftests.oracle.spec import Spec
-from kapi_selftests.records import EventSource, Prediction
+from kapi_selftests.records import BatchResult, Prediction
 
 if TYPE_CHECKING:
     from kapi_selftests.fuzz.kcov import KcovCorpus
@@ -233,61 +230,13 @@ DISAGREEMENTS_FILE = "reference-disagreements.jsonl"
 _MAX_DISAGREEMENTS = 100
 
 
-def _differing_reference(specs: Mapping[str, Spec]) -> dict[str, Spec]:
-    # The reference's spec of each kernel spec (from debugfs) that has other rules.
-    from kapi_selftests.errors import KapiError
-    from kapi_selftests.oracle import reference
-    from kapi_selftests.oracle.spec import SpecSource
-
-    if not specs or any(s.source is not SpecSource.DEBUGFS for s in specs.values()):
-        return {}
-    try:
-        ref, _ = reference.load_reference(reference.reference_choice(), specs)
-    except KapiError:
-        return {}  # the campaign's summary says why
-    changed = {d.spec for d in reference.compare_to_reference(ref, specs)}
-    return {n: ref[n] for n in changed if n in ref and n in specs}
-
-
-class _PredictingMaterializer:
-    """Wraps a harness's materialiser: predicts each call while its memory is live."""
-
-    def __init__(self, inner: Any, specs: Mapping[str, Spec],
-                 reference: Mapping[str, Spec] | None = None, out: Path | None = None) -> None:
-        self.inner = inner
-        self.specs = specs
-        #: the reference's specs that have other rules than the kernel's: their calls are
-        #: predicted from both, and each call they decide differently is a line in ``out``
-        self.reference = dict(reference or {})
-        self.out = out
-        self._lines = 0  # at most _MAX_DISAGREEMENTS lines each run: examples, not a log
-        self.predictions: list[Prediction | None] = []
-        #: with kapi events the checks already carry the oracle's prediction
-        self.enabled = True
-
-    @property
-    def memory(self) -> Any:
-        return self.inner.memory
-
-    def predict(self, spec: Spec, regs: tuple[int, ...]) -> Prediction:
-        return self.inner.predict(spec, regs)  # type: ignore[no-any-return]
-
-    def __call__(self, plan: CallPlan) -> Materialized:
-        m: Materialized = self.inner(plan)
-        ref = self.reference.get(f"sys_{plan.name}")
-        if ref is not None and self.out is not None and self._lines < _MAX_DISAGREEMENTS:
-            kspec = self.specs[ref.name]
-            # the oracle itself for the reference: a materialiser may cache predictions
-            # by spec name, which both specs share
-            line = disagreement(plan, self.inner.predict(kspec, m.regs),
-                                predict(ref, m.regs, self.memory))
-            if line is not None:
-                self._lines += 1
-                with (self.out / DISAGREEMENTS_FILE).open("a") as f:
-                    f.write(json.dumps({"spec": ref.name, "line": line}) + "\n")
-        spec = self.specs.get(f"sys_{plan.name}") if self.enabled else None
-        self.predictions.append(self.inner.predict(spec, m.regs) if spec is not None else None)
-        return m
+def keep_disagreements(out: Path, lines: Sequence[str], kept: int) -> int:
+    """Append calls the reference decides otherwise to ``out``'s file, up to
+    :data:`_MAX_DISAGREEMENTS` a run (examples, not a log); returns how many it wrote."""
+    keep = lines[:max(0, _MAX_DISAGREEMENTS - kept)]
+    if keep:
+        append_lines(out / DISAGREEMENTS_FILE, [json.dumps({"line": line}) for line in keep])
+    return len(keep)
 
 
 @dataclass
@@ -342,10 +291,7 @@ class Campaign:
         self.state = _State()
         self._ahead: tuple[int, list[CallPlan], int] | None = None
         self._json: dict[int, list[str]] = {}
-        self._pm = _PredictingMaterializer(harness.materialize, self.specs,
-                                           _differing_reference(self.specs), self.out)
-        self._pm.enabled = harness.source is not EventSource.KAPI
-        harness.materialize = self._pm
+        self._disagreements = 0  # lines written: at most _MAX_DISAGREEMENTS each run
         self._resume()
 
     # --- persistence --------------------------------------------------------------------
@@ -497,11 +443,11 @@ class Campaign:
                    plan_json: list[str] | None = None) -> list[CallCheck]:
         if ticket is not None:
             result = self.h.collect(ticket)  # type: ignore[union-attr]
-            preds: list[Prediction | None] = list(self._pm.predictions[:len(plans)])
-            del self._pm.predictions[:len(plans)]
             self._count_cover(b, result)
         else:
-            result, preds = self._run_now(plans, b)
+            result = self._run_now(plans, b)
+        preds = result.predictions
+        self._keep_disagreements(result.disagreements)
         plan_json = plan_json or _plans_json(plans)
         rows: list[str] = []
         found: list[tuple[FindingKey, Example]] = []
@@ -546,20 +492,18 @@ class Campaign:
         """Run ``plans`` in one window: does the last call still give ``key``?"""
         if not plans:
             return False
-        result, preds = self._run_now(list(plans))
+        result = self._run_now(list(plans))
+        preds = result.predictions
         return key in finding_keys(result.checks[-1], preds[-1] if preds else None)
 
-    def _run_now(self, plans: list[CallPlan], b: int = -2) -> tuple[Any, list[Prediction | None]]:
-        # Run and judge at once; a pipelined batch's predictions (queued in the
-        # materialiser before this) are kept for it. Shrinking runs are batch -2.
-        queued = self._pm.predictions
-        self._pm.predictions = []
-        try:
-            result = self.h.run(plans)
-            self._count_cover(b, result)
-            return result, self._pm.predictions
-        finally:
-            self._pm.predictions = queued
+    def _run_now(self, plans: list[CallPlan], b: int = -2) -> BatchResult:
+        # Run and judge at once (shrinking runs are batch -2).
+        result: BatchResult = self.h.run(plans)
+        self._count_cover(b, result)
+        return result
+
+    def _keep_disagreements(self, lines: Sequence[str]) -> None:
+        self._disagreements += keep_disagreements(self.out, lines, self._disagreements)
 
     def _count_cover(self, b: int, result: Any) -> None:
         # every run's coverage counts (the guest reports an edge once, whichever run
@@ -597,7 +541,7 @@ class Campaign:
                         "saved as found", self.cfg.minimize_total_s)
         pred = None
         try:
-            _, preds = self._run_now(plans[-1:])
+            preds = self._run_now(plans[-1:]).predictions
             pred = preds[-1] if preds else None
         except Exception as e:
             log.warning("could not re-run %s: %s", key.describe(), e)
@@ -666,9 +610,7 @@ def replay_plans(plans: Sequence[CallPlan], key: FindingKey,
     :return: whether it still fails, and the last call's explanation
     """
     with local_harness(engine, source=source, specs=specs) as h:
-        pm = _PredictingMaterializer(h.materialize, h.specs)
-        h.materialize = pm
         result = h.run(list(plans))
         last = result.checks[-1]
-        pred = last.prediction or (pm.predictions[-1] if pm.predictions else None)
+        pred = last.prediction or (result.predictions[-1] if result.predictions else None)
         return key in finding_keys(last, pred), last.explain()

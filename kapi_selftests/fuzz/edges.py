@@ -44,12 +44,12 @@ from kapi_selftests.fuzz.plan import (
     BufKind,
     CallPlan,
     Fd,
+    FdKind,
     Lit,
     Path,
     PathKind,
     make_safe,
 )
-from kapi_selftests.guest.fds import FdKind
 from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, ParamType, Spec
 from kapi_selftests.records import Prediction
 

@@ -30,13 +30,13 @@ from kapi_selftests.fuzz.plan import (
     BufKind,
     CallPlan,
     Fd,
+    FdKind,
     Lit,
     PathKind,
     plan_from_json,
     plan_to_json,
 )
 from kapi_selftests.fuzz.plan import Path as PathArg
-from kapi_selftests.guest.fds import FdKind
 
 __all__ = ["FindingKey", "Example", "FindingRecord", "CrashRecord", "FindingStore",
            "plan_size", "read_jsonl", "append_jsonl", "append_lines", "now_iso", "FINDINGS_FILE",

@@ -36,17 +36,19 @@ from kapi_selftests.fuzz.edges import SIZED, Edge, ctype_width, param_edges, par
 from kapi_selftests.fuzz.plan import (
     FD_EDGES,
     KNOWN_VALUES,
+    MADE_FDS,
+    STD_FDS,
     ArgPlan,
     Buf,
     BufKind,
     CallPlan,
     Fd,
+    FdKind,
     Lit,
     Path,
     PathKind,
     make_safe,
 )
-from kapi_selftests.guest.fds import MADE_FDS, STD_FDS, FdKind
 from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, Spec
 
 __all__ = ["PlanGenerator", "SIZE_EDGES", "STEER_ATTEMPTS", "RECENT", "batch_seed"]

@@ -23,8 +23,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kapi_selftests.fuzz.plan import ArgPlan, Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
-from kapi_selftests.guest.fds import FdKind
+from kapi_selftests.fuzz.plan import (
+    ArgPlan,
+    Buf,
+    BufKind,
+    CallPlan,
+    Fd,
+    FdKind,
+    Lit,
+    Path,
+    PathKind,
+)
 
 __all__ = ["Budget", "ddmin", "simpler_args", "simplify_plans", "minimize"]
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from kapi_selftests.arch import PAGE_SIZE, find_syscall
+from kapi_selftests.arch import PAGE_SIZE
 from kapi_selftests.errors import LostGuest, MissingFeature
 from kapi_selftests.fuzz.plan import (
     TOP_BUFS,
@@ -37,6 +37,7 @@ from kapi_selftests.fuzz.plan import (
     BufKind,
     CallPlan,
     Fd,
+    FdKind,
     Lit,
     PathKind,
     top_address,
@@ -44,12 +45,18 @@ from kapi_selftests.fuzz.plan import (
 from kapi_selftests.fuzz.plan import Path as PathPlan
 from kapi_selftests.fuzz.shm import wait_until
 from kapi_selftests.guest import cexec
-from kapi_selftests.guest.fds import FdKind
-from kapi_selftests.guest.materialize import Materialized, PlanMaterializer
 from kapi_selftests.oracle.checks import check_calls
 from kapi_selftests.oracle.predict import predict
+from kapi_selftests.oracle.reference import differing_reference, predict_calls
 from kapi_selftests.oracle.spec import Spec, write_specs
-from kapi_selftests.records import Batch, BatchResult, EventSource, Prediction, SyscallRecord
+from kapi_selftests.records import (
+    Batch,
+    BatchResult,
+    EventSource,
+    Materialized,
+    Prediction,
+    SyscallRecord,
+)
 from kapi_selftests.trace.events import RawCapture, decode, read_capture_dir
 
 __all__ = ["Manifest", "ManifestMemory", "ManifestMaterializer", "Link", "LocalLink", "DirLink",
@@ -495,10 +502,12 @@ class RemoteHarness:
     :param link: the agent
     :param specs: the spec model (None: the agent's kernel's, from its debugfs dump,
         else the built-in model)
+    :param strict: spec drift fails
+    :param reference: reference specs by name (see :class:`~kapi_selftests.guest.harness.Harness`)
     """
 
     def __init__(self, link: Link, specs: Mapping[str, Spec] | None = None, *,
-                 strict: bool = False) -> None:
+                 strict: bool = False, reference: Mapping[str, Spec] | None = None) -> None:
         self.link = link
         man = link.manifest()
         if "error" in man:  # the agent could not start: it says why
@@ -508,12 +517,12 @@ class RemoteHarness:
         self.source = self.man.source
         self.specs = dict(specs if specs is not None else link.specs())
         self.strict = strict
-        self._mat = ManifestMaterializer(self.man)
-        #: what makes plans concrete (a campaign may wrap it; see fuzz.Campaign)
-        self.materialize: PlanMaterializer = self._mat
+        self.reference = dict(reference) if reference is not None else \
+            differing_reference(self.specs)
+        self.materialize = ManifestMaterializer(self.man)
         self._n = 0
         self._sent: dict[int, tuple[list[Materialized], list[Prediction | None],
-                                    list[list[tuple[int, int, int]]]]] = {}
+                                    list[list[tuple[int, int, int]]], list[str]]] = {}
 
     @property
     def kcov(self) -> bool:
@@ -530,26 +539,19 @@ class RemoteHarness:
     def submit(self, plans: Sequence[CallPlan]) -> int:
         """Materialise, predict and send ``plans``; returns the batch number to collect."""
         mats = [self.materialize(p) for p in plans]
-        preds: list[Prediction | None] = [None] * len(mats)
-        watches: list[list[tuple[int, int, int]]] = [[] for _ in mats]
-        if self.source is EventSource.KAPI:
-            for i, m in enumerate(mats):
-                abi = find_syscall(m.plan.nr)
-                spec = self.specs.get(abi.spec_name) if abi else None
-                if spec is None:
-                    continue
-                pred = preds[i] = self.materialize.predict(spec, m.regs)
-                if pred.rejected:
-                    watches[i] = _watches(m, self._mat)
+        preds, disagree = predict_calls(mats, self.specs, self.materialize, self.reference)
+        watches = [_watches(m, self.materialize)
+                   if p is not None and p.rejected and self.source is EventSource.KAPI else []
+                   for m, p in zip(mats, preds, strict=True)]
         n = self._n
         self._n += 1
         self.link.send(n, pack_table(mats, watches), len(mats))
-        self._sent[n] = (mats, preds, watches)
+        self._sent[n] = (mats, preds, watches, disagree)
         return n
 
     def collect(self, n: int) -> BatchResult:
         """Receive, decode and judge batch ``n``."""
-        mats, preds, watches = self._sent.pop(n)
+        mats, preds, watches, disagree = self._sent.pop(n)
         data, tid, raw = self.link.receive(n)
         cover = None
         if self.man.kcov:
@@ -562,11 +564,12 @@ class RemoteHarness:
                 raise LostGuest(f"agent's answer to batch {n}: {e}") from e
         records, effects = unpack_results(data, tid, mats, watches)
         capture = decode(raw)
-        checks = check_calls(records, capture, self.source, self.specs, memory=self._mat.memory,
-                             side_effects=effects, strict=self.strict, predictions=preds)
+        checks = check_calls(records, capture, self.source, self.specs,
+                             memory=self.materialize.memory, side_effects=effects,
+                             strict=self.strict, predictions=preds)
         batch = Batch(tuple(records), raw, self.source)
         return BatchResult(tuple(m.plan for m in mats), tuple(mats), batch, capture,
-                           tuple(checks), cover)
+                           tuple(checks), cover, tuple(disagree), tuple(preds))
 
     def run(self, plans: Sequence[CallPlan]) -> BatchResult:
         return self.collect(self.submit(plans))

@@ -23,17 +23,20 @@ from kapi_selftests.fuzz.edges import ctype_width, param_edges, param_kind, size
 from kapi_selftests.fuzz.plan import (
     FD_EDGES,
     KNOWN_VALUES,
+    MADE_FDS,
+    STD_FDS,
     ArgPlan,
     Buf,
     BufKind,
     CallPlan,
     Fd,
+    FdKind,
     Lit,
     Path,
     PathKind,
     make_safe,
 )
-from kapi_selftests.guest.fds import MADE_FDS, STD_FDS, FdKind, std_fds_owned
+from kapi_selftests.guest.fds import std_fds_owned
 from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, Spec
 
 __all__ = [

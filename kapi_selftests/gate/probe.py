@@ -34,12 +34,12 @@ from kapi_selftests.fuzz.plan import (
     BufKind,
     CallPlan,
     Fd,
+    FdKind,
     Lit,
     PathKind,
     plan_to_json,
 )
 from kapi_selftests.fuzz.plan import Path as PathArg
-from kapi_selftests.guest.fds import FdKind
 
 __all__ = ["probe_plans", "run_probe", "time_mix", "guest_main"]
 

@@ -3,7 +3,7 @@
 The campaign's Python work (generate, materialise, predict, decode, pair,
 judge) runs on the host, several times faster than in a TCG guest; the guest
 only issues calls. :class:`Resources` makes, once, everything a plan can name:
-one fd per :class:`~kapi_selftests.guest.fds.FdKind` at a fixed number (a *slot*), one
+one fd per :class:`~kapi_selftests.fuzz.plan.FdKind` at a fixed number (a *slot*), one
 large read-write region ending at a guard page (any ``MAPPED``/``GUARD_TAIL``/
 ``SHORT``/``UNALIGNED`` buffer of up to its size lies in it), a read-only
 region, an unmapped page, and every kind of path string. Its
@@ -37,11 +37,11 @@ from typing import Any
 
 from kapi_selftests.arch import PATH_MAX
 from kapi_selftests.errors import MissingFeature
-from kapi_selftests.fuzz.plan import PATH_LENGTHS, REGION_SIZE, PathKind
+from kapi_selftests.fuzz.plan import MADE_FDS, PATH_LENGTHS, REGION_SIZE, STD_FDS, FdKind, PathKind
 from kapi_selftests.fuzz.shm import wait_until
 from kapi_selftests.guest import cexec
 from kapi_selftests.guest.executor import SPEC_SYSCALLS, find_event_source
-from kapi_selftests.guest.fds import MADE_FDS, STD_FDS, FdKind, FdPool, own_std_fds, std_fds_owned
+from kapi_selftests.guest.fds import FdPool, own_std_fds, std_fds_owned
 from kapi_selftests.guest.memory import Arena
 from kapi_selftests.guest.tracefs import KAPI_EVENTS, TraceInstance, syscall_events
 from kapi_selftests.oracle.spec import specs_files, write_specs

@@ -8,7 +8,6 @@ the scratch directory.
 
 from __future__ import annotations
 
-import enum
 import fcntl
 import os
 import socket
@@ -16,40 +15,11 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["FdKind", "FdPool", "INVALID_FDS", "MADE_FDS", "STD_FDS", "max_offset", "own_std_fds",
-           "std_fds_owned"]
+from kapi_selftests.fuzz.plan import STD_FDS, FdKind
 
-#: Register values for fds that are never valid: -1, INT_MAX, INT_MAX+1, 2^32-1, huge.
-INVALID_FDS = (-1 & 0xFFFFFFFF, 2**31 - 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1)
+__all__ = ["FdPool", "max_offset", "own_std_fds", "std_fds_owned"]
 
 
-class FdKind(enum.Enum):
-    REGULAR = "regular"  # read-write regular file with content
-    REGULAR_RDONLY = "regular_rdonly"
-    REGULAR_WRONLY = "regular_wronly"
-    DIRECTORY = "directory"
-    PIPE_READ = "pipe_read"
-    PIPE_WRITE = "pipe_write"
-    SOCKET = "socket"  # one end of a unix socketpair
-    DEV_NULL = "dev_null"
-    DEV_ZERO = "dev_zero"
-    DEV_FULL = "dev_full"
-    EVENTFD = "eventfd"
-    O_PATH = "o_path"
-    PIPE_BROKEN = "pipe_broken"  # write end of a pipe whose read end is closed: EPIPE
-    REGULAR_AT_MAX = "regular_at_max"  # offset at the file system's size limit (EFBIG/EINVAL)
-    SOCKET_DGRAM = "socket_dgram"  # an unconnected UDP socket: EDESTADDRREQ, EAGAIN
-    CLOSED = "closed"  # a number that was an fd a moment ago
-    # fds 0, 1 and 2, made harness-owned regular files (only after own_std_fds())
-    STD0 = "std0"
-    STD1 = "std1"
-    STD2 = "std2"
-
-
-#: the standard fd kinds and their numbers
-STD_FDS = {FdKind.STD0: 0, FdKind.STD1: 1, FdKind.STD2: 2}
-#: the kinds of open fd a pool makes anywhere (not CLOSED, not the standard numbers)
-MADE_FDS = tuple(k for k in FdKind if k is not FdKind.CLOSED and k not in STD_FDS)
 _owned_std = False
 
 

@@ -22,17 +22,11 @@ from kapi_selftests.arch import PATH_MAX
 from kapi_selftests.fuzz.plan import CallPlan
 from kapi_selftests.guest.executor import SPEC_SYSCALLS, Executor
 from kapi_selftests.guest.fds import FdPool
-from kapi_selftests.guest.materialize import (
-    Materialized,
-    Materializer,
-    PlanMaterializer,
-    side_effects,
-    snapshot,
-)
+from kapi_selftests.guest.materialize import Materializer, side_effects, snapshot
 from kapi_selftests.guest.memory import Arena
 from kapi_selftests.oracle.checks import CallCheck, check_calls
-from kapi_selftests.oracle.predict import UserString, predict
-from kapi_selftests.oracle.reference import disagreement
+from kapi_selftests.oracle.predict import UserString
+from kapi_selftests.oracle.reference import differing_reference, predict_calls
 from kapi_selftests.oracle.spec import (
     ReturnCheck,
     Spec,
@@ -42,7 +36,15 @@ from kapi_selftests.oracle.spec import (
     specs_files,
     write_specs,
 )
-from kapi_selftests.records import Batch, BatchResult, EventSource, Prediction, SyscallRecord
+from kapi_selftests.records import (
+    Batch,
+    BatchResult,
+    EventSource,
+    Materialized,
+    PlanMaterializer,
+    Prediction,
+    SyscallRecord,
+)
 from kapi_selftests.trace.calls_log import CALLS_LOG, FACTS_FILE, facts_json, format_calls_log
 from kapi_selftests.trace.events import Capture, decode, write_capture_dir
 
@@ -79,17 +81,21 @@ class Harness:
     :param strict: spec drift fails
     :param save_trace: directory to save every batch's raw capture in (``batch-N/``)
     :param names: syscalls the generic events are traced for (the five v4 ones by default)
+    :param reference: reference specs by name: every call of theirs is also predicted
+        from them, and a call they decide otherwise is a line of its batch's
+        ``disagreements`` (None: the reference's specs whose rules differ from the
+        kernel's, :func:`~kapi_selftests.oracle.reference.differing_reference`)
     """
 
     def __init__(self, source: EventSource | None = None, *,
                  specs: Mapping[str, Spec] | None = None, strict: bool = False,
                  save_trace: Path | None = None, buffer_kb: int = 8192,
-                 names: Sequence[str] = SPEC_SYSCALLS) -> None:
+                 names: Sequence[str] = SPEC_SYSCALLS,
+                 reference: Mapping[str, Spec] | None = None) -> None:
         self.specs = dict(specs) if specs is not None else load_specs()[0]
         self.names = tuple(names)
-        #: a reference spec set (:mod:`kapi_selftests.oracle.reference`): every call is also
-        #: predicted from it, and where it predicts otherwise the batch says so
-        self.reference: Mapping[str, Spec] = {}
+        self.reference = dict(reference) if reference is not None else \
+            differing_reference(self.specs)
         self.strict = strict
         self.save_trace = save_trace
         self.arena = Arena()
@@ -116,23 +122,9 @@ class Harness:
         mats = tuple(self.materialize(p) for p in plans)
         # Predicted once, before the calls: what a rejected call must leave alone is
         # snapshotted, and the same prediction is what the call is judged against.
-        preds: list[Prediction | None] = [None] * len(mats)
-        snaps = {}
-        disagree: list[str] = []
-        if self.source is EventSource.KAPI:
-            for i, m in enumerate(mats):
-                spec = self.specs.get(f"sys_{m.plan.name}")
-                if spec is None:
-                    continue
-                pred = preds[i] = self.materialize.predict(spec, m.regs)
-                if pred.rejected:
-                    snaps[i] = snapshot(m, self.pool, self.arena)
-                ref = self.reference.get(spec.name)
-                if ref is not None and ref is not spec:
-                    # the oracle itself: a materialiser may cache predictions by spec name
-                    line = disagreement(m.plan, pred, predict(ref, m.regs, self.arena))
-                    if line is not None:
-                        disagree.append(line)
+        preds, disagree = predict_calls(mats, self.specs, self.materialize, self.reference)
+        snaps = {i: snapshot(mats[i], self.pool, self.arena) for i, p in enumerate(preds)
+                 if p is not None and p.rejected and self.source is EventSource.KAPI}
         batch = self.executor.run([(m.plan.nr, m.regs) for m in mats])
         touched = [self._fds_touched(r) for r in batch.records]
         effects = [side_effects(mats[i], snaps[i], self.pool, self.arena,
@@ -171,7 +163,8 @@ class Harness:
         checks = check_calls(batch.records, capture, batch.source, self.specs,
                              memory=self.arena, side_effects=effects, strict=self.strict,
                              predictions=predictions)
-        return BatchResult(plans, mats, batch, capture, tuple(checks))
+        return BatchResult(plans, mats, batch, capture, tuple(checks),
+                           predictions=tuple(predictions))
 
     def _strings(self, mats: Sequence[Materialized]) -> list[UserString]:
         # the bytes behind every path argument, as the oracle read them (before release)

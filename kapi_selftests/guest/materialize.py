@@ -17,8 +17,7 @@ import os
 import stat
 import struct
 import termios
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
 
 from kapi_selftests.arch import PAGE_SIZE
 from kapi_selftests.fuzz.plan import (
@@ -38,39 +37,11 @@ from kapi_selftests.guest.fds import FdPool
 from kapi_selftests.guest.memory import Arena
 from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.spec import Spec
-from kapi_selftests.records import Prediction
+from kapi_selftests.records import Materialized, Prediction
 
-__all__ = ["Materialized", "Materializer", "PlanMaterializer", "Snapshot", "snapshot",
-           "side_effects"]
+__all__ = ["Materializer", "Snapshot", "snapshot", "side_effects"]
 
 _CANARY = bytes(range(251)) * 17  # distinctive bytes; prime length so it never lines up
-
-
-@dataclass(frozen=True, slots=True)
-class Materialized:
-    """A plan made concrete: its registers and what each register points at."""
-
-    plan: CallPlan
-    regs: tuple[int, ...]
-    fds: dict[int, int] = field(default_factory=dict)  # arg index -> fd
-    bufs: dict[int, tuple[int, int]] = field(default_factory=dict)  # arg index -> (addr, size)
-    paths: dict[int, bytes] = field(default_factory=dict)  # arg index -> path string
-
-    def describe(self) -> str:
-        return f"{self.plan.describe()} -> {self.plan.name}({', '.join(hex(r) for r in self.regs)})"
-
-
-class PlanMaterializer(Protocol):
-    """Anything that makes plans concrete and can answer the oracle about its memory."""
-
-    @property
-    def memory(self) -> Any: ...
-
-    def __call__(self, plan: CallPlan) -> Materialized: ...
-
-    def predict(self, spec: Spec, regs: tuple[int, ...]) -> Prediction:
-        """The oracle's prediction for registers this materialiser made."""
-        ...
 
 
 class Materializer:

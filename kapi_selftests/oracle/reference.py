@@ -24,24 +24,27 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kapi_selftests.errors import UsageError
+from kapi_selftests.arch import find_syscall
+from kapi_selftests.errors import KapiError, UsageError
 from kapi_selftests.fuzz.plan import CallPlan
 from kapi_selftests.gate.specdiff import FieldChange, SpecChangeKind, diff_fields, diff_specs
+from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.spec import (
     ConstraintType,
     ParamFlag,
     ParamSpec,
     ParamType,
     Spec,
+    SpecSource,
     builtin_specs,
     load_debugfs,
     same_shape,
 )
-from kapi_selftests.records import Prediction
+from kapi_selftests.records import Materialized, PlanMaterializer, Prediction
 
 __all__ = ["ENV", "BUILTIN", "DiffClass", "SpecDifference", "load_reference",
            "reference_choice", "compare_to_reference", "classify", "v4_shaped",
@@ -338,3 +341,51 @@ def disagreement(plan: CallPlan, kernel: Prediction, ref: Prediction) -> str | N
         return None
     return (f"{plan.describe()}: the kernel's spec predicts {_verdict(kernel)}, "
             f"the reference {_verdict(ref)}")
+
+
+def differing_reference(specs: Mapping[str, Spec]) -> dict[str, Spec]:
+    """The reference's spec of each kernel spec (from debugfs) that has other rules.
+
+    Empty when the specs are not the kernel's own or no reference loads (the
+    campaign's summary says why).
+    """
+    if not specs or any(s.source is not SpecSource.DEBUGFS for s in specs.values()):
+        return {}
+    try:
+        ref, _ = load_reference(reference_choice(), specs)
+    except KapiError:
+        return {}
+    changed = {d.spec for d in compare_to_reference(ref, specs)}
+    return {n: ref[n] for n in changed if n in ref and n in specs}
+
+
+def predict_calls(mats: Sequence[Materialized], specs: Mapping[str, Spec],
+                  materializer: PlanMaterializer,
+                  reference: Mapping[str, Spec] | None = None,
+                  ) -> tuple[list[Prediction | None], list[str]]:
+    """The kernel spec's prediction of each call, and each call the reference decides otherwise.
+
+    Both engines call this before the calls run, while the memory the registers
+    name is live: what a rejected call must leave alone is measured from the same
+    prediction the call is judged against.
+
+    :param materializer: what made the calls concrete; it answers the oracle about
+        its memory (and may cache predictions)
+    :param reference: reference specs with other rules than the kernel's, by name
+    :return: one prediction per call (None: no spec), and one line per disagreement
+    """
+    preds: list[Prediction | None] = [None] * len(mats)
+    lines: list[str] = []
+    for i, m in enumerate(mats):
+        abi = find_syscall(m.plan.nr)
+        spec = specs.get(abi.spec_name) if abi else None
+        if spec is None:
+            continue
+        pred = preds[i] = materializer.predict(spec, m.regs)
+        ref = reference.get(spec.name) if reference else None
+        if ref is not None and ref is not spec:
+            # the oracle itself: a materialiser may cache predictions by spec name
+            line = disagreement(m.plan, pred, predict(ref, m.regs, materializer.memory))
+            if line is not None:
+                lines.append(line)
+    return preds, lines

@@ -16,8 +16,7 @@ import os
 
 import pytest
 
-from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
-from kapi_selftests.guest.fds import FdKind
+from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
 from kapi_selftests.guest.harness import Harness
 from kapi_selftests.oracle.bulk import clean_calls
 from kapi_selftests.oracle.checks import CallCheck, check_calls

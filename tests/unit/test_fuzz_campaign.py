@@ -23,7 +23,6 @@ from kapi_selftests.fuzz.findings import FindingStore, read_jsonl
 from kapi_selftests.fuzz.generate import PlanGenerator
 from kapi_selftests.fuzz.plan import CallPlan, plan_to_json
 from kapi_selftests.guest.harness import Harness
-from kapi_selftests.guest.materialize import Materializer
 from kapi_selftests.oracle.checks import CallCheck
 from kapi_selftests.oracle.predict import Finding, FindingKind
 from kapi_selftests.oracle.spec import builtin_specs
@@ -38,7 +37,6 @@ class FakeHarness:
     def __init__(self, interrupt_at: int | None = None) -> None:
         self.specs = SPECS
         self.source = EventSource.SYSCALLS
-        self.materialize = Materializer(cast(Any, None), cast(Any, None))
         self.batches = 0
         self.interrupt_at = interrupt_at
         self.strict = False
@@ -55,7 +53,7 @@ class FakeHarness:
             f = (Finding(FindingKind.RET_MISMATCH, f"sys_{p.name} exit ret -9, userspace saw 0"),) \
                 if p.name == "close" or self.all_fail else ()
             checks.append(CallCheck(rec, (), f))
-        return SimpleNamespace(checks=tuple(checks))
+        return SimpleNamespace(checks=tuple(checks), predictions=(), disagreements=())
 
 
 def _camp(tmp_path: Path, h: FakeHarness, **kw: Any) -> Campaign:

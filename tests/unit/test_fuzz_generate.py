@@ -13,12 +13,12 @@ from kapi_selftests.fuzz.plan import (
     BufKind,
     CallPlan,
     Fd,
+    FdKind,
     Lit,
     plan_from_json,
     plan_json_text,
     plan_to_json,
 )
-from kapi_selftests.guest.fds import FdKind
 from kapi_selftests.oracle.spec import builtin_specs
 
 SPECS = builtin_specs()

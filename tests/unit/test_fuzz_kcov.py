@@ -23,9 +23,8 @@ from kapi_selftests import cli
 from kapi_selftests.errors import KSFT_PASS, KSFT_SKIP, KSFT_USAGE, MissingFeature
 from kapi_selftests.fuzz import kcov, remote
 from kapi_selftests.fuzz.campaign import write_json_atomic
-from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit
+from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit
 from kapi_selftests.guest import agent, cexec
-from kapi_selftests.guest.fds import FdKind
 from kapi_selftests.host import kernel, runner
 
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
@@ -287,7 +286,8 @@ class CoverHarness:
         checks = tuple(CallCheck(SyscallRecord(nr=p.nr, args=(0,) * 6, ret=0, errno=0, tid=1),
                                  (), ()) for p in plans)
         cover = kcov.BatchCover(tuple(new), tuple(10 for _ in plans), tuple(ids))
-        return SimpleNamespace(checks=checks, plans=tuple(plans), kcov=cover)
+        return SimpleNamespace(checks=checks, plans=tuple(plans), kcov=cover, predictions=(),
+                               disagreements=())
 
 
 def test_campaign_keeps_new_coverage_mutates_it_and_resumes(tmp_path: Path) -> None:

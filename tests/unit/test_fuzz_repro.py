@@ -11,10 +11,9 @@ import pytest
 
 from kapi_selftests.fuzz.findings import FindingKey
 from kapi_selftests.fuzz.generate import PlanGenerator
-from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit, PathKind
+from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, PathKind
 from kapi_selftests.fuzz.plan import Path as PathArg
 from kapi_selftests.fuzz.repro import Reproducer, load, render_c, render_pytest, save
-from kapi_selftests.guest.fds import FdKind
 from kapi_selftests.oracle.spec import builtin_specs
 
 SPECS = builtin_specs()

@@ -29,8 +29,7 @@ PROPERTY = '''
 import hashlib
 import os
 
-from hypothesis import Phase, given, settings
-from hypothesis import strategies as st
+from hypothesis import Phase, given, settings, strategies as st
 
 
 @given(st.integers(0, 2**64))

@@ -283,39 +283,43 @@ def test_fuzz_predicts_calls_from_both_and_keeps_those_decided_otherwise(
     from kapi_selftests.fuzz.plan import CallPlan, Lit, PathKind
     from kapi_selftests.fuzz.plan import Path as PathArg
     from kapi_selftests.oracle.predict import MemoryFacts, UserString, predict
+    from kapi_selftests.records import Materialized, Prediction
 
     monkeypatch.delenv(reference.ENV, raising=False)
     d = _variant(tmp_path, "specs/sys_open", "valid_bits: 0x7fffc3", "valid_bits: 0x77ffc3")
     kernel = load_debugfs(d)
-    ref = fuzz_mod._differing_reference(kernel)
+    ref = reference.differing_reference(kernel)
     assert sorted(ref) == ["sys_open"] and ref["sys_open"] == builtin_specs()["sys_open"]
-    assert fuzz_mod._differing_reference(builtin_specs()) == {}  # no debugfs: no reference
+    assert reference.differing_reference(builtin_specs()) == {}  # no debugfs: no reference
 
-    class Materialized:  # what the campaign's wrapper reads of a materialised call
-        def __init__(self, regs: tuple[int, ...]) -> None:
-            self.regs = regs
-
-    class Inner:  # the harness's materialiser: a path at 0x10000, flags and mode as given
+    class Inner:  # the engine's materialiser: a path at 0x10000, flags and mode as given
         memory = MemoryFacts(strings=(UserString(0x10000, 5),))
 
         def __call__(self, plan: CallPlan) -> Materialized:
-            return Materialized((0x10000, plan.args[1].value, plan.args[2].value))  # type: ignore[union-attr]
+            return Materialized(plan, (0x10000, plan.args[1].value, plan.args[2].value))  # type: ignore[union-attr]
 
         def __init__(self) -> None:
-            self.cache: dict[tuple[str, tuple[int, ...]], object] = {}
+            self.cache: dict[tuple[str, tuple[int, ...]], Prediction] = {}
 
-        def predict(self, spec: Spec, regs: tuple[int, ...]) -> object:
+        def predict(self, spec: Spec, regs: tuple[int, ...]) -> Prediction:
             # cached by spec name, as the batch engine's materialiser does
             return self.cache.setdefault((spec.name, regs), predict(spec, regs, self.memory))
 
+    inner = Inner()
+    mats = [inner(CallPlan("open", (PathArg(PathKind.EXISTING), Lit(flags), Lit(0))))
+            for flags in (0, 0o2000000)]
+    preds, lines = reference.predict_calls(mats, kernel, inner, ref)
+    assert [p is not None and p.rejected for p in preds] == [False, True]
+    assert len(lines) == 1
+    assert reference.predict_calls(mats, kernel, inner, {})[1] == []  # no reference: no line
     shard = tmp_path / "shard-0"
     shard.mkdir()
-    pm = fuzz_mod._PredictingMaterializer(Inner(), kernel, ref, shard)
-    for flags in (0, 0o2000000):
-        pm(CallPlan("open", (PathArg(PathKind.EXISTING), Lit(flags), Lit(0))))
+    assert fuzz_mod.keep_disagreements(shard, lines, 0) == 1
+    assert fuzz_mod.keep_disagreements(shard, lines * 200, 1) == 99  # examples, not a log
     data = campaign_report.load_dirs([tmp_path / "none"], builtin_specs())
     data.shard_dirs.append(shard)
     fuzz_cmd._compare_with_reference(data, kernel)
-    (line,) = data.disagreements
+    line = data.disagreements[0]
+    assert len(data.disagreements) == 100
     assert line.startswith("open(path:existing, 0x80000, 0): the kernel's spec predicts rejected")
     assert fuzz_cmd._status({}, [], [], data.disagreements) == 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kapi_selftests.arch import NR, PAGE_SIZE
-from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, Lit, Path, PathKind
+from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
 from kapi_selftests.fuzz.remote import (
     Manifest,
     ManifestMaterializer,
@@ -13,7 +13,6 @@ from kapi_selftests.fuzz.remote import (
     unpack_results,
 )
 from kapi_selftests.guest import cexec
-from kapi_selftests.guest.fds import FdKind
 from kapi_selftests.oracle.spec import builtin_specs
 from kapi_selftests.records import EventSource
 
