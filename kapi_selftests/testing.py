@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
+
+from kapi_selftests.errors import MissingFeature
 
 __all__ = ["require", "missing_vm_tools", "hypothesis_profiles", "hypothesis_seed",
            "DETERMINISTIC_PROFILES", "DEFAULT_SEED"]
@@ -20,9 +25,8 @@ def require(config: pytest.Config, reason: str | None) -> None:
 
 def missing_vm_tools() -> str | None:
     """Why no guest can boot here (no QEMU, no static busybox), or None."""
-    import shutil
 
-    from kapi_selftests.errors import MissingFeature
+    # host side: the guest's conftest loads this module too
     from kapi_selftests.host import initramfs
 
     if shutil.which("qemu-system-x86_64") is None:
@@ -51,8 +55,8 @@ def hypothesis_profiles() -> None:
     collecting none of them never imports hypothesis (under TCG that import is seconds
     of a guest's time to its first test).
     """
-    import os
 
+    # hypothesis loads only in the processes that run tests
     from hypothesis import HealthCheck, Phase, settings
 
     quiet = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
@@ -88,8 +92,8 @@ def hypothesis_seed(config: pytest.Config) -> int | str:
 
     :return: the seed
     """
-    import os
 
+    # hypothesis loads only in the processes that run tests
     from hypothesis import core, settings
 
     seed: int | str | None = getattr(config.option, "hypothesis_seed", None)

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import multiprocessing
 import os
 import queue
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -215,6 +217,7 @@ def _corpus_plans(d: Path | None, batch_size: int = _BATCH["batch"]) -> list[lis
     """The ``--corpus`` runs: each reproducer's plans, then the plans of every
     ``kcov-corpus.jsonl`` (another campaign's KCOV corpus: with ``--kcov`` the calls that
     reach code new to this campaign join its corpus) in batches of ``batch_size``."""
+    # loaded when the subcommand runs: the CLI imports every subcommand at start
     from kapi_selftests.fuzz import repro
     from kapi_selftests.fuzz.kcov import CORPUS_FILE, read_corpus
 
@@ -238,6 +241,7 @@ def _corpus_plans(d: Path | None, batch_size: int = _BATCH["batch"]) -> list[lis
 
 
 def run_local(args: argparse.Namespace) -> int:
+    # loaded when the subcommand runs: the CLI imports every subcommand at start
     from kapi_selftests.fuzz import campaign, campaign_report
     from kapi_selftests.guest.tracefs import find_tracefs, missing_tracefs
 
@@ -302,6 +306,7 @@ def _status(findings: Any, crashes: Sequence[Any], differences: Sequence[Any] = 
 
 
 def _save_kernel_specs(out: Path) -> None:
+    # loaded when the subcommand runs: the CLI imports every subcommand at start
     from kapi_selftests.oracle.spec import specs_files, write_specs
 
     files = specs_files(DEBUGFS_ROOT)
@@ -320,6 +325,7 @@ def _kernel_specs(roots: Sequence[Path]) -> dict[str, Any] | None:
 
 
 def _compare_with_reference(data: Any, kernel: Mapping[str, Any] | None) -> None:
+    # loaded when the subcommand runs: the CLI imports every subcommand at start
     from kapi_selftests.oracle import reference
 
     if kernel is None:
@@ -332,6 +338,7 @@ def _compare_with_reference(data: Any, kernel: Mapping[str, Any] | None) -> None
         return
     data.reference = what
     data.spec_differences = list(reference.compare_to_reference(ref, kernel))
+    # loaded when the subcommand runs: the CLI imports every subcommand at start
     from kapi_selftests.fuzz.campaign import DISAGREEMENTS_FILE
     from kapi_selftests.fuzz.findings import read_jsonl
 
@@ -341,6 +348,7 @@ def _compare_with_reference(data: Any, kernel: Mapping[str, Any] | None) -> None
 
 
 def _print_summary(args: argparse.Namespace, data: Any, header: Sequence[str], md: Path) -> None:
+    # loaded when the subcommand runs: the CLI imports every subcommand at start
     from kapi_selftests.fuzz import campaign_report
 
     if args.json:
@@ -378,6 +386,7 @@ def _print_summary(args: argparse.Namespace, data: Any, header: Sequence[str], m
 # --- --kernel: guests -------------------------------------------------------------------
 
 def _guest_argv(args: argparse.Namespace, shard: int, guests: int) -> list[str]:
+    # host side: the CLI imports every subcommand at start, in the guest too
     from kapi_selftests.host.initramfs import GUEST_OUT
 
     argv = [sys.executable, "-S", "-c", _GUEST_ENTRY, "--local", "--guest-out", GUEST_OUT,
@@ -410,6 +419,7 @@ def _record_guest_crash(shard_dir: Path, shard: int, run: Any, engine: str) -> s
 
     The batches in flight become a reproducer that replays through ``engine``.
     """
+    # loaded when the subcommand runs: the CLI imports every subcommand at start
     from kapi_selftests.fuzz.findings import (
         CRASHES_FILE,
         INFLIGHT_FILE,
@@ -418,6 +428,8 @@ def _record_guest_crash(shard_dir: Path, shard: int, run: Any, engine: str) -> s
         append_jsonl,
         now_iso,
     )
+
+    # loaded when the subcommand runs: the CLI imports every subcommand at start
     from kapi_selftests.fuzz.plan import plan_from_json
 
     if not run.splats and not run.killed:
@@ -453,6 +465,7 @@ def _record_guest_crash(shard_dir: Path, shard: int, run: Any, engine: str) -> s
     if plans:
         rdir = shard_dir / "repro" / f"crash_shard{shard}_batch{batch}"
         rdir.mkdir(parents=True, exist_ok=True)
+        # loaded when the subcommand runs: the CLI imports every subcommand at start
         from kapi_selftests.fuzz.findings import FindingKey
         from kapi_selftests.fuzz.repro import Reproducer, render_json
         r = Reproducer(FindingKey("kernel crash", plans[-1].name, summary[:80]), plans,
@@ -467,8 +480,8 @@ def _record_guest_crash(shard_dir: Path, shard: int, run: Any, engine: str) -> s
 
 
 def run_kernel(args: argparse.Namespace) -> int:
-    import dataclasses
 
+    # loaded when the subcommand runs: the CLI imports every subcommand at start
     from kapi_selftests.fuzz import campaign_report
     from kapi_selftests.host import kernel, qemu, runner
     from kapi_selftests.oracle.spec import builtin_specs
@@ -502,6 +515,7 @@ def run_kernel(args: argparse.Namespace) -> int:
 
     lib = None
     if args.engine == "batch":
+        # guest side: only a run on this kernel (--local, in the guest) needs it
         from kapi_selftests.guest import cexec
         lib = cexec.build_library(cexec.CACHE_DIR)
 
@@ -513,7 +527,6 @@ def run_kernel(args: argparse.Namespace) -> int:
         sdir.mkdir(parents=True, exist_ok=True)
         (sdir / STOP_FILE).unlink(missing_ok=True)
         if args.corpus is not None:
-            import shutil
             if args.corpus.is_dir():
                 shutil.copytree(args.corpus, sdir / "corpus", dirs_exist_ok=True)
             else:
@@ -611,6 +624,7 @@ def run_kernel(args: argparse.Namespace) -> int:
 
 def _check_kcov_config(kimg: Any) -> None:
     """--kcov on a kernel whose config is known not to have KCOV: say so before booting."""
+    # host side: the CLI imports every subcommand at start, in the guest too
     from kapi_selftests.host.kernel import read_kconfig
 
     if kimg.config is None:
@@ -685,9 +699,8 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
                  guests: int, lib: Path | None, stop: Any, alive: Any, lock: Any,
                  errq: Any) -> None:
     """One shard of the batch engine: the campaign here, an agent in a guest, restarts."""
-    import dataclasses
-    import shutil
 
+    # loaded when the subcommand runs: the CLI imports every subcommand at start
     from kapi_selftests.fuzz import campaign, remote, shm
     from kapi_selftests.host import runner
     from kapi_selftests.host.initramfs import GUEST_OUT

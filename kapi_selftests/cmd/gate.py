@@ -140,6 +140,7 @@ def _verdict(args: argparse.Namespace, mode: str) -> GateVerdict:
     if mode == "compare":
         base_dir, patched_dir = args.compare
         return compare(load_run(base_dir, "base"), load_run(patched_dir, "patched"))
+    # host side: the CLI imports every subcommand at start, in the guest too
     from kapi_selftests.host import gate_run, kernel, qemu
 
     base_image: Path | None = args.base_kernel
@@ -192,6 +193,7 @@ def _rerun_one_sided_failures(runs: list[KernelRun], images: dict[str, Path], cf
                               retries: int, echo: bool) -> list[str]:
     """Re-run, on the kernel where they failed, the suite tests that failed on one kernel
     only: up to ``retries`` rounds, each round the tests that have not passed yet."""
+    # host side: the CLI imports every subcommand at start, in the guest too
     from kapi_selftests.host import gate_run
 
     notes: list[str] = []

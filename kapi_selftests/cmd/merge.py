@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # loaded when the subcommand runs: the CLI imports every subcommand at start
     from kapi_selftests.fuzz import campaign_report
     from kapi_selftests.oracle.spec import builtin_specs
 

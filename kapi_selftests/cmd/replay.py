@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # loaded when the subcommand runs: the CLI imports every subcommand at start
     from kapi_selftests.fuzz import repro
 
     r = repro.load(args.repro)
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _replay_local(path: Path, r: object) -> tuple[bool, str]:
+    # loaded when the subcommand runs: the CLI imports every subcommand at start
     from kapi_selftests.fuzz.campaign import replay_plans
     from kapi_selftests.fuzz.repro import Reproducer
     from kapi_selftests.guest.tracefs import find_tracefs, missing_kapi_events, missing_tracefs
@@ -82,6 +84,7 @@ def _replay_local(path: Path, r: object) -> tuple[bool, str]:
 
 
 def _replay_kernel(args: argparse.Namespace, r: object) -> tuple[bool, str]:
+    # host side: the CLI imports every subcommand at start, in the guest too
     from kapi_selftests.host import kernel, qemu, runner
     from kapi_selftests.host.initramfs import GUEST_OUT
 
@@ -119,6 +122,7 @@ def guest_main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
+        # loaded when the subcommand runs: the CLI imports every subcommand at start
         from kapi_selftests.fuzz import repro
         from kapi_selftests.fuzz.campaign import replay_plans
         from kapi_selftests.records import EventSource

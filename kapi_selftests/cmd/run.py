@@ -18,6 +18,7 @@ import os
 import shlex
 import sys
 import tempfile
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,7 @@ def guest_main(argv: Sequence[str]) -> int:
 # --- on the host: boot a guest ---------------------------------------------------------
 
 def _guest_config(args: argparse.Namespace, kernel_image: Path) -> Any:
+    # host side: the CLI imports every subcommand at start, in the guest too
     from kapi_selftests.host import qemu
 
     try:
@@ -161,6 +163,7 @@ def _guest_config(args: argparse.Namespace, kernel_image: Path) -> Any:
 
 
 def run_kernel(args: argparse.Namespace) -> int:
+    # host side: the CLI imports every subcommand at start, in the guest too
     from kapi_selftests.host import kernel, runner
 
     kimg = kernel.find_kernel(args.kernel, args.modules)
@@ -200,6 +203,7 @@ def _report(results: list[TestResult], args: argparse.Namespace, header: list[st
     if args.ktap:
         args.ktap.write_text(text)
     if args.junit and not args.local:
+        # host side: the CLI imports every subcommand at start, in the guest too
         from kapi_selftests.host.runner import write_junit
         write_junit(results, args.junit)
     return exit_code(results)
@@ -215,6 +219,7 @@ def _report_unrun(reason: str, args: argparse.Namespace, header: list[str]) -> N
     if args.ktap:
         args.ktap.write_text(text)
     if args.junit:
+        # host side: the CLI imports every subcommand at start, in the guest too
         from kapi_selftests.host.runner import write_junit
         write_junit([TestResult(name="guest", outcome=Outcome.ERROR,
                                 reason=f"could not run: {reason}")], args.junit)
@@ -327,7 +332,6 @@ def _combined(codes: Sequence[int]) -> int:
 
 def merge_junit(parts: Sequence[Path], dest: Path) -> None:
     """One JUnit XML file with the test suites of ``parts`` (those written), which go."""
-    import xml.etree.ElementTree as ET
 
     root = ET.Element("testsuites")
     for part in parts:
@@ -350,6 +354,7 @@ def run_local(args: argparse.Namespace) -> int:
         raise MissingFeature(f"in-guest tests not found at {tests}",
                              hint="run from a source checkout of kapi-selftests "
                                   "(tests/guest next to the kapi_selftests package)")
+    # pytest loads only when the suite runs
     import pytest
 
     if args.save_trace is not None:

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kapi_selftests.errors import UsageError
+from kapi_selftests.fuzz import minimize, remote, repro
 from kapi_selftests.fuzz.callsafety import safe_specs
 from kapi_selftests.fuzz.campaign_report import EDGES_FILE
 from kapi_selftests.fuzz.coverage import Coverage, CoverageFigure
@@ -302,7 +304,6 @@ class Campaign:
             d = json.loads(st.read_text())
             if int(d.get("seed", self.cfg.seed)) != self.cfg.seed or \
                     int(d.get("shard", self.cfg.shard)) != self.cfg.shard:
-                from kapi_selftests.errors import UsageError
                 raise UsageError(f"{self.out}: holds seed {d.get('seed')} shard "
                                  f"{d.get('shard')}, not seed {self.cfg.seed} shard "
                                  f"{self.cfg.shard}", hint="use another --out, or the same --seed")
@@ -513,7 +514,6 @@ class Campaign:
             self.kcov.add(b, result.plans, cover)
 
     def _save_reproducer(self, key: FindingKey) -> None:
-        from kapi_selftests.fuzz import minimize, repro
 
         rec = self.store.records[key]
         ex = rec.first
@@ -586,12 +586,13 @@ def local_harness(engine: str = "harness", *, source: Any = None,
     :param kcov: the batch engine's agent reports kernel coverage (KCOV)
     """
     if engine == "harness":
+        # guest side: a campaign on the host drives a guest's agent and runs no call here
         from kapi_selftests.guest.harness import Harness
 
         with Harness(source, specs=specs) as h:
             yield h
         return
-    from kapi_selftests.fuzz import remote
+    # guest side: a campaign on the host drives a guest's agent and runs no call here
     from kapi_selftests.guest import agent, cexec
 
     with agent.Agent(cexec.build_library(cexec.CACHE_DIR), source, kcov=kcov) as ag, \

@@ -96,6 +96,7 @@ class CampaignData:
         return self._kcov[1]
 
     def _read_kcov(self) -> dict[str, Any]:
+        # numpy loads in a second or so: only the columnar paths (KCOV, bulk decode) pay it
         from kapi_selftests.fuzz.kcov import functions_reached, union_edges, union_pcs
 
         pcs = union_pcs(self.shard_dirs)

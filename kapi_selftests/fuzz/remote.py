@@ -43,12 +43,12 @@ from kapi_selftests.fuzz.plan import (
     top_address,
 )
 from kapi_selftests.fuzz.plan import Path as PathPlan
-from kapi_selftests.fuzz.shm import wait_until
+from kapi_selftests.fuzz.shm import unpack_out, wait_until
 from kapi_selftests.guest import cexec
 from kapi_selftests.oracle.checks import check_calls
 from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.reference import differing_reference, predict_calls
-from kapi_selftests.oracle.spec import Spec, write_specs
+from kapi_selftests.oracle.spec import Spec, builtin_specs, load_debugfs, load_specs, write_specs
 from kapi_selftests.records import (
     Batch,
     BatchResult,
@@ -354,8 +354,6 @@ class Link(Protocol):
 def _guest_specs(d: Path) -> Mapping[str, Spec]:
     # the guest kernel's debugfs dump, as the agent copied it; else the built-in model
     # (never this host's specs: its kernel is not the one under test)
-    from kapi_selftests.oracle.spec import builtin_specs, load_debugfs
-
     if (d / "list").is_file():
         specs = load_debugfs(d)
         if specs:
@@ -386,7 +384,6 @@ class LocalLink:
         return dict(self.agent.manifest())
 
     def specs(self) -> Mapping[str, Spec]:
-        from kapi_selftests.guest.harness import load_specs
         return load_specs()[0]  # the running kernel's: the agent is here
 
     def send(self, n: int, table: bytes, calls: int) -> None:
@@ -487,7 +484,6 @@ class ShmLink:
     def receive(self, n: int) -> tuple[bytes, int, RawCapture]:
         self._wait(lambda: self.ch.done > n, f"results of batch {n}")
         self._drain()
-        from kapi_selftests.fuzz.shm import unpack_out
         return unpack_out(self._got.pop(n))
 
     def close(self) -> None:
@@ -555,6 +551,7 @@ class RemoteHarness:
         data, tid, raw = self.link.receive(n)
         cover = None
         if self.man.kcov:
+            # numpy loads in a second or so: only the columnar paths (KCOV, bulk decode) pay it
             from kapi_selftests.fuzz.kcov import split
 
             try:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -139,8 +140,10 @@ def run_probe(out: Path, *, seed: int, calls: int, batch: int = 1) -> int:
 
     :return: the number of calls recorded
     """
-    from kapi_selftests.guest.harness import Harness, load_specs
+    # guest side: the host imports this package too (gate.record, gate.compare)
+    from kapi_selftests.guest.harness import Harness
     from kapi_selftests.oracle.predict import ENTER, EXIT
+    from kapi_selftests.oracle.spec import load_specs
     from kapi_selftests.records import EventSource
 
     specs, where = load_specs()
@@ -182,6 +185,7 @@ def time_mix(rounds: int) -> dict[str, object]:
     rejects are both in the mix. ``getpid`` (no spec) is timed the same way, as the
     reference that cancels the guest's own speed out of a comparison between two runs.
     """
+    # guest side: the host imports this package too (gate.record, gate.compare)
     from kapi_selftests.guest.memory import Arena
     from kapi_selftests.guest.syscalls import invoke
 
@@ -296,12 +300,12 @@ def run_fuzz(out: Path, *, seed: int, calls: int) -> int:
 
     :return: calls recorded
     """
+    # guest side: the host imports this package too (gate.record, gate.compare)
     from kapi_selftests.fuzz.campaign import Campaign, CampaignConfig
     from kapi_selftests.guest.harness import Harness
     from kapi_selftests.oracle.spec import builtin_specs
 
     if out.exists():
-        import shutil
         shutil.rmtree(out)
     # 50 calls a window: each call gets fresh fds (pipes and sockets take two or three),
     # and on a kernel without the checks every open succeeds and holds one till the end

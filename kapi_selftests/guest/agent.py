@@ -21,6 +21,7 @@ guest's output share, :class:`~kapi_selftests.fuzz.remote.DirLink`).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import json
@@ -28,6 +29,7 @@ import logging
 import os
 import resource
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,6 +39,7 @@ from typing import Any
 
 from kapi_selftests.arch import PATH_MAX
 from kapi_selftests.errors import MissingFeature
+from kapi_selftests.fuzz import shm
 from kapi_selftests.fuzz.plan import MADE_FDS, PATH_LENGTHS, REGION_SIZE, STD_FDS, FdKind, PathKind
 from kapi_selftests.fuzz.shm import wait_until
 from kapi_selftests.guest import cexec
@@ -321,7 +324,6 @@ class _ShmEnd:
         self.ch.put_manifest(json.dumps(d).encode())
 
     def put(self, n: int, results: bytes, tid: int, raw: RawCapture) -> None:
-        from kapi_selftests.fuzz import shm
 
         self.ch.put_out(n, shm.pack_out(results, tid, raw))
 
@@ -376,8 +378,6 @@ def _test_crash(n: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Guest entry: ``agent --dir D [--lib SO] [--source kapi|syscalls]``; serve until stopped."""
-    import argparse
-    import sys
 
     p = argparse.ArgumentParser(prog="kapi-selftests agent", description=main.__doc__)
     where = p.add_mutually_exclusive_group(required=True)
@@ -399,7 +399,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         end: _DirEnd | _ShmEnd
         if a.shm:
-            from kapi_selftests.fuzz import shm
             dev = shm.find_guest_device()
             if dev is None:
                 raise RuntimeError("no ivshmem-plain device (start QEMU with "

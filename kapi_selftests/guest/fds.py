@@ -9,8 +9,10 @@ the scratch directory.
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -40,8 +42,6 @@ def own_std_fds() -> None:
     global _owned_std
     if _owned_std:
         return
-    import io
-    import sys
 
     for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
         try:

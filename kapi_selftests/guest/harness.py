@@ -30,9 +30,7 @@ from kapi_selftests.oracle.reference import differing_reference, predict_calls
 from kapi_selftests.oracle.spec import (
     ReturnCheck,
     Spec,
-    builtin_specs,
-    load_debugfs,
-    missing_kapi_specs,
+    load_specs,
     specs_files,
     write_specs,
 )
@@ -51,26 +49,9 @@ from kapi_selftests.trace.events import Capture, decode, write_capture_dir
 if TYPE_CHECKING:
     pass
 
-__all__ = ["Harness", "load_specs"]
+__all__ = ["Harness"]
 
 log = logging.getLogger(__name__)
-
-
-def load_specs() -> tuple[dict[str, Spec], str]:
-    """The specs of the running kernel from debugfs, else the built-in v4 model.
-
-    :return: the specs and a line saying where they came from
-    """
-    reason = missing_kapi_specs()
-    if reason is None:
-        try:
-            specs = load_debugfs()
-            if specs:
-                return specs, "specs from /sys/kernel/debug/kapi"
-        except Exception as e:  # a malformed dump must not stop the suite: say so, fall back
-            log.warning("debugfs specs unreadable (%s); using the built-in model", e)
-            reason = str(e)
-    return builtin_specs(), f"built-in v4 spec model ({reason})"
 
 
 class Harness:

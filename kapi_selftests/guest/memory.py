@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from kapi_selftests.arch import KERNEL_HALF, PAGE_SIZE, PATH_MAX
+from kapi_selftests.oracle.predict import LA57_PROBE_HINT, user_ptr_max_from_probe
 
 __all__ = ["Arena", "Region", "PAGE_SIZE", "PATH_MAX", "page_round_up", "find_user_ptr_max"]
 
@@ -44,7 +45,6 @@ def find_user_ptr_max() -> int:
     not. The page is unmapped again. :func:`kapi_selftests.oracle.predict.user_ptr_max_from_probe`
     reads the answer.
     """
-    from kapi_selftests.oracle.predict import LA57_PROBE_HINT, user_ptr_max_from_probe
 
     if not _USER_PTR_MAX:
         addr = _libc.mmap(LA57_PROBE_HINT, PAGE_SIZE, PROT_READ,

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from kapi_selftests.errors import MissingFeature, TraceError
+from kapi_selftests.trace.events import RawCapture
 
 if TYPE_CHECKING:
     from kapi_selftests.trace.events import RawCapture
@@ -269,7 +270,6 @@ class TraceInstance:
 
         The buffer is consumed; a following capture starts empty.
         """
-        from kapi_selftests.trace.events import RawCapture
 
         self.stop()
         stats = {c: _readv_all(self.path / f"per_cpu/cpu{c}/stats").decode() for c in self.cpus()}

@@ -24,6 +24,7 @@ import os
 import shlex
 import shutil
 import stat
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,6 @@ def find_busybox() -> Path:
 
 
 def _is_static_elf(path: Path) -> bool:
-    import struct
     with path.open("rb") as f:
         ehdr = f.read(64)
         if ehdr[:4] != b"\x7fELF" or ehdr[4] != 2:

@@ -352,6 +352,7 @@ def _decompress_payload(data: bytes) -> bytes | None:
         return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(data)
     if data[:4] == _ZSTD_MAGIC:  # CONFIG_KERNEL_ZSTD (Debian from 6.x in unstable on)
         try:
+            # optional dependency: only zstd-compressed kernels and modules need it
             import zstandard
         except ImportError:
             return None
@@ -476,6 +477,7 @@ def _elf_section(data: bytes, wanted: bytes) -> bytes | None:
 
 def _zstd_decompress(data: bytes) -> bytes:
     try:
+        # optional dependency: only zstd-compressed kernels and modules need it
         import zstandard
     except ImportError as e:  # a declared dependency; only a broken install lacks it
         raise MissingFeature("reading .ko.zst modules needs the zstandard package",

@@ -56,6 +56,7 @@ class GuestItem(pytest.Item):
 
 def _run_guest_suite(config: pytest.Config) -> list[TestResult]:
     """Boot the guest and return host results (LostGuest becomes one ERROR result)."""
+    # only with --kernel: a plain pytest run never boots a guest
     from kapi_selftests.host import kernel, qemu, runner
 
     try:

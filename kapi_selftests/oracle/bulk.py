@@ -146,6 +146,7 @@ def clean_calls(records: Sequence[SyscallRecord], capture: Capture,
         are of several threads or the events' layout is not the series' (judge every
         call one by one)
     """
+    # numpy loads in a second or so: only the columnar paths (KCOV, bulk decode) pay it
     import numpy as np
 
     n = len(records)

@@ -945,3 +945,20 @@ def missing_kapi_specs(root: Path = DEBUGFS_ROOT) -> str | None:
     if not names:
         return f"{root}/list names no specs"
     return None
+
+
+def load_specs() -> tuple[dict[str, Spec], str]:
+    """The specs of the running kernel from debugfs, else the built-in v4 model.
+
+    :return: the specs and a line saying where they came from
+    """
+    reason = missing_kapi_specs()
+    if reason is None:
+        try:
+            specs = load_debugfs()
+            if specs:
+                return specs, "specs from /sys/kernel/debug/kapi"
+        except Exception as e:  # a malformed dump must not stop the suite: say so, fall back
+            log.warning("debugfs specs unreadable (%s); using the built-in model", e)
+            reason = str(e)
+    return builtin_specs(), f"built-in v4 spec model ({reason})"

@@ -779,6 +779,7 @@ class _Walk:
 
 
 def _walk_vectorized(blob: bytes, hp: HeaderPage, page_where: Sequence[tuple[str, int]]) -> _Walk:
+    # numpy loads in a second or so: only the columnar paths (KCOV, bulk decode) pay it
     import numpy as np
     # Records are variable-length, so one page cannot be walked in parallel; but all
     # pages can: step k decodes the k-th record of every page at once (numpy gathers
@@ -878,6 +879,7 @@ def decode_columns(raw: RawCapture, *, where: str = "capture") -> tuple[EventCol
     :param where: name used in error messages (the capture directory)
     :raises DecodeError: corrupt page, unknown event id, bad format or header file
     """
+    # numpy loads in a second or so: only the columnar paths (KCOV, bulk decode) pay it
     import numpy as np
 
     hp, formats = _parse_headers(raw, where)

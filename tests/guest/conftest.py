@@ -17,13 +17,14 @@ import pytest
 
 from kapi_selftests.arch import find_syscall
 from kapi_selftests.guest.executor import SPEC_SYSCALLS
-from kapi_selftests.guest.harness import Harness, load_specs
+from kapi_selftests.guest.harness import Harness
 from kapi_selftests.guest.tracefs import (
     find_tracefs,
     missing_kapi_events,
     missing_syscall_events,
     missing_tracefs,
 )
+from kapi_selftests.oracle.spec import load_specs
 from kapi_selftests.records import EventSource
 from kapi_selftests.testing import require
 

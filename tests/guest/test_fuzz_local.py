@@ -13,8 +13,8 @@ from kapi_selftests.arch import find_syscall
 from kapi_selftests.fuzz.callsafety import safe_specs
 from kapi_selftests.fuzz.findings import read_jsonl
 from kapi_selftests.guest.executor import SPEC_SYSCALLS
-from kapi_selftests.guest.harness import load_specs
 from kapi_selftests.guest.tracefs import find_tracefs, missing_syscall_events
+from kapi_selftests.oracle.spec import load_specs
 
 
 @pytest.fixture
