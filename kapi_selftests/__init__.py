@@ -1,9 +1,10 @@
 """kapi-selftests: a kselftest-style harness and syscall fuzzer for KAPI.
 
-Data flow (guest): issue syscall (syscalls, memory) -> capture (tracefs)
--> decode (events) -> pair (pairing) -> oracle -> report.
-Host side (kapi_selftests.host) boots guests and never imports the
-guest-only modules.
+The packages are the stages of the data flow (docs/design.md): ``fuzz`` plans
+calls, ``guest`` issues them inside a capture window, ``trace`` decodes and
+pairs what the kernel traced, ``oracle`` predicts and judges, ``report`` says
+it in KTAP; ``host`` boots the guests and never imports ``guest``. The records
+that cross stages live in ``records``.
 """
 
 __version__ = "0.1.0"
