@@ -11,6 +11,7 @@ from kapi_selftests.events import TraceEvent, decode
 from kapi_selftests.executor import EventSource
 from kapi_selftests.harness import Harness
 from kapi_selftests.oracle import predict
+from kapi_selftests.pairing import pair
 from kapi_selftests.spec import builtin_specs
 from kapi_selftests.strategies import call_plans
 from kapi_selftests.syscalls import MASK64
@@ -21,19 +22,10 @@ NRS = frozenset(s.nr for s in SPECS.values() if s.nr is not None)
 
 
 def _pairs(events: list[TraceEvent], source: EventSource) -> list[tuple[TraceEvent, TraceEvent]]:
-    if source is EventSource.KAPI:
-        enter, exit_ = ("kapi_syscall_enter",), ("kapi_syscall_exit",)
-    else:
-        enter = tuple(f"sys_enter_{s.name[4:]}" for s in SPECS.values())
-        exit_ = tuple(f"sys_exit_{s.name[4:]}" for s in SPECS.values())
-    out, pending = [], None
-    for e in events:
-        if e.name in enter:
-            pending = e
-        elif e.name in exit_ and pending is not None:
-            out.append((pending, e))
-            pending = None
-    return out
+    """The spec'd calls' pairs of the source's family, by the suite's one pairing."""
+    kapi = source is EventSource.KAPI
+    mine = [e for e in events if e.name.startswith("kapi_syscall_") == kapi]
+    return [(p.enter, p.exit) for p in pair(mine).pairs if p.name in SPECS]
 
 
 @settings(max_examples=5)
