@@ -141,7 +141,7 @@ def main() -> int:
     t_obj, k = best_of(1, lambda: sum(1 for _ in cap.events))
     print(f"TraceEvent objects (fields decoded):  {k:>9} events {t_obj:7.3f} s "
           f"{k / t_obj / 1e6:6.2f} M events/s")
-    t_pair, res = best_of(1, lambda: pair(cap))
+    t_pair, res = best_of(1, lambda: pair(cap.events, cap.loss))
     print(f"pairing:                              {k:>9} events {t_pair:7.3f} s "
           f"{k / t_pair / 1e6:6.2f} M events/s ({len(res.pairs)} pairs)")
 

@@ -85,7 +85,7 @@ def _load(path: Path) -> list[_Checked]:
         log.info("checking %s", d)
         cap = load_capture(d)
         label = str(d.relative_to(path)) if d != path else str(path)
-        checked.append(_Checked(label, cap, pair(cap), _judge_calls(d, cap)))
+        checked.append(_Checked(label, cap, pair(cap.events, cap.loss), _judge_calls(d, cap)))
     return checked
 
 

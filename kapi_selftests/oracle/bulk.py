@@ -13,6 +13,10 @@ unpredicted one, a window with other events, a restart code, an unlisted error, 
 side effect, any difference at all) is left to
 :func:`kapi_selftests.oracle.checks.check_calls`' per-call judge, which stays the
 reference: a call is cleared here only where that judge would find nothing.
+reference: a call is cleared here only where that judge would find nothing. Its
+pairing (the window is exactly one enter and then one exit of the call's syscall)
+is the fast path of :func:`kapi_selftests.trace.pairing.pair` on the window, held equal to
+it on the reference captures by ``tests/unit/test_bulk.py``.
 """
 
 from __future__ import annotations

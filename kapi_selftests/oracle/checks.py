@@ -37,6 +37,7 @@ from kapi_selftests.oracle.predict import (
 from kapi_selftests.oracle.spec import Spec
 from kapi_selftests.records import EventSource, Prediction, SyscallRecord
 from kapi_selftests.trace.events import Capture, TraceEvent
+from kapi_selftests.trace.pairing import pair
 from kapi_selftests.trace.window import events_by_call
 
 __all__ = ["CallCheck", "check_calls"]
@@ -113,26 +114,14 @@ def _generic(record: SyscallRecord, events: Sequence[TraceEvent]) -> list[Findin
     """Checks 1-3 against ``syscalls:sys_enter_<name>``/``sys_exit_<name>``."""
     abi = find_syscall(record.nr)
     name = abi.name if abi else record.name
-    enter_name, exit_name = f"sys_enter_{name}", f"sys_exit_{name}"
     evidence = (record.describe(),) + tuple(f"{e.name} {dict(e.fields)}" for e in events)
-    mine = [e for e in events if e.name in (enter_name, exit_name)]
-    out: list[Finding] = []
-    pairs: list[tuple[TraceEvent, TraceEvent]] = []
-    pending: TraceEvent | None = None
-    for e in mine:
-        if e.name == enter_name:
-            if pending is not None:
-                out.append(Finding(FindingKind.PAIRING, f"sys_{name}: two enters in a row",
-                                   evidence))
-            pending = e
-        elif pending is None:
-            out.append(Finding(FindingKind.PAIRING, f"sys_{name}: exit without enter", evidence))
-        else:
-            pairs.append((pending, e))
-            pending = None
-    if pending is not None:
-        out.append(Finding(FindingKind.PAIRING, f"sys_{name}: enter without exit", evidence))
-    if not mine:
+    # only the call's own syscall's events: others in its window are other calls' (the
+    # halves of a clock_gettime(2) that falls back from the vDSO, say)
+    r = pair([e for e in events if e.name in (f"sys_enter_{name}", f"sys_exit_{name}")],
+             whole=False)
+    out = [Finding(FindingKind.PAIRING, v.explanation, evidence) for v in r.violations]
+    pairs = [(p.enter, p.exit) for p in r.pairs]
+    if not r.names:
         out.append(Finding(FindingKind.PAIRING, f"no sys_{name} events for the call", evidence))
     for enter, _ in pairs:
         if abi is None:

@@ -29,11 +29,13 @@ from kapi_selftests.arch import MASK64
 from kapi_selftests.oracle.ctype import parse_ctype, to_s64
 from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, ParamType, ReturnCheck, Spec
 from kapi_selftests.records import CheckKind, Prediction, Rejection, SyscallRecord
+from kapi_selftests.trace.events import TraceEvent
+from kapi_selftests.trace.pairing import pair
 
 __all__ = ["USER_PTR_MAX", "USER_PTR_MAX_LA57", "LA57_PROBE_HINT", "user_ptr_max_from_probe",
            "PATH_MAX", "AT_FDCWD", "RESTART_CODES", "MemoryView", "UserString", "MemoryFacts",
-           "predict", "render_params", "expected_spec_match", "EventLike", "FindingKind",
-           "Finding", "Verdict", "judge"]
+           "predict", "render_params", "expected_spec_match", "FindingKind", "Finding", "Verdict",
+           "judge"]
 
 #: ``USER_PTR_MAX`` of x86-64 with 4-level paging and LAM off: ``TASK_SIZE_MAX``;
 #: ``access_ok`` accepts an end address ``<=`` this.
@@ -468,16 +470,6 @@ def _is_success(spec: Spec, ret: int) -> bool | None:
 # Judging a call against its events
 # --------------------------------------------------------------------------
 
-class EventLike(Protocol):
-    """Any decoded trace event: ``name`` (``kapi_syscall_enter``) and its ``fields``."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def fields(self) -> Mapping[str, object]: ...
-
-
 class FindingKind(enum.Enum):
     """Kinds of disagreement between the oracle, the trace and userspace."""
 
@@ -540,8 +532,8 @@ def _errname(code: int) -> str:
     return "-" + _errno.errorcode.get(c, str(c)) if c > 0 else str(code)
 
 
-def _render_event(e: EventLike) -> str:
-    f = e.fields
+def _render_event(e: TraceEvent) -> str:
+    f: Mapping[str, object] = e.fields
     if e.name == ENTER:
         args = f.get("args")
         hexargs = ",".join(hex(int(a)) for a in args) if isinstance(args, Iterable) else "?"
@@ -577,44 +569,29 @@ def _int(v: object) -> int:
 
 @dataclass(slots=True)
 class _Pair:
-    enter: EventLike
-    exit: EventLike | None
+    enter: TraceEvent
+    exit: TraceEvent | None
 
 
-def _pairs(spec: Spec, events: Sequence[EventLike],
-           out: list[Finding], evidence: Callable[[], tuple[str, ...]]) -> list[_Pair]:
-    pairs: list[_Pair] = []
-    open_enter: EventLike | None = None
-    for e in events:
-        if e.name not in (ENTER, EXIT):
-            continue
-        ename = str(e.fields.get("name"))
-        if ename != spec.name:
-            if open_enter is not None:
-                out.append(Finding(FindingKind.PAIRING,
-                                   f"{ename} event inside an open {spec.name} call",
-                                   evidence()))
-            continue  # another call (e.g. a signal handler's) between restarted pairs
-        if e.name == ENTER:
-            if open_enter is not None:
-                out.append(Finding(FindingKind.PAIRING, f"{spec.name}: enter without exit "
-                                   "(a second enter follows)", evidence()))
-                pairs.append(_Pair(open_enter, None))
-            open_enter = e
-        else:
-            if open_enter is None:
-                out.append(Finding(FindingKind.PAIRING, f"{spec.name}: exit without enter",
-                                   evidence()))
-                continue
-            pairs.append(_Pair(open_enter, e))
-            open_enter = None
-    if open_enter is not None:
-        out.append(Finding(FindingKind.PAIRING, f"{spec.name}: enter without exit", evidence()))
-        pairs.append(_Pair(open_enter, None))
-    return pairs
+def _own_pairs(spec: Spec, events: Sequence[TraceEvent], out: list[Finding],
+               evidence: Callable[[], tuple[str, ...]]) -> list[_Pair]:
+    # The call's kapi pairs and enters without exit, in order, by the one pairing; each
+    # half of spec's call (another call's event inside an open one makes one) is a
+    # finding. Other calls' pairs and halves (a signal handler's write between
+    # restarted pairs) are not the call's.
+    kapi = [e for e in events if e.name in (ENTER, EXIT)]
+    r = pair(kapi, whole=False)
+    mine = [_Pair(p.enter, p.exit) for p in r.pairs if p.name == spec.name]
+    for v in r.violations:
+        if v.of(spec.name):
+            out.append(Finding(FindingKind.PAIRING, v.explanation, evidence()))
+            if v.name == spec.name and v.enter is not None:
+                mine.append(_Pair(v.enter, None))
+    at = {id(e): i for i, e in enumerate(kapi)}
+    return sorted(mine, key=lambda p: at[id(p.enter)])
 
 
-def _args_of(e: EventLike) -> tuple[int, ...] | None:
+def _args_of(e: TraceEvent) -> tuple[int, ...] | None:
     a = e.fields.get("args")
     if type(a) is tuple:  # the decoders' form: ints
         try:
@@ -634,7 +611,7 @@ def _userspace_consistent(trace_ret: int, user_ret: int) -> bool:
     return trace_ret in _EINTR_RESTARTS and user_ret == -EINTR
 
 
-def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
+def judge(spec: Spec, record: SyscallRecord, events: Sequence[TraceEvent], *,
           memory: MemoryView | None = None, side_effects: Sequence[str] = (),
           strict: bool = False, user_ptr_max: int | None = None,
           prediction: Prediction | None = None) -> Verdict:
@@ -642,9 +619,9 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
 
     :param spec: the spec of the syscall called
     :param record: the call as issued and what userspace saw
-    :param events: that call's kapi enter/exit events, in order (a call the
-        kernel restarted has several pairs; other calls' events between the
-        pairs are ignored)
+    :param events: that call's events (its thread's, in its time window), in time
+        stamp order; only kapi ones count (a call the kernel restarted has several
+        pairs; other calls' pairs between them are ignored)
     :param memory: facts about user memory the call's pointers refer to
     :param side_effects: changes the harness observed that the call caused
         (a created file, a new fd); a rejected call must have none
@@ -665,7 +642,7 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
         return rendered[0]
     if pred.undetermined:
         notes.append(f"validation outcome not predicted: {pred.undetermined}")
-    pairs = _pairs(spec, events, findings, evidence)
+    pairs = _own_pairs(spec, events, findings, evidence)
     if not pairs:
         findings.append(Finding(FindingKind.PAIRING,
                                 f"no kapi events for a call of spec'd {spec.name}", evidence()))
@@ -673,7 +650,7 @@ def judge(spec: Spec, record: SyscallRecord, events: Sequence[EventLike], *,
 
     # Entry: every pair (a restarted call re-enters with the same registers).
     for n, pr in enumerate(pairs):
-        f = pr.enter.fields
+        f: Mapping[str, object] = pr.enter.fields
         got_args = _args_of(pr.enter)
         diffs = []
         if got_args is not None and got_args != pred.args:

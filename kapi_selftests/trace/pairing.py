@@ -2,6 +2,11 @@
 
 Pure: takes a decoded :class:`~kapi_selftests.trace.events.Capture`, never reads files or
 tracefs, and judges nothing about arguments or return values (that is the oracle's job).
+The one pairing of the suite: :func:`pair` serves a whole capture (``check``) and one
+call's window (the oracle's judge, the generic checks); the bulk pass's columnar test
+of "exactly one pair" is its fast path, held equal to it by the unit tests. Pure: takes
+decoded events, never reads files or tracefs, and judges nothing about arguments or
+return values (that is the oracle's job).
 
 Each thread's syscall events are walked in time stamp order across CPUs (a thread
 can migrate in the middle of a syscall). A half pair is classified, in this order:
@@ -19,6 +24,9 @@ can migrate in the middle of a syscall). A half pair is classified, in this orde
    lost that exit in the middle of the capture. (The price: a thread that blocked
    in a syscall across the start or the end of the capture, while its CPU ran
    other traced syscalls, is reported too; the trace cannot tell the two apart.)
+
+In a call's window (``whole=False``) there is no edge and no new thread: every half
+that loss does not explain is a violation.
 
 Kinds: ``missing_exit`` (an enter with no exit, not at the edge), ``orphan_exit``
 (an exit with no enter before it), ``name_mismatch`` (the exit of another syscall
@@ -39,7 +47,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kapi_selftests.trace.events import Capture, LossInfo, TraceEvent, gc_paused
+from kapi_selftests.trace.events import LossInfo, TraceEvent, gc_paused
 
 __all__ = [
     "ViolationKind",
@@ -104,6 +112,21 @@ class Violation:
     evidence: tuple[TraceEvent, ...]
     explanation: str
 
+    @property
+    def enter(self) -> TraceEvent | None:
+        """The enter that found no exit (``None`` for an orphan exit)."""
+        return None if self.kind is ViolationKind.ORPHAN_EXIT else self.evidence[0]
+
+    def of(self, name: str) -> bool:
+        """Whether a half of a ``name`` call is at fault: the enter without exit, or the
+        exit without enter (a name mismatch has one of each)."""
+        if self.name == name:
+            return True
+        if self.kind is not ViolationKind.NAME_MISMATCH:
+            return False
+        sc = syscall_of(self.evidence[1])
+        return sc is not None and sc[2] == name
+
 
 @dataclass(frozen=True, slots=True)
 class PairingResult:
@@ -126,6 +149,7 @@ class PairingResult:
 
 
 _ENTER, _EXIT = True, False
+_NO_LOSS = LossInfo()
 
 
 def syscall_of(ev: TraceEvent) -> tuple[str, bool, str] | None:
@@ -191,33 +215,41 @@ def _loss_reason(loss: LossInfo, lo: int | None, hi: int | None) -> str:
     return "events were lost"
 
 
-def pair(capture: Capture) -> PairingResult:
-    """Pair each thread's syscall enter and exit events.
+def pair(events: Iterable[TraceEvent], loss: LossInfo | None = None, *,
+         whole: bool = True) -> PairingResult:
+    """Pair each thread's syscall enter and exit events; say what did not pair.
 
-    :param capture: decoded events (sorted by time stamp) and loss information
+    :param events: decoded events in time stamp order (events that are not syscall
+        enters or exits are skipped)
+    :param loss: what the capture lost (``None``: nothing known lost)
+    :param whole: the events are a whole capture, so a half at its edge or a new
+        thread's return from fork/clone is not a violation; ``False`` for one call's
+        window, where every half is
     :return: pairs, violations, edge halves and unjudged halves
     """
+    if not whole:  # a call's window: a few events, nothing for the collector to pause for
+        return _pair(events, loss or _NO_LOSS, whole)
     with gc_paused():
-        return _pair(capture)
+        return _pair(events, loss or _NO_LOSS, whole)
 
 
-def _pair(capture: Capture) -> PairingResult:
+def _pair(events: Iterable[TraceEvent], loss: LossInfo, whole: bool) -> PairingResult:
     seqs: dict[tuple[int, str], list[_Item]] = {}
     names: set[str] = set()
     # The first and last syscall event of each (family, CPU): the capture's edges.
     first_on: dict[tuple[str, int], int] = {}
     last_on: dict[tuple[str, int], int] = {}
-    for ev in capture.events:
+    for ev in events:
         sc = syscall_of(ev)
         if sc is None:
             continue
         family, is_enter, name = sc
         names.add(name)
         seqs.setdefault((ev.tid, family), []).append((ev, is_enter, name))
-        first_on.setdefault((family, ev.cpu), ev.ts_ns)
-        last_on[(family, ev.cpu)] = ev.ts_ns
+        if whole:
+            first_on.setdefault((family, ev.cpu), ev.ts_ns)
+            last_on[(family, ev.cpu)] = ev.ts_ns
 
-    loss = capture.loss
     pairs: list[Pair] = []
     violations: list[Violation] = []
     edges: list[Violation] = []
@@ -249,17 +281,17 @@ def _pair(capture: Capture) -> PairingResult:
                           f"{open_name} entered at {_fmt_ts(open_ev.ts_ns)}, then {name} "
                           f"entered at {_fmt_ts(ev.ts_ns)} with no exit between")
                 open_ev, open_name = ev, name
-            elif open_ev is None and prev is None and name in CHILD_RETURNS:
+            elif open_ev is None and prev is None and whole and name in CHILD_RETURNS:
                 pass  # a new task's first event: the return from its parent's fork/clone
             elif open_ev is None:
-                leading = prev is None and ev.ts_ns <= first_on[(family, ev.cpu)]
+                leading = whole and prev is None and ev.ts_ns <= first_on[(family, ev.cpu)]
                 judge(ViolationKind.ORPHAN_EXIT, tid, name, ev,
                       (prev, ev) if prev is not None else (ev,),
                       prev.ts_ns if prev is not None else None, ev.ts_ns, leading,
                       f"{name} exit at {_fmt_ts(ev.ts_ns)} has no enter"
                       + (f" after the thread's event at {_fmt_ts(prev.ts_ns)}"
                          if prev is not None else
-                         "" if leading else
+                         "" if leading or not whole else
                          f" (the thread's first event, but cpu{ev.cpu} traced syscalls "
                          f"before it)"))
             elif open_name != name:
@@ -274,24 +306,25 @@ def _pair(capture: Capture) -> PairingResult:
                 open_ev = None
             prev = ev
         if open_ev is not None and open_name not in NO_RETURN:
-            trailing = open_ev.ts_ns >= last_on[(family, open_ev.cpu)]
+            trailing = whole and open_ev.ts_ns >= last_on[(family, open_ev.cpu)]
             judge(ViolationKind.MISSING_EXIT, tid, open_name, open_ev, (open_ev,),
                   open_ev.ts_ns, None, trailing,
                   f"{open_name} entered at {_fmt_ts(open_ev.ts_ns)} has no exit"
-                  + ("" if trailing else
+                  + ("" if trailing or not whole else
                      f" (the thread's last event, but cpu{open_ev.cpu} traced syscalls "
                      f"after it)"))
 
-    pairs.sort(key=lambda p: (p.enter.ts_ns, p.tid))
+    if len(seqs) > 1:
+        pairs.sort(key=lambda p: (p.enter.ts_ns, p.tid))
 
     def order(v: Violation) -> tuple[int, int]:
         return v.ts_ns, v.tid
 
     return PairingResult(
         pairs=tuple(pairs),
-        violations=tuple(sorted(violations, key=order)),
-        edge_halves=tuple(sorted(edges, key=order)),
-        unjudged=tuple(sorted(unjudged, key=order)),
+        violations=tuple(sorted(violations, key=order)) if violations else (),
+        edge_halves=tuple(sorted(edges, key=order)) if edges else (),
+        unjudged=tuple(sorted(unjudged, key=order)) if unjudged else (),
         lost_events=loss.lost_events,
         names=tuple(sorted(names)),
     )

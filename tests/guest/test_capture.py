@@ -42,7 +42,7 @@ def test_capture_each_call_is_one_pair_with_its_args_and_ret(any_harness: Harnes
     capture = decode(batch.raw)
     os.close(batch.records[0].ret)
     assert batch.records[0].ret >= 0, batch.records[0].describe()
-    result = pair(capture)
+    result = pair(capture.events, capture.loss)
     assert not result.violations, result.violations
     for rec, evs in zip(batch.records, events_by_call(batch.records, capture.events), strict=True):
         abi = find_syscall(rec.nr)
@@ -100,5 +100,5 @@ def test_capture_loss_is_counted_never_a_false_missing_exit(tracefs_root: Path) 
         batch = ex.run([(NR["read"], (0x7FFFFFFF, buf, 1))] * 4000)
         capture = decode(batch.raw)
     assert capture.loss.lost_events, "4000 calls into a 4 KB buffer must overrun"
-    result = pair(capture)
+    result = pair(capture.events, capture.loss)
     assert not result.violations, result.violations[:3]

@@ -10,6 +10,7 @@ a byte of the capture is changed.
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 from datadir import REFERENCE as REF
@@ -21,6 +22,8 @@ from kapi_selftests.oracle.predict import ENTER, EXIT, FindingKind
 from kapi_selftests.oracle.spec import builtin_specs
 from kapi_selftests.records import CheckKind, EventSource, Prediction, Rejection, SyscallRecord
 from kapi_selftests.trace.events import Capture, TraceEvent, _LazyEvents, decode, read_capture_dir
+from kapi_selftests.trace.pairing import pair
+from kapi_selftests.trace.window import events_by_call
 
 SPECS = builtin_specs()
 REJECTED = Rejection("fd", 0, CheckKind.FD, "as the capture says")
@@ -167,3 +170,63 @@ def test_calls_of_several_threads_are_judged_one_by_one() -> None:
     assert [_summary(c) for c in checks] == [_summary(c) for c in _judged(records,
                                                                         _per_call(cap), preds)]
     assert all(c.ok for c in checks)
+
+
+def _cut(records: list[SyscallRecord], how: str) -> list[SyscallRecord]:
+    """The calls' windows moved: around their own pair, wider, short of either half."""
+    rnd = random.Random(how)
+    out = []
+    for i, r in enumerate(records):
+        nxt = records[i + 1].t_end_ns if i + 1 < len(records) else r.t_end_ns
+        t, end = {"exact": (r.t_ns, r.t_end_ns), "wide": (r.t_ns, nxt),
+                  "no_exit": (r.t_ns, r.t_end_ns - 1), "no_enter": (r.t_ns + 1, r.t_end_ns),
+                  "shifted": (r.t_ns + rnd.randrange(-5000, 5000),
+                              r.t_end_ns + rnd.randrange(-5000, 5000))}[how]
+        out.append(dataclasses.replace(r, t_ns=t, t_end_ns=max(t, end)))
+    return out
+
+
+@pytest.mark.parametrize("how", ["exact", "wide", "no_exit", "no_enter", "shifted"])
+@pytest.mark.parametrize("name,tid", [("small", 69), ("threads", 73), ("threads", 74),
+                                      ("overrun", 78)])
+def test_bulk_pairing_is_the_plain_pairing(name: str, tid: int, how: str) -> None:
+    # The bulk pass's "exactly the call's own enter and exit" is the fast path of
+    # pairing.pair: on every window of a real capture the two say the same.
+    cap = _capture(name)
+    own, preds = _calls(cap, tid)
+    records = _cut(own, how)
+    cleared = _bulk_pairs_as_pair(cap, own, records, preds)  # both answers are exercised
+    assert cleared == len(records) if how == "exact" else 0 <= cleared < len(records)
+
+
+def test_bulk_pairing_of_a_retyped_event_is_the_plain_pairing() -> None:
+    # An exit recorded under the enter's event id: two enters in a row, never one pair.
+    cap = _capture("small")
+    own, preds = _calls(cap, 69)
+    cols = cap.columns
+    assert cols is not None
+    enter_id = next(i for i, f in cols.formats.items() if f.name == ENTER)
+    exits = [i for i, e in enumerate(cap.events) if e.name == EXIT]
+    typ = cols.type_id.copy()
+    typ[[exits[0], exits[-1]]] = enter_id
+    new = dataclasses.replace(cols, type_id=typ)
+    bad = Capture(_LazyEvents(new), cap.loss, cap.source, new, cap.cpus)
+    assert _bulk_pairs_as_pair(bad, own, own, preds) == len(own) - 2
+
+
+def _bulk_pairs_as_pair(cap: Capture, own: list[SyscallRecord], records: list[SyscallRecord],
+                        preds: list[Prediction]) -> int:
+    """Check that each window the bulk pass clears is one pair, the call's own and
+    nothing else, by pairing.pair, and the converse; return how many it cleared."""
+    windows = clean_calls(records, cap, _specs_of(records), preds)  # type: ignore[arg-type]
+    assert windows is not None
+    plain = events_by_call(records, cap.events)
+    for r, w, evs in zip(own, windows, plain, strict=True):
+        assert list(w.events) == list(evs)
+        got = pair(evs, whole=False)
+        alone = len(evs) == 2 and not got.violations and len(got.pairs) == 1
+        assert w.clean == (alone and got.pairs[0].enter.ts_ns == r.t_ns), (r, evs)
+        assert w.pairs == (len(got.pairs) if w.clean else 0)
+    bulk, ref = _judged(records, cap, preds), _judged(records, _per_call(cap), preds)
+    assert [_summary(c) for c in bulk] == [_summary(c) for c in ref]
+    return sum(w.clean for w in windows)

@@ -114,3 +114,35 @@ def test_checks_generic_restart_pairs() -> None:
     assert _kinds(eintr, _generic("read", f, -512), source=EventSource.SYSCALLS) == set()
     wrong = _generic("read", f, -9) + _generic("read", f, 1, t=1050)
     assert FindingKind.PAIRING in _kinds(rec, wrong, source=EventSource.SYSCALLS)
+
+
+def test_checks_generic_halves_are_pairing_findings() -> None:
+    rec = _rec(0, (3, 0x1000, 1), 1)
+    f = {"fd": 3, "buf": 0x1000, "count": 1}
+    enter, exit_ = _generic("read", f, 1)
+    for evs in ([enter], [exit_], [enter, enter, exit_], [enter, exit_, exit_]):
+        assert FindingKind.PAIRING in _kinds(rec, evs, source=EventSource.SYSCALLS), evs
+    assert FindingKind.PAIRING in _kinds(rec, [], source=EventSource.SYSCALLS)
+
+
+def test_checks_generic_other_calls_halves_are_not_the_calls() -> None:
+    # a clock_gettime(2) out of the vDSO around the call: its exit opens the window,
+    # its enter closes it
+    rec = _rec(0, (3, 0x1000, 1), 1)
+    around = [TraceEvent(1001, 0, TID, "sys_exit_clock_gettime", {"ret": 0}),
+              *_generic("read", {"fd": 3, "buf": 0x1000, "count": 1}, 1),
+              TraceEvent(1099, 0, TID, "sys_enter_clock_gettime", {})]
+    assert _kinds(rec, around, source=EventSource.SYSCALLS) == set()
+
+
+def test_checks_kapi_halves_and_intruders_are_pairing_findings() -> None:
+    rec = _rec(3, (999,), -9)
+    enter, exit_ = _kapi("sys_close", (999,), "fd=999", -9, 1)
+    w_enter, w_exit = (TraceEvent(1015, 0, TID, e.name, e.fields)  # inside the close
+                       for e in _kapi("sys_write", (1, 0, 0), "", 0, 1))
+    for evs in ([exit_], [enter, enter, exit_], [enter, w_enter, exit_],
+                [enter, w_exit, exit_], [w_enter, exit_]):
+        assert FindingKind.PAIRING in _kinds(rec, evs), evs
+    # another call's whole pair after the call's own (a signal handler's) is not its
+    later = _kapi("sys_write", (1, 0, 0), "", 0, 1, t=1030)
+    assert _kinds(rec, [enter, exit_, *later]) == set()

@@ -47,10 +47,13 @@ BY_NR = {s.nr: s for s in SPECS.values()}
 
 @dataclass(frozen=True)
 class Ev:
-    """A minimal event: what judge() needs (``name``, ``fields``)."""
+    """A minimal event: what judge() needs (``name``, ``fields``; one thread, in order)."""
 
     name: str
     fields: dict[str, object]
+    ts_ns: int = 0
+    cpu: int = 0
+    tid: int = 69
 
 
 @dataclass(frozen=True)

@@ -15,25 +15,17 @@ from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.spec import builtin_specs
 from kapi_selftests.records import EventSource
 from kapi_selftests.trace.events import TraceEvent, decode
+from kapi_selftests.trace.pairing import pair
 
 SPECS = builtin_specs()
 NRS = frozenset(s.nr for s in SPECS.values() if s.nr is not None)
 
 
 def _pairs(events: list[TraceEvent], source: EventSource) -> list[tuple[TraceEvent, TraceEvent]]:
-    if source is EventSource.KAPI:
-        enter, exit_ = ("kapi_syscall_enter",), ("kapi_syscall_exit",)
-    else:
-        enter = tuple(f"sys_enter_{s.name[4:]}" for s in SPECS.values())
-        exit_ = tuple(f"sys_exit_{s.name[4:]}" for s in SPECS.values())
-    out, pending = [], None
-    for e in events:
-        if e.name in enter:
-            pending = e
-        elif e.name in exit_ and pending is not None:
-            out.append((pending, e))
-            pending = None
-    return out
+    """The spec'd calls' pairs of the source's family, by the suite's one pairing."""
+    kapi = source is EventSource.KAPI
+    mine = [e for e in events if e.name.startswith("kapi_syscall_") == kapi]
+    return [(p.enter, p.exit) for p in pair(mine).pairs if p.name in SPECS]
 
 
 @settings(max_examples=5)
