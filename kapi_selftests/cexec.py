@@ -9,12 +9,16 @@ table runs through :func:`kapi_selftests.syscalls.invoke` (same results, slower)
 
 Per call ``kx_run`` records the return value and ``CLOCK_MONOTONIC`` just before
 and after (the window the call's trace events lie in). For calls the host
-expects to be rejected it also measures, before and after, up to three
-*watches* (an fd's validity, offset and size; a buffer's hash; whether a path
-exists and its size), with calls that have no KAPI spec (``fcntl``, ``lseek``,
-``fstat``, ``newfstatat``): check 5, "a rejected call changed nothing". An fd a
-successful ``open`` returned is closed at once with ``close_range`` (no spec, so
-untraced), so a batch of thousands of opens cannot fill the fd table.
+expects to be rejected it also measures, right before and after the call, the
+*watches* :mod:`kapi_selftests.sideeffects` lists for it (check 5, "a rejected call
+changed nothing": what is watched and how a change is judged is defined there, once,
+for both engines). :func:`measure` is the measurement of one watch, in C here and in
+Python (its twin, which the suite's own engine uses too); both use only calls that
+have no KAPI spec (``fcntl``, ``lseek``, ``fstat``, ``pread64``, ``ioctl``,
+``newfstatat``, ``openat``, ``close_range``), so the measuring is not traced as a
+spec'd call. An fd a successful ``open`` returned is closed at once with
+``close_range`` (no spec, so untraced), so a batch of thousands of opens cannot fill
+the fd table.
 
 With KCOV on (:func:`cov_open`, a kernel with ``CONFIG_KCOV``) ``kx_run`` also
 reads, right after each call, the program counters the call ran in the kernel,
@@ -37,8 +41,10 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import struct
 import subprocess
+import termios
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,7 +53,8 @@ from kapi_selftests import cache
 from kapi_selftests.arch import NR
 
 __all__ = ["CACHE_DIR", "CALL", "WATCH", "RESULT", "WATCH_RESULT", "table_size",
-           "result_size", "watch_counts", "WATCH_FD", "WATCH_BUF", "WATCH_PATH", "MAX_WATCH",
+           "result_size", "watch_counts", "WATCH_FD", "WATCH_BUF", "WATCH_PATH", "WATCH_FD_TABLE",
+           "MAX_WATCH", "NVAL", "measure",
            "build_library", "load", "run_table", "HASH_LIMIT", "KCOV_PATH", "COV_WORDS",
            "MAX_COV_IDS", "COV_HEAD", "COV_CALL", "cov_open", "cov_edges"]
 
@@ -58,17 +65,22 @@ log = logging.getLogger(__name__)
 #: runs under TCG)
 CACHE_DIR = cache.CACHE_DIR
 
-MAX_WATCH = 3
-WATCH_NONE, WATCH_FD, WATCH_BUF, WATCH_PATH = 0, 1, 2, 3
-#: at most this many bytes of a watched buffer are hashed
+#: most watches of one call: one per register, and the fd table
+MAX_WATCH = 7
+WATCH_NONE, WATCH_FD, WATCH_BUF, WATCH_PATH, WATCH_FD_TABLE = 0, 1, 2, 3, 4
+#: at most this many bytes of a watched buffer or file are hashed
 HASH_LIMIT = 1 << 16
+#: one measurement of a watch: NVAL numbers (-1: not measured; what each is per kind:
+#: :func:`measure`)
+NVAL = 5
 #: a call: nr, six registers, its watch count, then that many WATCH records
 CALL = struct.Struct("<q6QI4x")
 #: one watch: kind, x (fd or address), length
 WATCH = struct.Struct("<I4xQQ")
-#: a call's result: ret, t0, t1, then per watch before[3] and after[3] (WATCH_RESULT)
+#: a call's result: ret, t0, t1, then per watch before[NVAL] and after[NVAL]
+#: (WATCH_RESULT)
 RESULT = struct.Struct("<qqq")
-WATCH_RESULT = struct.Struct("<6q")
+WATCH_RESULT = struct.Struct(f"<{2 * NVAL}q")
 
 #: KCOV: where the kernel offers it, its trace size in 64-bit words (PCs per call + 1)
 KCOV_PATH = "/sys/kernel/debug/kcov"
@@ -110,7 +122,7 @@ _SOURCE = r"""
 struct kx_watch { uint32_t kind; uint32_t pad; uint64_t x; uint64_t len; };
 struct kx_call { int64_t nr; uint64_t a[6]; uint32_t nwatch; uint32_t pad;
 		struct kx_watch w[]; };
-struct kx_result { int64_t ret, t0, t1; int64_t m[]; /* nwatch x (before[3], after[3]) */ };
+struct kx_result { int64_t ret, t0, t1; int64_t m[]; /* nwatch x (before, after)[NVAL] */ };
 
 static int64_t now(void)
 {
@@ -119,36 +131,94 @@ static int64_t now(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void measure(const struct kx_watch *w, int64_t out[3])
+#define KX_HASH0 1469598103934665603ULL
+
+/* Fold n bytes into h, 8 at a time; chunks of a multiple of 8 fold as one run would. */
+static uint64_t kx_hash(uint64_t h, const unsigned char *p, uint64_t n)
+{
+	uint64_t v, i;
+
+	for (i = 0; i + 8 <= n; i += 8) {
+		memcpy(&v, p + i, 8);
+		h = (h ^ v) * 1099511628211ULL;
+		h ^= h >> 29;
+	}
+	for (; i < n; i++)
+		h = (h ^ p[i]) * 1099511628211ULL;
+	return h;
+}
+
+/* A hash of the first HASH_LIMIT bytes of the file fd is open on (pread64: no spec). */
+static int64_t file_hash(int fd)
+{
+	unsigned char buf[4096];
+	uint64_t h = KX_HASH0, off = 0;
+	long got;
+
+	while (off < HASH_LIMIT) {
+		got = syscall(SYS_pread64, fd, buf, sizeof(buf), off);
+		if (got < 0)
+			return -1;
+		if (got == 0)
+			break;
+		h = kx_hash(h, buf, got);
+		off += got;
+	}
+	return (int64_t)h;
+}
+
+/* One watch's NVAL numbers, -1 where not measured (the Python twin is cexec.measure):
+ * fd:       open?, offset, size, content hash (regular file), bytes readable (FIONREAD)
+ * buffer:   hash of its first HASH_LIMIT bytes
+ * path:     exists? (not following a last symlink), -1, size, content hash (regular file)
+ * fd table: the lowest free fd number (where the kernel would put a new fd) */
+static void measure(const struct kx_watch *w, int64_t out[NVAL])
 {
 	struct stat st;
-	const unsigned char *p;
-	uint64_t h = 1469598103934665603ULL, v, i, n;
+	int fd, avail, i;
 
-	out[0] = out[1] = out[2] = -1;
+	for (i = 0; i < NVAL; i++)
+		out[i] = -1;
 	switch (w->kind) {
-	case 1: /* fd: open?, offset, size */
-		out[0] = syscall(SYS_fcntl, (int)w->x, F_GETFD) >= 0;
-		out[1] = syscall(SYS_lseek, (int)w->x, 0, SEEK_CUR);
-		if (syscall(SYS_fstat, (int)w->x, &st) == 0)
+	case 1: /* fd */
+		fd = (int)w->x;
+		out[0] = syscall(SYS_fcntl, fd, F_GETFD) >= 0;
+		if (!out[0])
+			break;
+		out[1] = syscall(SYS_lseek, fd, 0, SEEK_CUR);
+		if (syscall(SYS_fstat, fd, &st) == 0) {
 			out[2] = st.st_size;
-		break;
-	case 2: /* buffer: a hash of its first HASH_LIMIT bytes, 8 at a time */
-		p = (const unsigned char *)(uintptr_t)w->x;
-		n = w->len < HASH_LIMIT ? w->len : HASH_LIMIT;
-		for (i = 0; i + 8 <= n; i += 8) {
-			memcpy(&v, p + i, 8);
-			h = (h ^ v) * 1099511628211ULL;
-			h ^= h >> 29;
+			if (S_ISREG(st.st_mode))
+				out[3] = file_hash(fd);
 		}
-		for (; i < n; i++)
-			h = (h ^ p[i]) * 1099511628211ULL;
-		out[0] = (int64_t)h;
+		if (syscall(SYS_ioctl, fd, FIONREAD, &avail) == 0)
+			out[4] = avail;
 		break;
-	case 3: /* path: exists?, size */
+	case 2: /* buffer */
+		out[0] = (int64_t)kx_hash(KX_HASH0, (const unsigned char *)(uintptr_t)w->x,
+				w->len < HASH_LIMIT ? w->len : HASH_LIMIT);
+		break;
+	case 3: /* path */
 		out[0] = syscall(SYS_newfstatat, AT_FDCWD,
 				(const char *)(uintptr_t)w->x, &st, AT_SYMLINK_NOFOLLOW) == 0;
-		out[2] = out[0] ? st.st_size : -1;
+		if (!out[0])
+			break;
+		out[2] = st.st_size;
+		if (!S_ISREG(st.st_mode))
+			break;
+		fd = syscall(SYS_openat, AT_FDCWD, (const char *)(uintptr_t)w->x,
+				O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+		if (fd >= 0) {
+			out[3] = file_hash(fd);
+			syscall(SYS_close_range, (unsigned)fd, (unsigned)fd, 0);
+		}
+		break;
+	case 4: /* fd table: open (openat: no spec) and close again the lowest free fd */
+		fd = syscall(SYS_openat, AT_FDCWD, "/", O_PATH | O_CLOEXEC);
+		if (fd >= 0) {
+			out[0] = fd;
+			syscall(SYS_close_range, (unsigned)fd, (unsigned)fd, 0);
+		}
 		break;
 	}
 }
@@ -277,7 +347,7 @@ int kx_run(const unsigned char *table, int n, unsigned char *results, uint32_t *
 		c = (const struct kx_call *)table;
 		r = (struct kx_result *)results;
 		for (k = 0; k < (int)c->nwatch; k++)
-			measure(&c->w[k], &r->m[6 * k]);
+			measure(&c->w[k], &r->m[2 * NVAL * k]);
 		if (per && kx_cover)
 			__atomic_store_n(&kx_cover[0], 0, __ATOMIC_RELAXED);
 		r->t0 = now();
@@ -299,11 +369,11 @@ int kx_run(const unsigned char *table, int n, unsigned char *results, uint32_t *
 			pcdropped += pfresh - pst;
 		}
 		for (k = 0; k < (int)c->nwatch; k++)
-			measure(&c->w[k], &r->m[6 * k + 3]);
+			measure(&c->w[k], &r->m[2 * NVAL * k + NVAL]);
 		if (c->nr == OPEN_NR && ret >= 0)
 			syscall(SYS_close_range, (unsigned)ret, (unsigned)ret, 0);
 		table += sizeof(*c) + c->nwatch * sizeof(c->w[0]);
-		results += sizeof(*r) + c->nwatch * 6 * sizeof(r->m[0]);
+		results += sizeof(*r) + c->nwatch * 2 * NVAL * sizeof(r->m[0]);
 	}
 	if (cov) {
 		cov[0] = used;
@@ -317,7 +387,8 @@ int kx_run(const unsigned char *table, int n, unsigned char *results, uint32_t *
 
 
 def _source() -> str:
-    return (f"#define HASH_LIMIT {HASH_LIMIT}ULL\n#define OPEN_NR {NR['open']}\n"
+    return (f"#define HASH_LIMIT {HASH_LIMIT}ULL\n#define NVAL {NVAL}\n"
+            f"#define OPEN_NR {NR['open']}\n"
             f"#define KX_COV_WORDS {COV_WORDS}UL\n#define KX_KCOV_PATH \"{KCOV_PATH}\"\n"
             + _SOURCE)
 
@@ -465,51 +536,103 @@ def _run_python(table: bytes, counts: Sequence[int]) -> bytes:
         nr, regs = v[0], v[1:7]
         watches = [WATCH.unpack_from(table, toff + CALL.size + j * WATCH.size)
                    for j in range(k)]
-        before = [_measure(*w) for w in watches]
+        before = [measure(*w) for w in watches]
         rec = invoke(nr, *regs)
-        after = [_measure(*w) for w in watches]
+        after = [measure(*w) for w in watches]
         RESULT.pack_into(out, roff, rec.ret, rec.t_ns, rec.t_end_ns)
         for j in range(k):
             WATCH_RESULT.pack_into(out, roff + RESULT.size + j * WATCH_RESULT.size,
                                    *before[j], *after[j])
         if nr == NR["open"] and rec.ret >= 0:
-            os.close(rec.ret)
+            _close(rec.ret)  # as the C loop: close_range, untraced
         toff += CALL.size + k * WATCH.size
         roff += RESULT.size + k * WATCH_RESULT.size
     return bytes(out)
 
 
-def _measure(kind: int, x: int, length: int) -> tuple[int, int, int]:
+_HASH0, _M64 = 1469598103934665603, (1 << 64) - 1
+
+
+def _hash(data: bytes) -> int:
+    # kx_hash over data, as a signed 64-bit number
+    h = _HASH0
+    words = len(data) // 8
+    for v in struct.unpack_from(f"<{words}Q", data):
+        h = ((h ^ v) * 1099511628211) & _M64
+        h ^= h >> 29
+    for b in data[words * 8:]:
+        h = ((h ^ b) * 1099511628211) & _M64
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def _close(fd: int) -> None:
+    # close_range, not close: close has a KAPI spec, and this may run in a capture window
+    from kapi_selftests.syscalls import invoke
+
+    invoke(NR["close_range"], fd, fd, 0)
+
+
+def _file_hash(fd: int) -> int:
+    try:
+        return _hash(os.pread(fd, HASH_LIMIT, 0))
+    except OSError:
+        return -1
+
+
+def measure(kind: int, x: int, length: int) -> tuple[int, ...]:
+    """One watch's :data:`NVAL` numbers, as the C executor measures them (-1: not measured).
+
+    ``WATCH_FD``: open?, offset, size, content hash (regular file), bytes readable
+    (``FIONREAD``); ``WATCH_BUF``: the hash of its first :data:`HASH_LIMIT` bytes;
+    ``WATCH_PATH``: exists? (not following a last symlink), -1, size, content hash
+    (regular file); ``WATCH_FD_TABLE``: the lowest free fd number.
+    """
+    out = [-1] * NVAL
     if kind == WATCH_FD:
         fd = x & 0xFFFFFFFF
         try:
             fcntl.fcntl(fd, fcntl.F_GETFD)
-            ok = 1
         except OSError:
-            ok = 0
+            out[0] = 0
+            return tuple(out)
+        out[0] = 1
         try:
-            off = os.lseek(fd, 0, os.SEEK_CUR)
+            out[1] = os.lseek(fd, 0, os.SEEK_CUR)
         except OSError:
-            off = -1
+            pass
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            out[2] = st.st_size
+            if stat.S_ISREG(st.st_mode):
+                out[3] = _file_hash(fd)
         except OSError:
-            size = -1
-        return ok, off, size
-    if kind == WATCH_BUF:
-        data = ctypes.string_at(x, min(length, HASH_LIMIT))
-        h, m = 1469598103934665603, (1 << 64) - 1
-        words = len(data) // 8
-        for v in struct.unpack_from(f"<{words}Q", data):
-            h = ((h ^ v) * 1099511628211) & m
-            h ^= h >> 29
-        for b in data[words * 8:]:
-            h = ((h ^ b) * 1099511628211) & m
-        return h - (1 << 64) if h >= 1 << 63 else h, -1, -1
-    if kind == WATCH_PATH:
+            pass
         try:
-            st = os.lstat(ctypes.string_at(x))
-            return 1, -1, st.st_size
+            out[4] = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
         except OSError:
-            return 0, -1, -1
-    return -1, -1, -1
+            pass
+    elif kind == WATCH_BUF:
+        out[0] = _hash(ctypes.string_at(x, min(length, HASH_LIMIT)))
+    elif kind == WATCH_PATH:
+        path = ctypes.string_at(x)
+        try:
+            st = os.lstat(path)
+        except (OSError, ValueError):
+            out[0] = 0
+            return tuple(out)
+        out[0], out[2] = 1, st.st_size
+        if stat.S_ISREG(st.st_mode):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                return tuple(out)
+            out[3] = _file_hash(fd)
+            _close(fd)
+    elif kind == WATCH_FD_TABLE:
+        try:
+            fd = os.open("/", os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return tuple(out)
+        out[0] = fd
+        _close(fd)
+    return tuple(out)

@@ -15,6 +15,7 @@ from kapi_selftests.remote import (
     pack_table,
     unpack_results,
 )
+from kapi_selftests.sideeffects import Watch
 from kapi_selftests.spec import builtin_specs
 
 RW, RO, SIZE = 0x7F0000000000, 0x7F0000100000, 128 << 10
@@ -85,9 +86,12 @@ def test_predictions_are_cached_and_rejected_calls_get_watches() -> None:
     p = mat.predict(spec, m.regs)
     assert p.rejected and mat.predict(spec, m.regs) is p
     ws = _watches(m, mat)
-    assert ws == [(cexec.WATCH_BUF, RW, 64)]  # no fd of ours; the buffer is readable
+    table = Watch(cexec.WATCH_FD_TABLE, 0, 0, -1)  # every rejected call: the fd table
+    assert ws == [Watch(cexec.WATCH_BUF, RW, 64, 1), table]  # no fd of ours; a readable buffer
     m = mat(CallPlan("read", (Fd(FdKind.REGULAR), Buf(BufKind.UNMAPPED, 64), Lit(64))))
-    assert _watches(m, mat) == [(cexec.WATCH_FD, 1500, 0)]  # an unmapped buffer: not hashed
+    assert _watches(m, mat) == [Watch(cexec.WATCH_FD, 1500, 0, 0), table]  # unmapped: not hashed
+    m = mat(CallPlan("open", (Path(PathKind.EXISTING), Lit(1 << 30), Lit(0))))
+    assert _watches(m, mat) == [Watch(cexec.WATCH_PATH, EXISTING, 0, 0), table]
 
 
 def test_table_and_results_round_trip_with_side_effect_lines() -> None:
@@ -96,16 +100,23 @@ def test_table_and_results_round_trip_with_side_effect_lines() -> None:
             mat(CallPlan("close", (Lit(7),)))]
     watches = [_watches(mats[0], mat), []]
     table = pack_table(mats, watches)
-    assert cexec.watch_counts(table, 2) == [2, 0]
+    assert cexec.watch_counts(table, 2) == [3, 0]
+    assert [w.kind for w in watches[0]] == [cexec.WATCH_FD, cexec.WATCH_BUF,
+                                            cexec.WATCH_FD_TABLE]
+    un = (-1, -1, -1, -1)
     results = (cexec.RESULT.pack(-22, 100, 200)
-               + cexec.WATCH_RESULT.pack(1, 0, 960, 1, 8, 960)  # fd: the offset moved
-               + cexec.WATCH_RESULT.pack(5, -1, -1, 6, -1, -1)  # buffer: hash changed
+               # fd: the offset moved (and so the bytes FIONREAD counts), the contents not
+               + cexec.WATCH_RESULT.pack(1, 0, 960, 77, 960, 1, 8, 960, 77, 952)
+               + cexec.WATCH_RESULT.pack(5, *un, 6, *un)  # buffer: hash changed
+               + cexec.WATCH_RESULT.pack(3, *un, 4, *un)  # fd table: fd 3 is new
                + cexec.RESULT.pack(-9, 300, 400))
     records, effects = unpack_results(results, 42, mats, watches)
     assert [(r.nr, r.ret, r.errno, r.tid, r.t_ns, r.t_end_ns) for r in records] == [
         (NR["read"], -22, 22, 42, 100, 200), (NR["close"], -9, 9, 42, 300, 400)]
     assert records[0].args == (1500, RW, 8, 0, 0, 0)
-    assert effects == [["arg0: file offset moved 0 -> 8", "arg1: buffer contents changed"], []]
+    assert effects == [["fd table changed: opened [3], closed []",
+                        "arg0: file offset moved 0 -> 8", "arg0: readable bytes 960 -> 952",
+                        "arg1: buffer contents changed"], []]
 
 
 def test_manifest_source_and_page_size_sanity() -> None:
