@@ -168,11 +168,14 @@ static int64_t file_hash(int fd)
 }
 
 /* One watch's NVAL numbers, -1 where not measured (the Python twin is cexec.measure):
- * fd:       open?, offset, size, content hash (regular file), bytes readable (FIONREAD)
+ * fd:       open?, offset (not of a pipe or socket), size, content hash (regular file),
+ *           bytes readable (FIONREAD; not of a regular file: there it is size - offset)
  * buffer:   hash of its first HASH_LIMIT bytes
  * path:     exists? (not following a last symlink), -1, size, content hash (regular file)
- * fd table: the lowest free fd number (where the kernel would put a new fd) */
-static void measure(const struct kx_watch *w, int64_t out[NVAL])
+ * fd table: before the call (before == NULL), the lowest free fd number (where the
+ *           kernel would put a new fd); after it, that number if it is still free, else
+ *           the number + 1 (the lowest free fd moved up) */
+static void measure(const struct kx_watch *w, int64_t out[NVAL], const int64_t *before)
 {
 	struct stat st;
 	int fd, avail, i;
@@ -182,16 +185,15 @@ static void measure(const struct kx_watch *w, int64_t out[NVAL])
 	switch (w->kind) {
 	case 1: /* fd */
 		fd = (int)w->x;
-		out[0] = syscall(SYS_fcntl, fd, F_GETFD) >= 0;
+		out[0] = syscall(SYS_fstat, fd, &st) == 0;
 		if (!out[0])
 			break;
-		out[1] = syscall(SYS_lseek, fd, 0, SEEK_CUR);
-		if (syscall(SYS_fstat, fd, &st) == 0) {
-			out[2] = st.st_size;
-			if (S_ISREG(st.st_mode))
-				out[3] = file_hash(fd);
-		}
-		if (syscall(SYS_ioctl, fd, FIONREAD, &avail) == 0)
+		out[2] = st.st_size;
+		if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode))
+			out[1] = syscall(SYS_lseek, fd, 0, SEEK_CUR);
+		if (S_ISREG(st.st_mode))
+			out[3] = file_hash(fd);
+		else if (syscall(SYS_ioctl, fd, FIONREAD, &avail) == 0)
 			out[4] = avail;
 		break;
 	case 2: /* buffer */
@@ -213,7 +215,13 @@ static void measure(const struct kx_watch *w, int64_t out[NVAL])
 			syscall(SYS_close_range, (unsigned)fd, (unsigned)fd, 0);
 		}
 		break;
-	case 4: /* fd table: open (openat: no spec) and close again the lowest free fd */
+	case 4: /* fd table */
+		if (before) {
+			if (before[0] >= 0)
+				out[0] = before[0] + (syscall(SYS_fcntl, (int)before[0], F_GETFD) >= 0);
+			break;
+		}
+		/* open (openat: no spec) and close again the lowest free fd */
 		fd = syscall(SYS_openat, AT_FDCWD, "/", O_PATH | O_CLOEXEC);
 		if (fd >= 0) {
 			out[0] = fd;
@@ -347,7 +355,7 @@ int kx_run(const unsigned char *table, int n, unsigned char *results, uint32_t *
 		c = (const struct kx_call *)table;
 		r = (struct kx_result *)results;
 		for (k = 0; k < (int)c->nwatch; k++)
-			measure(&c->w[k], &r->m[2 * NVAL * k]);
+			measure(&c->w[k], &r->m[2 * NVAL * k], NULL);
 		if (per && kx_cover)
 			__atomic_store_n(&kx_cover[0], 0, __ATOMIC_RELAXED);
 		r->t0 = now();
@@ -369,7 +377,7 @@ int kx_run(const unsigned char *table, int n, unsigned char *results, uint32_t *
 			pcdropped += pfresh - pst;
 		}
 		for (k = 0; k < (int)c->nwatch; k++)
-			measure(&c->w[k], &r->m[2 * NVAL * k + NVAL]);
+			measure(&c->w[k], &r->m[2 * NVAL * k + NVAL], &r->m[2 * NVAL * k]);
 		if (c->nr == OPEN_NR && ret >= 0)
 			syscall(SYS_close_range, (unsigned)ret, (unsigned)ret, 0);
 		table += sizeof(*c) + c->nwatch * sizeof(c->w[0]);
@@ -538,7 +546,7 @@ def _run_python(table: bytes, counts: Sequence[int]) -> bytes:
                    for j in range(k)]
         before = [measure(*w) for w in watches]
         rec = invoke(nr, *regs)
-        after = [measure(*w) for w in watches]
+        after = [measure(w[0], w[1], w[2], b) for w, b in zip(watches, before, strict=True)]
         RESULT.pack_into(out, roff, rec.ret, rec.t_ns, rec.t_end_ns)
         for j in range(k):
             WATCH_RESULT.pack_into(out, roff + RESULT.size + j * WATCH_RESULT.size,
@@ -579,38 +587,39 @@ def _file_hash(fd: int) -> int:
         return -1
 
 
-def measure(kind: int, x: int, length: int) -> tuple[int, ...]:
+def measure(kind: int, x: int, length: int,
+            before: Sequence[int] | None = None) -> tuple[int, ...]:
     """One watch's :data:`NVAL` numbers, as the C executor measures them (-1: not measured).
 
-    ``WATCH_FD``: open?, offset, size, content hash (regular file), bytes readable
-    (``FIONREAD``); ``WATCH_BUF``: the hash of its first :data:`HASH_LIMIT` bytes;
+    ``WATCH_FD``: open?, offset (not of a pipe or socket), size, content hash (regular
+    file), bytes readable (``FIONREAD``; not of a regular file, where it is size -
+    offset); ``WATCH_BUF``: the hash of its first :data:`HASH_LIMIT` bytes;
     ``WATCH_PATH``: exists? (not following a last symlink), -1, size, content hash
-    (regular file); ``WATCH_FD_TABLE``: the lowest free fd number.
+    (regular file); ``WATCH_FD_TABLE``: before the call, the lowest free fd number;
+    after it (``before`` given: the numbers measured before), that number if it is
+    still free, else the number + 1.
     """
     out = [-1] * NVAL
     if kind == WATCH_FD:
         fd = x & 0xFFFFFFFF
         try:
-            fcntl.fcntl(fd, fcntl.F_GETFD)
+            st = os.fstat(fd)
         except OSError:
             out[0] = 0
             return tuple(out)
-        out[0] = 1
-        try:
-            out[1] = os.lseek(fd, 0, os.SEEK_CUR)
-        except OSError:
-            pass
-        try:
-            st = os.fstat(fd)
-            out[2] = st.st_size
-            if stat.S_ISREG(st.st_mode):
-                out[3] = _file_hash(fd)
-        except OSError:
-            pass
-        try:
-            out[4] = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
-        except OSError:
-            pass
+        out[0], out[2] = 1, st.st_size
+        if not stat.S_ISFIFO(st.st_mode) and not stat.S_ISSOCK(st.st_mode):
+            try:
+                out[1] = os.lseek(fd, 0, os.SEEK_CUR)
+            except OSError:
+                pass
+        if stat.S_ISREG(st.st_mode):
+            out[3] = _file_hash(fd)
+        else:
+            try:
+                out[4] = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+            except OSError:
+                pass
     elif kind == WATCH_BUF:
         out[0] = _hash(ctypes.string_at(x, min(length, HASH_LIMIT)))
     elif kind == WATCH_PATH:
@@ -628,6 +637,13 @@ def measure(kind: int, x: int, length: int) -> tuple[int, ...]:
                 return tuple(out)
             out[3] = _file_hash(fd)
             _close(fd)
+    elif kind == WATCH_FD_TABLE and before is not None:
+        if before[0] >= 0:
+            try:
+                fcntl.fcntl(before[0], fcntl.F_GETFD)
+                out[0] = before[0] + 1
+            except OSError:
+                out[0] = before[0]
     elif kind == WATCH_FD_TABLE:
         try:
             fd = os.open("/", os.O_PATH | os.O_CLOEXEC)

@@ -205,5 +205,6 @@ def side_effects(m: Materialized, before: Snapshot, pool: FdPool, arena: Arena, 
     :param ignore_fds: fds other calls of the same batch opened or closed (the fd
         table is per process: their changes are not this call's)
     """
-    after = [measure(w.kind, w.x, w.length) for w in before.watches]
+    after = [measure(w.kind, w.x, w.length, b) for w, b in zip(before.watches, before.values,
+                                                                strict=True)]
     return judge(before.watches, before.values, after, ignore_fds=ignore_fds)

@@ -19,14 +19,15 @@ What is watched for a call predicted to be rejected, argument by argument:
 
 - an fd the materialiser made: whether it is open, its file offset, its file's size
   and a hash of the file's first :data:`~kapi_selftests.cexec.HASH_LIMIT` bytes (a
-  regular file), and the bytes readable from it (``FIONREAD``: a pipe, a socket);
+  regular file), and the bytes readable from it (``FIONREAD``: a pipe, a socket; of a
+  regular file that is size - offset, already watched);
 - a buffer (non-empty, and readable, as the engine's ``readable`` says): a hash of its
   first ``HASH_LIMIT`` bytes;
 - a path string (non-empty) the materialiser made: whether it names anything (not
   following a last symlink), its size and a hash of its content (a regular file);
 
 and, for the call as a whole, the fd table: the lowest free fd number, where the
-kernel puts a new fd, so a rejected call that left an fd open moves it up. (An fd the
+kernel puts a new fd, so a rejected call that left an fd open takes it. (An fd the
 call names and closed shows on that fd's own watch; the closing of an fd it does not
 name is not watched, nor a second new fd: the number after the lowest free one is not
 measured, as it would cost the C executor two more calls per measurement.)
@@ -117,9 +118,8 @@ def judge(ws: Sequence[Watch], before: Sequence[Sequence[int]],
             elif b[3] != a[3]:
                 out.append(f"arg{i}: file changed (contents)")
         elif w.kind == cexec.WATCH_FD_TABLE and 0 <= b[0] < a[0] and b[0] not in ignore_fds:
-            # The lowest free fd moved up: the one it was is open now. (Only that one is
-            # known to be new: the fds above it may have been open before. When another
-            # call of the window took it, whether this call opened one is not known.)
+            # The lowest free fd is taken now. (When another call of the window took it,
+            # whether this call opened one is not known.)
             opened.add(b[0])
     if opened or closed:
         out.insert(0, f"fd table changed: opened {sorted(opened)}, closed {sorted(closed)}")

@@ -105,8 +105,8 @@ def test_table_and_results_round_trip_with_side_effect_lines() -> None:
                                             cexec.WATCH_FD_TABLE]
     un = (-1, -1, -1, -1)
     results = (cexec.RESULT.pack(-22, 100, 200)
-               # fd: the offset moved (and so the bytes FIONREAD counts), the contents not
-               + cexec.WATCH_RESULT.pack(1, 0, 960, 77, 960, 1, 8, 960, 77, 952)
+               # fd: the offset moved, the contents did not
+               + cexec.WATCH_RESULT.pack(1, 0, 960, 77, -1, 1, 8, 960, 77, -1)
                + cexec.WATCH_RESULT.pack(5, *un, 6, *un)  # buffer: hash changed
                + cexec.WATCH_RESULT.pack(3, *un, 4, *un)  # fd table: fd 3 is new
                + cexec.RESULT.pack(-9, 300, 400))
@@ -115,8 +115,8 @@ def test_table_and_results_round_trip_with_side_effect_lines() -> None:
         (NR["read"], -22, 22, 42, 100, 200), (NR["close"], -9, 9, 42, 300, 400)]
     assert records[0].args == (1500, RW, 8, 0, 0, 0)
     assert effects == [["fd table changed: opened [3], closed []",
-                        "arg0: file offset moved 0 -> 8", "arg0: readable bytes 960 -> 952",
-                        "arg1: buffer contents changed"], []]
+                        "arg0: file offset moved 0 -> 8", "arg1: buffer contents changed"],
+                       []]
 
 
 def test_manifest_source_and_page_size_sanity() -> None:
