@@ -174,15 +174,14 @@ def batch_in_guest(kernel_path: Path, calls: int, loop: int,
     import shlex
     import threading
 
-    from kapi_selftests.fuzz import remote, shm
+    from kapi_selftests.fuzz import calltable, remote, shm
     from kapi_selftests.fuzz.campaign import Campaign, CampaignConfig
-    from kapi_selftests.guest import cexec
     from kapi_selftests.host import initramfs, kernel, qemu, runner
 
     k = kernel.find_kernel(kernel_path)
     work = Path(tempfile.mkdtemp(prefix="kapi-bench-fuzz-"))
     compile_loop(work)  # the guest runs it from the output share
-    lib = cexec.build_library(cexec.CACHE_DIR)
+    lib = calltable.build_library(calltable.CACHE_DIR)
     out = initramfs.GUEST_OUT
     events = "kapi" if "CONFIG_KAPI_RUNTIME_CHECKS=y" in _config_of(k) else "syscalls"
     loop_cmd = f"{out}/read0 {loop} {events} >> {out}/cloop.txt"

@@ -516,8 +516,8 @@ def run_kernel(args: argparse.Namespace) -> int:
     lib = None
     if args.engine == "batch":
         # guest side: only a run on this kernel (--local, in the guest) needs it
-        from kapi_selftests.guest import cexec
-        lib = cexec.build_library(cexec.CACHE_DIR)
+        from kapi_selftests.fuzz import calltable
+        lib = calltable.build_library(calltable.CACHE_DIR)
 
     def one(shard: int) -> None:
         if args.engine == "batch":

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kapi_selftests.errors import UsageError
-from kapi_selftests.fuzz import minimize, remote, repro
+from kapi_selftests.fuzz import calltable, minimize, remote, repro
 from kapi_selftests.fuzz.callsafety import safe_specs
 from kapi_selftests.fuzz.campaign_report import EDGES_FILE
 from kapi_selftests.fuzz.coverage import Coverage, CoverageFigure
@@ -593,9 +593,9 @@ def local_harness(engine: str = "harness", *, source: Any = None,
             yield h
         return
     # guest side: a campaign on the host drives a guest's agent and runs no call here
-    from kapi_selftests.guest import agent, cexec
+    from kapi_selftests.guest import agent
 
-    with agent.Agent(cexec.build_library(cexec.CACHE_DIR), source, kcov=kcov) as ag, \
+    with agent.Agent(calltable.build_library(calltable.CACHE_DIR), source, kcov=kcov) as ag, \
             remote.RemoteHarness(remote.LocalLink(ag), specs, strict=strict) as rh:
         yield rh
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from kapi_selftests.fuzz.calltable import COV_CALL, COV_HEAD
 from kapi_selftests.fuzz.plan import CallPlan, plan_from_json, plan_json_text
-from kapi_selftests.guest.cexec import COV_CALL, COV_HEAD
 
 __all__ = ["BatchCover", "KcovCorpus", "split", "EDGES_FILE", "CORPUS_FILE", "PCS_FILE",
            "read_corpus", "union_edges", "union_pcs", "FunctionCover", "SymbolMap",
@@ -60,7 +60,7 @@ class BatchCover:
 def split(data: bytes, result_bytes: int, n: int) -> tuple[bytes, BatchCover]:
     """Split an agent's answer into the ``cexec`` results and the batch's coverage.
 
-    :param result_bytes: the size of the results (``cexec.result_size``)
+    :param result_bytes: the size of the results (``calltable.result_size``)
     :raise ValueError: the coverage part does not hold ``n`` calls
     """
     cov = memoryview(data)[result_bytes:]

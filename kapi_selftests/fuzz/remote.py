@@ -11,8 +11,8 @@ come back are decoded, paired and judged here. The agent is in the same process
 (:class:`ShmLink`, the default) or a directory on the output share (:class:`DirLink`).
 
 Side effects (check 5) are measured by the executor around each call the oracle
-expects to be rejected (``cexec`` watches: fd open/offset/size, buffer hash, path
-existence/size) and turned here into the same lines the suite reports.
+expects to be rejected: the watches and the judging of their measurements are
+:mod:`kapi_selftests.sideeffects`, the same as the suite's, so are the lines.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from kapi_selftests.arch import PAGE_SIZE
 from kapi_selftests.errors import LostGuest, MissingFeature
+from kapi_selftests.fuzz import calltable
 from kapi_selftests.fuzz.plan import (
     TOP_BUFS,
     ArgPlan,
@@ -44,10 +45,11 @@ from kapi_selftests.fuzz.plan import (
 )
 from kapi_selftests.fuzz.plan import Path as PathPlan
 from kapi_selftests.fuzz.shm import unpack_out, wait_until
-from kapi_selftests.guest import cexec
+from kapi_selftests.oracle import sideeffects
 from kapi_selftests.oracle.checks import check_calls
 from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.reference import differing_reference, predict_calls
+from kapi_selftests.oracle.sideeffects import Watch, judge
 from kapi_selftests.oracle.spec import Spec, builtin_specs, load_debugfs, load_specs, write_specs
 from kapi_selftests.records import (
     Batch,
@@ -245,100 +247,48 @@ def _six(regs: Sequence[int]) -> tuple[int, int, int, int, int, int]:
     return r[0], r[1], r[2], r[3], r[4], r[5]
 
 
-def _watches(m: Materialized, mat: ManifestMaterializer) -> list[tuple[int, int, int]]:
-    # What a call predicted to be rejected could change, in argument order.
-    out: list[tuple[int, int, int]] = []
-    for i in range(len(m.regs)):
-        if i in m.fds:
-            out.append((cexec.WATCH_FD, m.fds[i], 0))
-        elif i in m.bufs:
-            addr, size = m.bufs[i]
-            n = min(size, cexec.HASH_LIMIT)
-            if n > 0 and mat.readable(addr, n):
-                out.append((cexec.WATCH_BUF, addr, n))
-        elif i in m.paths and m.paths[i]:
-            out.append((cexec.WATCH_PATH, m.regs[i], 0))
-    return out[:cexec.MAX_WATCH]
+def _watches(m: Materialized, mat: ManifestMaterializer) -> list[Watch]:
+    # What a call predicted to be rejected could change (check 5's one definition).
+    return sideeffects.watches(m, mat.readable)
 
 
-def _watch_args(m: Materialized, watches: Sequence[tuple[int, int, int]]) -> list[int]:
-    # The argument each watch is on: _watches made them in argument order, one at most
-    # per argument, each naming its fd, buffer address or path address.
-    def named(kind: int, i: int) -> int | None:
-        if kind == cexec.WATCH_FD:
-            return m.fds.get(i)
-        if kind == cexec.WATCH_BUF:
-            return m.bufs[i][0] if i in m.bufs else None
-        return m.regs[i] if i in m.paths else None
-
-    idx: list[int] = []
-    i = 0
-    for kind, x, _ in watches:
-        while named(kind, i) != x:
-            i += 1
-        idx.append(i)
-        i += 1
-    return idx
-
-
-def pack_table(mats: Sequence[Materialized],
-               watches: Sequence[Sequence[tuple[int, int, int]]]) -> bytes:
+def pack_table(mats: Sequence[Materialized], watches: Sequence[Sequence[Watch]]) -> bytes:
     """The ``cexec`` call table for ``mats`` (registers padded to six)."""
-    out = bytearray(cexec.table_size([len(w) for w in watches]))
+    out = bytearray(calltable.table_size([len(w) for w in watches]))
     off = 0
     for m, ws in zip(mats, watches, strict=True):
-        cexec.CALL.pack_into(out, off, m.plan.nr, *_six(m.regs), len(ws))
-        off += cexec.CALL.size
+        calltable.CALL.pack_into(out, off, m.plan.nr, *_six(m.regs), len(ws))
+        off += calltable.CALL.size
         for w in ws:
-            cexec.WATCH.pack_into(out, off, *w)
-            off += cexec.WATCH.size
+            calltable.WATCH.pack_into(out, off, w.kind, w.x, w.length)
+            off += calltable.WATCH.size
     return bytes(out)
 
 
 def unpack_results(data: bytes, tid: int, mats: Sequence[Materialized],
-                   watches: Sequence[Sequence[tuple[int, int, int]]]
+                   watches: Sequence[Sequence[Watch]]
                    ) -> tuple[list[SyscallRecord], list[list[str]]]:
     """Records and side-effect lines (check 5) from the ``cexec`` results."""
-    if len(data) != cexec.result_size([len(w) for w in watches]):
+    if len(data) != calltable.result_size([len(w) for w in watches]):
         raise LostGuest(f"agent returned {len(data)} result bytes for {len(mats)} calls")
     records: list[SyscallRecord] = []
     effects: list[list[str]] = []
     off = 0
+    nv = calltable.NVAL
     for m, ws in zip(mats, watches, strict=True):
-        ret, t0, t1 = cexec.RESULT.unpack_from(data, off)
-        off += cexec.RESULT.size
+        ret, t0, t1 = calltable.RESULT.unpack_from(data, off)
+        off += calltable.RESULT.size
         records.append(SyscallRecord(nr=m.plan.nr, args=_six(m.regs),
                                      ret=ret, errno=-ret if -4096 < ret < 0 else 0, tid=tid,
                                      t_ns=t0, t_end_ns=t1))
-        lines: list[str] = []
-        for w, i in zip(ws, _watch_args(m, ws), strict=False):
-            v = cexec.WATCH_RESULT.unpack_from(data, off)
-            off += cexec.WATCH_RESULT.size
-            lines += _effect_lines(w[0], i, w[1], v[:3], v[3:])
-        effects.append(lines)
+        if not ws:
+            effects.append([])
+            continue
+        vals = [calltable.WATCH_RESULT.unpack_from(data, off + k * calltable.WATCH_RESULT.size)
+                for k in range(len(ws))]
+        off += len(ws) * calltable.WATCH_RESULT.size
+        effects.append(judge(ws, [v[:nv] for v in vals], [v[nv:] for v in vals]))
     return records, effects
-
-
-def _effect_lines(kind: int, i: int, x: int, before: Sequence[int],
-                  after: Sequence[int]) -> list[str]:
-    out: list[str] = []
-    if kind == cexec.WATCH_FD:
-        if before[0] != after[0]:
-            out.append(f"fd table changed: opened {[x] if after[0] == 1 else []}, "
-                       f"closed {[x] if before[0] == 1 else []}")
-        if before[1] != after[1]:
-            out.append(f"arg{i}: file offset moved {before[1]} -> {after[1]}")
-        if before[2] != after[2]:
-            out.append(f"arg{i}: file changed (size {before[2]} -> {after[2]})")
-    elif kind == cexec.WATCH_BUF:
-        if before[0] != after[0]:
-            out.append(f"arg{i}: buffer contents changed")
-    elif kind == cexec.WATCH_PATH:
-        if before[0] != after[0]:
-            out.append(f"arg{i}: file {'created' if after[0] == 1 else 'removed'}")
-        elif before[2] != after[2]:
-            out.append(f"arg{i}: file changed (size {before[2]} -> {after[2]})")
-    return out
 
 
 class Link(Protocol):
@@ -518,7 +468,7 @@ class RemoteHarness:
         self.materialize = ManifestMaterializer(self.man)
         self._n = 0
         self._sent: dict[int, tuple[list[Materialized], list[Prediction | None],
-                                    list[list[tuple[int, int, int]]], list[str]]] = {}
+                                    list[list[Watch]], list[str]]] = {}
 
     @property
     def kcov(self) -> bool:
@@ -536,7 +486,7 @@ class RemoteHarness:
         """Materialise, predict and send ``plans``; returns the batch number to collect."""
         mats = [self.materialize(p) for p in plans]
         preds, disagree = predict_calls(mats, self.specs, self.materialize, self.reference)
-        watches = [_watches(m, self.materialize)
+        watches: list[list[Watch]] = [_watches(m, self.materialize)
                    if p is not None and p.rejected and self.source is EventSource.KAPI else []
                    for m, p in zip(mats, preds, strict=True)]
         n = self._n
@@ -555,7 +505,7 @@ class RemoteHarness:
             from kapi_selftests.fuzz.kcov import split
 
             try:
-                data, cover = split(data, cexec.result_size([len(w) for w in watches]),
+                data, cover = split(data, calltable.result_size([len(w) for w in watches]),
                                     len(mats))
             except ValueError as e:
                 raise LostGuest(f"agent's answer to batch {n}: {e}") from e

@@ -115,13 +115,15 @@ class Resources:
         """Re-make every slot fd and file (same numbers and paths), remove created names."""
         self._close_slots()
         self.pool.release()
+        # 0, 1 and 2 first: closed with the slots, they would be where the fds made next
+        # land, and a pipe end there would be closed when a scratch file is put on it
+        for std in STD_FDS:
+            if std in self.slots:
+                self.pool.make(std)  # a fresh scratch file on 0, 1 or 2
         for k in _FD_KINDS:
             fd = self.pool.make(k)
             os.dup2(fd, self.slots[k], inheritable=False)
             os.close(fd)
-        for std in STD_FDS:
-            if std in self.slots:
-                self.pool.make(std)  # a fresh scratch file on 0, 1 or 2
         self.existing.write_bytes(FdPool.CONTENT)
         with os.scandir(self.scratch) as it:  # only the NEW names calls created
             made = [e.path for e in it if e.name.startswith("new")]

@@ -9,12 +9,16 @@ table runs through :func:`kapi_selftests.guest.syscalls.invoke` (same results, s
 
 Per call ``kx_run`` records the return value and ``CLOCK_MONOTONIC`` just before
 and after (the window the call's trace events lie in). For calls the host
-expects to be rejected it also measures, before and after, up to three
-*watches* (an fd's validity, offset and size; a buffer's hash; whether a path
-exists and its size), with calls that have no KAPI spec (``fcntl``, ``lseek``,
-``fstat``, ``newfstatat``): check 5, "a rejected call changed nothing". An fd a
-successful ``open`` returned is closed at once with ``close_range`` (no spec, so
-untraced), so a batch of thousands of opens cannot fill the fd table.
+expects to be rejected it also measures, right before and after the call, the
+*watches* :mod:`kapi_selftests.sideeffects` lists for it (check 5, "a rejected call
+changed nothing": what is watched and how a change is judged is defined there, once,
+for both engines). :func:`measure` is the measurement of one watch, in C here and in
+Python (its twin, which the suite's own engine uses too); both use only calls that
+have no KAPI spec (``fcntl``, ``lseek``, ``fstat``, ``pread64``, ``ioctl``,
+``newfstatat``, ``openat``, ``close_range``), so the measuring is not traced as a
+spec'd call. An fd a successful ``open`` returned is closed at once with
+``close_range`` (no spec, so untraced), so a batch of thousands of opens cannot fill
+the fd table.
 
 With KCOV on (:func:`cov_open`, a kernel with ``CONFIG_KCOV``) ``kx_run`` also
 reads, right after each call, the program counters the call ran in the kernel,
@@ -33,318 +37,36 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import hashlib
 import logging
 import os
-import shutil
+import stat
 import struct
-import subprocess
+import termios
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from kapi_selftests import cache
 from kapi_selftests.arch import NR
+from kapi_selftests.fuzz.calltable import (
+    CALL,
+    HASH_LIMIT,
+    KCOV_PATH,
+    MAX_COV_IDS,
+    NVAL,
+    RESULT,
+    WATCH,
+    WATCH_BUF,
+    WATCH_FD,
+    WATCH_FD_TABLE,
+    WATCH_PATH,
+    WATCH_RESULT,
+    result_size,
+    watch_counts,
+)
 
-__all__ = ["CACHE_DIR", "CALL", "WATCH", "RESULT", "WATCH_RESULT", "table_size",
-           "result_size", "watch_counts", "WATCH_FD", "WATCH_BUF", "WATCH_PATH", "MAX_WATCH",
-           "build_library", "load", "run_table", "HASH_LIMIT", "KCOV_PATH", "COV_WORDS",
-           "MAX_COV_IDS", "COV_HEAD", "COV_CALL", "cov_open", "cov_edges"]
+__all__ = ["measure", "load", "run_table", "cov_open", "cov_edges"]
 
 log = logging.getLogger(__name__)
-
-#: where the compiled executor is kept; a guest gets the host's in KAPI_CACHE_DIR and
-#: finds the library the host built there (read-only over the root share: no compiler
-#: runs under TCG)
-CACHE_DIR = cache.CACHE_DIR
-
-MAX_WATCH = 3
-WATCH_NONE, WATCH_FD, WATCH_BUF, WATCH_PATH = 0, 1, 2, 3
-#: at most this many bytes of a watched buffer are hashed
-HASH_LIMIT = 1 << 16
-#: a call: nr, six registers, its watch count, then that many WATCH records
-CALL = struct.Struct("<q6QI4x")
-#: one watch: kind, x (fd or address), length
-WATCH = struct.Struct("<I4xQQ")
-#: a call's result: ret, t0, t1, then per watch before[3] and after[3] (WATCH_RESULT)
-RESULT = struct.Struct("<qqq")
-WATCH_RESULT = struct.Struct("<6q")
-
-#: KCOV: where the kernel offers it, its trace size in 64-bit words (PCs per call + 1)
-KCOV_PATH = "/sys/kernel/debug/kcov"
-COV_WORDS = 256 << 10
-#: most new edge ids one batch reports (the rest are counted, not listed)
-MAX_COV_IDS = 256 << 10
-#: a batch's coverage after its results: edge ids stored, new edges not stored, new PCs
-#: stored, new PCs not stored ...
-COV_HEAD = struct.Struct("<IIII")
-#: ... per call: new edges, PCs traced, ids stored; then the edge ids (u32), in call
-#: order; then the new PCs (their low 32 bits)
-COV_CALL = struct.Struct("<III")
-
-
-def table_size(nwatch: Sequence[int]) -> int:
-    """Bytes of a table whose calls have ``nwatch`` watches each."""
-    return CALL.size * len(nwatch) + WATCH.size * sum(nwatch)
-
-
-def result_size(nwatch: Sequence[int]) -> int:
-    """Bytes of the results of a table whose calls have ``nwatch`` watches each."""
-    return RESULT.size * len(nwatch) + WATCH_RESULT.size * sum(nwatch)
-
-
-_SOURCE = r"""
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <stdint.h>
-#include <string.h>
-#include <stdlib.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
-
-struct kx_watch { uint32_t kind; uint32_t pad; uint64_t x; uint64_t len; };
-struct kx_call { int64_t nr; uint64_t a[6]; uint32_t nwatch; uint32_t pad;
-		struct kx_watch w[]; };
-struct kx_result { int64_t ret, t0, t1; int64_t m[]; /* nwatch x (before[3], after[3]) */ };
-
-static int64_t now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static void measure(const struct kx_watch *w, int64_t out[3])
-{
-	struct stat st;
-	const unsigned char *p;
-	uint64_t h = 1469598103934665603ULL, v, i, n;
-
-	out[0] = out[1] = out[2] = -1;
-	switch (w->kind) {
-	case 1: /* fd: open?, offset, size */
-		out[0] = syscall(SYS_fcntl, (int)w->x, F_GETFD) >= 0;
-		out[1] = syscall(SYS_lseek, (int)w->x, 0, SEEK_CUR);
-		if (syscall(SYS_fstat, (int)w->x, &st) == 0)
-			out[2] = st.st_size;
-		break;
-	case 2: /* buffer: a hash of its first HASH_LIMIT bytes, 8 at a time */
-		p = (const unsigned char *)(uintptr_t)w->x;
-		n = w->len < HASH_LIMIT ? w->len : HASH_LIMIT;
-		for (i = 0; i + 8 <= n; i += 8) {
-			memcpy(&v, p + i, 8);
-			h = (h ^ v) * 1099511628211ULL;
-			h ^= h >> 29;
-		}
-		for (; i < n; i++)
-			h = (h ^ p[i]) * 1099511628211ULL;
-		out[0] = (int64_t)h;
-		break;
-	case 3: /* path: exists?, size */
-		out[0] = syscall(SYS_newfstatat, AT_FDCWD,
-				(const char *)(uintptr_t)w->x, &st, AT_SYMLINK_NOFOLLOW) == 0;
-		out[2] = out[0] ? st.st_size : -1;
-		break;
-	}
-}
-
-/* KCOV (CONFIG_KCOV): the PCs the calling task runs in the kernel, KX_COV_WORDS - 1 at
- * most per call; an edge is a pair of consecutive PCs, hashed to 32 bits. kx_seen holds
- * the edges this thread has reported (2^KX_SEEN_BITS bits, indexed by the hash's top
- * bits), so each edge goes to the host once per agent. KCOV follows a task, so both are
- * per thread: an agent is one thread, and two agents in one process do not mix. */
-#define KX_KCOV_INIT_TRACE _IOR('c', 1, unsigned long)
-#define KX_KCOV_ENABLE _IO('c', 100)
-#define KX_KCOV_TRACE_PC 0
-#define KX_SEEN_BITS 24
-
-static __thread uint64_t *kx_cover;
-static __thread uint8_t *kx_seen, *kx_seen_pc;
-
-/* Turn KCOV on for the calling thread (the one that runs kx_run); 0 or -errno. */
-int kx_cov_open(void)
-{
-	void *area;
-	int fd, err;
-
-	if (kx_cover)
-		return 0;
-	fd = open(KX_KCOV_PATH, O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (ioctl(fd, KX_KCOV_INIT_TRACE, (unsigned long)KX_COV_WORDS))
-		goto fail;
-	area = mmap(NULL, KX_COV_WORDS * sizeof(uint64_t), PROT_READ | PROT_WRITE, MAP_SHARED,
-			fd, 0);
-	if (area == MAP_FAILED)
-		goto fail;
-	if (ioctl(fd, KX_KCOV_ENABLE, KX_KCOV_TRACE_PC)) {
-		err = errno;
-		munmap(area, KX_COV_WORDS * sizeof(uint64_t));
-		close(fd);
-		return -err;
-	}
-	kx_cover = area; /* the fd stays open: coverage lasts as long as the process */
-	return 0;
-fail:
-	err = errno;
-	close(fd);
-	return -err;
-}
-
-static uint32_t kx_mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	x ^= x >> 33;
-	return (uint32_t)x;
-}
-
-static int kx_test_set(uint8_t *seen, uint32_t hash)
-{
-	uint32_t b = hash >> (32 - KX_SEEN_BITS);
-
-	if (seen[b >> 3] & (1u << (b & 7)))
-		return 1;
-	seen[b >> 3] |= 1u << (b & 7);
-	return 0;
-}
-
-/* Fold the n PCs of one call into kx_seen. Return how many of its edges are new; the
- * first max of them go to ids, *stored says how many. A PC never seen makes a new edge
- * (the edge into it), so only at new edges is it looked up in kx_seen_pc: the PCs new
- * to this thread go to pcs (their low 32 bits: kernel text lies in one 4-GiB window),
- * at most pcmax, *pcstored of them; *pcfresh counts them all. */
-uint32_t kx_cov_edges(const uint64_t *pc, uint64_t n, uint32_t *ids, uint32_t max,
-			uint32_t *stored, uint32_t *pcs, uint32_t pcmax, uint32_t *pcstored,
-			uint32_t *pcfresh)
-{
-	uint64_t i, prev = 0;
-	uint32_t id, fresh = 0, k = 0, kp = 0, fp = 0;
-
-	if (!kx_seen)
-		kx_seen = calloc((size_t)1 << (KX_SEEN_BITS - 3), 1);
-	if (!kx_seen_pc)
-		kx_seen_pc = calloc((size_t)1 << (KX_SEEN_BITS - 3), 1);
-	if (!kx_seen || !kx_seen_pc)
-		n = 0;
-	for (i = 0; i < n; i++) {
-		id = kx_mix(pc[i] ^ prev * 0x9e3779b97f4a7c15ULL);
-		prev = pc[i];
-		if (kx_test_set(kx_seen, id))
-			continue;
-		fresh++;
-		if (k < max)
-			ids[k++] = id;
-		if (kx_test_set(kx_seen_pc, kx_mix(pc[i])))
-			continue;
-		fp++;
-		if (kp < pcmax)
-			pcs[kp++] = (uint32_t)pc[i];
-	}
-	*stored = k;
-	*pcstored = kp;
-	*pcfresh = fp;
-	return fresh;
-}
-
-/* Issue the n calls of table; write their results; return the caller's tid. With cov
- * (KCOV on): cov[0] edge ids stored, cov[1] new edges not stored (over max_ids),
- * cov[2] new PCs stored, cov[3] new PCs not stored; then per call {new edges, PCs,
- * ids stored}; then max_ids words for the edge ids, in call order; then max_ids words
- * for the new PCs. */
-int kx_run(const unsigned char *table, int n, unsigned char *results, uint32_t *cov,
-		uint32_t max_ids)
-{
-	int32_t tid = syscall(SYS_gettid);
-	uint32_t *per = cov ? cov + 4 : NULL, *ids = cov ? cov + 4 + 3 * (size_t)n : NULL;
-	uint32_t *newpc = ids ? ids + max_ids : NULL;
-	uint32_t used = 0, dropped = 0, pcused = 0, pcdropped = 0, st, pst, pfresh;
-	const struct kx_call *c;
-	struct kx_result *r;
-	uint64_t pcs;
-	int i, k;
-	long ret;
-
-	for (i = 0; i < n; i++) {
-		c = (const struct kx_call *)table;
-		r = (struct kx_result *)results;
-		for (k = 0; k < (int)c->nwatch; k++)
-			measure(&c->w[k], &r->m[6 * k]);
-		if (per && kx_cover)
-			__atomic_store_n(&kx_cover[0], 0, __ATOMIC_RELAXED);
-		r->t0 = now();
-		ret = syscall(c->nr, c->a[0], c->a[1], c->a[2], c->a[3], c->a[4], c->a[5]);
-		r->t1 = now();
-		r->ret = ret < 0 ? -errno : ret;
-		if (per) { /* before the watches' own syscalls add their PCs */
-			pcs = kx_cover ? __atomic_load_n(&kx_cover[0], __ATOMIC_RELAXED) : 0;
-			if (pcs > KX_COV_WORDS - 1)
-				pcs = KX_COV_WORDS - 1;
-			per[3 * i] = kx_cov_edges(kx_cover ? kx_cover + 1 : NULL, pcs,
-						ids + used, max_ids - used, &st,
-						newpc + pcused, max_ids - pcused, &pst, &pfresh);
-			per[3 * i + 1] = (uint32_t)pcs;
-			per[3 * i + 2] = st;
-			used += st;
-			dropped += per[3 * i] - st;
-			pcused += pst;
-			pcdropped += pfresh - pst;
-		}
-		for (k = 0; k < (int)c->nwatch; k++)
-			measure(&c->w[k], &r->m[6 * k + 3]);
-		if (c->nr == OPEN_NR && ret >= 0)
-			syscall(SYS_close_range, (unsigned)ret, (unsigned)ret, 0);
-		table += sizeof(*c) + c->nwatch * sizeof(c->w[0]);
-		results += sizeof(*r) + c->nwatch * 6 * sizeof(r->m[0]);
-	}
-	if (cov) {
-		cov[0] = used;
-		cov[1] = dropped;
-		cov[2] = pcused;
-		cov[3] = pcdropped;
-	}
-	return tid;
-}
-"""
-
-
-def _source() -> str:
-    return (f"#define HASH_LIMIT {HASH_LIMIT}ULL\n#define OPEN_NR {NR['open']}\n"
-            f"#define KX_COV_WORDS {COV_WORDS}UL\n#define KX_KCOV_PATH \"{KCOV_PATH}\"\n"
-            + _SOURCE)
-
-
-def build_library(cache_dir: Path, cc: str | None = None) -> Path | None:
-    """Compile the executor into ``cache_dir`` (once per source); None without a compiler."""
-    cc = cc or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        log.warning("no C compiler: batches run through ctypes, several times slower "
-                    "(install gcc)")
-        return None
-    src = _source()
-    out = cache_dir / f"kx-{hashlib.sha256(src.encode()).hexdigest()[:16]}.so"
-    if out.is_file():
-        return out
-    c_file = cache.atomic_write(out.with_suffix(".c"), src)
-    with cache.temp_path(out) as tmp:
-        proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o",
-                               str(tmp), str(c_file)], capture_output=True, text=True,
-                              check=False)
-        if proc.returncode != 0:
-            first = (proc.stderr.strip().splitlines() or ["no output"])[0]
-            log.warning("the C batch executor did not compile (%s): using ctypes", first)
-            return None
-        os.replace(tmp, out)
-    return out
-
 
 class _Lib:
     def __init__(self, path: Path) -> None:
@@ -376,19 +98,6 @@ def load(path: Path | None) -> _Lib | None:
     if lib is None:
         lib = _loaded[path] = _Lib(path)
     return lib
-
-
-def watch_counts(table: bytes, n: int) -> list[int]:
-    """The watch count of each of the ``n`` calls in ``table``."""
-    out: list[int] = []
-    off = 0
-    for _ in range(n):
-        k = CALL.unpack_from(table, off)[7]
-        out.append(k)
-        off += CALL.size + k * WATCH.size
-    if off != len(table):
-        raise ValueError(f"call table of {len(table)} bytes does not hold {n} calls")
-    return out
 
 
 def _no_executor() -> OSError:
@@ -465,51 +174,111 @@ def _run_python(table: bytes, counts: Sequence[int]) -> bytes:
         nr, regs = v[0], v[1:7]
         watches = [WATCH.unpack_from(table, toff + CALL.size + j * WATCH.size)
                    for j in range(k)]
-        before = [_measure(*w) for w in watches]
+        before = [measure(*w) for w in watches]
         rec = invoke(nr, *regs)
-        after = [_measure(*w) for w in watches]
+        after = [measure(w[0], w[1], w[2], b) for w, b in zip(watches, before, strict=True)]
         RESULT.pack_into(out, roff, rec.ret, rec.t_ns, rec.t_end_ns)
         for j in range(k):
             WATCH_RESULT.pack_into(out, roff + RESULT.size + j * WATCH_RESULT.size,
                                    *before[j], *after[j])
         if nr == NR["open"] and rec.ret >= 0:
-            os.close(rec.ret)
+            _close(rec.ret)  # as the C loop: close_range, untraced
         toff += CALL.size + k * WATCH.size
         roff += RESULT.size + k * WATCH_RESULT.size
     return bytes(out)
 
 
-def _measure(kind: int, x: int, length: int) -> tuple[int, int, int]:
+_HASH0, _M64 = 1469598103934665603, (1 << 64) - 1
+
+
+def _hash(data: bytes) -> int:
+    # kx_hash over data, as a signed 64-bit number
+    h = _HASH0
+    words = len(data) // 8
+    for v in struct.unpack_from(f"<{words}Q", data):
+        h = ((h ^ v) * 1099511628211) & _M64
+        h ^= h >> 29
+    for b in data[words * 8:]:
+        h = ((h ^ b) * 1099511628211) & _M64
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def _close(fd: int) -> None:
+    # close_range, not close: close has a KAPI spec, and this may run in a capture window
+    from kapi_selftests.guest.syscalls import invoke
+
+    invoke(NR["close_range"], fd, fd, 0)
+
+
+def _file_hash(fd: int) -> int:
+    try:
+        return _hash(os.pread(fd, HASH_LIMIT, 0))
+    except OSError:
+        return -1
+
+
+def measure(kind: int, x: int, length: int,
+            before: Sequence[int] | None = None) -> tuple[int, ...]:
+    """One watch's :data:`NVAL` numbers, as the C executor measures them (-1: not measured).
+
+    ``WATCH_FD``: open?, offset (not of a pipe or socket), size, content hash (regular
+    file), bytes readable (``FIONREAD``; not of a regular file, where it is size -
+    offset); ``WATCH_BUF``: the hash of its first :data:`HASH_LIMIT` bytes;
+    ``WATCH_PATH``: exists? (not following a last symlink), -1, size, content hash
+    (regular file); ``WATCH_FD_TABLE``: before the call, the lowest free fd number;
+    after it (``before`` given: the numbers measured before), that number if it is
+    still free, else the number + 1.
+    """
+    out = [-1] * NVAL
     if kind == WATCH_FD:
         fd = x & 0xFFFFFFFF
         try:
-            fcntl.fcntl(fd, fcntl.F_GETFD)
-            ok = 1
+            st = os.fstat(fd)
         except OSError:
-            ok = 0
+            out[0] = 0
+            return tuple(out)
+        out[0], out[2] = 1, st.st_size
+        if not stat.S_ISFIFO(st.st_mode) and not stat.S_ISSOCK(st.st_mode):
+            try:
+                out[1] = os.lseek(fd, 0, os.SEEK_CUR)
+            except OSError:
+                pass
+        if stat.S_ISREG(st.st_mode):
+            out[3] = _file_hash(fd)
+        else:
+            try:
+                out[4] = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+            except OSError:
+                pass
+    elif kind == WATCH_BUF:
+        out[0] = _hash(ctypes.string_at(x, min(length, HASH_LIMIT)))
+    elif kind == WATCH_PATH:
+        path = ctypes.string_at(x)
         try:
-            off = os.lseek(fd, 0, os.SEEK_CUR)
-        except OSError:
-            off = -1
+            st = os.lstat(path)
+        except (OSError, ValueError):
+            out[0] = 0
+            return tuple(out)
+        out[0], out[2] = 1, st.st_size
+        if stat.S_ISREG(st.st_mode):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                return tuple(out)
+            out[3] = _file_hash(fd)
+            _close(fd)
+    elif kind == WATCH_FD_TABLE and before is not None:
+        if before[0] >= 0:
+            try:
+                fcntl.fcntl(before[0], fcntl.F_GETFD)
+                out[0] = before[0] + 1
+            except OSError:
+                out[0] = before[0]
+    elif kind == WATCH_FD_TABLE:
         try:
-            size = os.fstat(fd).st_size
+            fd = os.open("/", os.O_PATH | os.O_CLOEXEC)
         except OSError:
-            size = -1
-        return ok, off, size
-    if kind == WATCH_BUF:
-        data = ctypes.string_at(x, min(length, HASH_LIMIT))
-        h, m = 1469598103934665603, (1 << 64) - 1
-        words = len(data) // 8
-        for v in struct.unpack_from(f"<{words}Q", data):
-            h = ((h ^ v) * 1099511628211) & m
-            h ^= h >> 29
-        for b in data[words * 8:]:
-            h = ((h ^ b) * 1099511628211) & m
-        return h - (1 << 64) if h >= 1 << 63 else h, -1, -1
-    if kind == WATCH_PATH:
-        try:
-            st = os.lstat(ctypes.string_at(x))
-            return 1, -1, st.st_size
-        except OSError:
-            return 0, -1, -1
-    return -1, -1, -1
+            return tuple(out)
+        out[0] = fd
+        _close(fd)
+    return tuple(out)

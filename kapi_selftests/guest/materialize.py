@@ -6,17 +6,14 @@ the harness's scratch directory (:class:`~kapi_selftests.guest.fds.FdPool`) and 
 paths are under the scratch directory, madvise addresses are arena mappings.
 
 Side effects (check 5 of the suite: a rejected call must change nothing) are
-measured with calls that have no KAPI spec (``pread64``, ``lseek``, ``ioctl``,
-``fstat``), so the measuring itself is not traced as a spec'd call.
+measured here for the suite's engine, around a batch: what is watched and how a change
+is judged is :mod:`kapi_selftests.sideeffects`, the definition the C executor of fuzz
+campaigns shares.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
-import stat
-import struct
-import termios
 from dataclasses import dataclass
 
 from kapi_selftests.arch import PAGE_SIZE
@@ -33,9 +30,11 @@ from kapi_selftests.fuzz.plan import (
     PathKind,
     top_address,
 )
+from kapi_selftests.guest.cexec import measure
 from kapi_selftests.guest.fds import FdPool
 from kapi_selftests.guest.memory import Arena
 from kapi_selftests.oracle.predict import predict
+from kapi_selftests.oracle.sideeffects import Watch, judge, watches
 from kapi_selftests.oracle.spec import Spec
 from kapi_selftests.records import Materialized, Prediction
 
@@ -150,72 +149,25 @@ class Materializer:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What a call could change, read before it ran."""
+    """What a call could change (check 5's watches, :mod:`kapi_selftests.sideeffects`),
+    measured before it ran."""
 
-    fd_table: frozenset[int]  # which of the call's own fds are open
-    bufs: dict[int, bytes]
-    files: dict[int, bytes | None]  # arg index -> content of the file an fd or path names
-    offsets: dict[int, int]
-    pending: dict[int, int]  # arg index -> bytes readable from a pipe/socket fd
-
-
-def _content(path: bytes) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return b""
-        return os.pread(fd, 1 << 20, 0)
-    finally:
-        os.close(fd)
-
-
-def _fd_content(fd: int) -> bytes | None:
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return os.pread(fd, 1 << 20, 0)
-    except OSError:
-        return None
-
-
-def _pending(fd: int) -> int | None:
-    try:
-        buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
-    except OSError:
-        return None
-    return int(struct.unpack("i", buf)[0])
+    watches: tuple[Watch, ...]
+    values: tuple[tuple[int, ...], ...]  # cexec.measure of each watch
 
 
 def snapshot(m: Materialized, pool: FdPool, arena: Arena) -> Snapshot:
-    """Read everything the call could change, before it runs (outside the capture window)."""
+    """Measure everything the call could change, before it runs (outside the capture window)."""
     # The top page of user space is one page that every call of a batch naming it shares:
     # a change there cannot be told to be this call's (an accepted read before it may
     # have filled it), so it is not watched.
     top = arena.top_page_address()
-    bufs = {i: arena.read(a, min(s, 1 << 16)) for i, (a, s) in m.bufs.items()
-            if s > 0 and not top <= a < top + 2 * PAGE_SIZE
-            and arena.accessible(a, min(s, 1 << 16))}
-    files: dict[int, bytes | None] = {i: _content(p) for i, p in m.paths.items() if p}
-    offsets: dict[int, int] = {}
-    pending: dict[int, int] = {}
-    for i, fd in m.fds.items():
-        files[i] = _fd_content(fd)
-        try:
-            offsets[i] = os.lseek(fd, 0, os.SEEK_CUR)
-        except OSError:
-            pass
-        n = _pending(fd)
-        if n is not None:
-            pending[i] = n
-    # Only the fds the call names: the interpreter opens and closes fds of its own
-    # (finalizers, the hypothesis database) at any moment, so the whole table is noise.
-    table = frozenset(fd for fd in m.fds.values() if pool.is_open(fd))
-    return Snapshot(table, bufs, files, offsets, pending)
+
+    def readable(addr: int, n: int) -> bool:
+        return not top <= addr < top + 2 * PAGE_SIZE and arena.accessible(addr, n)
+
+    ws = tuple(watches(m, readable))
+    return Snapshot(ws, tuple(measure(w.kind, w.x, w.length) for w in ws))
 
 
 def side_effects(m: Materialized, before: Snapshot, pool: FdPool, arena: Arena, *,
@@ -225,24 +177,6 @@ def side_effects(m: Materialized, before: Snapshot, pool: FdPool, arena: Arena, 
     :param ignore_fds: fds other calls of the same batch opened or closed (the fd
         table is per process: their changes are not this call's)
     """
-    after = snapshot(m, pool, arena)
-    out: list[str] = []
-    if after.fd_table - ignore_fds != before.fd_table - ignore_fds:
-        added = sorted(after.fd_table - before.fd_table - ignore_fds)
-        gone = sorted(before.fd_table - after.fd_table - ignore_fds)
-        out.append(f"fd table changed: opened {added}, closed {gone}")
-    for i, data in before.bufs.items():
-        if after.bufs.get(i) != data:
-            out.append(f"arg{i}: buffer contents changed")
-    for i, content in before.files.items():
-        if after.files.get(i) != content:
-            what = "created" if content is None else "changed"
-            out.append(f"arg{i}: file {what}")
-    for i, off in before.offsets.items():
-        if after.offsets.get(i) != off:
-            out.append(f"arg{i}: file offset moved {off} -> {after.offsets.get(i)}")
-    for i, n in before.pending.items():
-        if after.pending.get(i) != n:
-            out.append(f"arg{i}: readable bytes {n} -> {after.pending.get(i)}")
-    return out
-
+    after = [measure(w.kind, w.x, w.length, b) for w, b in zip(before.watches, before.values,
+                                                                strict=True)]
+    return judge(before.watches, before.values, after, ignore_fds=ignore_fds)

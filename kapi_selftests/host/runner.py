@@ -38,7 +38,7 @@ from kapi_selftests.errors import (
     UsageError,
     describe_exception,
 )
-from kapi_selftests.guest import cexec
+from kapi_selftests.fuzz import calltable
 from kapi_selftests.host import console as console_mod
 from kapi_selftests.host import initramfs, kernel, pyzip, qemu, warm
 from kapi_selftests.report import Outcome, TestResult, group, leaves
@@ -50,7 +50,7 @@ __all__ = ["BootTimings", "GuestRun", "GuestSpec", "guest_command", "guest_env",
 log = logging.getLogger(__name__)
 
 PROJECT = Path(__file__).resolve().parents[2]
-CACHE_DIR = cexec.CACHE_DIR  # KAPI_CACHE_DIR, else ~/.cache/kapi-selftests
+CACHE_DIR = calltable.CACHE_DIR  # KAPI_CACHE_DIR, else ~/.cache/kapi-selftests
 GUEST_TESTS = PROJECT / "tests" / "guest"
 _PASSTHROUGH_ENV = ("KAPI_STRICT", "KAPI_HYPOTHESIS_PROFILE", "KAPI_SEED",
                     "KAPI_TEST_CRASH_AT_BATCH", "KAPI_REFERENCE_SPECS")
@@ -214,7 +214,7 @@ def _warm(project: Path, out_dir: Path) -> None:
     # (one guest's worth of Python start-up); the guest's cwd is the output share.
     # Each cache serialises its own writers (kapi_selftests.cache).
     hyp = warm.warm_caches(project, project / "tests" / "guest", sys.executable, CACHE_DIR)
-    cexec.build_library(CACHE_DIR)  # the batch executor the guest's fuzz tests load
+    calltable.build_library(CACHE_DIR)  # the batch executor the guest's fuzz tests load
     warm.copy_constants(hyp, out_dir / ".hypothesis")
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kapi_selftests.fuzz import remote, shm
+from kapi_selftests.fuzz import calltable, remote, shm
 from kapi_selftests.fuzz.generate import PlanGenerator
-from kapi_selftests.guest import agent, cexec
+from kapi_selftests.guest import agent
 from kapi_selftests.guest.executor import SPEC_SYSCALLS
 from kapi_selftests.guest.tracefs import find_tracefs, missing_syscall_events
 from kapi_selftests.records import EventSource
@@ -44,7 +44,7 @@ def test_agent_over_shared_memory_judges_a_campaign_batch(generic: EventSource,
     # host), one shared file between them: 150 generated calls, every one traced and
     # judged, none failing on a correct kernel.
     ch_host = shm.create_host(tmp_path / "chan")
-    lib = cexec.build_library(tmp_path / "cache")
+    lib = calltable.build_library(tmp_path / "cache")
     with agent.Agent(lib, generic) as ag:
         ch_agent = shm.Channel(ch_host.mm)  # the same mapping: both ends in one process
         served: list[int] = []

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from kapi_selftests.arch import NR
-from kapi_selftests.fuzz import campaign
+from kapi_selftests.fuzz import calltable, campaign
 from kapi_selftests.fuzz.generate import PlanGenerator
 from kapi_selftests.fuzz.kcov import SymbolMap
 from kapi_selftests.guest import cexec
@@ -37,8 +37,8 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def kcov_kernel(tracefs_root: object) -> None:
-    if not os.path.exists(cexec.KCOV_PATH):
-        pytest.skip(f"kernel has no KCOV (no {cexec.KCOV_PATH}: CONFIG_KCOV is not set)")
+    if not os.path.exists(calltable.KCOV_PATH):
+        pytest.skip(f"kernel has no KCOV (no {calltable.KCOV_PATH}: CONFIG_KCOV is not set)")
 
 
 def _in_thread(fn: Callable[[], T]) -> T:
@@ -68,7 +68,7 @@ def _traced(calls: list[tuple[int, tuple[int, ...]]]) -> list[tuple[int, list[in
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                           ctypes.c_int, ctypes.c_long]
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    fd = os.open(cexec.KCOV_PATH, os.O_RDWR)
+    fd = os.open(calltable.KCOV_PATH, os.O_RDWR)
     try:
         fcntl.ioctl(fd, KCOV_INIT_TRACE, WORDS)
         addr = libc.mmap(None, WORDS * 8, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED,
@@ -128,7 +128,7 @@ def test_the_executor_reports_each_kernel_edge_once(kcov_kernel: None) -> None:
     # The batch engine with KCOV on, as a guest runs it: the same 300 generated calls
     # twice. The first pass reaches thousands of edges, each reported by one call; the
     # second adds few (the same code, but for state the first pass left behind).
-    if cexec.build_library(cexec.CACHE_DIR) is None:
+    if calltable.build_library(calltable.CACHE_DIR) is None:
         pytest.skip("no C compiler for the batch executor")
 
     def scenario() -> tuple[Any, Any]:
@@ -153,7 +153,7 @@ def test_a_kcov_campaign_keeps_calls_that_reach_new_code(kcov_kernel: None,
                                                          tmp_path: Path) -> None:
     # Three batches with the corpus steering the later ones: the corpus and the edge set
     # grow, are on disk, and a resumed campaign starts from them.
-    if cexec.build_library(cexec.CACHE_DIR) is None:
+    if calltable.build_library(calltable.CACHE_DIR) is None:
         pytest.skip("no C compiler for the batch executor")
     out = tmp_path / "camp"
 
@@ -180,13 +180,13 @@ def test_a_kcov_campaign_keeps_calls_that_reach_new_code(kcov_kernel: None,
 
 @pytest.fixture(scope="module")
 def no_kcov_kernel(tracefs_root: object) -> None:
-    if os.path.exists(cexec.KCOV_PATH):
-        pytest.skip(f"this kernel has KCOV ({cexec.KCOV_PATH}): the error path cannot be "
+    if os.path.exists(calltable.KCOV_PATH):
+        pytest.skip(f"this kernel has KCOV ({calltable.KCOV_PATH}): the error path cannot be "
                     "reached")
 
 
 def test_cov_open_names_the_missing_kcov(no_kcov_kernel: None) -> None:
-    built = cexec.build_library(cexec.CACHE_DIR)
+    built = calltable.build_library(calltable.CACHE_DIR)
     if built is None:
         pytest.skip("no C compiler for the batch executor")
     with pytest.raises(OSError) as e:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path as FsPath
 
 import pytest
 
+from kapi_selftests.fuzz import calltable
 from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
 from kapi_selftests.guest.harness import Harness
 from kapi_selftests.oracle.bulk import clean_calls
@@ -149,6 +151,66 @@ def test_check5_a_side_effect_of_a_rejected_call_is_a_finding(real: tuple) -> No
     assert not clean[_REJECTED]
     others = [c for i, c in enumerate(checks) if i != _REJECTED]
     assert all(c.ok for c in others)
+
+
+# Check 5 with real side effects, in both engines: a spec narrowed so that the oracle
+# believes the validator rejects two calls the kernel runs. Their real effects, a
+# pipe's readable bytes and a new fd, are what the batch engine's C executor did not
+# measure before (the first only the suite's engine saw, the second neither); both
+# engines must now see them, in the same words.
+_PIPE_WRITE, _OPEN_FD = range(2)
+SIDE_EFFECT_PLANS = (
+    CallPlan("write", (Fd(FdKind.PIPE_WRITE), Buf(BufKind.MAPPED, 16), Lit(16))),
+    CallPlan("open", (Path(PathKind.EXISTING), Lit(os.O_RDONLY | _O_CLOEXEC), Lit(0))),
+)
+
+
+def _narrowed(specs: dict[str, Spec]) -> dict[str, Spec]:
+    # write: count at most 8 (the plan writes 16); open: O_CLOEXEC outside the mask
+    w, o = specs["sys_write"], specs["sys_open"]
+    count, flags = w.params[2], o.params[1]
+    return {**specs,
+            "sys_write": dataclasses.replace(w, params=(
+                *w.params[:2], dataclasses.replace(count, max_value=8), *w.params[3:])),
+            "sys_open": dataclasses.replace(o, params=(
+                o.params[0], dataclasses.replace(flags, valid_mask=flags.valid_mask & ~_O_CLOEXEC),
+                *o.params[2:]))}
+
+
+def _assert_both_side_effects(result: BatchResult) -> None:
+    seen = []
+    for c in result.checks:
+        assert c.prediction is not None and c.prediction.rejected, c.explain()
+        assert c.record.ret >= 0, c.explain()  # the kernel ran it
+        seen.append(" | ".join(f.message for f in c.failures
+                               if f.kind is FindingKind.REJECTED_SIDE_EFFECT))
+    # the fd the open returned was open when the call was measured
+    fd = result.checks[_OPEN_FD].record.ret
+    assert seen[_PIPE_WRITE].endswith("changed state: arg0: readable bytes 0 -> 16"), seen
+    assert seen[_OPEN_FD].endswith(f"changed state: fd table changed: opened [{fd}], "
+                                   "closed []"), seen
+
+
+def test_check5_real_side_effects_are_seen_by_the_batch_engine(kapi_harness: Harness,
+                                                               tmp_path: FsPath) -> None:
+    from kapi_selftests import agent, remote
+
+    specs = _narrowed(kapi_harness.specs)
+    # the host built the executor into the cache it hands the guest; else build it here
+    lib = calltable.build_library(calltable.CACHE_DIR) or calltable.build_library(tmp_path)
+    assert lib is not None, "no C batch executor: this test is about it"
+    with agent.Agent(lib, EventSource.KAPI) as ag, \
+            remote.RemoteHarness(remote.LocalLink(ag), specs) as h:
+        result = h.run(list(SIDE_EFFECT_PLANS))
+    _assert_both_side_effects(result)
+
+
+def test_check5_real_side_effects_are_seen_by_the_suite_engine(kapi_harness: Harness,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    h = kapi_harness
+    monkeypatch.setattr(h, "specs", _narrowed(h.specs))
+    _assert_both_side_effects(h.run(list(SIDE_EFFECT_PLANS)))
 
 
 # --- the same controls against the generic syscall events (checks 1-3, any kernel) ---

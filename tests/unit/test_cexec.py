@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from kapi_selftests.arch import NR
+from kapi_selftests.fuzz import calltable
 from kapi_selftests.guest import cexec
+from kapi_selftests.oracle.sideeffects import Watch, judge
 
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                               reason="no C compiler")
@@ -20,73 +22,109 @@ needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc")
 def _table(calls: list[tuple[int, list[int], list[tuple[int, int, int]]]]) -> bytes:
     out = b""
     for nr, regs, watches in calls:
-        out += cexec.CALL.pack(nr, *(regs + [0] * 6)[:6], len(watches))
-        out += b"".join(cexec.WATCH.pack(*w) for w in watches)
+        out += calltable.CALL.pack(nr, *(regs + [0] * 6)[:6], len(watches))
+        out += b"".join(calltable.WATCH.pack(*w) for w in watches)
     return out
 
 
 def _results(data: bytes, counts: list[int]) -> list[tuple[int, list[tuple[int, ...]]]]:
     out, off = [], 0
     for k in counts:
-        ret, t0, t1 = cexec.RESULT.unpack_from(data, off)
+        ret, t0, t1 = calltable.RESULT.unpack_from(data, off)
         assert 0 < t0 <= t1
-        off += cexec.RESULT.size
+        off += calltable.RESULT.size
         ws = []
         for _ in range(k):
-            ws.append(cexec.WATCH_RESULT.unpack_from(data, off))
-            off += cexec.WATCH_RESULT.size
+            ws.append(calltable.WATCH_RESULT.unpack_from(data, off))
+            off += calltable.WATCH_RESULT.size
         out.append((ret, ws))
     assert off == len(data)
     return out
 
 
-def _scenario(tmp: Path) -> tuple[bytes, list[int], list[int], list[object]]:
+def _scenario(tmp: Path) -> tuple[bytes, list[list[Watch]], list[int], list[object]]:
     f = tmp / "file"
     f.write_bytes(b"0123456789")
     fd = os.open(f, os.O_RDWR)
+    r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     buf = ctypes.create_string_buffer(b"x" * 64)
     addr = ctypes.addressof(buf)
     path = ctypes.create_string_buffer(str(tmp / "new").encode())
+    fpath = ctypes.create_string_buffer(str(f).encode())
+    table = Watch(calltable.WATCH_FD_TABLE, 0, 0, -1)
     calls = [
-        (NR["read"], [fd, addr, 4], [(cexec.WATCH_FD, fd, 0), (cexec.WATCH_BUF, addr, 64)]),
-        (NR["read"], [fd, 0, 4], [(cexec.WATCH_FD, fd, 0)]),  # EFAULT, nothing moves
+        (NR["read"], [fd, addr, 4], [Watch(calltable.WATCH_FD, fd, 0, 0),
+                                     Watch(calltable.WATCH_BUF, addr, 64, 1), table]),
+        (NR["read"], [fd, 0, 4], [Watch(calltable.WATCH_FD, fd, 0, 0)]),  # EFAULT, nothing moves
         (NR["open"], [ctypes.addressof(path), os.O_CREAT | os.O_WRONLY, 0o600],
-         [(cexec.WATCH_PATH, ctypes.addressof(path), 0)]),
+         [Watch(calltable.WATCH_PATH, ctypes.addressof(path), 0, 0), table]),
         (NR["close"], [2**31 - 1], []),
+        # what only the suite's engine saw before: a file's bytes (same size, same
+        # offset: pwrite64), through its fd and its path, and a pipe's readable bytes
+        (NR["pwrite64"], [fd, addr + 4, 4, 0],  # "xxxx" over "0123"
+         [Watch(calltable.WATCH_FD, fd, 0, 0),
+          Watch(calltable.WATCH_PATH, ctypes.addressof(fpath), 0, 9)]),
+        (NR["write"], [w, addr, 5],
+         [Watch(calltable.WATCH_FD, w, 0, 0), Watch(calltable.WATCH_FD, r, 0, 9)]),
+        (NR["dup"], [fd], [table]),  # a new fd: the fd table
     ]
+    raw = b""
+    for nr, regs, ws in calls:
+        raw += calltable.CALL.pack(nr, *(regs + [0] * 6)[:6], len(ws))
+        raw += b"".join(calltable.WATCH.pack(*wt[:3]) for wt in ws)
     # the ctypes buffers are returned too: the table points into them
-    return _table(calls), [len(c[2]) for c in calls], [fd], [buf, path]
+    return raw, [c[2] for c in calls], [fd, r, w], [buf, path, fpath]
 
 
 @needs_cc
 def test_c_and_ctypes_executors_agree(tmp_path: Path) -> None:
-    lib = cexec.load(cexec.build_library(tmp_path / "cache"))
+    lib = cexec.load(calltable.build_library(tmp_path / "cache"))
     assert lib is not None
     got = []
     for which, executor in (("c", lib), ("ctypes", None)):
         d = tmp_path / which
         d.mkdir()
-        table, counts, fds, _alive = _scenario(d)
+        table, ws, fds, _alive = _scenario(d)
+        counts = [len(w) for w in ws]
         data, tid = cexec.run_table(executor, table, len(counts))
         assert tid == __import__("threading").get_native_id()
-        got.append(_results(data, counts))
+        res = _results(data, counts)
+        dup = res[6][0]
+        assert dup >= 0
+        fds.append(dup)
+        lines = [judge(w, [v[:calltable.NVAL] for v in vs], [v[calltable.NVAL:] for v in vs])
+                 for w, (_, vs) in zip(ws, res, strict=True)]
+        got.append((res, lines))
         for fd in fds:
             os.close(fd)
         assert (d / "new").exists()  # the open ran (and its fd was closed again)
-    c, py = got
-    assert [r for r, _ in c] == [r for r, _ in py] == [4, -errno.EFAULT, c[2][0], -errno.EBADF]
+    (c, c_lines), (py, py_lines) = got
+    assert c == py and c_lines == py_lines  # the same numbers, so the same lines
+    assert [r for r, _ in c] == [4, -errno.EFAULT, c[2][0], -errno.EBADF, 4, 5, c[6][0]]
     assert c[2][0] >= 0
-    # fd watch: (open, offset, size) before and after
-    assert c[0][1][0] == py[0][1][0] == (1, 0, 10, 1, 4, 10)
-    assert c[1][1][0] == py[1][1][0] == (1, 4, 10, 1, 4, 10)
-    # the buffer changed (read wrote 4 bytes into it): the hash differs, same in both
-    assert c[0][1][1][0] != c[0][1][1][3] and c[0][1][1] == py[0][1][1]
-    # the path did not exist before the open and does after
-    assert c[2][1][0][0] == 0 and c[2][1][0][3] == 1 and c[2][1][0] == py[2][1][0]
+    # fd watch: (open, offset, size, content hash, readable) before and after
+    b, a = c[0][1][0][:5], c[0][1][0][5:]
+    assert b[:3] == (1, 0, 10) and a[:3] == (1, 4, 10) and b[3] == a[3] != -1
+    assert b[4] == a[4] == -1  # FIONREAD on a regular file is size - offset: not read
+    assert c[1][1][0][:5] == c[1][1][0][5:]
+    lowest = c[0][1][2][0]
+    assert lowest >= 3 and c[0][1][2] == (lowest, *[-1] * 4, lowest, *[-1] * 4)
+    # after a new fd: the lowest free number before, + 1 (it is taken now)
+    assert c[6][1][0][0] == c[6][0] and c[6][1][0][5] == c[6][0] + 1
+    assert c_lines == [
+        ["arg0: file offset moved 0 -> 4", "arg1: buffer contents changed"],
+        [],
+        # the open's fd is measured before the executor closes it
+        [f"fd table changed: opened [{c[2][0]}], closed []", "arg0: file created"],
+        [],
+        ["arg0: file changed (contents)", "arg9: file changed (contents)"],
+        ["arg0: readable bytes 0 -> 5", "arg9: readable bytes 0 -> 5"],
+        [f"fd table changed: opened [{c[6][0]}], closed []"],
+    ]
 
 
 def test_watch_counts_rejects_a_truncated_table() -> None:
-    table = _table([(NR["close"], [5], [(cexec.WATCH_FD, 5, 0)])])
-    assert cexec.watch_counts(table, 1) == [1]
+    table = _table([(NR["close"], [5], [(calltable.WATCH_FD, 5, 0)])])
+    assert calltable.watch_counts(table, 1) == [1]
     with pytest.raises(ValueError, match="does not hold"):
-        cexec.watch_counts(table[:-8], 1)
+        calltable.watch_counts(table[:-8], 1)

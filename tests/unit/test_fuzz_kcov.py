@@ -21,7 +21,7 @@ import pytest
 
 from kapi_selftests import cli
 from kapi_selftests.errors import KSFT_PASS, KSFT_SKIP, KSFT_USAGE, MissingFeature
-from kapi_selftests.fuzz import kcov, remote
+from kapi_selftests.fuzz import calltable, kcov, remote
 from kapi_selftests.fuzz.campaign import write_json_atomic
 from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit
 from kapi_selftests.guest import agent, cexec
@@ -36,7 +36,7 @@ PCS = [0xFFFFFFFF81000000 + 0x40 * i for i in range(50)]
 @pytest.fixture
 def lib(tmp_path: Path) -> object:
     # a library of its own (its own set of seen edges): loaded from a fresh path
-    built = cexec.build_library(tmp_path / "cache")
+    built = calltable.build_library(tmp_path / "cache")
     assert built is not None
     return cexec.load(built)
 
@@ -79,8 +79,8 @@ def test_cov_open_without_an_executor_says_so() -> None:
 def _cov_section(calls: list[tuple[int, int, list[int]]], dropped: int = 0,
                  new_pcs: tuple[int, ...] = ()) -> bytes:
     stored = sum(len(ids) for _, _, ids in calls)
-    out = cexec.COV_HEAD.pack(stored, dropped, len(new_pcs), 0)
-    out += b"".join(cexec.COV_CALL.pack(new, pcs, len(ids)) for new, pcs, ids in calls)
+    out = calltable.COV_HEAD.pack(stored, dropped, len(new_pcs), 0)
+    out += b"".join(calltable.COV_CALL.pack(new, pcs, len(ids)) for new, pcs, ids in calls)
     out += b"".join(struct.pack("<I", i) for _, _, ids in calls for i in ids)
     return out + b"".join(struct.pack("<I", pc) for pc in new_pcs)
 
@@ -112,14 +112,14 @@ def test_the_executor_appends_the_layout_split_reads(lib: object, tmp_path: Path
     fd = os.open(f, os.O_RDONLY)
     try:
         # lseek(fd, k, SEEK_SET) (x86-64 number 8): no spec, returns k
-        table = b"".join(cexec.CALL.pack(8, fd, k, 0, 0, 0, 0, 0) for k in (1, 3, 5))
+        table = b"".join(calltable.CALL.pack(8, fd, k, 0, 0, 0, 0, 0) for k in (1, 3, 5))
         plain, tid = cexec.run_table(lib, table, 3)  # type: ignore[arg-type]
         data, tid2 = cexec.run_table(lib, table, 3, kcov=True)  # type: ignore[arg-type]
     finally:
         os.close(fd)
     assert tid == tid2 == threading.get_native_id()
     res, c = kcov.split(data, len(plain), 3)
-    rets = [cexec.RESULT.unpack_from(res, i * cexec.RESULT.size)[0] for i in range(3)]
+    rets = [calltable.RESULT.unpack_from(res, i * calltable.RESULT.size)[0] for i in range(3)]
     assert rets == [1, 3, 5]
     assert c.new == c.pcs == (0, 0, 0) and c.ids == ((), (), ())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kapi_selftests.arch import NR, PAGE_SIZE
+from kapi_selftests.fuzz import calltable
 from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
 from kapi_selftests.fuzz.remote import (
     Manifest,
@@ -12,7 +13,7 @@ from kapi_selftests.fuzz.remote import (
     pack_table,
     unpack_results,
 )
-from kapi_selftests.guest import cexec
+from kapi_selftests.oracle.sideeffects import Watch
 from kapi_selftests.oracle.spec import builtin_specs
 from kapi_selftests.records import EventSource
 
@@ -84,9 +85,13 @@ def test_predictions_are_cached_and_rejected_calls_get_watches() -> None:
     p = mat.predict(spec, m.regs)
     assert p.rejected and mat.predict(spec, m.regs) is p
     ws = _watches(m, mat)
-    assert ws == [(cexec.WATCH_BUF, RW, 64)]  # no fd of ours; the buffer is readable
+    table = Watch(calltable.WATCH_FD_TABLE, 0, 0, -1)  # every rejected call: the fd table
+    assert ws == [Watch(calltable.WATCH_BUF, RW, 64, 1), table]  # no fd of ours; a readable buffer
     m = mat(CallPlan("read", (Fd(FdKind.REGULAR), Buf(BufKind.UNMAPPED, 64), Lit(64))))
-    assert _watches(m, mat) == [(cexec.WATCH_FD, 1500, 0)]  # an unmapped buffer: not hashed
+    # unmapped: not hashed
+    assert _watches(m, mat) == [Watch(calltable.WATCH_FD, 1500, 0, 0), table]
+    m = mat(CallPlan("open", (Path(PathKind.EXISTING), Lit(1 << 30), Lit(0))))
+    assert _watches(m, mat) == [Watch(calltable.WATCH_PATH, EXISTING, 0, 0), table]
 
 
 def test_table_and_results_round_trip_with_side_effect_lines() -> None:
@@ -95,16 +100,23 @@ def test_table_and_results_round_trip_with_side_effect_lines() -> None:
             mat(CallPlan("close", (Lit(7),)))]
     watches = [_watches(mats[0], mat), []]
     table = pack_table(mats, watches)
-    assert cexec.watch_counts(table, 2) == [2, 0]
-    results = (cexec.RESULT.pack(-22, 100, 200)
-               + cexec.WATCH_RESULT.pack(1, 0, 960, 1, 8, 960)  # fd: the offset moved
-               + cexec.WATCH_RESULT.pack(5, -1, -1, 6, -1, -1)  # buffer: hash changed
-               + cexec.RESULT.pack(-9, 300, 400))
+    assert calltable.watch_counts(table, 2) == [3, 0]
+    assert [w.kind for w in watches[0]] == [calltable.WATCH_FD, calltable.WATCH_BUF,
+                                            calltable.WATCH_FD_TABLE]
+    un = (-1, -1, -1, -1)
+    results = (calltable.RESULT.pack(-22, 100, 200)
+               # fd: the offset moved, the contents did not
+               + calltable.WATCH_RESULT.pack(1, 0, 960, 77, -1, 1, 8, 960, 77, -1)
+               + calltable.WATCH_RESULT.pack(5, *un, 6, *un)  # buffer: hash changed
+               + calltable.WATCH_RESULT.pack(3, *un, 4, *un)  # fd table: fd 3 is new
+               + calltable.RESULT.pack(-9, 300, 400))
     records, effects = unpack_results(results, 42, mats, watches)
     assert [(r.nr, r.ret, r.errno, r.tid, r.t_ns, r.t_end_ns) for r in records] == [
         (NR["read"], -22, 22, 42, 100, 200), (NR["close"], -9, 9, 42, 300, 400)]
     assert records[0].args == (1500, RW, 8, 0, 0, 0)
-    assert effects == [["arg0: file offset moved 0 -> 8", "arg1: buffer contents changed"], []]
+    assert effects == [["fd table changed: opened [3], closed []",
+                        "arg0: file offset moved 0 -> 8", "arg1: buffer contents changed"],
+                       []]
 
 
 def test_manifest_source_and_page_size_sanity() -> None:

@@ -1,0 +1,249 @@
+"""The layout's rules, read from the code's own imports (``ast``; nothing is imported).
+
+The packages are the stages of the data flow (docs/design.md): ``host/`` boots
+guests and never loads guest code; ``trace/`` and ``oracle/`` are pure and load
+neither side; ``records.py`` carries what crosses stages and touches no kernel
+interface. An import inside a function is allowed only with a comment saying
+why (on its line, or on the line above its group of imports).
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2] / "kapi_selftests"
+PKG = "kapi_selftests"
+
+#: (from, to, why): no module under ``from`` may load one under ``to`` at import time,
+#: directly or through others
+NEVER = (
+    ("host", "guest", "the host boots guests; guest modules load libc and touch tracefs"),
+    ("trace", "guest", "decoding is pure: it runs on the host and offline"),
+    ("trace", "host", "decoding is pure"),
+    ("oracle", "guest", "the judge is pure: it runs on the host and offline"),
+    ("oracle", "host", "the judge is pure"),
+    ("records", "guest", "the records cross stages: nothing that touches the kernel"),
+    ("records", "host", "the records cross stages"),
+    ("fuzz.remote", "guest", "the host link runs on the host"),
+)
+
+#: modules that touch the kernel or the machine when imported (the records may not)
+_KERNEL_FACING = {"ctypes", "fcntl", "mmap", "termios", "subprocess", "socket"}
+
+
+@dataclass
+class Module:
+    name: str  # dotted, without the package: "guest.harness"
+    imports: set[str] = field(default_factory=set)  # module-level, of this package
+    std: set[str] = field(default_factory=set)  # module-level, top names of others
+    unexplained: list[str] = field(default_factory=list)  # function-level, no comment
+
+
+def _type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _targets(node: ast.Import | ast.ImportFrom, here: str,
+             known: set[str]) -> tuple[set[str], set[str]]:
+    """(modules of this package, other top-level names) that ``node`` imports."""
+    ours: set[str] = set()
+    other: set[str] = set()
+    if isinstance(node, ast.Import):
+        for a in node.names:
+            (ours if a.name.startswith(PKG + ".") else other).add(
+                a.name.removeprefix(PKG + ".") if a.name.startswith(PKG + ".") else
+                a.name.split(".")[0])
+        return ours, other
+    if node.level:
+        base = here.split(".")[:-node.level] if here else []
+        mod = ".".join(base + ([node.module] if node.module else []))
+    elif node.module == PKG or (node.module or "").startswith(PKG + "."):
+        mod = (node.module or "").removeprefix(PKG).lstrip(".")
+    else:
+        other.add((node.module or "").split(".")[0])
+        return ours, other
+    for a in node.names:
+        sub = f"{mod}.{a.name}" if mod else a.name
+        ours.add(sub if sub in known else mod)
+    ours.discard("")
+    return ours, other
+
+
+def _commented(lines: list[str], node: ast.stmt) -> bool:
+    """A comment on the import's lines, or above its group of imports."""
+    if any("#" in lines[i - 1] for i in range(node.lineno, (node.end_lineno or node.lineno) + 1)):
+        return True
+    i = node.lineno - 2
+    while i >= 0:
+        s = lines[i].strip()
+        if s.startswith("#"):
+            return True
+        if not (s.startswith(("import ", "from ")) or s.endswith((",", "(")) or s == ")"):
+            return False
+        if "#" in s:
+            return True
+        i -= 1
+    return False
+
+
+def _visit(node: ast.AST, top: bool, m: Module, pkg_of: str, lines: list[str], where: str,
+           known: set[str]) -> None:
+    for child in ast.iter_child_nodes(node):
+        if top and _type_checking(child):
+            continue
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            ours, other = _targets(child, pkg_of + ".x" if pkg_of else "x", known)
+            if top:
+                m.imports |= ours
+                m.std |= other
+            elif not _commented(lines, child):
+                m.unexplained.append(f"{where}:{child.lineno}: {lines[child.lineno - 1].strip()}")
+            continue
+        inner = isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        _visit(child, top and not inner, m, pkg_of, lines, where, known)
+
+
+def read_package(root: Path) -> dict[str, Module]:
+    """Every module of the package under ``root``, with what it imports and how."""
+    files = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+             .removesuffix("__init__"): p for p in root.rglob("*.py")}
+    mods: dict[str, Module] = {}
+    for name, path in files.items():
+        text = path.read_text()
+        pkg_of = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        m = mods[name] = Module(name)
+        _visit(ast.parse(text), True, m, pkg_of, text.splitlines(),
+               str(path.relative_to(root.parent)), set(files))
+    return mods
+
+
+def reaches(mods: dict[str, Module], start: str) -> dict[str, list[str]]:
+    """Every module ``start`` loads at import time, with one chain that loads it."""
+    seen: dict[str, list[str]] = {start: [start]}
+    todo = [start]
+    while todo:
+        cur = todo.pop()
+        for nxt in sorted(mods[cur].imports):
+            if nxt in mods and nxt not in seen:
+                seen[nxt] = seen[cur] + [nxt]
+                todo.append(nxt)
+    return seen
+
+
+def _under(name: str, part: str) -> bool:
+    return name == part or name.startswith(part + ".")
+
+
+def broken_rules(mods: dict[str, Module]) -> list[str]:
+    out = []
+    for src, dst, why in NEVER:
+        for name in sorted(mods):
+            if not _under(name, src):
+                continue
+            for target, chain in reaches(mods, name).items():
+                if _under(target, dst):
+                    out.append(f"{src} -> {dst} ({why}): " + " -> ".join(chain))
+                    break
+    for name in sorted(mods):
+        if _under(name, "records") and mods[name].std & _KERNEL_FACING:
+            out.append(f"records imports {sorted(mods[name].std & _KERNEL_FACING)}")
+    return out
+
+
+def unexplained_imports(mods: dict[str, Module]) -> list[str]:
+    return [u for m in mods.values() for u in m.unexplained]
+
+
+# -- the rules on the tree -----------------------------------------------------
+
+def test_no_stage_loads_what_it_must_not() -> None:
+    assert broken_rules(read_package(ROOT)) == []
+
+
+def test_every_import_inside_a_function_says_why() -> None:
+    assert unexplained_imports(read_package(ROOT)) == []
+
+
+def test_every_stage_package_says_its_job() -> None:
+    for pkg in ("guest", "trace", "oracle", "fuzz", "gate", "host", "cmd"):
+        init = ROOT / pkg / "__init__.py"
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and len(doc.splitlines()[0]) > 20, f"{init} has no docstring saying its job"
+
+
+def test_the_pure_stages_load_no_kernel_interface() -> None:
+    # In a fresh interpreter: importing the judge and the decoder loads no ctypes libc
+    # wrapper and no guest module (the static rules above, seen at run time once).
+    import subprocess  # a child interpreter: this one has loaded everything already
+
+    code = ("import sys, kapi_selftests.oracle.checks, kapi_selftests.oracle.bulk, "
+            "kapi_selftests.trace.pairing, kapi_selftests.records, kapi_selftests.host.runner\n"
+            "print(sorted(m for m in sys.modules if m.startswith('kapi_selftests.guest')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT.parent).stdout.strip()
+    assert out == "[]"
+
+
+# -- the checker, seen to fail ---------------------------------------------------
+
+def _tree(tmp: Path, files: dict[str, str]) -> dict[str, Module]:
+    for rel, text in files.items():
+        p = tmp / PKG / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return read_package(tmp / PKG)
+
+
+_BASE = {"__init__.py": "", "host/__init__.py": "", "guest/__init__.py": "",
+         "oracle/__init__.py": "", "trace/__init__.py": ""}
+
+
+@pytest.mark.parametrize(("files", "expect"), [
+    # straight: host imports guest
+    ({"host/runner.py": "from kapi_selftests.guest import harness\n",
+      "guest/harness.py": ""}, "host -> guest"),
+    # through a third module that is allowed on its own
+    ({"host/runner.py": "from kapi_selftests import records\n",
+      "records.py": "import kapi_selftests.oracle.checks\n",
+      "oracle/checks.py": "from kapi_selftests.guest.syscalls import invoke\n",
+      "guest/syscalls.py": "import ctypes\n"}, "oracle -> guest"),
+    # relative import
+    ({"trace/events.py": "from ..guest import tracefs\n", "guest/tracefs.py": ""},
+     "trace -> guest"),
+    # records touching the kernel
+    ({"records.py": "import ctypes\n"}, "records imports ['ctypes']"),
+])
+def test_a_broken_rule_is_found(tmp_path: Path, files: dict[str, str], expect: str) -> None:
+    found = broken_rules(_tree(tmp_path, {**_BASE, **files}))
+    assert any(expect in f for f in found), found
+
+
+def test_type_checking_imports_and_allowed_ones_are_not_rules_broken(tmp_path: Path) -> None:
+    mods = _tree(tmp_path, {**_BASE,
+                            "records.py": "from typing import TYPE_CHECKING\n"
+                                          "if TYPE_CHECKING:\n"
+                                          "    from kapi_selftests.guest import harness\n",
+                            "guest/harness.py": "from kapi_selftests.oracle import checks\n",
+                            "oracle/checks.py": "from kapi_selftests import records\n"})
+    assert broken_rules(mods) == []
+
+
+def test_an_unexplained_import_in_a_function_is_found(tmp_path: Path) -> None:
+    mods = _tree(tmp_path, {**_BASE, "oracle/checks.py":
+                            "def f():\n"
+                            "    import json\n"
+                            "    return json\n"
+                            "def g():\n"
+                            "    # numpy is slow to import: only the bulk pass needs it\n"
+                            "    import numpy\n"
+                            "    import os\n"
+                            "    return numpy, os\n"
+                            "def h():\n"
+                            "    import shutil  # optional dependency\n"
+                            "    return shutil\n"})
+    assert unexplained_imports(mods) == [f"{PKG}/oracle/checks.py:2: import json"]
