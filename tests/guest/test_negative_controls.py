@@ -17,8 +17,9 @@ from pathlib import Path as FsPath
 
 import pytest
 
-from kapi_selftests.fuzz import calltable
+from kapi_selftests.fuzz import calltable, remote
 from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
+from kapi_selftests.guest import agent
 from kapi_selftests.guest.harness import Harness
 from kapi_selftests.oracle.bulk import clean_calls
 from kapi_selftests.oracle.checks import CallCheck, check_calls
@@ -193,8 +194,6 @@ def _assert_both_side_effects(result: BatchResult) -> None:
 
 def test_check5_real_side_effects_are_seen_by_the_batch_engine(kapi_harness: Harness,
                                                                tmp_path: FsPath) -> None:
-    from kapi_selftests import agent, remote
-
     specs = _narrowed(kapi_harness.specs)
     # the host built the executor into the cache it hands the guest; else build it here
     lib = calltable.build_library(calltable.CACHE_DIR) or calltable.build_library(tmp_path)

@@ -189,6 +189,28 @@ def test_the_pure_stages_load_no_kernel_interface() -> None:
     assert out == "[]"
 
 
+def test_every_import_of_the_package_resolves() -> None:
+    # After a move an import of the old place fails only when its code runs (a test in the
+    # guest, say): every ``from kapi_selftests...`` in the repository is resolved here.
+    import importlib.util  # resolving names needs the modules loaded: only this test does
+
+    repo = ROOT.parent
+    missing = []
+    for path in sorted(p for d in ("kapi_selftests", "tests", "bench") for p in
+                       (repo / d).rglob("*.py")) + [repo / "conftest.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                    and node.module.split(".")[0] == PKG):
+                continue
+            mod = importlib.import_module(node.module)
+            for a in node.names:
+                if not hasattr(mod, a.name) and \
+                        importlib.util.find_spec(f"{node.module}.{a.name}") is None:
+                    missing.append(f"{path.relative_to(repo)}:{node.lineno}: "
+                                   f"{node.module}.{a.name}")
+    assert missing == []
+
+
 # -- the checker, seen to fail ---------------------------------------------------
 
 def _tree(tmp: Path, files: dict[str, str]) -> dict[str, Module]:
