@@ -12,7 +12,7 @@ come back are decoded, paired and judged here. The agent is in the same process
 
 Side effects (check 5) are measured by the executor around each call the oracle
 expects to be rejected: the watches and the judging of their measurements are
-:mod:`kapi_selftests.sideeffects`, the same as the suite's, so are the lines.
+:mod:`kapi_selftests.oracle.sideeffects`, the same as the suite's, so are the lines.
 """
 
 from __future__ import annotations

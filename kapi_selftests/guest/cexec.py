@@ -10,7 +10,7 @@ table runs through :func:`kapi_selftests.guest.syscalls.invoke` (same results, s
 Per call ``kx_run`` records the return value and ``CLOCK_MONOTONIC`` just before
 and after (the window the call's trace events lie in). For calls the host
 expects to be rejected it also measures, right before and after the call, the
-*watches* :mod:`kapi_selftests.sideeffects` lists for it (check 5, "a rejected call
+*watches* :mod:`kapi_selftests.oracle.sideeffects` lists for it (check 5, "a rejected call
 changed nothing": what is watched and how a change is judged is defined there, once,
 for both engines). :func:`measure` is the measurement of one watch, in C here and in
 Python (its twin, which the suite's own engine uses too); both use only calls that

@@ -7,7 +7,7 @@ paths are under the scratch directory, madvise addresses are arena mappings.
 
 Side effects (check 5 of the suite: a rejected call must change nothing) are
 measured here for the suite's engine, around a batch: what is watched and how a change
-is judged is :mod:`kapi_selftests.sideeffects`, the definition the C executor of fuzz
+is judged is :mod:`kapi_selftests.oracle.sideeffects`, the definition the C executor of fuzz
 campaigns shares.
 """
 
@@ -149,7 +149,7 @@ class Materializer:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What a call could change (check 5's watches, :mod:`kapi_selftests.sideeffects`),
+    """What a call could change (check 5's watches, :mod:`kapi_selftests.oracle.sideeffects`),
     measured before it ran."""
 
     watches: tuple[Watch, ...]

@@ -5,20 +5,20 @@ must change nothing. Both engines judge that from the same *watches* (:func:`wat
 what to measure for a materialised call) and the same judgement (:func:`judge`:
 before/after measurements to finding lines, one wording):
 
-- the suite's engine (:class:`~kapi_selftests.harness.Harness`, through
-  :func:`kapi_selftests.materialize.snapshot` and
-  :func:`~kapi_selftests.materialize.side_effects`) measures them in Python
-  (:func:`kapi_selftests.cexec.measure`) before and after the whole batch, outside the
+- the suite's engine (:class:`~kapi_selftests.guest.harness.Harness`, through
+  :func:`kapi_selftests.guest.materialize.snapshot` and
+  :func:`~kapi_selftests.guest.materialize.side_effects`) measures them in Python
+  (:func:`kapi_selftests.guest.cexec.measure`) before and after the whole batch, outside the
   capture window;
-- the batch engine of fuzz campaigns (:class:`~kapi_selftests.remote.RemoteHarness`,
-  the guest's :mod:`~kapi_selftests.agent`) sends them in the call table, and the C
-  executor (:mod:`kapi_selftests.cexec`) measures them right before and after the call
+- the batch engine of fuzz campaigns (:class:`~kapi_selftests.fuzz.remote.RemoteHarness`,
+  the guest's :mod:`~kapi_selftests.guest.agent`) sends them in the call table, and the C
+  executor (:mod:`kapi_selftests.guest.cexec`) measures them right before and after the call
   itself, inside the capture window, with the same numbers (``tests/unit/test_cexec.py``).
 
 What is watched for a call predicted to be rejected, argument by argument:
 
 - an fd the materialiser made: whether it is open, its file offset, its file's size
-  and a hash of the file's first :data:`~kapi_selftests.table.HASH_LIMIT` bytes (a
+  and a hash of the file's first :data:`~kapi_selftests.fuzz.calltable.HASH_LIMIT` bytes (a
   regular file), and the bytes readable from it (``FIONREAD``: a pipe, a socket; of a
   regular file that is size - offset, already watched);
 - a buffer (non-empty, and readable, as the engine's ``readable`` says): a hash of its

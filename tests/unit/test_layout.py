@@ -10,6 +10,7 @@ why (on its line, or on the line above its group of imports).
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +210,47 @@ def test_every_import_of_the_package_resolves() -> None:
                     missing.append(f"{path.relative_to(repo)}:{node.lineno}: "
                                    f"{node.module}.{a.name}")
     assert missing == []
+
+
+def _unresolved(text: str) -> list[str]:
+    """The ``kapi_selftests.x.y`` names and ``kapi_selftests/x/y.py`` paths in ``text``
+    that name nothing in the package."""
+    import importlib  # resolving names needs the modules loaded: only these tests do
+
+    out = []
+    for ref in sorted(set(re.findall(r"kapi_selftests(?:\.[A-Za-z_]\w*)+", text))):
+        parts = ref.split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj: object = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            try:
+                for a in parts[i:]:
+                    obj = getattr(obj, a)
+            except AttributeError:
+                out.append(ref)
+            break
+    out += [p for p in sorted(set(re.findall(r"kapi_selftests/[\w/]+\.py", text)))
+            if not (ROOT.parent / p).is_file()]
+    return out
+
+
+def test_the_docs_name_what_exists() -> None:
+    # docs, READMEs and docstrings name modules, functions and files after a move
+    repo = ROOT.parent
+    texts = [repo / "README.md", repo / "bench" / "README.md", repo / "vm" / "README.md",
+             *sorted((repo / "docs").glob("*.md")), *sorted(ROOT.rglob("*.py"))]
+    stale = [f"{p.relative_to(repo)}: {ref}" for p in texts for ref in _unresolved(p.read_text())]
+    assert stale == []
+
+
+def test_a_stale_doc_name_is_found() -> None:
+    text = ("see :func:`kapi_selftests.trace.pairing.pair` and kapi_selftests/guest/harness.py; "
+            "not kapi_selftests.pairing.pair, kapi_selftests.oracle.predict.no_such_name "
+            "or kapi_selftests/cexec.py")
+    assert _unresolved(text) == ["kapi_selftests.oracle.predict.no_such_name",
+                                 "kapi_selftests.pairing.pair", "kapi_selftests/cexec.py"]
 
 
 # -- the checker, seen to fail ---------------------------------------------------
