@@ -174,9 +174,10 @@ def batch_in_guest(kernel_path: Path, calls: int, loop: int,
     import shlex
     import threading
 
-    from kapi_selftests.fuzz import calltable, remote, shm
+    from kapi_selftests.fuzz import remote
     from kapi_selftests.fuzz.campaign import Campaign, CampaignConfig
     from kapi_selftests.host import initramfs, kernel, qemu, runner
+    from kapi_selftests.link import calltable, shm
 
     k = kernel.find_kernel(kernel_path)
     work = Path(tempfile.mkdtemp(prefix="kapi-bench-fuzz-"))

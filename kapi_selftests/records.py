@@ -19,9 +19,9 @@ from kapi_selftests.arch import find_syscall
 
 if TYPE_CHECKING:
     from kapi_selftests.fuzz.kcov import BatchCover
-    from kapi_selftests.fuzz.plan import CallPlan
     from kapi_selftests.oracle.checks import CallCheck
     from kapi_selftests.oracle.spec import Spec
+    from kapi_selftests.plan import CallPlan
     from kapi_selftests.trace.events import Capture, RawCapture
 
 __all__ = ["SyscallRecord", "EventSource", "Batch", "CheckKind", "Rejection", "Prediction",

@@ -7,7 +7,7 @@ directory and on fds and mappings the harness owns). ``--kernel PATH`` boots
 ``<out>/shard-<i>``. Two engines: ``batch`` (default) runs each shard's campaign in
 a process here and only the issuing in its guest (:mod:`kapi_selftests.guest.agent`: call
 tables through a compiled executor, results and raw traces back over shared memory,
-:mod:`kapi_selftests.fuzz.remote`, :mod:`kapi_selftests.fuzz.shm`); ``harness`` runs ``fuzz
+:mod:`kapi_selftests.fuzz.remote`, :mod:`kapi_selftests.link.shm`); ``harness`` runs ``fuzz
 --local`` in the guest with the suite's harness (every call materialised and judged
 in the guest). A
 guest that oopses, warns, panics or hangs is recorded (console excerpt, the
@@ -58,7 +58,7 @@ from kapi_selftests.fuzz.callsafety import safe_specs
 from kapi_selftests.oracle.spec import DEBUGFS_ROOT
 
 if TYPE_CHECKING:
-    from kapi_selftests.fuzz.plan import CallPlan
+    from kapi_selftests.plan import CallPlan
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ def _record_guest_crash(shard_dir: Path, shard: int, run: Any, engine: str) -> s
     )
 
     # loaded when the subcommand runs: the CLI imports every subcommand at start
-    from kapi_selftests.fuzz.plan import plan_from_json
+    from kapi_selftests.plan import plan_from_json
 
     if not run.splats and not run.killed:
         return None
@@ -516,7 +516,7 @@ def run_kernel(args: argparse.Namespace) -> int:
     lib = None
     if args.engine == "batch":
         # guest side: only a run on this kernel (--local, in the guest) needs it
-        from kapi_selftests.fuzz import calltable
+        from kapi_selftests.link import calltable
         lib = calltable.build_library(calltable.CACHE_DIR)
 
     def one(shard: int) -> None:
@@ -701,9 +701,10 @@ def _batch_shard(args: argparse.Namespace, kimg: Any, cfg: Any, out: Path, shard
     """One shard of the batch engine: the campaign here, an agent in a guest, restarts."""
 
     # loaded when the subcommand runs: the CLI imports every subcommand at start
-    from kapi_selftests.fuzz import campaign, remote, shm
+    from kapi_selftests.fuzz import campaign, remote
     from kapi_selftests.host import runner
     from kapi_selftests.host.initramfs import GUEST_OUT
+    from kapi_selftests.link import shm
 
     sdir = out / f"shard-{shard}"
     sdir.mkdir(parents=True, exist_ok=True)

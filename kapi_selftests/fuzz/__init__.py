@@ -1,9 +1,10 @@
-"""Generation stage: call plans, generated, run as campaigns, and their findings.
+"""Generation stage: call plans generated, run as campaigns, and their findings.
 
-Plans (``plan``), the values where a validator turns (``edges``), generation for
+The values where a validator turns (``edges``), generation of plans
+(:mod:`kapi_selftests.plan`) for
 the suite (``strategies``) and for campaigns (``generate``, ``callsafety``), the
 campaign loop (``campaign``), shrinking (``minimize``), findings and their
 reproducers (``findings``, ``repro``), spec and kernel coverage (``coverage``,
-``kcov``), the campaign's files (``campaign_report``) and the host link to a
-guest's agent (``remote``, ``shm``).
+``kcov``), the campaign's files (``campaign_report``) and the host side of the
+link to a guest's agent (``remote``; the link itself is :mod:`kapi_selftests.link`).
 """

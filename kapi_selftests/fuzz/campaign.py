@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kapi_selftests.errors import UsageError
-from kapi_selftests.fuzz import calltable, minimize, remote, repro
+from kapi_selftests.fuzz import minimize, remote, repro
 from kapi_selftests.fuzz.callsafety import safe_specs
 from kapi_selftests.fuzz.campaign_report import EDGES_FILE
 from kapi_selftests.fuzz.coverage import Coverage, CoverageFigure
@@ -54,10 +54,11 @@ from kapi_selftests.fuzz.findings import (
     read_jsonl,
 )
 from kapi_selftests.fuzz.generate import PlanGenerator
-from kapi_selftests.fuzz.plan import CallPlan, FdKind, plan_from_json, plan_json_text, plan_to_json
 from kapi_selftests.guest.fds import std_fds_owned
+from kapi_selftests.link import calltable
 from kapi_selftests.oracle.checks import CallCheck
 from kapi_selftests.oracle.spec import Spec
+from kapi_selftests.plan import CallPlan, FdKind, plan_from_json, plan_json_text, plan_to_json
 from kapi_selftests.records import BatchResult, Prediction
 
 if TYPE_CHECKING:

@@ -30,8 +30,8 @@ from kapi_selftests.fuzz.findings import (
     append_jsonl,
     read_jsonl,
 )
-from kapi_selftests.fuzz.plan import CallPlan
 from kapi_selftests.oracle.spec import Spec
+from kapi_selftests.plan import CallPlan
 
 if TYPE_CHECKING:
     from kapi_selftests.oracle.reference import SpecDifference

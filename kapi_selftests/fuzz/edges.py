@@ -35,7 +35,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from kapi_selftests import arch
-from kapi_selftests.fuzz.plan import (
+from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, ParamType, Spec
+from kapi_selftests.plan import (
     KNOWN_VALUES,
     MAX_MAPPING,
     TOP_BUFS,
@@ -50,7 +51,6 @@ from kapi_selftests.fuzz.plan import (
     PathKind,
     make_safe,
 )
-from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, ParamType, Spec
 from kapi_selftests.records import Prediction
 
 __all__ = ["Edge", "SIZED", "param_kind", "ctype_width", "param_edges", "default_arg",

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from kapi_selftests.fuzz.plan import (
+from kapi_selftests.plan import (
     Buf,
     BufKind,
     CallPlan,
@@ -36,7 +36,7 @@ from kapi_selftests.fuzz.plan import (
     plan_from_json,
     plan_to_json,
 )
-from kapi_selftests.fuzz.plan import Path as PathArg
+from kapi_selftests.plan import Path as PathArg
 
 __all__ = ["FindingKey", "Example", "FindingRecord", "CrashRecord", "FindingStore",
            "plan_size", "read_jsonl", "append_jsonl", "append_lines", "now_iso", "FINDINGS_FILE",

@@ -33,7 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from kapi_selftests import arch
 from kapi_selftests.fuzz.coverage import Side, Target
 from kapi_selftests.fuzz.edges import SIZED, Edge, ctype_width, param_edges, param_kind, sized
-from kapi_selftests.fuzz.plan import (
+from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, Spec
+from kapi_selftests.plan import (
     FD_EDGES,
     KNOWN_VALUES,
     MADE_FDS,
@@ -49,7 +50,6 @@ from kapi_selftests.fuzz.plan import (
     PathKind,
     make_safe,
 )
-from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, Spec
 
 __all__ = ["PlanGenerator", "SIZE_EDGES", "STEER_ATTEMPTS", "RECENT", "batch_seed"]
 

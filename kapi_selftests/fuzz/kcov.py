@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from kapi_selftests.fuzz.calltable import COV_CALL, COV_HEAD
-from kapi_selftests.fuzz.plan import CallPlan, plan_from_json, plan_json_text
+from kapi_selftests.link.calltable import COV_CALL, COV_HEAD
+from kapi_selftests.plan import CallPlan, plan_from_json, plan_json_text
 
 __all__ = ["BatchCover", "KcovCorpus", "split", "EDGES_FILE", "CORPUS_FILE", "PCS_FILE",
            "read_corpus", "union_edges", "union_pcs", "FunctionCover", "SymbolMap",

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kapi_selftests.fuzz.plan import (
+from kapi_selftests.plan import (
     ArgPlan,
     Buf,
     BufKind,

@@ -30,8 +30,15 @@ from typing import Any, Protocol
 
 from kapi_selftests.arch import PAGE_SIZE
 from kapi_selftests.errors import LostGuest, MissingFeature
-from kapi_selftests.fuzz import calltable
-from kapi_selftests.fuzz.plan import (
+from kapi_selftests.link import calltable
+from kapi_selftests.link.shm import unpack_out, wait_until
+from kapi_selftests.oracle import sideeffects
+from kapi_selftests.oracle.checks import check_calls
+from kapi_selftests.oracle.predict import predict
+from kapi_selftests.oracle.reference import differing_reference, predict_calls
+from kapi_selftests.oracle.sideeffects import Watch, judge
+from kapi_selftests.oracle.spec import Spec, builtin_specs, load_debugfs, load_specs, write_specs
+from kapi_selftests.plan import (
     TOP_BUFS,
     ArgPlan,
     Buf,
@@ -43,14 +50,7 @@ from kapi_selftests.fuzz.plan import (
     PathKind,
     top_address,
 )
-from kapi_selftests.fuzz.plan import Path as PathPlan
-from kapi_selftests.fuzz.shm import unpack_out, wait_until
-from kapi_selftests.oracle import sideeffects
-from kapi_selftests.oracle.checks import check_calls
-from kapi_selftests.oracle.predict import predict
-from kapi_selftests.oracle.reference import differing_reference, predict_calls
-from kapi_selftests.oracle.sideeffects import Watch, judge
-from kapi_selftests.oracle.spec import Spec, builtin_specs, load_debugfs, load_specs, write_specs
+from kapi_selftests.plan import Path as PathPlan
 from kapi_selftests.records import (
     Batch,
     BatchResult,
@@ -392,7 +392,7 @@ class DirLink:
 
 
 class ShmLink:
-    """An agent behind a :class:`kapi_selftests.fuzz.shm.Channel` (``agent --shm`` in a guest).
+    """An agent behind a :class:`kapi_selftests.link.shm.Channel` (``agent --shm`` in a guest).
 
     :param alive: returns a reason when the agent can no longer answer (guest died)
     """

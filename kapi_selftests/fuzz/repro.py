@@ -31,7 +31,9 @@ from typing import Any
 from kapi_selftests.arch import NR, SYSCALLS
 from kapi_selftests.errors import UsageError
 from kapi_selftests.fuzz.findings import FindingKey
-from kapi_selftests.fuzz.plan import (
+from kapi_selftests.oracle.ctype import CKind, parse_ctype
+from kapi_selftests.oracle.spec import Spec
+from kapi_selftests.plan import (
     REGION_SIZE,
     ArgPlan,
     Buf,
@@ -41,8 +43,6 @@ from kapi_selftests.fuzz.plan import (
     plan_from_json,
     plan_to_json,
 )
-from kapi_selftests.oracle.ctype import CKind, parse_ctype
-from kapi_selftests.oracle.spec import Spec
 
 __all__ = ["Reproducer", "save", "load", "render_json", "render_pytest", "render_c",
            "REPRO_FORMAT"]
@@ -137,7 +137,7 @@ import pytest
 from kapi_selftests.records import EventSource
 from kapi_selftests.fuzz.findings import FindingKey
 from kapi_selftests.fuzz.campaign import replay_plans
-from kapi_selftests.fuzz.plan import plan_from_json
+from kapi_selftests.plan import plan_from_json
 from kapi_selftests.guest.tracefs import find_tracefs, missing_kapi_events, missing_tracefs
 
 PLANS = [plan_from_json(p) for p in json.loads({plans!r})]

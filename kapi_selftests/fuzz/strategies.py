@@ -6,7 +6,7 @@ the edge that matters). :func:`call_plans` combines them per spec, couples a
 buffer with the parameter that sizes it, and applies the harness's safety rules
 (never an fd number the harness does not own, madvise only on its own
 mappings with lengths that stay inside them unless the advice is a mere hint).
-The values and the safety rule are :mod:`kapi_selftests.fuzz.plan`'s, shared with the
+The values and the safety rule are :mod:`kapi_selftests.plan`'s, shared with the
 fuzzer's generator (which needs no hypothesis). Nothing here names one of the five
 v4 syscalls: any spec with an x86-64 number gets plans.
 """
@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from kapi_selftests import arch
 from kapi_selftests.errors import UsageError
 from kapi_selftests.fuzz.edges import ctype_width, param_edges, param_kind, sized
-from kapi_selftests.fuzz.plan import (
+from kapi_selftests.guest.fds import std_fds_owned
+from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, Spec
+from kapi_selftests.plan import (
     FD_EDGES,
     KNOWN_VALUES,
     MADE_FDS,
@@ -36,8 +38,6 @@ from kapi_selftests.fuzz.plan import (
     PathKind,
     make_safe,
 )
-from kapi_selftests.guest.fds import std_fds_owned
-from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, Spec
 
 __all__ = [
     "KNOWN_VALUES",

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kapi_selftests.arch import NR
-from kapi_selftests.fuzz.plan import (
+from kapi_selftests.plan import (
     ArgPlan,
     Buf,
     BufKind,
@@ -40,7 +40,7 @@ from kapi_selftests.fuzz.plan import (
     PathKind,
     plan_to_json,
 )
-from kapi_selftests.fuzz.plan import Path as PathArg
+from kapi_selftests.plan import Path as PathArg
 
 __all__ = ["probe_plans", "run_probe", "time_mix", "guest_main"]
 

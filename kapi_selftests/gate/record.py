@@ -15,7 +15,7 @@ for tests under ``tests/data/gate-*``) holds::
     fuzz/calls.jsonl      per-call behaviour of a fixed-seed fuzz run (docs/fuzz.md)
 
 ``calls.jsonl`` has one JSON object per call: ``seed``, ``shard``, ``index``,
-``plan`` (:func:`kapi_selftests.fuzz.plan.plan_to_json`), ``regs``, ``ret``,
+``plan`` (:func:`kapi_selftests.plan.plan_to_json`), ``regs``, ``ret``,
 ``errno``, ``spec_match`` (null without kapi events), ``pairs`` and
 ``findings`` (finding kinds). Reading only; nothing here runs a kernel.
 """

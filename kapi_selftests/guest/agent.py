@@ -3,7 +3,7 @@
 The campaign's Python work (generate, materialise, predict, decode, pair,
 judge) runs on the host, several times faster than in a TCG guest; the guest
 only issues calls. :class:`Resources` makes, once, everything a plan can name:
-one fd per :class:`~kapi_selftests.fuzz.plan.FdKind` at a fixed number (a *slot*), one
+one fd per :class:`~kapi_selftests.plan.FdKind` at a fixed number (a *slot*), one
 large read-write region ending at a guard page (any ``MAPPED``/``GUARD_TAIL``/
 ``SHORT``/``UNALIGNED`` buffer of up to its size lies in it), a read-only
 region, an unmapped page, and every kind of path string. Its
@@ -14,7 +14,7 @@ pipes, written files, created names), keeping the numbers and addresses.
 
 :class:`Agent` runs one table per capture window (:mod:`kapi_selftests.guest.cexec`)
 and hands back the results and the raw trace pages; :func:`serve_shm` does that
-over shared memory (:mod:`kapi_selftests.fuzz.shm`, the host's
+over shared memory (:mod:`kapi_selftests.link.shm`, the host's
 :class:`~kapi_selftests.fuzz.remote.ShmLink`) and :func:`serve` over a directory (the
 guest's output share, :class:`~kapi_selftests.fuzz.remote.DirLink`).
 """
@@ -39,15 +39,15 @@ from typing import Any
 
 from kapi_selftests.arch import PATH_MAX
 from kapi_selftests.errors import MissingFeature
-from kapi_selftests.fuzz import shm
-from kapi_selftests.fuzz.plan import MADE_FDS, PATH_LENGTHS, REGION_SIZE, STD_FDS, FdKind, PathKind
-from kapi_selftests.fuzz.shm import wait_until
 from kapi_selftests.guest import cexec
 from kapi_selftests.guest.executor import SPEC_SYSCALLS, find_event_source
 from kapi_selftests.guest.fds import FdPool, own_std_fds, std_fds_owned
 from kapi_selftests.guest.memory import Arena
 from kapi_selftests.guest.tracefs import KAPI_EVENTS, TraceInstance, syscall_events
+from kapi_selftests.link import shm
+from kapi_selftests.link.shm import wait_until
 from kapi_selftests.oracle.spec import specs_files, write_specs
+from kapi_selftests.plan import MADE_FDS, PATH_LENGTHS, REGION_SIZE, STD_FDS, FdKind, PathKind
 from kapi_selftests.records import EventSource
 from kapi_selftests.trace.events import RawCapture, write_capture_dir
 
@@ -259,7 +259,7 @@ def serve(agent: Agent, d: Path, *, idle_timeout_s: float = IDLE_TIMEOUT_S,
 
 def serve_shm(agent: Agent, ch: Any, *, idle_timeout_s: float = IDLE_TIMEOUT_S,
               stop: Callable[[], bool] = lambda: False) -> int:
-    """Serve tables over a :class:`kapi_selftests.fuzz.shm.Channel` until the host stops it."""
+    """Serve tables over a :class:`kapi_selftests.link.shm.Channel` until the host stops it."""
     return _serve(agent, _ShmEnd(ch), idle_timeout_s, stop)
 
 
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--dir", type=Path, help="serve over this directory (the output share)")
     where.add_argument("--shm", action="store_true",
-                       help="serve over the ivshmem-plain shared memory (kapi_selftests.fuzz.shm)")
+                       help="serve over the ivshmem-plain shared memory (kapi_selftests.link.shm)")
     p.add_argument("--lib", type=Path, help="the compiled batch executor (default: ctypes)")
     p.add_argument("--source", choices=[s.value for s in EventSource])
     p.add_argument("--heartbeat-s", type=float, default=10.0)
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             dev = shm.find_guest_device()
             if dev is None:
                 raise RuntimeError("no ivshmem-plain device (start QEMU with "
-                                   "kapi_selftests.fuzz.shm.qemu_args)")
+                                   "kapi_selftests.link.shm.qemu_args)")
             end = _ShmEnd(shm.open_guest(dev))
         else:
             end = _DirEnd(a.dir)

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kapi_selftests.arch import NR
-from kapi_selftests.fuzz.calltable import (
+from kapi_selftests.link.calltable import (
     CALL,
     HASH_LIMIT,
     KCOV_PATH,

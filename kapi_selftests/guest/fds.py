@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from kapi_selftests.fuzz.plan import STD_FDS, FdKind
+from kapi_selftests.plan import STD_FDS, FdKind
 
 __all__ = ["FdPool", "max_offset", "own_std_fds", "std_fds_owned"]
 

@@ -1,7 +1,7 @@
 """The guest-side pipeline in one object: plans -> memory -> batch -> capture -> checks.
 
 :class:`Harness` owns the arena, the fd pool and the trace instance, and runs a
-batch of :class:`~kapi_selftests.fuzz.plan.CallPlan` end to end: materialise,
+batch of :class:`~kapi_selftests.plan.CallPlan` end to end: materialise,
 snapshot what a predicted rejection must not change, issue all calls in one
 capture window, measure side effects, decode, judge. The suite, the fuzzer
 and ``run --local`` all go through it. Resources of a batch are released after
@@ -19,7 +19,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from kapi_selftests.arch import PATH_MAX
-from kapi_selftests.fuzz.plan import CallPlan
 from kapi_selftests.guest.executor import SPEC_SYSCALLS, Executor
 from kapi_selftests.guest.fds import FdPool
 from kapi_selftests.guest.materialize import Materializer, side_effects, snapshot
@@ -34,6 +33,7 @@ from kapi_selftests.oracle.spec import (
     specs_files,
     write_specs,
 )
+from kapi_selftests.plan import CallPlan
 from kapi_selftests.records import (
     Batch,
     BatchResult,

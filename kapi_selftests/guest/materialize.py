@@ -17,7 +17,13 @@ import os
 from dataclasses import dataclass
 
 from kapi_selftests.arch import PAGE_SIZE
-from kapi_selftests.fuzz.plan import (
+from kapi_selftests.guest.cexec import measure
+from kapi_selftests.guest.fds import FdPool
+from kapi_selftests.guest.memory import Arena
+from kapi_selftests.oracle.predict import predict
+from kapi_selftests.oracle.sideeffects import Watch, judge, watches
+from kapi_selftests.oracle.spec import Spec
+from kapi_selftests.plan import (
     PATH_LENGTHS,
     TOP_BUFS,
     ArgPlan,
@@ -30,12 +36,6 @@ from kapi_selftests.fuzz.plan import (
     PathKind,
     top_address,
 )
-from kapi_selftests.guest.cexec import measure
-from kapi_selftests.guest.fds import FdPool
-from kapi_selftests.guest.memory import Arena
-from kapi_selftests.oracle.predict import predict
-from kapi_selftests.oracle.sideeffects import Watch, judge, watches
-from kapi_selftests.oracle.spec import Spec
 from kapi_selftests.records import Materialized, Prediction
 
 __all__ = ["Materializer", "Snapshot", "snapshot", "side_effects"]

@@ -38,9 +38,9 @@ from kapi_selftests.errors import (
     UsageError,
     describe_exception,
 )
-from kapi_selftests.fuzz import calltable
 from kapi_selftests.host import console as console_mod
 from kapi_selftests.host import initramfs, kernel, pyzip, qemu, warm
+from kapi_selftests.link import calltable
 from kapi_selftests.report import Outcome, TestResult, group, leaves
 
 __all__ = ["BootTimings", "GuestRun", "GuestSpec", "guest_command", "guest_env", "prepare",

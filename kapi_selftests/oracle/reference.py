@@ -30,7 +30,6 @@ from pathlib import Path
 
 from kapi_selftests.arch import find_syscall
 from kapi_selftests.errors import KapiError, UsageError
-from kapi_selftests.fuzz.plan import CallPlan
 from kapi_selftests.gate.specdiff import FieldChange, SpecChangeKind, diff_fields, diff_specs
 from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.spec import (
@@ -44,6 +43,7 @@ from kapi_selftests.oracle.spec import (
     load_debugfs,
     same_shape,
 )
+from kapi_selftests.plan import CallPlan
 from kapi_selftests.records import Materialized, PlanMaterializer, Prediction
 
 __all__ = ["ENV", "BUILTIN", "DiffClass", "SpecDifference", "load_reference",

@@ -18,7 +18,7 @@ before/after measurements to finding lines, one wording):
 What is watched for a call predicted to be rejected, argument by argument:
 
 - an fd the materialiser made: whether it is open, its file offset, its file's size
-  and a hash of the file's first :data:`~kapi_selftests.fuzz.calltable.HASH_LIMIT` bytes (a
+  and a hash of the file's first :data:`~kapi_selftests.link.calltable.HASH_LIMIT` bytes (a
   regular file), and the bytes readable from it (``FIONREAD``: a pipe, a socket; of a
   regular file that is size - offset, already watched);
 - a buffer (non-empty, and readable, as the engine's ``readable`` says): a hash of its
@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from kapi_selftests.fuzz import calltable
+from kapi_selftests.link import calltable
 
 if TYPE_CHECKING:
     from kapi_selftests.records import Materialized

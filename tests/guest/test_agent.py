@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from kapi_selftests.fuzz import calltable, remote, shm
+from kapi_selftests.fuzz import remote
 from kapi_selftests.fuzz.generate import PlanGenerator
 from kapi_selftests.guest import agent
 from kapi_selftests.guest.executor import SPEC_SYSCALLS
 from kapi_selftests.guest.tracefs import find_tracefs, missing_syscall_events
+from kapi_selftests.link import calltable, shm
 from kapi_selftests.records import EventSource
 
 

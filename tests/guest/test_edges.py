@@ -54,7 +54,7 @@ def test_the_top_user_page_shared_by_a_batch_is_no_side_effect(any_harness: Harn
     # an accepted read fills the harness's last user page; a later call of the same batch,
     # rejected for its fd, names a buffer on that page: the change is not the rejected
     # call's (found by a generated batch through virtme-ng)
-    from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit
+    from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit
 
     plans = [CallPlan("read", (Fd(FdKind.DEV_ZERO), Buf(BufKind.LAST_USER, 4096), Lit(4096))),
              CallPlan("read", (Lit(0xFFFFFFFF), Buf(BufKind.LAST_USER, 3191), Lit(3191)))]

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from kapi_selftests.fuzz.plan import STD_FDS, FdKind
 from kapi_selftests.guest.fds import FdPool, std_fds_owned
+from kapi_selftests.plan import STD_FDS, FdKind
 
 
 def _open_fds() -> set[int]:

@@ -101,7 +101,7 @@ def test_replay_follows_the_engine_that_found_the_finding(tracefs_root: object) 
     # same kind sees the closed fd. The harness engine gives every call fresh fds.
     from kapi_selftests.fuzz.campaign import replay_plans
     from kapi_selftests.fuzz.findings import FindingKey
-    from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit
+    from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit
 
     reason = missing_syscall_events(find_tracefs(), SPEC_SYSCALLS)
     if reason:
@@ -131,9 +131,9 @@ def test_c_reproducer_issues_the_calls_as_its_engine_does(tracefs_root: object, 
 
     from kapi_selftests.fuzz.campaign import replay_plans
     from kapi_selftests.fuzz.findings import FindingKey
-    from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit
     from kapi_selftests.fuzz.repro import Reproducer, render_c
     from kapi_selftests.oracle.spec import builtin_specs
+    from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit
 
     if os.environ.get("KAPI_IN_GUEST"):
         pytest.skip("compiles C: run on the host as root (gcc under TCG takes tens of seconds)")

@@ -19,12 +19,13 @@ from typing import Any, TypeVar
 import pytest
 
 from kapi_selftests.arch import NR
-from kapi_selftests.fuzz import calltable, campaign
+from kapi_selftests.fuzz import campaign
 from kapi_selftests.fuzz.generate import PlanGenerator
 from kapi_selftests.fuzz.kcov import SymbolMap
 from kapi_selftests.guest import cexec
 from kapi_selftests.guest.executor import find_event_source
 from kapi_selftests.guest.syscalls import invoke
+from kapi_selftests.link import calltable
 from kapi_selftests.records import EventSource
 
 # <linux/kcov.h>

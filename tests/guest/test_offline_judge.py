@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from kapi_selftests import cli
-from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, PathKind
-from kapi_selftests.fuzz.plan import Path as PathPlan
 from kapi_selftests.guest.harness import Harness
+from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, PathKind
+from kapi_selftests.plan import Path as PathPlan
 from kapi_selftests.trace.calls_log import CALLS_LOG
 
 PLANS = [

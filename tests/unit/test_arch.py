@@ -10,10 +10,10 @@ from hypothesis import given
 
 from kapi_selftests import arch
 from kapi_selftests.fuzz.callsafety import DENIED, missing_safe_calls
-from kapi_selftests.fuzz.plan import CallPlan, Fd, Lit
 from kapi_selftests.fuzz.strategies import call_plans
 from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.spec import ParamSpec, ParamType, Spec, load_debugfs
+from kapi_selftests.plan import CallPlan, Fd, Lit
 
 KAPI = Path(__file__).resolve().parents[1] / "data" / "gate-real-kapi" / "kapi"
 

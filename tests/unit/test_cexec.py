@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from kapi_selftests.arch import NR
-from kapi_selftests.fuzz import calltable
 from kapi_selftests.guest import cexec
+from kapi_selftests.link import calltable
 from kapi_selftests.oracle.sideeffects import Watch, judge
 
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,

@@ -12,10 +12,10 @@ from kapi_selftests import arch
 from kapi_selftests.fuzz import edges
 from kapi_selftests.fuzz.edges import SIZED, EdgeCoverage, edge_of, edge_plans, param_edges
 from kapi_selftests.fuzz.generate import PlanGenerator
-from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
 from kapi_selftests.fuzz.strategies import call_plans
 from kapi_selftests.oracle.predict import MemoryFacts, predict
 from kapi_selftests.oracle.spec import builtin_specs
+from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
 
 SPECS = builtin_specs()
 

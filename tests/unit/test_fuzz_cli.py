@@ -16,10 +16,10 @@ from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KSFT_USAGE
 from kapi_selftests.fuzz.campaign import write_json_atomic
 from kapi_selftests.fuzz.coverage import Coverage
 from kapi_selftests.fuzz.findings import Example, FindingKey, FindingStore, read_jsonl
-from kapi_selftests.fuzz.plan import CallPlan, Lit, plan_to_json
 from kapi_selftests.host import kernel, qemu, runner
 from kapi_selftests.host.console import Splat, SplatKind
 from kapi_selftests.oracle.spec import builtin_specs
+from kapi_selftests.plan import CallPlan, Lit, plan_to_json
 
 SPECS = builtin_specs()
 PLAN = CallPlan("madvise", (Lit(1), Lit(4096), Lit(0)))

@@ -14,7 +14,7 @@ from kapi_selftests.fuzz.findings import (
     plan_size,
     read_jsonl,
 )
-from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit
+from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit
 
 K1 = FindingKey("ret mismatch", "read", "accepted")
 K2 = FindingKey("spec_match mismatch", "read", "fd:range")

@@ -7,7 +7,8 @@ import random
 
 from kapi_selftests.fuzz.coverage import Side, Target
 from kapi_selftests.fuzz.generate import PlanGenerator
-from kapi_selftests.fuzz.plan import (
+from kapi_selftests.oracle.spec import builtin_specs
+from kapi_selftests.plan import (
     TOP_BUFS,
     Buf,
     BufKind,
@@ -19,7 +20,6 @@ from kapi_selftests.fuzz.plan import (
     plan_json_text,
     plan_to_json,
 )
-from kapi_selftests.oracle.spec import builtin_specs
 
 SPECS = builtin_specs()
 

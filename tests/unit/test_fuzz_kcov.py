@@ -21,11 +21,12 @@ import pytest
 
 from kapi_selftests import cli
 from kapi_selftests.errors import KSFT_PASS, KSFT_SKIP, KSFT_USAGE, MissingFeature
-from kapi_selftests.fuzz import calltable, kcov, remote
+from kapi_selftests.fuzz import kcov, remote
 from kapi_selftests.fuzz.campaign import write_json_atomic
-from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit
 from kapi_selftests.guest import agent, cexec
 from kapi_selftests.host import kernel, runner
+from kapi_selftests.link import calltable
+from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit
 
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                               reason="no C compiler")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from kapi_selftests.fuzz.minimize import Budget, ddmin, minimize, simpler_args, simplify_plans
-from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
+from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
 
 
 def test_ddmin_finds_the_two_items_that_matter() -> None:

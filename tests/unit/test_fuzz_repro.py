@@ -11,10 +11,10 @@ import pytest
 
 from kapi_selftests.fuzz.findings import FindingKey
 from kapi_selftests.fuzz.generate import PlanGenerator
-from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, PathKind
-from kapi_selftests.fuzz.plan import Path as PathArg
 from kapi_selftests.fuzz.repro import Reproducer, load, render_c, render_pytest, save
 from kapi_selftests.oracle.spec import builtin_specs
+from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, PathKind
+from kapi_selftests.plan import Path as PathArg
 
 SPECS = builtin_specs()
 KEY = FindingKey("spec_match mismatch", "read", "fd:range")

@@ -31,6 +31,10 @@ NEVER = (
     ("records", "guest", "the records cross stages: nothing that touches the kernel"),
     ("records", "host", "the records cross stages"),
     ("fuzz.remote", "guest", "the host link runs on the host"),
+    ("plan", "guest", "plans are what the guest is asked to make: they name no kernel state"),
+    ("plan", "host", "plans cross stages"),
+    ("link", "guest", "the host and the guest both speak the link"),
+    ("link", "host", "the guest speaks the link too"),
 )
 
 #: modules that touch the kernel or the machine when imported (the records may not)
@@ -151,8 +155,9 @@ def broken_rules(mods: dict[str, Module]) -> list[str]:
                     out.append(f"{src} -> {dst} ({why}): " + " -> ".join(chain))
                     break
     for name in sorted(mods):
-        if _under(name, "records") and mods[name].std & _KERNEL_FACING:
-            out.append(f"records imports {sorted(mods[name].std & _KERNEL_FACING)}")
+        for pure in ("records", "plan"):
+            if _under(name, pure) and mods[name].std & _KERNEL_FACING:
+                out.append(f"{pure} imports {sorted(mods[name].std & _KERNEL_FACING)}")
     return out
 
 

@@ -245,10 +245,10 @@ def test_fuzz_campaign_leaves_out_the_syscalls_it_must_not_issue() -> None:
 
 
 def test_reference_a_call_decided_otherwise_names_both_predictions(tmp_path: Path) -> None:
-    from kapi_selftests.fuzz.plan import CallPlan, Lit, PathKind
-    from kapi_selftests.fuzz.plan import Path as PathArg
     from kapi_selftests.oracle.predict import MemoryFacts, UserString, predict
     from kapi_selftests.oracle.reference import disagreement
+    from kapi_selftests.plan import CallPlan, Lit, PathKind
+    from kapi_selftests.plan import Path as PathArg
 
     d = _variant(tmp_path, "specs/sys_open", "valid_bits: 0x7fffc3", "valid_bits: 0x77ffc3")
     kernel, ref = load_debugfs(d)["sys_open"], builtin_specs()["sys_open"]
@@ -280,9 +280,9 @@ def test_fuzz_predicts_calls_from_both_and_keeps_those_decided_otherwise(
     from kapi_selftests.cmd import fuzz as fuzz_cmd
     from kapi_selftests.fuzz import campaign as fuzz_mod
     from kapi_selftests.fuzz import campaign_report
-    from kapi_selftests.fuzz.plan import CallPlan, Lit, PathKind
-    from kapi_selftests.fuzz.plan import Path as PathArg
     from kapi_selftests.oracle.predict import MemoryFacts, UserString, predict
+    from kapi_selftests.plan import CallPlan, Lit, PathKind
+    from kapi_selftests.plan import Path as PathArg
     from kapi_selftests.records import Materialized, Prediction
 
     monkeypatch.delenv(reference.ENV, raising=False)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from kapi_selftests.arch import NR, PAGE_SIZE
-from kapi_selftests.fuzz import calltable
-from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
 from kapi_selftests.fuzz.remote import (
     Manifest,
     ManifestMaterializer,
@@ -13,8 +11,10 @@ from kapi_selftests.fuzz.remote import (
     pack_table,
     unpack_results,
 )
+from kapi_selftests.link import calltable
 from kapi_selftests.oracle.sideeffects import Watch
 from kapi_selftests.oracle.spec import builtin_specs
+from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
 from kapi_selftests.records import EventSource
 
 RW, RO, SIZE = 0x7F0000000000, 0x7F0000100000, 128 << 10

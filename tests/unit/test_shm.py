@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kapi_selftests.fuzz import shm
+from kapi_selftests.link import shm
 from kapi_selftests.trace.events import RawCapture
 
 

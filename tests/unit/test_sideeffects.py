@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from kapi_selftests.fuzz import calltable
-from kapi_selftests.fuzz.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
+from kapi_selftests.link import calltable
 from kapi_selftests.oracle.sideeffects import Watch, judge, watches
+from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
 from kapi_selftests.records import Materialized
 
 U = (-1, -1, -1, -1)

@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 
 from kapi_selftests import arch
 from kapi_selftests.errors import UsageError
-from kapi_selftests.fuzz.plan import (
+from kapi_selftests.fuzz.strategies import buffers, call_plans, mask_values, sizes
+from kapi_selftests.guest.fds import std_fds_owned
+from kapi_selftests.oracle.spec import ParamSpec, ParamType, Spec, builtin_specs
+from kapi_selftests.plan import (
     STD_FDS,
     Buf,
     BufKind,
@@ -21,9 +24,6 @@ from kapi_selftests.fuzz.plan import (
     plan_from_json,
     plan_to_json,
 )
-from kapi_selftests.fuzz.strategies import buffers, call_plans, mask_values, sizes
-from kapi_selftests.guest.fds import std_fds_owned
-from kapi_selftests.oracle.spec import ParamSpec, ParamType, Spec, builtin_specs
 
 SPECS = builtin_specs()
 
