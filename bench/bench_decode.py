@@ -28,8 +28,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kapi_selftests.trace import events as E  # noqa: E402
+from kapi_selftests.trace.capture import read_capture_dir  # noqa: E402
+from kapi_selftests.trace.events import RawCapture  # noqa: E402
+from kapi_selftests.trace.formats import parse_header_page  # noqa: E402
 from kapi_selftests.trace.pairing import pair  # noqa: E402
+from kapi_selftests.trace.ringbuf import _walk_cpu, _walk_vectorized, decode, decode_columns  # noqa: E402
+from kapi_selftests.trace.text import _iter_lines, parse_text_trace  # noqa: E402
 
 T = TypeVar("T")
 
@@ -44,8 +48,8 @@ def best_of(k: int, fn: Callable[[], T]) -> tuple[float, T]:
     return best, out
 
 
-def big_raw(raw: E.RawCapture, reps: int) -> E.RawCapture:
-    hp = E.parse_header_page(raw.header_page)
+def big_raw(raw: RawCapture, reps: int) -> RawCapture:
+    hp = parse_header_page(raw.header_page)
     first = min(struct.unpack_from("<Q", d, hp.ts_offset)[0] for d in raw.pages.values() if d)
     last = max(struct.unpack_from("<Q", d, len(d) - hp.page_size + hp.ts_offset)[0]
                for d in raw.pages.values() if d)
@@ -60,7 +64,7 @@ def big_raw(raw: E.RawCapture, reps: int) -> E.RawCapture:
         ts = arr.view("<u8")[hp.ts_offset // 8::hp.page_size // 8]
         ts += (np.arange(reps, dtype=np.uint64) * np.uint64(span)).repeat(npages)
         pages[cpu] = arr.tobytes()
-    return E.RawCapture(raw.header_page, raw.header_event, raw.formats, pages, raw.stats)
+    return RawCapture(raw.header_page, raw.header_event, raw.formats, pages, raw.stats)
 
 
 def big_text(text: str, reps: int) -> str:
@@ -89,8 +93,8 @@ def main() -> int:
     args = ap.parse_args()
 
     src = args.reference / "raw" / "threads"
-    raw = E.read_capture_dir(src)
-    base = len(E.decode(raw).events)
+    raw = read_capture_dir(src)
+    base = len(decode(raw).events)
     reps = -(-args.events // base)
     big = big_raw(raw, reps)
     nbytes = sum(len(d) for d in big.pages.values())
@@ -99,17 +103,17 @@ def main() -> int:
     print(f"binary capture: {src} x{reps}: {nbytes / 1e6:.1f} MB of pages")
 
     # --- binary: the whole decode to sorted columns
-    t_dec, (cols, _loss) = best_of(args.repeat, lambda: E.decode_columns(big))
+    t_dec, (cols, _loss) = best_of(args.repeat, lambda: decode_columns(big))
     n = len(cols)
     print(f"binary decode (columns, sorted):      {n:>9} events {t_dec:7.3f} s "
           f"{n / t_dec / 1e6:6.2f} M events/s")
 
     # where the time goes: the page walk vs the rest (gathers, id check, sort)
-    hp = E.parse_header_page(big.header_page)
+    hp = parse_header_page(big.header_page)
     cpus = sorted(big.pages)
     blob = b"".join(big.pages[c] for c in cpus)
     where = [("x", i) for i in range(len(blob) // hp.page_size)]
-    t_walk, walk = best_of(args.repeat, lambda: E._walk_vectorized(blob, hp, where))
+    t_walk, walk = best_of(args.repeat, lambda: _walk_vectorized(blob, hp, where))
     t_join, _ = best_of(args.repeat, lambda: b"".join(big.pages[c] for c in cpus))
     t_sort, _ = best_of(args.repeat, lambda: np.argsort(walk.ts_ns, kind="stable"))
     print(f"  page walk (numpy, all pages/step):  {t_walk:7.3f} s "
@@ -128,7 +132,7 @@ def main() -> int:
         lens: list[int] = []
         b = 0
         for c in cpus:
-            E._walk_cpu(big.pages[c], c, hp, b, offs, tss, lens, [], "x")
+            _walk_cpu(big.pages[c], c, hp, b, offs, tss, lens, [], "x")
             b += len(big.pages[c])
         return len(tss)
 
@@ -137,7 +141,7 @@ def main() -> int:
           f"{n_py / t_py / 1e6:6.2f} M events/s)")
 
     # materialising TraceEvent objects (lazy; what pairing iterates)
-    cap = E.decode(big)
+    cap = decode(big)
     t_obj, k = best_of(1, lambda: sum(1 for _ in cap.events))
     print(f"TraceEvent objects (fields decoded):  {k:>9} events {t_obj:7.3f} s "
           f"{k / t_obj / 1e6:6.2f} M events/s")
@@ -147,19 +151,19 @@ def main() -> int:
 
     # --- text
     text = big_text((src / "trace.txt").read_text(), reps)
-    t_txt, tcap = best_of(args.repeat, lambda: E.parse_text_trace(text))
+    t_txt, tcap = best_of(args.repeat, lambda: parse_text_trace(text))
     m = len(tcap.events)
     print(f"text parse:                           {m:>9} events {t_txt:7.3f} s "
           f"{m / t_txt / 1e6:6.2f} M events/s ({len(text) / 1e6:.0f} MB)")
-    t_re, _ = best_of(1, lambda: sum(1 for _ in E._iter_lines(text)))
+    t_re, _ = best_of(1, lambda: sum(1 for _ in _iter_lines(text)))
     print(f"  line regex alone (findall):         {t_re:7.3f} s ({100 * t_re / t_txt:4.1f}%)")
 
     if args.profile:
         prof = cProfile.Profile()
-        prof.runcall(E.decode_columns, big)
+        prof.runcall(decode_columns, big)
         print("\nprofile: binary decode\n" + top(prof, 10))
         prof = cProfile.Profile()
-        prof.runcall(E.parse_text_trace, text)
+        prof.runcall(parse_text_trace, text)
         print("\nprofile: text parse\n" + top(prof, 10))
     return 0
 

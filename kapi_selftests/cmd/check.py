@@ -32,13 +32,8 @@ from kapi_selftests.oracle.spec import builtin_specs, load_debugfs
 from kapi_selftests.records import EventSource, Prediction
 from kapi_selftests.report import Outcome, TestResult, format_ktap
 from kapi_selftests.trace.calls_log import CALLS_LOG, FACTS_FILE, load_facts, parse_calls_log
-from kapi_selftests.trace.events import (
-    Capture,
-    FieldValue,
-    TraceEvent,
-    find_capture_dirs,
-    load_capture,
-)
+from kapi_selftests.trace.capture import find_capture_dirs, load_capture
+from kapi_selftests.trace.events import Capture, FieldValue, TraceEvent
 from kapi_selftests.trace.pairing import PairingResult, Violation, pair
 
 log = logging.getLogger(__name__)

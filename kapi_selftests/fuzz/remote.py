@@ -59,7 +59,9 @@ from kapi_selftests.records import (
     Prediction,
     SyscallRecord,
 )
-from kapi_selftests.trace.events import RawCapture, decode, read_capture_dir
+from kapi_selftests.trace.capture import read_capture_dir
+from kapi_selftests.trace.events import RawCapture
+from kapi_selftests.trace.ringbuf import decode
 
 __all__ = ["Manifest", "ManifestMemory", "ManifestMaterializer", "Link", "LocalLink", "DirLink",
            "ShmLink",

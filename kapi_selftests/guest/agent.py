@@ -49,7 +49,8 @@ from kapi_selftests.link.shm import wait_until
 from kapi_selftests.oracle.spec import specs_files, write_specs
 from kapi_selftests.plan import MADE_FDS, PATH_LENGTHS, REGION_SIZE, STD_FDS, FdKind, PathKind
 from kapi_selftests.records import EventSource
-from kapi_selftests.trace.events import RawCapture, write_capture_dir
+from kapi_selftests.trace.capture import write_capture_dir
+from kapi_selftests.trace.events import RawCapture
 
 __all__ = ["Resources", "Agent", "serve", "serve_shm", "NEW_NAMES", "SLOT_BASE"]
 

@@ -44,7 +44,9 @@ from kapi_selftests.records import (
     SyscallRecord,
 )
 from kapi_selftests.trace.calls_log import CALLS_LOG, FACTS_FILE, facts_json, format_calls_log
-from kapi_selftests.trace.events import Capture, decode, write_capture_dir
+from kapi_selftests.trace.capture import write_capture_dir
+from kapi_selftests.trace.events import Capture
+from kapi_selftests.trace.ringbuf import decode
 
 if TYPE_CHECKING:
     pass

@@ -7,7 +7,7 @@ KAPI spec, so toggling leaves no half pairs in the capture. The instance uses
 the ``mono`` trace clock, so event timestamps compare with
 ``time.monotonic_ns()`` taken around each call.
 
-This module only moves bytes; decoding is :mod:`kapi_selftests.trace.events`.
+This module only moves bytes; decoding is :mod:`kapi_selftests.trace.ringbuf`.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ from kapi_selftests.records import Prediction
 
 if TYPE_CHECKING:
     from kapi_selftests.records import SyscallRecord
-    from kapi_selftests.trace.events import Capture, EventColumns, EventFormat, TraceEvent
+    from kapi_selftests.trace.events import Capture, EventColumns, TraceEvent
+    from kapi_selftests.trace.formats import EventFormat
 
 __all__ = ["Window", "WindowEvents", "clean_calls"]
 

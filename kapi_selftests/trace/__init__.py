@@ -1,7 +1,10 @@
 """Trace stage: what the kernel traced, decoded and grouped. Pure.
 
-Format files, ring-buffer pages and text traces become events (``events``);
-enter/exit events pair per thread (``pairing``); events are assigned to the
-call whose time window holds them (``window``); a saved capture's issued calls
-are read back (``calls_log``). Imports neither the host nor the guest side.
+The records are ``events`` (``TraceEvent``, ``Capture``, ``RawCapture``); tracefs's
+format files and header pages are read by ``formats``; ring-buffer pages become
+events in ``ringbuf`` and text traces in ``text``; ``capture`` reads and writes
+capture directories and loads a saved capture. Enter/exit events pair per thread
+(``pairing``); events are assigned to the call whose time window holds them
+(``window``); a saved capture's issued calls are read back (``calls_log``).
+Imports neither the host nor the guest side.
 """

@@ -27,7 +27,7 @@ from kapi_selftests.oracle.predict import FindingKind, predict
 from kapi_selftests.oracle.spec import Spec
 from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
 from kapi_selftests.records import BatchResult, EventSource, Prediction
-from kapi_selftests.trace.events import decode
+from kapi_selftests.trace.ringbuf import decode
 
 _O_CLOEXEC = 0o2000000
 #: a clean batch of accepted calls, and one the validator rejects (a flag outside the mask)

@@ -31,7 +31,7 @@ from kapi_selftests.oracle.upstream_cases import (
     UpstreamCase,
 )
 from kapi_selftests.records import Batch, EventSource, SyscallRecord
-from kapi_selftests.trace.events import decode
+from kapi_selftests.trace.ringbuf import decode
 
 CASES = [c for c in UPSTREAM_CASES if c.calls]
 KMSG_CASE = next(c for c in UPSTREAM_CASES if c.kmsg)

@@ -21,8 +21,10 @@ from kapi_selftests.oracle.checks import CallCheck, check_calls
 from kapi_selftests.oracle.predict import ENTER, EXIT, FindingKind
 from kapi_selftests.oracle.spec import builtin_specs
 from kapi_selftests.records import CheckKind, EventSource, Prediction, Rejection, SyscallRecord
-from kapi_selftests.trace.events import Capture, TraceEvent, _LazyEvents, decode, read_capture_dir
+from kapi_selftests.trace.capture import read_capture_dir
+from kapi_selftests.trace.events import Capture, TraceEvent
 from kapi_selftests.trace.pairing import pair
+from kapi_selftests.trace.ringbuf import _LazyEvents, decode
 from kapi_selftests.trace.window import events_by_call
 
 SPECS = builtin_specs()

@@ -1,4 +1,4 @@
-"""events: format files, ring-buffer pages (real captures and hand-built edge cases),
+"""trace: format files, ring-buffer pages (real captures and hand-built edge cases),
 text traces, capture directories."""
 
 from __future__ import annotations
@@ -13,7 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kapi_selftests.errors import DecodeError, UsageError
-from kapi_selftests.trace import events as E
+from kapi_selftests.trace import ringbuf
+from kapi_selftests.trace.capture import (
+    find_capture_dirs,
+    load_capture,
+    read_capture_dir,
+    write_capture_dir,
+)
+from kapi_selftests.trace.events import LossGap, RawCapture, TraceEvent
+from kapi_selftests.trace.formats import parse_format, parse_header_page
+from kapi_selftests.trace.ringbuf import _walk_cpu, _walk_vectorized, decode, decode_columns
+from kapi_selftests.trace.text import parse_text_trace
 
 ENTER_FMT = (DATA / "kapi_syscall_enter.format").read_text()
 EXIT_FMT = (DATA / "kapi_syscall_exit.format").read_text()
@@ -24,7 +34,8 @@ ENTER_ID, EXIT_ID = 373, 372
 @pytest.fixture(autouse=True, params=["columnar", "plain"])
 def walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test twice: decode() through the numpy path and through the plain walk."""
-    monkeypatch.setattr(E, "SMALL_CAPTURE_PAGES", 0 if request.param == "columnar" else 1 << 30)
+    monkeypatch.setattr(ringbuf, "SMALL_CAPTURE_PAGES",
+                        0 if request.param == "columnar" else 1 << 30)
     return str(request.param)
 
 # --------------------------------------------------------------------------- page builder
@@ -86,8 +97,8 @@ def enter_payload(pid: int, name: str, args: tuple[int, ...], params: str) -> by
 
 
 def raw_capture(pages: dict[int, bytes], stats: dict[int, str] | None = None,
-                formats: dict[str, str] | None = None) -> E.RawCapture:
-    return E.RawCapture(header_page=HEADER_PAGE, header_event="",
+                formats: dict[str, str] | None = None) -> RawCapture:
+    return RawCapture(header_page=HEADER_PAGE, header_event="",
                         formats=formats if formats is not None else
                         {"kapi_syscall_enter": ENTER_FMT, "kapi_syscall_exit": EXIT_FMT},
                         pages=pages, stats=stats or {})
@@ -97,7 +108,7 @@ def raw_capture(pages: dict[int, bytes], stats: dict[int, str] | None = None,
 
 
 def test_parse_format_kapi_enter_fields() -> None:
-    fmt = E.parse_format(ENTER_FMT)
+    fmt = parse_format(ENTER_FMT)
     assert fmt.name == "kapi_syscall_enter" and fmt.id == 373
     assert [f.name for f in fmt.fields if f.common] == [
         "common_type", "common_flags", "common_preempt_count", "common_pid"]
@@ -110,7 +121,7 @@ def test_parse_format_kapi_enter_fields() -> None:
 
 
 def test_parse_format_kapi_exit_ret_after_padding() -> None:
-    fmt = E.parse_format(EXIT_FMT)
+    fmt = parse_format(EXIT_FMT)
     ret = fmt.field("ret")
     assert ret is not None and (ret.offset, ret.size, ret.signed) == (16, 8, True)
     assert fmt.field("spec_match") is not None and fmt.id == 372
@@ -118,29 +129,29 @@ def test_parse_format_kapi_exit_ret_after_padding() -> None:
 
 def test_parse_format_rejects_non_format() -> None:
     with pytest.raises(DecodeError, match="not an event format"):
-        E.parse_format("hello\nworld\n")
+        parse_format("hello\nworld\n")
 
 
 def test_parse_header_page_real() -> None:
-    hp = E.parse_header_page(HEADER_PAGE)
+    hp = parse_header_page(HEADER_PAGE)
     assert (hp.commit_offset, hp.commit_size, hp.data_offset, hp.page_size) == (8, 8, 16, 4096)
 
 
 def test_parse_header_page_rejects_garbage() -> None:
     with pytest.raises(DecodeError, match="header_page"):
-        E.parse_header_page("nothing here")
+        parse_header_page("nothing here")
 
 
 # --------------------------------------------------------------------------- real captures
 
 
-def _key_raw(e: E.TraceEvent) -> tuple[object, ...]:
+def _key_raw(e: TraceEvent) -> tuple[object, ...]:
     f = e.fields
     return ((e.ts_ns + 500) // 1000, e.cpu, e.tid, e.name, f.get("name"), f.get("params"),
             f.get("ret"), f.get("spec_match"))
 
 
-def _key_text(e: E.TraceEvent) -> tuple[object, ...]:
+def _key_text(e: TraceEvent) -> tuple[object, ...]:
     f = e.fields
     return (e.ts_ns // 1000, e.cpu, e.tid, e.name, f.get("name"), f.get("params"),
             f.get("ret"), f.get("spec_match"))
@@ -149,14 +160,14 @@ def _key_text(e: E.TraceEvent) -> tuple[object, ...]:
 @pytest.mark.parametrize("scenario,count", [("raw/small", 110), ("raw/threads", 28966),
                                             ("raw/overrun", 124), ("boundary", 140)])
 def test_decode_real_capture_matches_text_trace(scenario: str, count: int) -> None:
-    cap = E.load_capture(REF / scenario)
-    text = E.load_capture(REF / scenario / "trace.txt")
+    cap = load_capture(REF / scenario)
+    text = load_capture(REF / scenario / "trace.txt")
     assert len(cap.events) == count == len(text.events)
     assert sorted(map(_key_raw, cap.events)) == sorted(map(_key_text, text.events))
 
 
 def test_decode_real_capture_sorted_with_args() -> None:
-    cap = E.load_capture(REF / "raw/small")
+    cap = load_capture(REF / "raw/small")
     ts = [e.ts_ns for e in cap.events]
     assert ts == sorted(ts)
     first = cap.events[0]
@@ -168,7 +179,7 @@ def test_decode_real_capture_sorted_with_args() -> None:
 
 
 def test_decode_threads_migrate_between_cpus() -> None:
-    cap = E.load_capture(REF / "raw/threads")
+    cap = load_capture(REF / "raw/threads")
     cpus_of: dict[int, set[int]] = {}
     for ev in cap.events:
         cpus_of.setdefault(ev.tid, set()).add(ev.cpu)
@@ -176,22 +187,22 @@ def test_decode_threads_migrate_between_cpus() -> None:
 
 
 def test_decode_vectorised_walk_matches_reference_walk() -> None:
-    raw = E.read_capture_dir(REF / "raw/threads")
-    cols, _ = E.decode_columns(raw)
-    hp = E.parse_header_page(raw.header_page)
+    raw = read_capture_dir(REF / "raw/threads")
+    cols, _ = decode_columns(raw)
+    hp = parse_header_page(raw.header_page)
     offs: list[int] = []
     tss: list[int] = []
     lens: list[int] = []
     base = 0
     for cpu in sorted(raw.pages):
-        E._walk_cpu(raw.pages[cpu], cpu, hp, base, offs, tss, lens, [], "x")
+        _walk_cpu(raw.pages[cpu], cpu, hp, base, offs, tss, lens, [], "x")
         base += len(raw.pages[cpu])
     assert sorted(zip(tss, offs, lens, strict=True)) == sorted(
         zip(cols.ts_ns.tolist(), cols.offset.tolist(), cols.length.tolist(), strict=True))
 
 
 def test_decode_overrun_counts_loss_from_stats() -> None:
-    cap = E.load_capture(REF / "raw/overrun")
+    cap = load_capture(REF / "raw/overrun")
     assert cap.loss.lost_events == 14480 - 124 == 1037 + 13319
     assert dict(cap.loss.per_cpu) == {0: 1037, 1: 13319}
     starts = {g.cpu: g.end_ns for g in cap.loss.gaps if g.start_ns is None}
@@ -199,13 +210,13 @@ def test_decode_overrun_counts_loss_from_stats() -> None:
 
 
 def test_text_trace_loss_from_header() -> None:
-    cap = E.load_capture(REF / "raw/overrun/trace.txt")
+    cap = load_capture(REF / "raw/overrun/trace.txt")
     assert cap.loss.lost_events == 14356
     assert {g.cpu for g in cap.loss.gaps} == {0, 1}
 
 
 def test_text_trace_no_loss() -> None:
-    cap = E.load_capture(REF / "boot-evidence/trace-phase2-isolated.txt")
+    cap = load_capture(REF / "boot-evidence/trace-phase2-isolated.txt")
     assert len(cap.events) == 36 and cap.loss.lost_events == 0 and not cap.loss.gaps
 
 
@@ -216,7 +227,7 @@ def test_page_small_and_array_records() -> None:
     recs = [rec_data(10, enter_payload(7, "sys_close", (4,), "fd=4")),
             rec_data(5, exit_payload(7, "sys_close", 0)),
             rec_data(3, exit_payload(7, "sys_close", -9), force_array=True)]
-    cap = E.decode(raw_capture({0: page(1000, recs)}))
+    cap = decode(raw_capture({0: page(1000, recs)}))
     assert [e.ts_ns for e in cap.events] == [1010, 1015, 1018]
     assert cap.events[0].fields["args"] == (4, 0, 0, 0, 0, 0)
     assert cap.events[0].fields["params"] == "fd=4"
@@ -228,21 +239,21 @@ def test_page_time_extend_adds_large_delta() -> None:
     big = (5 << 27) + 123
     recs = [rec_data(1, exit_payload(1, "sys_read", 1)), rec_extend(big),
             rec_data(0, exit_payload(1, "sys_read", 2))]
-    cap = E.decode(raw_capture({0: page(100, recs)}))
+    cap = decode(raw_capture({0: page(100, recs)}))
     assert [e.ts_ns for e in cap.events] == [101, 101 + big]
 
 
 def test_page_absolute_time_stamp_sets_clock() -> None:
     recs = [rec_data(1, exit_payload(1, "sys_read", 1)), rec_abs(9_000_000_000),
             rec_data(7, exit_payload(1, "sys_read", 2))]
-    cap = E.decode(raw_capture({0: page(100, recs)}))
+    cap = decode(raw_capture({0: page(100, recs)}))
     assert [e.ts_ns for e in cap.events] == [101, 9_000_000_007]
 
 
 def test_page_discarded_event_is_skipped() -> None:
     recs = [rec_data(1, exit_payload(1, "sys_read", 1)), rec_padding(2, 40),
             rec_data(3, exit_payload(1, "sys_read", 2))]
-    cap = E.decode(raw_capture({0: page(100, recs)}))
+    cap = decode(raw_capture({0: page(100, recs)}))
     assert [e.fields["ret"] for e in cap.events] == [1, 2]
     assert [e.ts_ns for e in cap.events] == [101, 106]
 
@@ -250,26 +261,26 @@ def test_page_discarded_event_is_skipped() -> None:
 def test_page_null_padding_ends_page() -> None:
     recs = [rec_data(1, exit_payload(1, "sys_read", 1)), struct.pack("<II", 29, 0),
             b"\xff" * 16]
-    cap = E.decode(raw_capture({0: page(100, recs)}))
+    cap = decode(raw_capture({0: page(100, recs)}))
     assert len(cap.events) == 1
 
 
 def test_page_missed_events_stored_count_is_a_gap() -> None:
     p0 = page(100, [rec_data(1, exit_payload(1, "sys_read", 1))])
     p1 = page(500, [rec_data(1, exit_payload(1, "sys_read", 2))], missed=42)
-    cap = E.decode(raw_capture({0: p0 + p1}))
-    assert [g for g in cap.loss.gaps] == [E.LossGap(0, 101, 501, 42)]
+    cap = decode(raw_capture({0: p0 + p1}))
+    assert [g for g in cap.loss.gaps] == [LossGap(0, 101, 501, 42)]
     assert cap.loss.explains(101, 501) and not cap.loss.explains(501, 900)
 
 
 def test_page_missed_events_flag_without_count() -> None:
     p1 = page(500, [rec_data(1, exit_payload(1, "sys_read", 2))], missed_flag=True)
-    cap = E.decode(raw_capture({0: p1}))
-    assert cap.loss.gaps == (E.LossGap(0, None, 501, None),)
+    cap = decode(raw_capture({0: p1}))
+    assert cap.loss.gaps == (LossGap(0, None, 501, None),)
 
 
 def test_empty_cpu_file_decodes_to_nothing() -> None:
-    cap = E.decode(raw_capture({0: b"", 1: page(5, [])}))
+    cap = decode(raw_capture({0: b"", 1: page(5, [])}))
     assert len(cap.events) == 0 and cap.cpus == (0, 1)
 
 
@@ -277,24 +288,24 @@ def test_corrupt_commit_larger_than_page() -> None:
     bad = bytearray(page(100, [rec_data(1, exit_payload(1, "sys_read", 1))]))
     struct.pack_into("<Q", bad, 8, 5000)
     with pytest.raises(DecodeError, match=r"cpu0\.raw: page 0 .*corrupt page"):
-        E.decode(raw_capture({0: bytes(bad)}), where="cap")
+        decode(raw_capture({0: bytes(bad)}), where="cap")
 
 
 def test_corrupt_record_runs_past_commit() -> None:
     rec = struct.pack("<II", 1 << 5, 4000) + b"\0" * 8  # array[0] claims 4000 bytes
     with pytest.raises(DecodeError, match="runs past the commit"):
-        E.decode(raw_capture({0: page(100, [rec])}))
+        decode(raw_capture({0: page(100, [rec])}))
 
 
 def test_truncated_cpu_file() -> None:
     with pytest.raises(DecodeError, match="not a whole number"):
-        E.decode(raw_capture({0: page(100, [])[:1000]}))
+        decode(raw_capture({0: page(100, [])[:1000]}))
 
 
 def test_unknown_event_id() -> None:
     payload = struct.pack("<HBBi", 999, 0, 0, 1) + b"\0" * 8
     with pytest.raises(DecodeError, match="unknown event id 999"):
-        E.decode(raw_capture({0: page(100, [rec_data(1, payload)])}))
+        decode(raw_capture({0: page(100, [rec_data(1, payload)])}))
 
 
 def test_generic_syscall_event_fields() -> None:
@@ -302,7 +313,7 @@ def test_generic_syscall_event_fields() -> None:
             "sys_exit_openat": (DATA / "sys_exit_openat.format").read_text()}
     enter = struct.pack("<HBBii4xQQQQ", 700, 0, 0, 9, 257, 0xFFFFFF9C, 0x7FFD0000, 0, 0)
     exit_ = struct.pack("<HBBii4xq", 699, 0, 0, 9, 257, -2)
-    cap = E.decode(raw_capture({0: page(1, [rec_data(1, enter), rec_data(1, exit_)])},
+    cap = decode(raw_capture({0: page(1, [rec_data(1, enter), rec_data(1, exit_)])},
                                formats=fmts))
     e0, e1 = cap.events
     assert e0.name == "sys_enter_openat" and e0.fields["__syscall_nr"] == 257
@@ -314,7 +325,7 @@ def test_generic_syscall_event_fields() -> None:
 
 
 def test_text_trace_kapi_fields() -> None:
-    cap = E.parse_text_trace(
+    cap = parse_text_trace(
         "# tracer: nop\n"
         "#\n"
         "# entries-in-buffer/entries-written: 2/2   #P:2\n"
@@ -330,7 +341,7 @@ def test_text_trace_kapi_fields() -> None:
 
 
 def test_text_trace_generic_syscall_events() -> None:
-    cap = E.load_capture(DATA / "trace-generic-syscalls.txt")
+    cap = load_capture(DATA / "trace-generic-syscalls.txt")
     names = [e.name for e in cap.events]
     assert names[:2] == ["sys_enter_openat", "sys_exit_openat"]
     assert cap.events[0].fields["dfd"] == 0xFFFFFF9C
@@ -338,14 +349,14 @@ def test_text_trace_generic_syscall_events() -> None:
 
 
 def test_text_trace_lost_marker_is_a_gap() -> None:
-    cap = E.load_capture(DATA / "trace-lost-marker.txt")
+    cap = load_capture(DATA / "trace-lost-marker.txt")
     assert cap.loss.lost_events == 5
     (gap,) = cap.loss.gaps
     assert gap.cpu == 1 and gap.count == 5 and gap.start_ns is not None
 
 
 def test_text_trace_comm_with_dash_and_space() -> None:
-    cap = E.parse_text_trace(
+    cap = parse_text_trace(
         "  kworker/u4:1-my thread-1234 [000] ..... 1.000001: kapi_syscall_exit: "
         "sys_read = 0 spec_match=1\n")
     assert cap.events[0].tid == 1234
@@ -353,19 +364,19 @@ def test_text_trace_comm_with_dash_and_space() -> None:
 
 def test_text_trace_bad_line() -> None:
     with pytest.raises(DecodeError, match=r"t\.txt:2: not a trace line"):
-        E.parse_text_trace("# header\nthis is not a trace\n", where="t.txt")
+        parse_text_trace("# header\nthis is not a trace\n", where="t.txt")
 
 
 def test_load_capture_binary_file_is_clear_error(tmp_path: Path) -> None:
     f = tmp_path / "cpu0.bin"
     f.write_bytes(b"\x00\xff\xfe" * 100)
     with pytest.raises(DecodeError, match="not a text trace"):
-        E.load_capture(f)
+        load_capture(f)
 
 
 def test_load_capture_missing_path(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no such file"):
-        E.load_capture(tmp_path / "nope")
+        load_capture(tmp_path / "nope")
 
 
 # --------------------------------------------------------------------------- capture dirs
@@ -374,18 +385,18 @@ def test_load_capture_missing_path(tmp_path: Path) -> None:
 def test_capture_dir_round_trip(tmp_path: Path) -> None:
     raw = raw_capture({0: page(100, [rec_data(1, exit_payload(3, "sys_read", 1))]), 1: b""},
                       stats={0: "entries: 1\noverrun: 0\n", 1: "entries: 0\noverrun: 0\n"})
-    raw = E.RawCapture(raw.header_page, "# header_event\n", raw.formats, raw.pages, raw.stats,
+    raw = RawCapture(raw.header_page, "# header_event\n", raw.formats, raw.pages, raw.stats,
                        calls_log="3 read 0x0 0x0 0x0 ret=1 errno=0\n")
-    d = E.write_capture_dir(raw, tmp_path / "cap")
-    back = E.read_capture_dir(d)
+    d = write_capture_dir(raw, tmp_path / "cap")
+    back = read_capture_dir(d)
     assert back == raw
-    assert E.find_capture_dirs(tmp_path) == [d]
+    assert find_capture_dirs(tmp_path) == [d]
 
 
 def test_read_capture_dir_needs_header_page(tmp_path: Path) -> None:
     (tmp_path / "cpu0.raw").write_bytes(b"")
     with pytest.raises(DecodeError, match="no header_page"):
-        E.read_capture_dir(tmp_path)
+        read_capture_dir(tmp_path)
 
 
 # --------------------------------------------------------------------------- garbage in
@@ -400,7 +411,7 @@ def test_decode_garbage_page_is_decode_error_or_events(body: bytes, commit: int,
     data = struct.pack("<QQ", 1000, commit | flags) + body
     data += b"\0" * (4096 - len(data))
     try:
-        cap = E.decode(raw_capture({0: data}))
+        cap = decode(raw_capture({0: data}))
         for ev in cap.events:
             assert ev.cpu == 0
     except DecodeError:
@@ -420,7 +431,7 @@ def test_decode_garbage_page_is_decode_error_or_events(body: bytes, commit: int,
 ]), max_size=12))
 def test_parse_text_garbage_is_decode_error_or_events(lines: list[str]) -> None:
     try:
-        E.parse_text_trace("\n".join(lines))
+        parse_text_trace("\n".join(lines))
     except DecodeError:
         pass
 
@@ -442,19 +453,19 @@ def test_vectorised_walk_equals_reference_on_random_pages(pages: list[list[bytes
                                                           ts0: int) -> None:
     data = b"".join(page(ts0 + 10**9 * k, recs) for k, recs in enumerate(pages)
                     if len(b"".join(recs)) <= 4080)
-    hp = E.parse_header_page(HEADER_PAGE)
+    hp = parse_header_page(HEADER_PAGE)
     offs: list[int] = []
     tss: list[int] = []
     lens: list[int] = []
-    E._walk_cpu(data, 0, hp, 0, offs, tss, lens, [], "x")
-    walk = E._walk_vectorized(data, hp, [("x", i) for i in range(len(data) // 4096)])
+    _walk_cpu(data, 0, hp, 0, offs, tss, lens, [], "x")
+    walk = _walk_vectorized(data, hp, [("x", i) for i in range(len(data) // 4096)])
     assert walk.offset.tolist() == offs and walk.ts_ns.tolist() == tss
     assert walk.length.tolist() == lens
 
 
 def test_text_trace_loss_gaps_only_on_cpus_with_events() -> None:
-    cap = E.parse_text_trace(
+    cap = parse_text_trace(
         "# entries-in-buffer/entries-written: 1/9   #P:2\n"
         "  a-1 [000] ..... 1.000002: kapi_syscall_exit: sys_close = 0 spec_match=1\n")
     assert cap.loss.lost_events == 8
-    assert cap.loss.gaps == (E.LossGap(0, None, 1_000_002_000, None),)
+    assert cap.loss.gaps == (LossGap(0, None, 1_000_002_000, None),)

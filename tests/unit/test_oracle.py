@@ -36,7 +36,7 @@ from kapi_selftests.oracle.spec import (
     builtin_specs,
 )
 from kapi_selftests.records import CheckKind, SyscallRecord
-from kapi_selftests.trace.events import load_capture
+from kapi_selftests.trace.capture import load_capture
 
 BOUNDARY = REF / "boundary"
 SPECS = builtin_specs()

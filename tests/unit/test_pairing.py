@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from datadir import REFERENCE as REF
 
-from kapi_selftests.trace.events import Capture, LossGap, LossInfo, TraceEvent, load_capture
+from kapi_selftests.trace.capture import load_capture
+from kapi_selftests.trace.events import Capture, LossGap, LossInfo, TraceEvent
 from kapi_selftests.trace.pairing import PairingResult, ViolationKind, pair
 
 

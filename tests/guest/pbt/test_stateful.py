@@ -30,7 +30,7 @@ from kapi_selftests.guest.memory import Arena
 from kapi_selftests.oracle.checks import check_calls
 from kapi_selftests.oracle.spec import builtin_specs
 from kapi_selftests.records import SyscallRecord
-from kapi_selftests.trace.events import decode
+from kapi_selftests.trace.ringbuf import decode
 
 SPECS = builtin_specs()
 O_RDWR, O_CREAT = os.O_RDWR, os.O_CREAT

@@ -14,8 +14,9 @@ from kapi_selftests.guest.witness import run_witnessed
 from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.spec import builtin_specs
 from kapi_selftests.records import EventSource
-from kapi_selftests.trace.events import TraceEvent, decode
+from kapi_selftests.trace.events import TraceEvent
 from kapi_selftests.trace.pairing import pair
+from kapi_selftests.trace.ringbuf import decode
 
 SPECS = builtin_specs()
 NRS = frozenset(s.nr for s in SPECS.values() if s.nr is not None)
