@@ -135,6 +135,8 @@ static int64_t file_hash(int fd)
 			break;
 		h = kx_hash(h, buf, got);
 		off += got;
+		if (got < (long)sizeof(buf))
+			break; /* a regular file's short read: its end */
 	}
 	return (int64_t)h;
 }
