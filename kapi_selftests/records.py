@@ -2,8 +2,9 @@
 
 What the guest issued (:class:`SyscallRecord`), a capture window's calls and
 raw trace (:class:`Batch`), what the oracle predicts for a call
-(:class:`Prediction`, :class:`Rejection`) and a batch judged end to end
-(:class:`BatchResult`). Every stage speaks these; this module imports nothing
+(:class:`Prediction`, :class:`Rejection`), what the judge found
+(:class:`Finding`, one :class:`CallCheck` per call), the kernel coverage a batch
+reached (:class:`BatchCover`) and a batch judged end to end (:class:`BatchResult`). Every stage speaks these; this module imports nothing
 that touches the kernel (no libc, no tracefs), so the host and the pure stages
 load it freely.
 """
@@ -12,19 +13,19 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kapi_selftests.arch import find_syscall
 
 if TYPE_CHECKING:
-    from kapi_selftests.fuzz.kcov import BatchCover
-    from kapi_selftests.oracle.checks import CallCheck
     from kapi_selftests.oracle.spec import Spec
     from kapi_selftests.plan import CallPlan
-    from kapi_selftests.trace.events import Capture, RawCapture
+    from kapi_selftests.trace.events import Capture, RawCapture, TraceEvent
 
 __all__ = ["SyscallRecord", "EventSource", "Batch", "CheckKind", "Rejection", "Prediction",
+           "ENTER", "EXIT", "FindingKind", "Finding", "failures_of", "CallCheck", "BatchCover",
            "BatchResult", "Materialized", "PlanMaterializer"]
 
 
@@ -197,3 +198,116 @@ class PlanMaterializer(Protocol):
     def predict(self, spec: Spec, regs: tuple[int, ...]) -> Prediction:
         """The oracle's prediction for registers this materialiser made."""
         ...
+
+
+ENTER = "kapi_syscall_enter"
+
+
+EXIT = "kapi_syscall_exit"
+
+
+class FindingKind(enum.Enum):
+    """Kinds of disagreement between the oracle, the trace and userspace."""
+
+    PAIRING = "pairing violation"
+    ARGS_MISMATCH = "args/params mismatch"
+    RET_MISMATCH = "ret mismatch"
+    SPEC_MATCH_MISMATCH = "spec_match mismatch"
+    REJECTED_SIDE_EFFECT = "rejected call had a side effect"
+    SPEC_DRIFT = "spec drift"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One disagreement: its kind, a one-line explanation and the evidence lines."""
+
+    kind: FindingKind
+    message: str
+    evidence: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.message}"
+
+
+def failures_of(findings: Sequence[Finding], strict: bool) -> tuple[Finding, ...]:
+    """The findings that fail a call: all but spec drift, which fails only in strict mode."""
+    if not findings:
+        return ()
+    return tuple(f for f in findings if f.kind is not FindingKind.SPEC_DRIFT or strict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallCheck:
+    """One call, its events and what the checks found.
+
+    :param traced: :attr:`summary`, when the checker already knows it (else it is read
+        from ``events``)
+    """
+
+    record: SyscallRecord
+    events: Sequence[TraceEvent]
+    findings: tuple[Finding, ...] = ()
+    notes: tuple[str, ...] = ()
+    prediction: Prediction | None = None
+    strict: bool = False
+    traced: tuple[int | None, int] | None = None
+
+    @property
+    def failures(self) -> tuple[Finding, ...]:
+        """Findings that fail the call (spec drift only in strict mode)."""
+        return failures_of(self.findings, self.strict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def summary(self) -> tuple[int | None, int]:
+        """The last kapi exit's ``spec_match`` (None: no kapi exit) and the number of
+        enter/exit pairs (kapi or generic), as ``calls.jsonl`` records them."""
+        if self.traced is not None:
+            return self.traced
+        enters = exits = 0
+        last_exit = None
+        for e in self.events:
+            name = e.name
+            if name == EXIT or name.startswith("sys_exit_"):
+                exits += 1
+                last_exit = e
+            elif name == ENTER or name.startswith("sys_enter_"):
+                enters += 1
+        spec_match: int | None = None
+        if last_exit is not None and last_exit.name == EXIT:
+            v = last_exit.fields.get("spec_match")
+            spec_match = int(v) if isinstance(v, int) else None
+        return spec_match, min(enters, exits)
+
+    def explain(self) -> str:
+        """The call, its events, the oracle's reasoning and the findings, for a failure."""
+        lines = [f"call: {self.record.describe()}  (tid {self.record.tid})"]
+        if self.prediction is not None:
+            p = self.prediction
+            lines.append("oracle: " + (f"rejects: {p.rejection.describe()}" if p.rejection
+                                       else "accepts (handler runs)")
+                         + f"; params {p.params!r}")
+        lines += [f"event: {e.name} {dict(e.fields)}" for e in self.events]
+        lines += [f"{f.kind.value}: {f.message}" for f in self.findings]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCover:
+    """One batch's kernel coverage, per call in issue order.
+
+    :param new: edges new to the guest
+    :param pcs: program counters the call ran in the kernel
+    :param ids: the new edges' ids (fewer than ``new`` when the batch overflowed)
+    :param new_pcs: the batch's PCs new to the guest (low 32 bits), for the whole batch
+    """
+
+    new: tuple[int, ...]
+    pcs: tuple[int, ...]
+    ids: tuple[tuple[int, ...], ...]
+    dropped: int = 0
+    new_pcs: tuple[int, ...] = ()

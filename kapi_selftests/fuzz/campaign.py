@@ -56,10 +56,9 @@ from kapi_selftests.fuzz.findings import (
 from kapi_selftests.fuzz.generate import PlanGenerator
 from kapi_selftests.guest.fds import std_fds_owned
 from kapi_selftests.link import calltable
-from kapi_selftests.oracle.checks import CallCheck
 from kapi_selftests.oracle.spec import Spec
 from kapi_selftests.plan import CallPlan, FdKind, plan_from_json, plan_json_text, plan_to_json
-from kapi_selftests.records import BatchResult, Prediction
+from kapi_selftests.records import BatchResult, CallCheck, Prediction
 
 if TYPE_CHECKING:
     from kapi_selftests.fuzz.kcov import KcovCorpus

@@ -28,33 +28,16 @@ import numpy as np
 
 from kapi_selftests.link.calltable import COV_CALL, COV_HEAD
 from kapi_selftests.plan import CallPlan, plan_from_json, plan_json_text
+from kapi_selftests.records import BatchCover
 
-__all__ = ["BatchCover", "KcovCorpus", "split", "EDGES_FILE", "CORPUS_FILE", "PCS_FILE",
-           "read_corpus", "union_edges", "union_pcs", "FunctionCover", "SymbolMap",
-           "functions_reached"]
+__all__ = ["KcovCorpus", "split", "EDGES_FILE", "CORPUS_FILE", "PCS_FILE", "read_corpus",
+           "union_edges", "union_pcs", "FunctionCover", "SymbolMap", "functions_reached"]
 
 EDGES_FILE = "kcov-edges.bin"
 CORPUS_FILE = "kcov-corpus.jsonl"
 PCS_FILE = "kcov-pcs.bin"
 #: the kernel's text lies in the top 4 GiB (x86-64): a PC is reported by its low 32 bits
 TEXT_BASE = 0xFFFFFFFF00000000
-
-
-@dataclass(frozen=True, slots=True)
-class BatchCover:
-    """One batch's kernel coverage, per call in issue order.
-
-    :param new: edges new to the guest
-    :param pcs: program counters the call ran in the kernel
-    :param ids: the new edges' ids (fewer than ``new`` when the batch overflowed)
-    :param new_pcs: the batch's PCs new to the guest (low 32 bits), for the whole batch
-    """
-
-    new: tuple[int, ...]
-    pcs: tuple[int, ...]
-    ids: tuple[tuple[int, ...], ...]
-    dropped: int = 0
-    new_pcs: tuple[int, ...] = ()
 
 
 def split(data: bytes, result_bytes: int, n: int) -> tuple[bytes, BatchCover]:

@@ -142,9 +142,8 @@ def run_probe(out: Path, *, seed: int, calls: int, batch: int = 1) -> int:
     """
     # guest side: the host imports this package too (gate.record, gate.compare)
     from kapi_selftests.guest.harness import Harness
-    from kapi_selftests.oracle.predict import ENTER, EXIT
     from kapi_selftests.oracle.spec import load_specs
-    from kapi_selftests.records import EventSource
+    from kapi_selftests.records import ENTER, EXIT, EventSource
 
     specs, where = load_specs()
     log.info("probe: %s", where)

@@ -23,7 +23,7 @@ from kapi_selftests.guest.executor import SPEC_SYSCALLS, Executor
 from kapi_selftests.guest.fds import FdPool
 from kapi_selftests.guest.materialize import Materializer, side_effects, snapshot
 from kapi_selftests.guest.memory import Arena
-from kapi_selftests.oracle.checks import CallCheck, check_calls
+from kapi_selftests.oracle.checks import check_calls
 from kapi_selftests.oracle.predict import UserString
 from kapi_selftests.oracle.reference import differing_reference, predict_calls
 from kapi_selftests.oracle.spec import (
@@ -37,6 +37,7 @@ from kapi_selftests.plan import CallPlan
 from kapi_selftests.records import (
     Batch,
     BatchResult,
+    CallCheck,
     EventSource,
     Materialized,
     PlanMaterializer,

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, overload
 
 from kapi_selftests.oracle.ctype import to_s64
-from kapi_selftests.oracle.predict import ENTER, EXIT, RESTART_CODES, expected_spec_match
+from kapi_selftests.oracle.predict import RESTART_CODES, expected_spec_match
 from kapi_selftests.oracle.spec import Spec
-from kapi_selftests.records import Prediction
+from kapi_selftests.records import ENTER, EXIT, Prediction
 
 if TYPE_CHECKING:
     from kapi_selftests.records import SyscallRecord

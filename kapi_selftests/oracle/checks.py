@@ -20,89 +20,28 @@ window a loss gap overlaps is not judged for missing events (it gets a note).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from kapi_selftests.arch import MASK64, find_syscall
 from kapi_selftests.oracle.bulk import clean_calls
-from kapi_selftests.oracle.predict import (
+from kapi_selftests.oracle.predict import RESTART_CODES, MemoryView, judge
+from kapi_selftests.oracle.spec import Spec
+from kapi_selftests.records import (
     ENTER,
     EXIT,
-    RESTART_CODES,
+    CallCheck,
+    EventSource,
     Finding,
     FindingKind,
-    MemoryView,
-    failures_of,
-    judge,
+    Prediction,
+    SyscallRecord,
 )
-from kapi_selftests.oracle.spec import Spec
-from kapi_selftests.records import EventSource, Prediction, SyscallRecord
 from kapi_selftests.trace.events import Capture, TraceEvent
 from kapi_selftests.trace.pairing import pair
 from kapi_selftests.trace.window import events_by_call
 
-__all__ = ["CallCheck", "check_calls"]
+__all__ = ["check_calls"]
 
 _EINTR = 4
-
-
-@dataclass(frozen=True, slots=True)
-class CallCheck:
-    """One call, its events and what the checks found.
-
-    :param traced: :attr:`summary`, when the checker already knows it (else it is read
-        from ``events``)
-    """
-
-    record: SyscallRecord
-    events: Sequence[TraceEvent]
-    findings: tuple[Finding, ...] = ()
-    notes: tuple[str, ...] = ()
-    prediction: Prediction | None = None
-    strict: bool = False
-    traced: tuple[int | None, int] | None = None
-
-    @property
-    def failures(self) -> tuple[Finding, ...]:
-        """Findings that fail the call (spec drift only in strict mode)."""
-        return failures_of(self.findings, self.strict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    @property
-    def summary(self) -> tuple[int | None, int]:
-        """The last kapi exit's ``spec_match`` (None: no kapi exit) and the number of
-        enter/exit pairs (kapi or generic), as ``calls.jsonl`` records them."""
-        if self.traced is not None:
-            return self.traced
-        enters = exits = 0
-        last_exit = None
-        for e in self.events:
-            name = e.name
-            if name == EXIT or name.startswith("sys_exit_"):
-                exits += 1
-                last_exit = e
-            elif name == ENTER or name.startswith("sys_enter_"):
-                enters += 1
-        spec_match: int | None = None
-        if last_exit is not None and last_exit.name == EXIT:
-            v = last_exit.fields.get("spec_match")
-            spec_match = int(v) if isinstance(v, int) else None
-        return spec_match, min(enters, exits)
-
-    def explain(self) -> str:
-        """The call, its events, the oracle's reasoning and the findings, for a failure."""
-        lines = [f"call: {self.record.describe()}  (tid {self.record.tid})"]
-        if self.prediction is not None:
-            p = self.prediction
-            lines.append("oracle: " + (f"rejects: {p.rejection.describe()}" if p.rejection
-                                       else "accepts (handler runs)")
-                         + f"; params {p.params!r}")
-        lines += [f"event: {e.name} {dict(e.fields)}" for e in self.events]
-        lines += [f"{f.kind.value}: {f.message}" for f in self.findings]
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
 
 
 def _s64(v: int) -> int:

@@ -18,7 +18,6 @@ memory itself and does no I/O. See ``docs/oracle.md``.
 
 from __future__ import annotations
 
-import enum
 import errno as _errno
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,14 +27,23 @@ from typing import Any, Protocol
 from kapi_selftests.arch import MASK64
 from kapi_selftests.oracle.ctype import parse_ctype, to_s64
 from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, ParamType, ReturnCheck, Spec
-from kapi_selftests.records import CheckKind, Prediction, Rejection, SyscallRecord
+from kapi_selftests.records import (
+    ENTER,
+    EXIT,
+    CheckKind,
+    Finding,
+    FindingKind,
+    Prediction,
+    Rejection,
+    SyscallRecord,
+    failures_of,
+)
 from kapi_selftests.trace.events import TraceEvent
 from kapi_selftests.trace.pairing import pair
 
 __all__ = ["USER_PTR_MAX", "USER_PTR_MAX_LA57", "LA57_PROBE_HINT", "user_ptr_max_from_probe",
            "PATH_MAX", "AT_FDCWD", "RESTART_CODES", "MemoryView", "UserString", "MemoryFacts",
-           "predict", "render_params", "expected_spec_match", "FindingKind", "Finding", "Verdict",
-           "judge"]
+           "predict", "render_params", "expected_spec_match", "Verdict", "judge"]
 
 #: ``USER_PTR_MAX`` of x86-64 with 4-level paging and LAM off: ``TASK_SIZE_MAX``;
 #: ``access_ok`` accepts an end address ``<=`` this.
@@ -74,9 +82,6 @@ RESTART_CODES: Mapping[int, str] = {
 #: Restart codes userspace sees as EINTR when a handler ran without SA_RESTART.
 _EINTR_RESTARTS = frozenset((-512, -514, -516))
 _RESTARTBLOCK = -516
-
-ENTER = "kapi_syscall_enter"
-EXIT = "kapi_syscall_exit"
 
 
 # --------------------------------------------------------------------------
@@ -470,28 +475,6 @@ def _is_success(spec: Spec, ret: int) -> bool | None:
 # Judging a call against its events
 # --------------------------------------------------------------------------
 
-class FindingKind(enum.Enum):
-    """Kinds of disagreement between the oracle, the trace and userspace."""
-
-    PAIRING = "pairing violation"
-    ARGS_MISMATCH = "args/params mismatch"
-    RET_MISMATCH = "ret mismatch"
-    SPEC_MATCH_MISMATCH = "spec_match mismatch"
-    REJECTED_SIDE_EFFECT = "rejected call had a side effect"
-    SPEC_DRIFT = "spec drift"
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One disagreement: its kind, a one-line explanation and the evidence lines."""
-
-    kind: FindingKind
-    message: str
-    evidence: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        return f"{self.kind.value}: {self.message}"
-
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -516,13 +499,6 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return not self.failures
-
-
-def failures_of(findings: Sequence[Finding], strict: bool) -> tuple[Finding, ...]:
-    """The findings that fail a call: all but spec drift, which fails only in strict mode."""
-    if not findings:
-        return ()
-    return tuple(f for f in findings if f.kind is not FindingKind.SPEC_DRIFT or strict)
 
 
 def _errname(code: int) -> str:

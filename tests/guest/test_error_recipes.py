@@ -12,8 +12,7 @@ import pytest
 
 from kapi_selftests.fuzz.generate import ERROR_RECIPES
 from kapi_selftests.guest.harness import Harness
-from kapi_selftests.oracle.checks import CallCheck
-from kapi_selftests.records import EventSource
+from kapi_selftests.records import CallCheck, EventSource
 
 _KEYS = sorted(ERROR_RECIPES)
 _results: dict[EventSource, dict[tuple[str, str], CallCheck]] = {}

@@ -22,11 +22,11 @@ from kapi_selftests.guest import agent
 from kapi_selftests.guest.harness import Harness
 from kapi_selftests.link import calltable
 from kapi_selftests.oracle.bulk import clean_calls
-from kapi_selftests.oracle.checks import CallCheck, check_calls
-from kapi_selftests.oracle.predict import FindingKind, predict
+from kapi_selftests.oracle.checks import check_calls
+from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.spec import Spec
 from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, Path, PathKind
-from kapi_selftests.records import BatchResult, EventSource, Prediction
+from kapi_selftests.records import BatchResult, CallCheck, EventSource, FindingKind, Prediction
 from kapi_selftests.trace.ringbuf import decode
 
 _O_CLOEXEC = 0o2000000

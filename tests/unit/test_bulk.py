@@ -17,10 +17,19 @@ from datadir import REFERENCE as REF
 
 from kapi_selftests.arch import MASK64, find_syscall
 from kapi_selftests.oracle.bulk import clean_calls
-from kapi_selftests.oracle.checks import CallCheck, check_calls
-from kapi_selftests.oracle.predict import ENTER, EXIT, FindingKind
+from kapi_selftests.oracle.checks import check_calls
 from kapi_selftests.oracle.spec import builtin_specs
-from kapi_selftests.records import CheckKind, EventSource, Prediction, Rejection, SyscallRecord
+from kapi_selftests.records import (
+    ENTER,
+    EXIT,
+    CallCheck,
+    CheckKind,
+    EventSource,
+    FindingKind,
+    Prediction,
+    Rejection,
+    SyscallRecord,
+)
 from kapi_selftests.trace.capture import read_capture_dir
 from kapi_selftests.trace.events import Capture, TraceEvent
 from kapi_selftests.trace.pairing import pair

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from kapi_selftests.oracle.checks import check_calls
-from kapi_selftests.oracle.predict import FindingKind
 from kapi_selftests.oracle.spec import builtin_specs
-from kapi_selftests.records import EventSource, SyscallRecord
+from kapi_selftests.records import EventSource, FindingKind, SyscallRecord
 from kapi_selftests.trace.events import Capture, LossGap, LossInfo, TraceEvent
 
 SPECS = builtin_specs()

@@ -22,11 +22,9 @@ from kapi_selftests.fuzz.coverage import Coverage
 from kapi_selftests.fuzz.findings import FindingStore, read_jsonl
 from kapi_selftests.fuzz.generate import PlanGenerator
 from kapi_selftests.guest.harness import Harness
-from kapi_selftests.oracle.checks import CallCheck
-from kapi_selftests.oracle.predict import Finding, FindingKind
 from kapi_selftests.oracle.spec import builtin_specs
 from kapi_selftests.plan import CallPlan, plan_to_json
-from kapi_selftests.records import EventSource, SyscallRecord
+from kapi_selftests.records import CallCheck, EventSource, Finding, FindingKind, SyscallRecord
 
 SPECS = builtin_specs()
 

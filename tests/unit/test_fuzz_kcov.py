@@ -273,8 +273,7 @@ class CoverHarness:
     def run(self, plans: list[CallPlan]) -> object:
         from types import SimpleNamespace
 
-        from kapi_selftests.oracle.checks import CallCheck
-        from kapi_selftests.records import SyscallRecord
+        from kapi_selftests.records import CallCheck, SyscallRecord
 
         self.runs.append(list(plans))
         new, ids = [], []

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from kapi_selftests.oracle.predict import (
     USER_PTR_MAX,
-    FindingKind,
     MemoryFacts,
     UserString,
     expected_spec_match,
@@ -35,7 +34,7 @@ from kapi_selftests.oracle.spec import (
     Spec,
     builtin_specs,
 )
-from kapi_selftests.records import CheckKind, SyscallRecord
+from kapi_selftests.records import CheckKind, FindingKind, SyscallRecord
 from kapi_selftests.trace.capture import load_capture
 
 BOUNDARY = REF / "boundary"
