@@ -1,12 +1,12 @@
 """The records that cross stages: calls issued, batches, predictions, results. Pure.
 
-What the guest issued (:class:`SyscallRecord`), a capture window's calls and
-raw trace (:class:`Batch`), what the oracle predicts for a call
-(:class:`Prediction`, :class:`Rejection`), what the judge found
-(:class:`Finding`, one :class:`CallCheck` per call), the kernel coverage a batch
-reached (:class:`BatchCover`) and a batch judged end to end (:class:`BatchResult`). Every stage speaks these; this module imports nothing
-that touches the kernel (no libc, no tracefs), so the host and the pure stages
-load it freely.
+What the guest issued (:class:`SyscallRecord`), a capture window's calls and raw
+trace (:class:`Batch`), what the oracle predicts for a call (:class:`Prediction`,
+:class:`Rejection`), what the judge found (:class:`Finding`, one :class:`CallCheck`
+per call), the kernel coverage a batch reached (:class:`BatchCover`) and a batch
+judged end to end (:class:`BatchResult`). Every stage speaks these; this module
+imports nothing that touches the kernel (no libc, no tracefs), so the host and the
+pure stages load it freely.
 """
 
 from __future__ import annotations
@@ -15,18 +15,17 @@ import enum
 import errno as _errno
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from kapi_selftests.arch import find_syscall
 
 if TYPE_CHECKING:
-    from kapi_selftests.oracle.spec import Spec
     from kapi_selftests.plan import CallPlan
     from kapi_selftests.trace.events import Capture, RawCapture, TraceEvent
 
 __all__ = ["SyscallRecord", "EventSource", "Batch", "CheckKind", "Rejection", "Prediction",
            "ENTER", "EXIT", "FindingKind", "Finding", "failures_of", "CallCheck", "BatchCover",
-           "BatchResult", "Materialized", "PlanMaterializer"]
+           "BatchResult", "Materialized"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,19 +184,6 @@ class Materialized:
 
     def describe(self) -> str:
         return f"{self.plan.describe()} -> {self.plan.name}({', '.join(hex(r) for r in self.regs)})"
-
-
-class PlanMaterializer(Protocol):
-    """Anything that makes plans concrete and can answer the oracle about its memory."""
-
-    @property
-    def memory(self) -> Any: ...
-
-    def __call__(self, plan: CallPlan) -> Materialized: ...
-
-    def predict(self, spec: Spec, regs: tuple[int, ...]) -> Prediction:
-        """The oracle's prediction for registers this materialiser made."""
-        ...
 
 
 ENTER = "kapi_syscall_enter"

@@ -26,12 +26,12 @@ from typing import Any
 
 from kapi_selftests.arch import find_syscall
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KSFT_SKIP, UsageError
+from kapi_selftests.oracle.calls_log import CALLS_LOG, FACTS_FILE, load_facts, parse_calls_log
 from kapi_selftests.oracle.checks import check_calls
 from kapi_selftests.oracle.predict import MemoryFacts, predict
 from kapi_selftests.oracle.spec import builtin_specs, load_debugfs
 from kapi_selftests.records import ENTER, CallCheck, EventSource, Prediction
 from kapi_selftests.report import Outcome, TestResult, format_ktap
-from kapi_selftests.trace.calls_log import CALLS_LOG, FACTS_FILE, load_facts, parse_calls_log
 from kapi_selftests.trace.capture import find_capture_dirs, load_capture
 from kapi_selftests.trace.events import Capture, FieldValue, TraceEvent
 from kapi_selftests.trace.pairing import PairingResult, Violation, pair

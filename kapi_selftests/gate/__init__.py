@@ -6,7 +6,8 @@ Stages, each its own module (host orchestration lives in
 * :mod:`~kapi_selftests.gate.record` -- what one kernel's run left on disk
   (suite results, guest health, debugfs specs, tracepoint formats, per-call
   behaviour records, timings) loaded as a :class:`~kapi_selftests.gate.record.KernelRun`;
-* :mod:`~kapi_selftests.gate.specdiff` -- the readable diff of two kernels' specs;
+* :mod:`~kapi_selftests.oracle.specdiff` (in the oracle: the reference specs use it
+  too) -- the readable diff of two kernels' specs;
 * :mod:`~kapi_selftests.gate.compare` -- two runs in, a classified
   :class:`~kapi_selftests.gate.compare.GateVerdict` out (pure);
 * :mod:`~kapi_selftests.gate.render` -- Markdown, JSON and JUnit of a verdict;

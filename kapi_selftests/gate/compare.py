@@ -29,10 +29,10 @@ from typing import Any
 
 from kapi_selftests.errors import KSFT_FAIL, KSFT_PASS, KSFT_SKIP
 from kapi_selftests.gate.record import CallRecord, KernelRun, plan_key
-from kapi_selftests.gate.specdiff import SpecChange, diff_specs
 from kapi_selftests.oracle.predict import MemoryFacts, UserString, predict
 from kapi_selftests.oracle.reference import SpecDifference, compare_to_reference
 from kapi_selftests.oracle.spec import ReturnCheck, Spec
+from kapi_selftests.oracle.specdiff import SpecChange, diff_specs
 from kapi_selftests.records import Prediction
 from kapi_selftests.report import Outcome, TestResult
 

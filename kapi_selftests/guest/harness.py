@@ -23,8 +23,9 @@ from kapi_selftests.guest.executor import SPEC_SYSCALLS, Executor
 from kapi_selftests.guest.fds import FdPool
 from kapi_selftests.guest.materialize import Materializer, side_effects, snapshot
 from kapi_selftests.guest.memory import Arena
+from kapi_selftests.oracle.calls_log import CALLS_LOG, FACTS_FILE, facts_json, format_calls_log
 from kapi_selftests.oracle.checks import check_calls
-from kapi_selftests.oracle.predict import UserString
+from kapi_selftests.oracle.predict import PlanMaterializer, UserString
 from kapi_selftests.oracle.reference import differing_reference, predict_calls
 from kapi_selftests.oracle.spec import (
     ReturnCheck,
@@ -40,11 +41,9 @@ from kapi_selftests.records import (
     CallCheck,
     EventSource,
     Materialized,
-    PlanMaterializer,
     Prediction,
     SyscallRecord,
 )
-from kapi_selftests.trace.calls_log import CALLS_LOG, FACTS_FILE, facts_json, format_calls_log
 from kapi_selftests.trace.capture import write_capture_dir
 from kapi_selftests.trace.events import Capture
 from kapi_selftests.trace.ringbuf import decode

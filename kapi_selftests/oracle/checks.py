@@ -1,7 +1,7 @@
 """The suite's five checks for every issued call, over one decoded capture. Pure.
 
 For each :class:`~kapi_selftests.records.SyscallRecord` the events of its
-window (:mod:`kapi_selftests.trace.window`) are judged:
+window (:mod:`kapi_selftests.oracle.window`) are judged:
 
 1. pairing: one enter and one exit per kernel entry (restarts enter again);
 2. the enter's arguments: the oracle's ``args[]``/``params`` (KAPI events) or the
@@ -25,6 +25,7 @@ from kapi_selftests.arch import MASK64, find_syscall
 from kapi_selftests.oracle.bulk import clean_calls
 from kapi_selftests.oracle.predict import RESTART_CODES, MemoryView, judge
 from kapi_selftests.oracle.spec import Spec
+from kapi_selftests.oracle.window import events_by_call
 from kapi_selftests.records import (
     ENTER,
     EXIT,
@@ -37,7 +38,6 @@ from kapi_selftests.records import (
 )
 from kapi_selftests.trace.events import Capture, TraceEvent
 from kapi_selftests.trace.pairing import pair
-from kapi_selftests.trace.window import events_by_call
 
 __all__ = ["check_calls"]
 

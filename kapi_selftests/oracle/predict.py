@@ -27,12 +27,14 @@ from typing import Any, Protocol
 from kapi_selftests.arch import MASK64
 from kapi_selftests.oracle.ctype import parse_ctype, to_s64
 from kapi_selftests.oracle.spec import ConstraintType, ParamSpec, ParamType, ReturnCheck, Spec
+from kapi_selftests.plan import CallPlan
 from kapi_selftests.records import (
     ENTER,
     EXIT,
     CheckKind,
     Finding,
     FindingKind,
+    Materialized,
     Prediction,
     Rejection,
     SyscallRecord,
@@ -43,7 +45,8 @@ from kapi_selftests.trace.pairing import pair
 
 __all__ = ["USER_PTR_MAX", "USER_PTR_MAX_LA57", "LA57_PROBE_HINT", "user_ptr_max_from_probe",
            "PATH_MAX", "AT_FDCWD", "RESTART_CODES", "MemoryView", "UserString", "MemoryFacts",
-           "predict", "render_params", "expected_spec_match", "Verdict", "judge"]
+           "predict", "render_params", "expected_spec_match", "Verdict", "judge",
+           "PlanMaterializer"]
 
 #: ``USER_PTR_MAX`` of x86-64 with 4-level paging and LAM off: ``TASK_SIZE_MAX``;
 #: ``access_ok`` accepts an end address ``<=`` this.
@@ -729,3 +732,16 @@ def _describe_ret(ret: int) -> str:
     if -4095 <= ret < 0:
         return f"{ret} ({_errname(ret)})"
     return str(ret)
+
+
+class PlanMaterializer(Protocol):
+    """Anything that makes plans concrete and can answer the oracle about its memory."""
+
+    @property
+    def memory(self) -> Any: ...
+
+    def __call__(self, plan: CallPlan) -> Materialized: ...
+
+    def predict(self, spec: Spec, regs: tuple[int, ...]) -> Prediction:
+        """The oracle's prediction for registers this materialiser made."""
+        ...

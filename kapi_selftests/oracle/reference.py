@@ -5,7 +5,7 @@ kernel whose own spec is wrong looks self-consistent: drop ``O_CLOEXEC`` from
 open's flags mask and the harness predicts the new rejections. This module
 compares the kernel's specs with a reference (the built-in v4 model, or a
 debugfs dump saved from a base kernel with ``kapi-selftests specs --save DIR``),
-parameter by parameter through :func:`kapi_selftests.gate.specdiff.diff_fields`,
+parameter by parameter through :func:`kapi_selftests.oracle.specdiff.diff_fields`,
 and classes each difference by what it does to callers:
 
 * **stricter** -- the kernel now rejects calls the reference accepts (a
@@ -30,8 +30,7 @@ from pathlib import Path
 
 from kapi_selftests.arch import find_syscall
 from kapi_selftests.errors import KapiError, UsageError
-from kapi_selftests.gate.specdiff import FieldChange, SpecChangeKind, diff_fields, diff_specs
-from kapi_selftests.oracle.predict import predict
+from kapi_selftests.oracle.predict import PlanMaterializer, predict
 from kapi_selftests.oracle.spec import (
     ConstraintType,
     ParamFlag,
@@ -43,8 +42,9 @@ from kapi_selftests.oracle.spec import (
     load_debugfs,
     same_shape,
 )
+from kapi_selftests.oracle.specdiff import FieldChange, SpecChangeKind, diff_fields, diff_specs
 from kapi_selftests.plan import CallPlan
-from kapi_selftests.records import Materialized, PlanMaterializer, Prediction
+from kapi_selftests.records import Materialized, Prediction
 
 __all__ = ["ENV", "BUILTIN", "DiffClass", "SpecDifference", "load_reference",
            "reference_choice", "compare_to_reference", "classify", "v4_shaped",
@@ -256,7 +256,7 @@ def classify(base: Spec, patched: Spec, change: FieldChange) -> tuple[DiffClass,
 
     :param base: the reference's spec
     :param patched: the kernel's spec
-    :param change: one record of :func:`~kapi_selftests.gate.specdiff.diff_fields`
+    :param change: one record of :func:`~kapi_selftests.oracle.specdiff.diff_fields`
     """
     if change.what in ("arity", "parameters"):
         mb = base.syscall_nargs != len(base.params)

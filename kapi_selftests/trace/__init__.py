@@ -4,7 +4,6 @@ The records are ``events`` (``TraceEvent``, ``Capture``, ``RawCapture``); tracef
 format files and header pages are read by ``formats``; ring-buffer pages become
 events in ``ringbuf`` and text traces in ``text``; ``capture`` reads and writes
 capture directories and loads a saved capture. Enter/exit events pair per thread
-(``pairing``); events are assigned to the call whose time window holds them
-(``window``); a saved capture's issued calls are read back (``calls_log``).
-Imports neither the host nor the guest side.
+(``pairing``). Nothing here knows of the calls issued (that is the oracle's);
+imports neither the host nor the guest side.
 """

@@ -17,10 +17,10 @@ from kapi_selftests.guest.executor import Executor
 from kapi_selftests.guest.harness import Harness
 from kapi_selftests.guest.memory import Arena
 from kapi_selftests.guest.syscalls import invoke
+from kapi_selftests.oracle.window import events_by_call
 from kapi_selftests.records import EventSource, SyscallRecord
 from kapi_selftests.trace.pairing import pair
 from kapi_selftests.trace.ringbuf import decode
-from kapi_selftests.trace.window import events_by_call
 
 
 def _five_calls(arena: Arena) -> list[tuple[int, tuple[int, ...]]]:

@@ -12,9 +12,9 @@ import pytest
 
 from kapi_selftests import cli
 from kapi_selftests.guest.harness import Harness
+from kapi_selftests.oracle.calls_log import CALLS_LOG
 from kapi_selftests.plan import Buf, BufKind, CallPlan, Fd, FdKind, Lit, PathKind
 from kapi_selftests.plan import Path as PathPlan
-from kapi_selftests.trace.calls_log import CALLS_LOG
 
 PLANS = [
     CallPlan("open", (PathPlan(PathKind.EXISTING), Lit(os.O_RDONLY), Lit(0))),

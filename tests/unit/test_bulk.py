@@ -19,6 +19,7 @@ from kapi_selftests.arch import MASK64, find_syscall
 from kapi_selftests.oracle.bulk import clean_calls
 from kapi_selftests.oracle.checks import check_calls
 from kapi_selftests.oracle.spec import builtin_specs
+from kapi_selftests.oracle.window import events_by_call
 from kapi_selftests.records import (
     ENTER,
     EXIT,
@@ -34,7 +35,6 @@ from kapi_selftests.trace.capture import read_capture_dir
 from kapi_selftests.trace.events import Capture, TraceEvent
 from kapi_selftests.trace.pairing import pair
 from kapi_selftests.trace.ringbuf import _LazyEvents, decode
-from kapi_selftests.trace.window import events_by_call
 
 SPECS = builtin_specs()
 REJECTED = Rejection("fd", 0, CheckKind.FD, "as the capture says")

@@ -33,9 +33,9 @@ from kapi_selftests.gate.record import (
     parse_calls,
 )
 from kapi_selftests.gate.render import to_json, to_junit, to_markdown
-from kapi_selftests.gate.specdiff import SpecChangeKind, diff_specs
 from kapi_selftests.oracle.predict import predict
 from kapi_selftests.oracle.spec import builtin_specs
+from kapi_selftests.oracle.specdiff import SpecChangeKind, diff_specs
 from kapi_selftests.report import Outcome
 from kapi_selftests.report import TestResult as Result
 

@@ -29,8 +29,8 @@ from kapi_selftests.gate.compare import (
 )
 from kapi_selftests.gate.record import KernelRun, load_run
 from kapi_selftests.gate.render import to_json, to_junit, to_markdown
-from kapi_selftests.gate.specdiff import SpecChange, SpecChangeKind
 from kapi_selftests.host import gate_run
+from kapi_selftests.oracle.specdiff import SpecChange, SpecChangeKind
 from kapi_selftests.report import Outcome, format_ktap
 from kapi_selftests.report import TestResult as Result
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from kapi_selftests.errors import UsageError
-from kapi_selftests.gate.specdiff import diff_fields
 from kapi_selftests.oracle import reference
 from kapi_selftests.oracle.reference import (
     DiffClass,
@@ -24,6 +23,7 @@ from kapi_selftests.oracle.reference import (
     load_reference,
 )
 from kapi_selftests.oracle.spec import ConstraintType, Spec, builtin_specs, load_debugfs
+from kapi_selftests.oracle.specdiff import diff_fields
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 KAPI = DATA / "gate-real-kapi" / "kapi"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from kapi_selftests.oracle.window import events_by_call
 from kapi_selftests.records import SyscallRecord
 from kapi_selftests.trace.events import TraceEvent
-from kapi_selftests.trace.window import events_by_call
 
 
 def _rec(tid: int, t0: int, t1: int) -> SyscallRecord:
