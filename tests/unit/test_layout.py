@@ -1,9 +1,10 @@
 """The layout's rules, read from the code's own imports (``ast``; nothing is imported).
 
-The packages are the stages of the data flow (docs/design.md): ``host/`` boots
-guests and never loads guest code; ``trace/`` and ``oracle/`` are pure and load
-neither side; ``records.py`` carries what crosses stages and touches no kernel
-interface. An import inside a function is allowed only with a comment saying
+The packages are the stages of the data flow (docs/design.md), stacked in
+:data:`LAYERS`: a module imports only its own package or the layers below it.
+``host/`` boots guests and never loads guest code; ``trace/`` and ``oracle/`` are
+pure and load neither side; ``plan.py`` and ``records.py`` carry what crosses
+stages and touch no kernel interface. An import inside a function is allowed only with a comment saying
 why (on its line, or on the line above its group of imports).
 """
 
@@ -35,6 +36,21 @@ NEVER = (
     ("plan", "host", "plans cross stages"),
     ("link", "guest", "the host and the guest both speak the link"),
     ("link", "host", "the guest speaks the link too"),
+)
+
+#: the data flow from the bottom up: a module imports (at import time) only its own
+#: layer's package or the layers below it; the docs/design.md map draws the same
+LAYERS = (
+    ("__init__", "arch", "errors", "cache"),  # facts and plumbing every layer uses
+    ("plan", "report", "trace"),  # calls to make, results out, what the kernel traced
+    ("records", "link"),  # calls made and judged; what the host and an agent exchange
+    ("oracle",),  # predict and judge
+    ("guest",),  # make and issue calls, capture
+    ("fuzz",),  # generate, run campaigns, file findings
+    ("gate",),  # one verdict from two kernels' runs
+    ("host",),  # kernels and guests
+    ("cmd", "testing"),  # subcommands, pytest glue
+    ("cli", "__main__"),
 )
 
 #: modules that touch the kernel or the machine when imported (the records may not)
@@ -161,6 +177,26 @@ def broken_rules(mods: dict[str, Module]) -> list[str]:
     return out
 
 
+def _layer(name: str) -> int:
+    for i, parts in enumerate(LAYERS):
+        if any(_under(name, p) for p in parts):
+            return i
+    raise AssertionError(f"{name} is on no layer of LAYERS: place it")
+
+
+def upward_imports(mods: dict[str, Module]) -> list[str]:
+    """Imports from a layer to one above it, or across packages within one layer."""
+    out = []
+    for name in sorted(mods):
+        for target in sorted(mods[name].imports & set(mods)):
+            a, b = _layer(name), _layer(target)
+            top = name.split(".")[0]
+            if b > a or (b == a and a > 0 and top != target.split(".")[0]
+                         and (top, target) != ("__main__", "cli")):
+                out.append(f"{name} -> {target}")
+    return out
+
+
 def unexplained_imports(mods: dict[str, Module]) -> list[str]:
     return [u for m in mods.values() for u in m.unexplained]
 
@@ -169,6 +205,10 @@ def unexplained_imports(mods: dict[str, Module]) -> list[str]:
 
 def test_no_stage_loads_what_it_must_not() -> None:
     assert broken_rules(read_package(ROOT)) == []
+
+
+def test_every_import_runs_down_the_layers() -> None:
+    assert upward_imports(read_package(ROOT)) == []
 
 
 def test_every_import_inside_a_function_says_why() -> None:
@@ -290,6 +330,16 @@ _BASE = {"__init__.py": "", "host/__init__.py": "", "guest/__init__.py": "",
 def test_a_broken_rule_is_found(tmp_path: Path, files: dict[str, str], expect: str) -> None:
     found = broken_rules(_tree(tmp_path, {**_BASE, **files}))
     assert any(expect in f for f in found), found
+
+
+def test_an_upward_import_is_found(tmp_path: Path) -> None:
+    mods = _tree(tmp_path, {**_BASE,
+                            "trace/pairing.py": "from kapi_selftests.records import Batch\n",
+                            "records.py": "from kapi_selftests.trace import pairing\n",
+                            "oracle/checks.py": "from kapi_selftests.records import Batch\n",
+                            "link/__init__.py": "", "link/shm.py":
+                            "from kapi_selftests.records import Batch\n"})
+    assert upward_imports(mods) == ["link.shm -> records", "trace.pairing -> records"]
 
 
 def test_type_checking_imports_and_allowed_ones_are_not_rules_broken(tmp_path: Path) -> None:
