@@ -82,6 +82,20 @@ class Batch:
     source: EventSource
 
 
+@dataclass(frozen=True, slots=True)
+class Materialized:
+    """A plan made concrete: its registers and what each register points at."""
+
+    plan: CallPlan
+    regs: tuple[int, ...]
+    fds: dict[int, int] = field(default_factory=dict)  # arg index -> fd
+    bufs: dict[int, tuple[int, int]] = field(default_factory=dict)  # arg index -> (addr, size)
+    paths: dict[int, bytes] = field(default_factory=dict)  # arg index -> path string
+
+    def describe(self) -> str:
+        return f"{self.plan.describe()} -> {self.plan.name}({', '.join(hex(r) for r in self.regs)})"
+
+
 class CheckKind(enum.Enum):
     """The validator check that rejected a call (one per kernel check)."""
 
@@ -150,45 +164,8 @@ class Prediction:
         return self.rejection is None and self.undetermined is None
 
 
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    """A batch run end to end."""
-
-    plans: tuple[CallPlan, ...]
-    materialized: tuple[Materialized, ...]
-    batch: Batch
-    capture: Capture
-    checks: tuple[CallCheck, ...]
-    #: the calls' kernel coverage (the batch engine with KCOV on)
-    kcov: BatchCover | None = None
-    #: calls the reference spec predicts otherwise than the kernel's (both predictions)
-    disagreements: tuple[str, ...] = ()
-    #: per call, the kernel spec's prediction made before it ran (None: no spec), whatever
-    #: the event source (with kapi events the checks carry the same one)
-    predictions: tuple[Prediction | None, ...] = ()
-
-    @property
-    def failures(self) -> list[CallCheck]:
-        return [c for c in self.checks if not c.ok]
-
-
-@dataclass(frozen=True, slots=True)
-class Materialized:
-    """A plan made concrete: its registers and what each register points at."""
-
-    plan: CallPlan
-    regs: tuple[int, ...]
-    fds: dict[int, int] = field(default_factory=dict)  # arg index -> fd
-    bufs: dict[int, tuple[int, int]] = field(default_factory=dict)  # arg index -> (addr, size)
-    paths: dict[int, bytes] = field(default_factory=dict)  # arg index -> path string
-
-    def describe(self) -> str:
-        return f"{self.plan.describe()} -> {self.plan.name}({', '.join(hex(r) for r in self.regs)})"
-
-
+#: the kapi tracepoints' event names
 ENTER = "kapi_syscall_enter"
-
-
 EXIT = "kapi_syscall_exit"
 
 
@@ -297,3 +274,26 @@ class BatchCover:
     ids: tuple[tuple[int, ...], ...]
     dropped: int = 0
     new_pcs: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """A batch run end to end."""
+
+    plans: tuple[CallPlan, ...]
+    materialized: tuple[Materialized, ...]
+    batch: Batch
+    capture: Capture
+    checks: tuple[CallCheck, ...]
+    #: the calls' kernel coverage (the batch engine with KCOV on)
+    kcov: BatchCover | None = None
+    #: calls the reference spec predicts otherwise than the kernel's (both predictions)
+    disagreements: tuple[str, ...] = ()
+    #: per call, the kernel spec's prediction made before it ran (None: no spec), whatever
+    #: the event source (with kapi events the checks carry the same one)
+    predictions: tuple[Prediction | None, ...] = ()
+
+    @property
+    def failures(self) -> list[CallCheck]:
+        return [c for c in self.checks if not c.ok]
+
