@@ -4,8 +4,8 @@ The packages are the stages of the data flow (docs/design.md), stacked in
 :data:`LAYERS`: a module imports only its own package or the layers below it.
 ``host/`` boots guests and never loads guest code; ``trace/`` and ``oracle/`` are
 pure and load neither side; ``plan.py`` and ``records.py`` carry what crosses
-stages and touch no kernel interface. An import inside a function is allowed only with a comment saying
-why (on its line, or on the line above its group of imports).
+stages and touch no kernel interface. An import inside a function is allowed only
+with a comment saying why (on its line, or on the line above its group of imports).
 """
 
 from __future__ import annotations
