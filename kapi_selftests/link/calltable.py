@@ -28,7 +28,7 @@ from kapi_selftests.arch import NR
 __all__ = ["CACHE_DIR", "CALL", "WATCH", "RESULT", "WATCH_RESULT", "table_size", "result_size",
            "watch_counts", "WATCH_NONE", "WATCH_FD", "WATCH_BUF", "WATCH_PATH",
            "WATCH_FD_TABLE", "MAX_WATCH", "NVAL", "HASH_LIMIT", "KCOV_PATH", "COV_WORDS",
-           "MAX_COV_IDS", "COV_HEAD", "COV_CALL", "build_library"]
+           "MAX_COV_IDS", "COV_HEAD", "COV_CALL", "build_library", "library_path"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,13 @@ static uint64_t kx_hash(uint64_t h, const unsigned char *p, uint64_t n)
 	for (; i < n; i++)
 		h = (h ^ p[i]) * 1099511628211ULL;
 	return h;
+}
+
+/* kx_hash from its start value: the suite's engine hashes what it watches with this
+ * same function (through ctypes) when the library is built. */
+uint64_t kx_hash_of(const void *p, uint64_t n)
+{
+	return kx_hash(KX_HASH0, (const unsigned char *)p, n);
 }
 
 /* A hash of the first HASH_LIMIT bytes of the file fd is open on (pread64: no spec). */
@@ -375,6 +382,11 @@ def _source() -> str:
             + _SOURCE)
 
 
+def library_path(cache_dir: Path) -> Path:
+    """Where :func:`build_library` keeps the executor of this source in ``cache_dir``."""
+    return cache_dir / f"kx-{hashlib.sha256(_source().encode()).hexdigest()[:16]}.so"
+
+
 def build_library(cache_dir: Path, cc: str | None = None) -> Path | None:
     """Compile the executor into ``cache_dir`` (once per source); None without a compiler."""
     cc = cc or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -383,7 +395,7 @@ def build_library(cache_dir: Path, cc: str | None = None) -> Path | None:
                     "(install gcc)")
         return None
     src = _source()
-    out = cache_dir / f"kx-{hashlib.sha256(src.encode()).hexdigest()[:16]}.so"
+    out = library_path(cache_dir)
     if out.is_file():
         return out
     c_file = cache.atomic_write(out.with_suffix(".c"), src)

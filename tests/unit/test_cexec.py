@@ -128,3 +128,21 @@ def test_watch_counts_rejects_a_truncated_table() -> None:
     assert calltable.watch_counts(table, 1) == [1]
     with pytest.raises(ValueError, match="does not hold"):
         calltable.watch_counts(table[:-8], 1)
+
+
+@needs_cc
+def test_the_suite_engine_hashes_with_the_executor_when_it_is_built(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The suite's engine hashes every buffer and file a rejected call names: in C when the
+    # library is built (the Python loop is ~100x slower under TCG), with the same numbers.
+    monkeypatch.setattr(cexec, "CACHE_DIR", tmp_path)
+    data = bytes(range(256)) * 257 + b"tail"  # not a multiple of 8: both loops' ends
+    buf = ctypes.create_string_buffer(data, len(data))
+    monkeypatch.setattr(cexec, "_native_hash", None)
+    python = cexec._hash(data)  # nothing built in tmp_path: the Python loop
+    assert cexec._native_hash is False
+    assert calltable.build_library(tmp_path) is not None
+    monkeypatch.setattr(cexec, "_native_hash", None)
+    assert cexec._hash(data) == python == cexec._hash_at(ctypes.addressof(buf), len(data))
+    assert cexec._native_hash, "the built library's kx_hash_of was not taken"
+    assert cexec._hash(data[:-1]) != python
