@@ -106,13 +106,12 @@ class Harness:
         # Predicted once, before the calls: what a rejected call must leave alone is
         # snapshotted, and the same prediction is what the call is judged against.
         preds, disagree = predict_calls(mats, self.specs, self.materialize, self.reference)
-        snaps = {i: snapshot(mats[i], self.pool, self.arena) for i, p in enumerate(preds)
+        snaps = {i: snapshot(mats[i], self.arena) for i, p in enumerate(preds)
                  if p is not None and p.rejected and self.source is EventSource.KAPI}
         batch = self.executor.run([(m.plan.nr, m.regs) for m in mats])
         touched = [self._fds_touched(r) for r in batch.records]
-        effects = [side_effects(mats[i], snaps[i], self.pool, self.arena,
-                                ignore_fds=frozenset().union(*(t for j, t in enumerate(touched)
-                                                               if j != i)))
+        effects = [side_effects(snaps[i], ignore_fds=frozenset().union(
+                       *(t for j, t in enumerate(touched) if j != i)))
                    if i in snaps else [] for i in range(len(mats))]
         result = self._judge(tuple(plans), mats, batch, effects, preds)
         self._release(batch.records)

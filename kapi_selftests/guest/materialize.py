@@ -156,7 +156,7 @@ class Snapshot:
     values: tuple[tuple[int, ...], ...]  # cexec.measure of each watch
 
 
-def snapshot(m: Materialized, pool: FdPool, arena: Arena) -> Snapshot:
+def snapshot(m: Materialized, arena: Arena) -> Snapshot:
     """Measure everything the call could change, before it runs (outside the capture window)."""
     # The top page of user space is one page that every call of a batch naming it shares:
     # a change there cannot be told to be this call's (an accepted read before it may
@@ -170,8 +170,7 @@ def snapshot(m: Materialized, pool: FdPool, arena: Arena) -> Snapshot:
     return Snapshot(ws, tuple(measure(w.kind, w.x, w.length) for w in ws))
 
 
-def side_effects(m: Materialized, before: Snapshot, pool: FdPool, arena: Arena, *,
-                 ignore_fds: frozenset[int] = frozenset()) -> list[str]:
+def side_effects(before: Snapshot, *, ignore_fds: frozenset[int] = frozenset()) -> list[str]:
     """What changed since ``before``: one line per change, empty when nothing did.
 
     :param ignore_fds: fds other calls of the same batch opened or closed (the fd
